@@ -1,0 +1,182 @@
+//! The `cairn` command line: `server` runs a node, `demo` runs a local
+//! three-node cluster, and the client commands talk to any node's gRPC API.
+
+pub mod client;
+pub mod demo;
+
+use crate::server::{node, ServerConfig};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about = "Cairn: a distributed, Raft-replicated, range-sharded key-value database")]
+pub struct Cli {
+    /// gRPC address of the node to talk to (client commands).
+    #[arg(long, global = true, env = "CAIRN_ADDR", default_value = "127.0.0.1:7401")]
+    pub addr: String,
+    /// Print machine-readable JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Server(ServerArgs),
+    /// Start a local cluster (3 nodes on loopback) and keep it running until Ctrl-C.
+    Demo(demo::DemoArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (client API and node-to-node). Port 0 picks a free port.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address advertised to other nodes (default: the bound listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// HTTP admin listen address (metrics, console).
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Join an existing cluster through these members (comma-separated host:port).
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    #[arg(long)]
+    pub zone: Option<String>,
+    #[arg(long)]
+    pub replication_factor: Option<usize>,
+    #[arg(long)]
+    pub split_threshold_bytes: Option<u64>,
+    #[arg(long)]
+    pub split_check_interval_ms: Option<u64>,
+    /// Drop the oldest half of a range's Raft log once it holds this many applied entries.
+    #[arg(long)]
+    pub raft_log_gc_threshold: Option<u64>,
+}
+
+impl ServerArgs {
+    /// Builds and validates the configuration; the error message names the bad setting.
+    pub fn into_config(self) -> Result<ServerConfig, String> {
+        let mut c = match &self.config {
+            Some(p) => ServerConfig::from_file(p)?,
+            None => ServerConfig::default(),
+        };
+        if self.data_dir.is_some() {
+            c.data_dir = self.data_dir;
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if self.advertise.is_some() {
+            c.advertise = self.advertise;
+        }
+        if let Some(v) = self.http_listen {
+            c.http_listen = v;
+        }
+        if !self.join.is_empty() {
+            c.join = self.join;
+        }
+        if let Some(v) = self.zone {
+            c.zone = v;
+        }
+        if let Some(v) = self.replication_factor {
+            c.replication_factor = v;
+        }
+        if let Some(v) = self.split_threshold_bytes {
+            c.split_threshold_bytes = v;
+        }
+        if let Some(v) = self.split_check_interval_ms {
+            c.split_check_interval_ms = v;
+        }
+        if let Some(v) = self.raft_log_gc_threshold {
+            c.raft.log_gc_threshold = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match cli.command {
+        Command::Server(args) => {
+            init_logging();
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cairn server: configuration error: {e}");
+                    return 2;
+                }
+            };
+            match rt.block_on(node::run(cfg, None, stop_signal())) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("cairn server: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Demo(args) => {
+            init_logging();
+            match rt.block_on(demo::run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("cairn demo: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Client(cmd) => match rt.block_on(client::run(&cli.addr, cli.json, cmd)) {
+            Ok(()) => 0,
+            Err(e) => {
+                if !e.is::<client::Reported>() {
+                    eprintln!("error: {e:#}");
+                }
+                1
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

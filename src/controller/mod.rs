@@ -1,0 +1,7 @@
+//! The controller: runs on the meta range's leader and keeps ranges at their
+//! replication factor. Its decisions are a pure function of the cluster view
+//! (`plan`), so they can be tested and simulated without I/O; `runner` turns
+//! them into membership changes.
+
+pub mod plan;
+pub mod runner;

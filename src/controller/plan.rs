@@ -1,0 +1,107 @@
+//! Pure placement decisions: which replicas to add where.
+
+use std::collections::{BTreeMap, HashSet};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: u64,
+    pub live: bool,
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeView {
+    pub id: u64,
+    /// (node id, is learner)
+    pub replicas: Vec<(u64, bool)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Add (or finish adding: promote a learner on) a replica of `range` on `node`.
+    AddReplica { range: u64, node: u64 },
+}
+
+/// Up-replicates ranges below `rf` (capped at the number of live nodes),
+/// placing each new replica on the live node that (1) is in a zone the range
+/// does not use yet, then (2) holds the fewest replicas, then (3) has the
+/// lowest id. Learners left behind by an interrupted add are finished first.
+/// At most `max_actions` actions are returned.
+pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: usize) -> Vec<Action> {
+    let live: Vec<&NodeView> = nodes.iter().filter(|n| n.live).collect();
+    let target = rf.min(live.len());
+    let mut load: BTreeMap<u64, usize> = live.iter().map(|n| (n.id, 0)).collect();
+    for r in ranges {
+        for (n, _) in &r.replicas {
+            if let Some(c) = load.get_mut(n) {
+                *c += 1;
+            }
+        }
+    }
+    let zone_of = |id: u64| nodes.iter().find(|n| n.id == id).map(|n| n.zone.clone()).unwrap_or_default();
+    let mut actions = Vec::new();
+    for r in ranges {
+        if actions.len() >= max_actions {
+            break;
+        }
+        if let Some((n, _)) = r.replicas.iter().find(|(n, learner)| *learner && load.contains_key(n)) {
+            actions.push(Action::AddReplica { range: r.id, node: *n });
+            continue;
+        }
+        if r.replicas.len() >= target {
+            continue;
+        }
+        let hosting: HashSet<u64> = r.replicas.iter().map(|(n, _)| *n).collect();
+        let used_zones: HashSet<String> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
+        let best = live
+            .iter()
+            .filter(|n| !hosting.contains(&n.id))
+            .min_by_key(|n| (used_zones.contains(&n.zone), load.get(&n.id).copied().unwrap_or(0), n.id));
+        if let Some(n) = best {
+            actions.push(Action::AddReplica { range: r.id, node: n.id });
+            if let Some(c) = load.get_mut(&n.id) {
+                *c += 1;
+            }
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, zone: &str) -> NodeView {
+        NodeView { id, live: true, zone: zone.into() }
+    }
+
+    #[test]
+    fn fills_up_to_rf_preferring_new_zones_and_light_nodes() {
+        let nodes = vec![node(1, "a"), node(2, "a"), node(3, "b"), node(4, "c")];
+        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)] }];
+        let acts = plan(&nodes, &ranges, 3, 10);
+        assert_eq!(acts, vec![Action::AddReplica { range: 10, node: 3 }]);
+    }
+
+    #[test]
+    fn caps_rf_at_live_nodes_and_finishes_learners_first() {
+        let mut nodes = vec![node(1, ""), node(2, "")];
+        nodes.push(NodeView { id: 3, live: false, zone: String::new() });
+        let ranges = vec![
+            RangeView { id: 1, replicas: vec![(1, false), (2, false)] },
+            RangeView { id: 2, replicas: vec![(1, false), (2, true)] },
+        ];
+        let acts = plan(&nodes, &ranges, 3, 10);
+        assert_eq!(acts, vec![Action::AddReplica { range: 2, node: 2 }]);
+    }
+
+    #[test]
+    fn spreads_load_and_respects_max_actions() {
+        let nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
+        let ranges: Vec<_> = (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)] }).collect();
+        let acts = plan(&nodes, &ranges, 2, 3);
+        assert_eq!(acts.len(), 3);
+        let targets: HashSet<u64> = acts.iter().map(|Action::AddReplica { node, .. }| *node).collect();
+        assert_eq!(targets.len(), 3, "each new replica goes to the least-loaded node");
+    }
+}

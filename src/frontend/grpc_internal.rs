@@ -1,0 +1,114 @@
+//! `cairn.internal.v1.Internal`: the node-to-node service (Raft transport,
+//! snapshots, forwarded range requests, joins, meta location).
+
+use crate::gateway::Gateway;
+use crate::meta::{self, registry};
+use crate::raftstore::transport::{Transport, MAX_SNAPSHOT_BYTES};
+use crate::raftstore::{executor, StoreMsg};
+use cairn_proto::internal::internal_server::Internal;
+use cairn_proto::internal::*;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct InternalService {
+    pub gw: Arc<Gateway>,
+    pub transport: Arc<Transport>,
+}
+
+fn overloaded(e: RangeError) -> Status {
+    Status::resource_exhausted(e.message)
+}
+
+impl InternalService {
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+        if cluster_id != self.transport.cluster_id() {
+            return Err(Status::permission_denied(format!(
+                "message from cluster {cluster_id:?}; this node belongs to {:?}",
+                self.transport.cluster_id()
+            )));
+        }
+        Ok(())
+    }
+}
+
+type PageStream = Pin<Box<dyn Stream<Item = Result<RangeScanPage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Internal for InternalService {
+    async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftBatchResponse>, Status> {
+        let b = req.into_inner();
+        self.check_cluster(&b.cluster_id)?;
+        self.transport.mark_seen(b.from_node);
+        self.gw.book.learn(b.from_node, &b.from_addr);
+        if !b.envelopes.is_empty() {
+            self.gw
+                .store
+                .send(StoreMsg::Raft { from_node: b.from_node, envelopes: b.envelopes })
+                .map_err(overloaded)?;
+        }
+        Ok(Response::new(RaftBatchResponse {}))
+    }
+
+    async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotResponse>, Status> {
+        let mut stream = req.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        self.check_cluster(&first.cluster_id)?;
+        let total = first.total_len as usize;
+        if total > MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted(format!("snapshot of {total} bytes exceeds {MAX_SNAPSHOT_BYTES}")));
+        }
+        let mut data = Vec::with_capacity(total);
+        data.extend_from_slice(&first.data);
+        while let Some(c) = stream.message().await? {
+            if data.len() + c.data.len() > total {
+                return Err(Status::invalid_argument("snapshot stream longer than announced"));
+            }
+            data.extend_from_slice(&c.data);
+        }
+        if data.len() != total {
+            return Err(Status::invalid_argument("snapshot stream shorter than announced"));
+        }
+        self.transport.mark_seen(first.from_node);
+        let envelope = RaftEnvelope {
+            range_id: first.range_id,
+            start: first.start,
+            end: first.end,
+            conf_ver: first.conf_ver,
+            message: data,
+        };
+        self.gw.store.send(StoreMsg::Snapshot { from_node: first.from_node, envelope }).map_err(overloaded)?;
+        metrics::counter!("cairn_snapshots_received_total").increment(1);
+        Ok(Response::new(SnapshotResponse {}))
+    }
+
+    async fn execute(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(executor::execute(&self.gw.store, req.into_inner()).await))
+    }
+
+    type ScanRangeStream = PageStream;
+
+    async fn scan_range(&self, req: Request<RangeScanRequest>) -> Result<Response<PageStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(executor::scan_range(self.gw.store.clone(), req.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Ok(Response::new(registry::join(&self.gw, req.into_inner()).await?))
+    }
+
+    async fn locate_meta(&self, _: Request<LocateMetaRequest>) -> Result<Response<LocateMetaResponse>, Status> {
+        let nodes =
+            self.gw.book.all().into_iter().map(|(id, addr)| NodeInfo { id, addr, ..Default::default() }).collect();
+        let local = self.gw.store.registry.read().get(&meta::META_RANGE_ID).cloned();
+        let (desc, leader) = match local {
+            Some(s) if s.initialized() => (Some(s.desc()), s.leader_id()),
+            _ => (None, 0),
+        };
+        Ok(Response::new(LocateMetaResponse { desc, leader_node_id: leader, nodes }))
+    }
+}

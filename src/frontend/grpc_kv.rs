@@ -1,0 +1,483 @@
+//! `cairn.v1.Cairn`: the client API. Validates every request against the
+//! limits before anything is proposed, encodes table keys, and hands the
+//! request to the gateway.
+
+use crate::gateway::scan::{self, ScanParams};
+use crate::gateway::{admin, new_request_id, Gateway, Target};
+use crate::hlc::Version;
+use crate::keys;
+use crate::meta::{self, catalog, registry};
+use cairn_proto::internal::{
+    mutation, raft_command, range_request, Mutation, MutationResult, RaftCommand, RangeDescriptor, RangeRecord,
+    RangeRequest, ReadRequest, TableInfo, WriteBatch,
+};
+use cairn_proto::kv::cairn_server::Cairn;
+use cairn_proto::kv::*;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct KvService {
+    pub gw: Arc<Gateway>,
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn encode_key(t: &TableInfo, user_key: &[u8]) -> Vec<u8> {
+    if catalog::is_hashed(t) {
+        keys::encode_hash_key(t.id, user_key)
+    } else {
+        keys::encode_range_key(t.id, user_key)
+    }
+}
+
+fn epoch_of(rec: &RangeRecord) -> Option<cairn_proto::internal::RangeEpoch> {
+    rec.desc.as_ref().and_then(|d| d.epoch)
+}
+
+fn to_write_result(r: &MutationResult) -> WriteResult {
+    WriteResult { succeeded: r.succeeded, existed: r.existed, version: r.version }
+}
+
+pub fn range_status(rec: &RangeRecord, tables: &[TableInfo]) -> RangeStatus {
+    let d = rec.desc.clone().unwrap_or_default();
+    let table_id = keys::decode_table(&d.start).map(|(id, _)| id).unwrap_or(keys::SYSTEM_TABLE_ID);
+    let e = d.epoch.unwrap_or_default();
+    RangeStatus {
+        id: d.id,
+        table: catalog::name_by_id(tables, table_id),
+        start_display: if d.start.is_empty() { "-inf".into() } else { keys::display_key(&d.start) },
+        end_display: keys::display_key(&d.end),
+        start: d.start,
+        end: d.end,
+        epoch_version: e.version,
+        epoch_conf_ver: e.conf_ver,
+        replicas: d.replicas.iter().map(|r| ReplicaStatus { node_id: r.node_id, learner: r.learner }).collect(),
+        leader_node_id: rec.leader_node_id,
+        approximate_bytes: rec.approximate_bytes,
+    }
+}
+
+fn desc_status(d: RangeDescriptor, leader: u64, tables: &[TableInfo]) -> RangeStatus {
+    range_status(&RangeRecord { desc: Some(d), leader_node_id: leader, approximate_bytes: 0 }, tables)
+}
+
+impl KvService {
+    fn check_request_id(&self, id: &[u8]) -> Result<Vec<u8>, Status> {
+        self.gw.limits.check_request_id(id).map_err(invalid)?;
+        Ok(if id.is_empty() { new_request_id() } else { id.to_vec() })
+    }
+
+    /// Converts client ops into mutations, validating every limit first.
+    fn mutations(&self, t: &TableInfo, ops: Vec<WriteOp>) -> Result<Vec<Mutation>, Status> {
+        let l = &self.gw.limits;
+        let total: usize = ops
+            .iter()
+            .map(|o| match &o.op {
+                Some(write_op::Op::Put(p)) => p.key.len() + p.value.len(),
+                Some(write_op::Op::Delete(d)) => d.key.len(),
+                None => 0,
+            })
+            .sum();
+        l.check_batch(ops.len(), total).map_err(invalid)?;
+        let mut out = Vec::with_capacity(ops.len());
+        for (i, o) in ops.into_iter().enumerate() {
+            let m = match o.op {
+                Some(write_op::Op::Put(p)) => {
+                    l.check_key(&p.key).map_err(|e| invalid(format!("op {i}: {e}")))?;
+                    l.check_value(&p.value).map_err(|e| invalid(format!("op {i}: {e}")))?;
+                    Mutation {
+                        key: encode_key(t, &p.key),
+                        condition: p.condition,
+                        op: Some(mutation::Op::Put(p.value)),
+                    }
+                }
+                Some(write_op::Op::Delete(d)) => {
+                    l.check_key(&d.key).map_err(|e| invalid(format!("op {i}: {e}")))?;
+                    Mutation {
+                        key: encode_key(t, &d.key),
+                        condition: d.condition,
+                        op: Some(mutation::Op::Delete(true)),
+                    }
+                }
+                None => return Err(invalid(format!("op {i} has neither put nor delete"))),
+            };
+            if let Some(c) = &m.condition {
+                check_condition(c).map_err(|e| invalid(format!("op {i}: {e}")))?;
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Applies mutations, atomically per range; results in input order.
+    async fn write(&self, muts: Vec<Mutation>, request_id: Vec<u8>) -> Result<Vec<MutationResult>, Status> {
+        const MAX_REGROUPS: usize = 8;
+        for _ in 0..MAX_REGROUPS {
+            // Group by the range each key is routed to now.
+            let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            let dir = self.gw.directory();
+            for (i, m) in muts.iter().enumerate() {
+                let id = dir.lookup(&m.key).and_then(|r| r.desc.as_ref()).map(|d| d.id).unwrap_or(0);
+                groups.entry(id).or_default().push(i);
+            }
+            let calls = groups.values().map(|idx| {
+                let group: Vec<Mutation> = idx.iter().map(|&i| muts[i].clone()).collect();
+                let mut rid = request_id.clone();
+                rid.extend_from_slice(&crc32fast::hash(&group[0].key).to_be_bytes());
+                let cmd = RaftCommand {
+                    request_id: rid,
+                    proposed_version: None,
+                    cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: group })),
+                };
+                let first = muts[idx[0]].key.clone();
+                async move {
+                    let keys_ok = |d: &RangeDescriptor| {
+                        let Some(raft_command::Cmd::Write(w)) = &cmd.cmd else { return false };
+                        w.mutations.iter().all(|m| keys::in_range(&m.key, &d.start, &d.end))
+                    };
+                    self.gw
+                        .call(Target::Key(first), |rec| {
+                            let d = rec.desc.clone().unwrap_or_default();
+                            if !keys_ok(&d) {
+                                return Err(Status::aborted("regroup"));
+                            }
+                            Ok(RangeRequest {
+                                range_id: d.id,
+                                epoch: epoch_of(rec),
+                                req: Some(range_request::Req::Command(cmd.clone())),
+                            })
+                        })
+                        .await
+                }
+            });
+            let results = futures::future::join_all(calls).await;
+            if results.iter().any(|r| matches!(r, Err(s) if s.code() == tonic::Code::Aborted)) {
+                let _ = self.gw.refresh_directory().await;
+                continue;
+            }
+            let mut out = vec![MutationResult::default(); muts.len()];
+            for (idx, r) in groups.values().zip(results) {
+                let resp = r?;
+                let w = resp.write.unwrap_or_default();
+                for (j, &i) in idx.iter().enumerate() {
+                    out[i] = w.results.get(j).cloned().unwrap_or_default();
+                }
+            }
+            return Ok(out);
+        }
+        Err(Status::unavailable("ranges kept changing while routing the batch; retry"))
+    }
+
+    async fn read(&self, t: &TableInfo, user_keys: &[Vec<u8>], stale: bool) -> Result<Vec<GetResponse>, Status> {
+        for k in user_keys {
+            self.gw.limits.check_key(k).map_err(invalid)?;
+        }
+        if user_keys.len() > self.gw.limits.max_batch_ops {
+            return Err(invalid(format!(
+                "batch has {} keys; the limit is {} (max_batch_ops)",
+                user_keys.len(),
+                self.gw.limits.max_batch_ops
+            )));
+        }
+        let calls = user_keys.iter().map(|k| {
+            let key = encode_key(t, k);
+            async move {
+                let resp = self
+                    .gw
+                    .call(Target::Key(key.clone()), |rec| {
+                        Ok(RangeRequest {
+                            range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
+                            epoch: epoch_of(rec),
+                            req: Some(range_request::Req::Read(ReadRequest { keys: vec![key.clone()], stale })),
+                        })
+                    })
+                    .await?;
+                let r = resp.reads.into_iter().next().unwrap_or_default();
+                Ok::<_, Status>(GetResponse { found: r.found, value: r.value, version: r.version })
+            }
+        });
+        futures::future::join_all(calls).await.into_iter().collect()
+    }
+}
+
+fn check_condition(c: &Condition) -> Result<(), String> {
+    match &c.kind {
+        Some(condition::Kind::IfAbsent(false)) | Some(condition::Kind::IfPresent(false)) => {
+            Err("condition if_absent/if_present must be true when set".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanResponse, Status>> + Send>>;
+
+const TOKEN_FORMAT: u8 = 1;
+
+fn encode_token(table_id: u32, version: Version, next_key: &[u8]) -> Vec<u8> {
+    let mut t = vec![TOKEN_FORMAT];
+    t.extend_from_slice(&table_id.to_be_bytes());
+    t.extend_from_slice(&version.to_bytes());
+    t.extend_from_slice(next_key);
+    t
+}
+
+fn decode_token(token: &[u8], table_id: u32) -> Result<(Version, Vec<u8>), Status> {
+    let bad = || invalid("page_token is malformed");
+    if token.len() < 21 || token[0] != TOKEN_FORMAT {
+        return Err(bad());
+    }
+    let tid = u32::from_be_bytes(token[1..5].try_into().map_err(|_| bad())?);
+    if tid != table_id {
+        return Err(invalid("page_token belongs to another table"));
+    }
+    let v = Version::from_bytes(&token[5..21]).ok_or_else(bad)?;
+    Ok((v, token[21..].to_vec()))
+}
+
+#[tonic::async_trait]
+impl Cairn for KvService {
+    async fn create_table(&self, req: Request<CreateTableRequest>) -> Result<Response<CreateTableResponse>, Status> {
+        let r = req.into_inner();
+        let p = match Partitioning::try_from(r.partitioning) {
+            Ok(Partitioning::Hash) => Partitioning::Hash,
+            Ok(_) => Partitioning::Range,
+            Err(_) => return Err(invalid(format!("unknown partitioning {}", r.partitioning))),
+        };
+        let t = catalog::create(&self.gw, &r.name, p, &r.split_keys, r.hash_ranges).await?;
+        Ok(Response::new(CreateTableResponse {
+            table: Some(Table { name: t.name, id: t.id, partitioning: t.partitioning }),
+        }))
+    }
+
+    async fn drop_table(&self, req: Request<DropTableRequest>) -> Result<Response<DropTableResponse>, Status> {
+        catalog::drop(&self.gw, &req.into_inner().name).await?;
+        Ok(Response::new(DropTableResponse {}))
+    }
+
+    async fn list_tables(&self, _: Request<ListTablesRequest>) -> Result<Response<ListTablesResponse>, Status> {
+        let tables = catalog::list(&self.gw).await?;
+        Ok(Response::new(ListTablesResponse {
+            tables: tables
+                .into_iter()
+                .map(|t| Table { name: t.name, id: t.id, partitioning: t.partitioning })
+                .collect(),
+        }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let stale = r.consistency == ReadConsistency::Stale as i32;
+        let mut out = self.read(&t, &[r.key], stale).await?;
+        Ok(Response::new(out.pop().unwrap_or_default()))
+    }
+
+    async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let stale = r.consistency == ReadConsistency::Stale as i32;
+        let results = self.read(&t, &r.keys, stale).await?;
+        Ok(Response::new(BatchGetResponse { results }))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let mut r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let rid = self.check_request_id(&std::mem::take(&mut r.request_id))?;
+        let muts = self.mutations(&t, vec![WriteOp { op: Some(write_op::Op::Put(r)) }])?;
+        let res = self.write(muts, rid).await?;
+        let w = res.first().map(to_write_result).unwrap_or_default();
+        Ok(Response::new(PutResponse { succeeded: w.succeeded, version: w.version }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let mut r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let rid = self.check_request_id(&std::mem::take(&mut r.request_id))?;
+        let muts = self.mutations(&t, vec![WriteOp { op: Some(write_op::Op::Delete(r)) }])?;
+        let res = self.write(muts, rid).await?;
+        let w = res.first().map(to_write_result).unwrap_or_default();
+        Ok(Response::new(DeleteResponse { succeeded: w.succeeded, existed: w.existed, version: w.version }))
+    }
+
+    async fn batch_write(&self, req: Request<BatchWriteRequest>) -> Result<Response<BatchWriteResponse>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let rid = self.check_request_id(&r.request_id)?;
+        if r.ops.is_empty() {
+            return Ok(Response::new(BatchWriteResponse { results: vec![] }));
+        }
+        let muts = self.mutations(&t, r.ops)?;
+        let res = self.write(muts, rid).await?;
+        Ok(Response::new(BatchWriteResponse { results: res.iter().map(to_write_result).collect() }))
+    }
+
+    type ScanStream = ScanStream;
+
+    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanStream>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let hashed = catalog::is_hashed(&t);
+        let l = &self.gw.limits;
+        for (what, k) in [("prefix", &r.prefix), ("start", &r.start), ("end", &r.end)] {
+            if k.len() > l.max_key_bytes {
+                return Err(invalid(format!(
+                    "{what} is {} bytes; the key size limit is {} bytes",
+                    k.len(),
+                    l.max_key_bytes
+                )));
+            }
+        }
+        if !r.prefix.is_empty() && (!r.start.is_empty() || !r.end.is_empty()) {
+            return Err(invalid("give either prefix or start/end, not both"));
+        }
+        if hashed && (!r.prefix.is_empty() || !r.start.is_empty() || !r.end.is_empty()) {
+            return Err(invalid(
+                "ordered scans by prefix or bounds need a RANGE table; HASH tables scan whole, in slot order",
+            ));
+        }
+        let (mut start, end) = if !r.prefix.is_empty() {
+            let s = keys::encode_range_key(t.id, &r.prefix);
+            let e = keys::prefix_end(&s);
+            (s, e)
+        } else {
+            let s = if r.start.is_empty() { keys::table_prefix(t.id) } else { keys::encode_range_key(t.id, &r.start) };
+            let e = if r.end.is_empty() { keys::table_end(t.id) } else { keys::encode_range_key(t.id, &r.end) };
+            (s, e)
+        };
+        let mut resume_version = None;
+        if !r.page_token.is_empty() {
+            let (v, next) = decode_token(&r.page_token, t.id)?;
+            if next < start || (!end.is_empty() && next > end) {
+                return Err(invalid("page_token is outside the scanned bounds"));
+            }
+            start = next;
+            resume_version = Some(v);
+        }
+        let params = ScanParams {
+            start,
+            end,
+            limit: r.limit as usize,
+            page_size: r.page_size,
+            keys_only: r.keys_only,
+            resume_version,
+        };
+        let mut rx = scan::scan(self.gw.clone(), params);
+        let table_id = t.id;
+        let stream = async_stream_from(move |tx: tokio::sync::mpsc::Sender<Result<ScanResponse, Status>>| async move {
+            while let Some(batch) = rx.recv().await {
+                let msg = batch.map(|b| ScanResponse {
+                    kvs: b
+                        .pairs
+                        .into_iter()
+                        .map(|p| KeyValue {
+                            key: keys::user_key(&p.key, hashed).to_vec(),
+                            value: p.value,
+                            version: p.version,
+                        })
+                        .collect(),
+                    next_page_token: b.next_key.map(|k| encode_token(table_id, b.read_version, &k)).unwrap_or_default(),
+                });
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let now = crate::hlc::wall_now_ms();
+        let nodes = registry::list(&self.gw).await?;
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        let mut records = meta::load_directory(&self.gw).await?;
+        records.sort_by(|a, b| {
+            let ka = a.desc.as_ref().map(|d| d.start.clone()).unwrap_or_default();
+            let kb = b.desc.as_ref().map(|d| d.start.clone()).unwrap_or_default();
+            ka.cmp(&kb)
+        });
+        Ok(Response::new(ClusterStatusResponse {
+            cluster_id: self.gw.cluster_id.clone(),
+            nodes: nodes
+                .into_iter()
+                .map(|n| NodeStatus {
+                    live: registry::is_live(&n, now),
+                    id: n.id,
+                    addr: n.addr,
+                    http_addr: n.http_addr,
+                    zone: n.zone,
+                    last_heartbeat_ms: n.heartbeat_ms,
+                    capacity_bytes: n.capacity_bytes,
+                    used_bytes: n.used_bytes,
+                    replicas: n.replicas,
+                    leaders: n.leaders,
+                })
+                .collect(),
+            ranges: records.iter().map(|r| range_status(r, &tables)).collect(),
+        }))
+    }
+
+    async fn split_range(&self, req: Request<SplitRangeRequest>) -> Result<Response<SplitRangeResponse>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        self.gw.limits.check_key(&r.key).map_err(invalid)?;
+        if catalog::is_hashed(&t) {
+            return Err(invalid(
+                "HASH tables split only on slot boundaries; split their ranges by slot count at creation",
+            ));
+        }
+        let (left, right) = admin::split_at(&self.gw, &keys::encode_range_key(t.id, &r.key)).await?;
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        Ok(Response::new(SplitRangeResponse {
+            left: Some(desc_status(left, 0, &tables)),
+            right: right.map(|d| desc_status(d, 0, &tables)),
+        }))
+    }
+
+    async fn add_replica(&self, req: Request<ChangeReplicaRequest>) -> Result<Response<ChangeReplicaResponse>, Status> {
+        let r = req.into_inner();
+        let a = admin::add_replica(&self.gw, r.range_id, r.node_id).await?;
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        Ok(Response::new(ChangeReplicaResponse { range: a.desc.map(|d| desc_status(d, a.leader_node_id, &tables)) }))
+    }
+
+    async fn remove_replica(
+        &self,
+        req: Request<ChangeReplicaRequest>,
+    ) -> Result<Response<ChangeReplicaResponse>, Status> {
+        let r = req.into_inner();
+        let a = admin::remove_replica(&self.gw, r.range_id, r.node_id).await?;
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        Ok(Response::new(ChangeReplicaResponse { range: a.desc.map(|d| desc_status(d, a.leader_node_id, &tables)) }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let r = req.into_inner();
+        let a = admin::transfer_leader(&self.gw, r.range_id, r.node_id).await?;
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        Ok(Response::new(TransferLeaderResponse { range: a.desc.map(|d| desc_status(d, a.leader_node_id, &tables)) }))
+    }
+}
+
+/// Runs `f` with the sending half of a bounded channel and returns the receiving half as a stream.
+fn async_stream_from<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,194 @@
+//! Range administration driven from any node: split at a key, clear a key
+//! span, and membership changes (add a replica as a learner, wait for it to
+//! catch up, promote it; remove; transfer leadership). These are the
+//! primitives the controller and the CLI use.
+
+use super::{Gateway, Target};
+use crate::meta;
+use cairn_proto::internal::{
+    admin_request, raft_command, range_request, AdminRequest, AdminResponse, ClearRangeCommand, RaftCommand,
+    RangeDescriptor, RangeRecord, RangeRequest, SplitCommand,
+};
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+/// How long a new learner may take to catch up before promotion is abandoned.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn epoch_of(rec: &RangeRecord) -> Option<cairn_proto::internal::RangeEpoch> {
+    rec.desc.as_ref().and_then(|d| d.epoch)
+}
+
+/// Splits the range containing `key` so that a range starts at `key`.
+/// Returns (left, right); `right` is `None` when `key` already was a boundary.
+pub async fn split_at(gw: &Gateway, key: &[u8]) -> Result<(RangeDescriptor, Option<RangeDescriptor>), Status> {
+    if meta::is_meta_key(key) {
+        return Err(Status::invalid_argument("the meta range is never split"));
+    }
+    let rec = gw.locate(&Target::Key(key.to_vec())).await?;
+    if let Some(d) = rec.desc.as_ref().filter(|d| d.start == key) {
+        return Ok((d.clone(), None));
+    }
+    let new_range_id = meta::next_id(gw, meta::CTR_RANGE).await?;
+    let cmd = RaftCommand {
+        request_id: Vec::new(),
+        proposed_version: None,
+        cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id })),
+    };
+    let resp = gw
+        .call(Target::Key(key.to_vec()), |rec| {
+            Ok(RangeRequest {
+                range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
+                epoch: epoch_of(rec),
+                req: Some(range_request::Req::Command(cmd.clone())),
+            })
+        })
+        .await?;
+    let admin = resp.admin.unwrap_or_default();
+    let left = admin.desc.ok_or_else(|| Status::internal("split returned no descriptor"))?;
+    let right = admin.right;
+    let mut records = vec![RangeRecord { desc: Some(left.clone()), leader_node_id: 0, approximate_bytes: 0 }];
+    if let Some(r) = &right {
+        records.push(RangeRecord { desc: Some(r.clone()), leader_node_id: 0, approximate_bytes: 0 });
+        tracing::info!(left = left.id, right = r.id, key = %crate::keys::display_key(key), "range split");
+    }
+    for r in &records {
+        gw.learn_route(r.clone());
+    }
+    meta::report_ranges(gw, records).await?;
+    Ok((left, right))
+}
+
+/// Deletes all data in `[start, end)`, range by range.
+pub async fn clear_span(gw: &Gateway, start: &[u8], end: &[u8]) -> Result<(), Status> {
+    let mut cursor = start.to_vec();
+    loop {
+        let rec = gw.locate(&Target::Key(cursor.clone())).await?;
+        let cmd = RaftCommand {
+            request_id: super::new_request_id(),
+            proposed_version: None,
+            cmd: Some(raft_command::Cmd::Clear(ClearRangeCommand { start: cursor.clone(), end: end.to_vec() })),
+        };
+        gw.call(Target::Key(cursor.clone()), |rec| {
+            Ok(RangeRequest {
+                range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
+                epoch: epoch_of(rec),
+                req: Some(range_request::Req::Command(cmd.clone())),
+            })
+        })
+        .await?;
+        let range_end = rec.desc.map(|d| d.end).unwrap_or_default();
+        if range_end.is_empty() || (!end.is_empty() && range_end.as_slice() >= end) {
+            return Ok(());
+        }
+        cursor = range_end;
+    }
+}
+
+async fn admin(gw: &Gateway, range_id: u64, op: admin_request::Op) -> Result<AdminResponse, Status> {
+    let req = AdminRequest { op: Some(op) };
+    let resp = gw
+        .call(Target::Range(range_id), |rec| {
+            Ok(RangeRequest { range_id, epoch: epoch_of(rec), req: Some(range_request::Req::Admin(req.clone())) })
+        })
+        .await?;
+    resp.admin.ok_or_else(|| Status::internal("admin request returned no answer"))
+}
+
+pub async fn status(gw: &Gateway, range_id: u64) -> Result<AdminResponse, Status> {
+    admin(gw, range_id, admin_request::Op::Status(true)).await
+}
+
+async fn report(gw: &Gateway, a: &AdminResponse) {
+    if let Some(d) = &a.desc {
+        let rec = RangeRecord { desc: Some(d.clone()), leader_node_id: a.leader_node_id, approximate_bytes: 0 };
+        gw.learn_route(rec.clone());
+        if let Err(e) = meta::report_ranges(gw, vec![rec]).await {
+            tracing::warn!(range_id = d.id, "could not record range change in meta: {e}");
+        }
+    }
+}
+
+/// Adds a replica on `node`: as a learner first, promoted to voter once it has caught up.
+pub async fn add_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<AdminResponse, Status> {
+    if gw.book.get(node).is_none() {
+        return Err(Status::not_found(format!("node {node} is not a known member")));
+    }
+    let current = status(gw, range_id).await?;
+    let is_learner =
+        current.desc.as_ref().and_then(|d| d.replicas.iter().find(|r| r.node_id == node)).map(|r| r.learner);
+    match is_learner {
+        Some(false) => {
+            return Err(Status::already_exists(format!("node {node} already is a voter of range {range_id}")))
+        }
+        Some(true) => {}
+        None => {
+            let a = admin(gw, range_id, admin_request::Op::AddLearner(node)).await?;
+            report(gw, &a).await;
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let s = status(gw, range_id).await?;
+        let matched = s.progress.iter().find(|p| p.node_id == node).map(|p| p.matched).unwrap_or(0);
+        if matched >= s.commit_index.saturating_sub(1) && matched > 0 {
+            break;
+        }
+        if started.elapsed() > CATCH_UP_TIMEOUT {
+            return Err(Status::deadline_exceeded(format!(
+                "learner on node {node} did not catch up on range {range_id} (matched {matched} of {})",
+                s.commit_index
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = admin(gw, range_id, admin_request::Op::PromoteLearner(node)).await?;
+    report(gw, &a).await;
+    tracing::info!(range_id, node, "replica added");
+    Ok(a)
+}
+
+/// Removes the replica on `node`, moving leadership away from it first.
+pub async fn remove_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<AdminResponse, Status> {
+    let s = status(gw, range_id).await?;
+    let desc = s.desc.clone().unwrap_or_default();
+    if !desc.replicas.iter().any(|r| r.node_id == node) {
+        return Err(Status::not_found(format!("node {node} has no replica of range {range_id}")));
+    }
+    if s.leader_node_id == node {
+        let other = desc
+            .replicas
+            .iter()
+            .find(|r| !r.learner && r.node_id != node)
+            .map(|r| r.node_id)
+            .ok_or_else(|| Status::failed_precondition("cannot remove the only voter"))?;
+        transfer_leader(gw, range_id, other).await?;
+    }
+    let a = admin(gw, range_id, admin_request::Op::RemoveReplica(node)).await?;
+    report(gw, &a).await;
+    tracing::info!(range_id, node, "replica removed");
+    Ok(a)
+}
+
+/// Moves leadership to `node` and waits until it has it.
+pub async fn transfer_leader(gw: &Gateway, range_id: u64, node: u64) -> Result<AdminResponse, Status> {
+    let started = Instant::now();
+    loop {
+        let a = admin(gw, range_id, admin_request::Op::TransferLeader(node)).await?;
+        if a.leader_node_id == node {
+            report(gw, &a).await;
+            return Ok(a);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gw.dir_set_leader(range_id, 0);
+        if let Ok(s) = status(gw, range_id).await {
+            if s.leader_node_id == node {
+                report(gw, &s).await;
+                return Ok(s);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(Status::unavailable(format!("leadership of range {range_id} did not move to node {node}")));
+        }
+    }
+}

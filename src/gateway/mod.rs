@@ -1,0 +1,369 @@
+//! The request router every node runs: maps key → range → leader using the
+//! cached directory, forwards the request (in-process when the leader is local,
+//! else over the internal gRPC API), and on a stale route (not leader, key
+//! outside the range, old epoch) refreshes and retries within the deadline.
+//!
+//! Writes always carry a request id (generated if the client gave none), so a
+//! retry after an ambiguous outcome is applied at most once.
+
+pub mod admin;
+pub mod directory;
+pub mod scan;
+
+use crate::hlc::Hlc;
+use crate::limits::Limits;
+use crate::meta;
+use crate::raftstore::address_book::AddressBook;
+use crate::raftstore::{errors, executor, transport, RaftConfig, StoreHandle};
+use cairn_proto::internal::internal_client::InternalClient;
+use cairn_proto::internal::range_error::Kind;
+use cairn_proto::internal::{
+    LocateMetaRequest, RangeRecord, RangeRequest, RangeResponse, RangeScanPage, RangeScanRequest, TableInfo,
+};
+pub use directory::Directory;
+use futures::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// What a request is routed by.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Key(Vec<u8>),
+    Range(u64),
+}
+
+pub struct Gateway {
+    pub node_id: u64,
+    pub cluster_id: String,
+    pub store: StoreHandle,
+    pub book: Arc<AddressBook>,
+    pub limits: Limits,
+    pub hlc: Arc<Hlc>,
+    pub raft: RaftConfig,
+    dir: RwLock<Directory>,
+    pub(crate) tables: RwLock<HashMap<String, TableInfo>>,
+    clients: Mutex<HashMap<u64, (String, InternalClient<Channel>)>>,
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// A fresh random request id, so the gateway's own retries are deduplicated.
+pub fn new_request_id() -> Vec<u8> {
+    let mut id = b"gw-".to_vec();
+    id.extend_from_slice(&rand::random::<[u8; 16]>());
+    id
+}
+
+/// Maps a replica's routing error to the client-facing status.
+pub fn status_of(e: &cairn_proto::internal::RangeError) -> Status {
+    match errors::kind_of(e) {
+        Kind::Invalid => Status::invalid_argument(e.message.clone()),
+        _ => Status::unavailable(e.message.clone()),
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        node_id: u64,
+        cluster_id: String,
+        store: StoreHandle,
+        book: Arc<AddressBook>,
+        limits: Limits,
+        hlc: Arc<Hlc>,
+        raft: RaftConfig,
+    ) -> Self {
+        Gateway {
+            node_id,
+            cluster_id,
+            store,
+            book,
+            limits,
+            hlc,
+            raft,
+            dir: RwLock::new(Directory::default()),
+            tables: RwLock::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            last_refresh: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn directory(&self) -> Directory {
+        self.dir.read().clone()
+    }
+
+    fn client(&self, node: u64) -> Result<InternalClient<Channel>, Status> {
+        let addr =
+            self.book.get(node).ok_or_else(|| Status::unavailable(format!("no address known for node {node}")))?;
+        let mut clients = self.clients.lock();
+        if let Some((a, c)) = clients.get(&node) {
+            if *a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let ch = transport::connect(&addr).map_err(|e| Status::unavailable(format!("node {node} at {addr}: {e}")))?;
+        let c = InternalClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        clients.insert(node, (addr, c.clone()));
+        Ok(c)
+    }
+
+    /// Runs one range request on `node` (in-process if it is this node).
+    pub async fn send(&self, node: u64, req: RangeRequest, timeout: Duration) -> Result<RangeResponse, Status> {
+        if node == self.node_id {
+            return tokio::time::timeout(timeout, executor::execute(&self.store, req))
+                .await
+                .map_err(|_| Status::deadline_exceeded("timed out waiting for the local replica"));
+        }
+        let mut c = self.client(node)?;
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(timeout);
+        Ok(c.execute(r).await?.into_inner())
+    }
+
+    /// Opens a page stream of one range's scan on `node`.
+    pub async fn open_scan(
+        &self,
+        node: u64,
+        req: RangeScanRequest,
+    ) -> Result<mpsc::Receiver<Result<RangeScanPage, Status>>, Status> {
+        let (tx, rx) = mpsc::channel(2);
+        if node == self.node_id {
+            tokio::spawn(executor::scan_range(self.store.clone(), req, tx));
+            return Ok(rx);
+        }
+        let mut c = self.client(node)?;
+        let mut stream = c.scan_range(req).await?.into_inner();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(p)) => {
+                        if tx.send(Ok(p)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    // ------------------------------------------------------------------ routing
+
+    /// The meta range's record, from a local replica, the cache, or a peer.
+    async fn meta_record(&self) -> Result<RangeRecord, Status> {
+        if let Some(s) = self.store.registry.read().get(&meta::META_RANGE_ID).cloned() {
+            if s.initialized() && s.leader_id() != 0 {
+                return Ok(RangeRecord { desc: Some(s.desc()), leader_node_id: s.leader_id(), approximate_bytes: 0 });
+            }
+        }
+        if let Some(r) = self.dir.read().by_id(meta::META_RANGE_ID).cloned() {
+            if r.leader_node_id != 0 {
+                return Ok(r);
+            }
+        }
+        for (node, _) in self.book.all() {
+            if node == self.node_id {
+                continue;
+            }
+            let Ok(mut c) = self.client(node) else { continue };
+            let mut req = tonic::Request::new(LocateMetaRequest {});
+            req.set_timeout(Duration::from_secs(1));
+            if let Ok(resp) = c.locate_meta(req).await {
+                let resp = resp.into_inner();
+                for n in &resp.nodes {
+                    self.book.learn(n.id, &n.addr);
+                }
+                if resp.leader_node_id != 0 && resp.desc.is_some() {
+                    let rec =
+                        RangeRecord { desc: resp.desc, leader_node_id: resp.leader_node_id, approximate_bytes: 0 };
+                    self.dir.write().insert(rec.clone());
+                    return Ok(rec);
+                }
+            }
+        }
+        Err(Status::unavailable("the meta range has no reachable leader"))
+    }
+
+    pub async fn locate(&self, target: &Target) -> Result<RangeRecord, Status> {
+        let is_meta = match target {
+            Target::Key(k) => meta::is_meta_key(k),
+            Target::Range(id) => *id == meta::META_RANGE_ID,
+        };
+        if is_meta {
+            return self.meta_record().await;
+        }
+        for refreshed in [false, true] {
+            if refreshed {
+                self.refresh_directory().await?;
+            }
+            let dir = self.dir.read();
+            let found = match target {
+                Target::Key(k) => dir.lookup(k).cloned(),
+                Target::Range(id) => dir.by_id(*id).cloned(),
+            };
+            if let Some(r) = found {
+                return Ok(r);
+            }
+        }
+        Err(Status::unavailable(format!("no range found for {target:?} in the directory")))
+    }
+
+    /// Reloads the directory from the meta range (one refresh at a time; callers
+    /// that waited for a refresh started after they asked reuse its result).
+    /// Reads of the meta range itself never refresh, so this cannot recurse into itself.
+    pub fn refresh_directory(&self) -> BoxFuture<'_, Result<(), Status>> {
+        Box::pin(async move {
+            let asked = Instant::now();
+            let mut last = self.last_refresh.lock().await;
+            // Someone else refreshed while we waited: their result is fresh enough.
+            if last.is_some_and(|t| t >= asked) {
+                return Ok(());
+            }
+            let records = meta::load_directory(self).await?;
+            let mut fresh = Directory::from_records(records);
+            // Keep leader hints we learned more recently than the meta range.
+            for r in self.dir.read().records() {
+                if let Some(d) = &r.desc {
+                    if fresh.by_id(d.id).is_some_and(|f| f.desc == r.desc) && r.leader_node_id != 0 {
+                        fresh.set_leader(d.id, r.leader_node_id);
+                    }
+                }
+            }
+            *self.dir.write() = fresh;
+            *last = Some(Instant::now());
+            Ok(())
+        })
+    }
+
+    pub fn dir_set_leader(&self, range_id: u64, leader: u64) {
+        self.dir.write().set_leader(range_id, leader);
+    }
+
+    pub fn learn_route(&self, rec: RangeRecord) {
+        self.dir.write().insert(rec);
+    }
+
+    fn fail_fast_window(&self) -> Duration {
+        Duration::from_millis(self.raft.tick_ms * self.raft.election_ticks as u64 * 3)
+    }
+
+    /// Routes a request and retries stale routes until it succeeds, fails for a
+    /// reason retrying cannot fix, or the deadline passes. `build` makes the
+    /// request for the route the gateway currently believes in (its error ends the call).
+    pub async fn call(
+        &self,
+        target: Target,
+        mut build: impl FnMut(&RangeRecord) -> Result<RangeRequest, Status>,
+    ) -> Result<RangeResponse, Status> {
+        let deadline = Instant::now() + Duration::from_millis(self.limits.request_deadline_ms);
+        let mut last_progress = Instant::now();
+        let mut failed_nodes: HashSet<u64> = HashSet::new();
+        let mut maybe_applied = false;
+        let mut last_error = String::from("no attempt made");
+        let mut attempt: u64 = 0;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || now.duration_since(last_progress) > self.fail_fast_window() {
+                let tail = if maybe_applied {
+                    "; the write may or may not have been applied (retrying with the same request_id is safe)"
+                } else {
+                    ""
+                };
+                return Err(Status::unavailable(format!("{last_error}{tail}")));
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis((10 * attempt).min(200))).await;
+            }
+            attempt += 1;
+            let rec = match self.locate(&target).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e.message().to_string();
+                    continue;
+                }
+            };
+            let Some(desc) = rec.desc.clone() else { continue };
+            let voters: Vec<u64> = desc.replicas.iter().filter(|r| !r.learner).map(|r| r.node_id).collect();
+            if voters.is_empty() {
+                last_error = format!("range {} has no voters", desc.id);
+                continue;
+            }
+            let node = if rec.leader_node_id != 0
+                && voters.contains(&rec.leader_node_id)
+                && !failed_nodes.contains(&rec.leader_node_id)
+            {
+                rec.leader_node_id
+            } else {
+                let healthy: Vec<u64> = voters.iter().copied().filter(|n| !failed_nodes.contains(n)).collect();
+                let pool = if healthy.is_empty() { &voters } else { &healthy };
+                pool[(attempt as usize) % pool.len()]
+            };
+            let req = build(&rec)?;
+            let is_write = matches!(req.req, Some(cairn_proto::internal::range_request::Req::Command(_)));
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let resp = match self.send(node, req, remaining).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if is_write && e.code() == tonic::Code::DeadlineExceeded {
+                        maybe_applied = true;
+                    }
+                    last_error = format!("node {node}: {}", e.message());
+                    failed_nodes.insert(node);
+                    self.dir.write().set_leader(desc.id, 0);
+                    continue;
+                }
+            };
+            let Some(err) = resp.error.clone() else {
+                if rec.leader_node_id != node {
+                    self.dir.write().set_leader(desc.id, node);
+                }
+                return Ok(resp);
+            };
+            last_error = err.message.clone();
+            match errors::kind_of(&err) {
+                Kind::None => return Ok(resp),
+                Kind::NotLeader => {
+                    self.dir.write().set_leader(desc.id, err.leader_hint);
+                    if err.leader_hint != 0 {
+                        last_progress = Instant::now();
+                        failed_nodes.remove(&err.leader_hint);
+                    }
+                }
+                Kind::RangeNotFound => {
+                    failed_nodes.insert(node);
+                    self.dir.write().set_leader(desc.id, 0);
+                    if desc.id != meta::META_RANGE_ID {
+                        let _ = self.refresh_directory().await;
+                    }
+                }
+                Kind::EpochMismatch | Kind::KeyNotInRange => {
+                    last_progress = Instant::now();
+                    if let Some(d) = err.desc {
+                        self.learn_route(RangeRecord { desc: Some(d), leader_node_id: node, approximate_bytes: 0 });
+                    }
+                    if desc.id != meta::META_RANGE_ID {
+                        let _ = self.refresh_directory().await;
+                    }
+                }
+                Kind::Ambiguous => {
+                    maybe_applied = true;
+                }
+                Kind::Unavailable => {}
+                Kind::Invalid => return Err(Status::invalid_argument(err.message)),
+            }
+        }
+    }
+
+    /// Drops cached table info (after create/drop).
+    pub fn forget_table(&self, name: &str) {
+        self.tables.write().remove(name);
+    }
+}

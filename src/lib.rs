@@ -1,0 +1,29 @@
+//! Cairn: a distributed key-value database — sharded into Raft-replicated
+//! ranges, linearizable, durable (fsynced on a majority before any
+//! acknowledgement) and self-healing.
+//!
+//! Layers, top to bottom (see ARCHITECTURE.md):
+//! - [`frontend`]: gRPC client API, internal node-to-node API, HTTP admin.
+//! - [`gateway`]: key → range → leader routing with retries on stale routes.
+//! - [`meta`]: the meta range (catalog, range directory, node registry).
+//! - [`controller`]: placement decisions (pure) and their execution.
+//! - [`raftstore`]: the multi-Raft driver and the range state machine.
+//! - [`storage`]: the RocksDB engine and on-disk layout.
+//! - [`keys`], [`hlc`], [`limits`]: encodings, versions, request limits.
+
+// `RangeError` (a protobuf message sent over the wire as-is) and tonic's `Status`
+// are the error types of the request path; both are large, and boxing them would
+// only add an allocation per error.
+#![allow(clippy::result_large_err)]
+
+pub mod cli;
+pub mod controller;
+pub mod frontend;
+pub mod gateway;
+pub mod hlc;
+pub mod keys;
+pub mod limits;
+pub mod meta;
+pub mod raftstore;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,5 @@
+//! The `cairn` binary: see `cairn --help`.
+
+fn main() {
+    std::process::exit(cairn::cli::main());
+}

@@ -1,0 +1,126 @@
+//! Tables: create (allocating an id and giving the table its own ranges by
+//! splitting at its bounds and pre-split points), drop, list, and lookup with
+//! a per-node cache.
+
+use super::{scan_prefix, table_key, write, CTR_TABLE, TABLE_PREFIX};
+use crate::gateway::{admin, Gateway};
+use crate::keys::{self, SLOT_COUNT};
+use cairn_proto::internal::{mutation, Mutation, TableInfo};
+use cairn_proto::kv::{condition, Condition, Partitioning};
+use prost::Message as _;
+use tonic::Status;
+
+/// Largest number of initial ranges a hash table may ask for.
+pub const MAX_HASH_RANGES: u32 = 1024;
+/// Largest number of pre-split keys for a range table.
+pub const MAX_SPLIT_KEYS: usize = 1024;
+
+pub fn is_hashed(t: &TableInfo) -> bool {
+    t.partitioning == Partitioning::Hash as i32
+}
+
+/// Looks a table up (cache first). Dropped or unknown tables are NotFound.
+pub async fn get(gw: &Gateway, name: &str) -> Result<TableInfo, Status> {
+    if let Some(t) = gw.tables.read().get(name) {
+        return Ok(t.clone());
+    }
+    gw.limits.check_table_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let pairs = crate::gateway::scan::collect(gw, table_key(name), keys::next_key(&table_key(name))).await?;
+    let t = pairs
+        .first()
+        .and_then(|p| TableInfo::decode(p.value.as_slice()).ok())
+        .filter(|t| !t.dropped)
+        .ok_or_else(|| Status::not_found(format!("table {name:?} does not exist")))?;
+    gw.tables.write().insert(name.to_string(), t.clone());
+    Ok(t)
+}
+
+pub async fn list(gw: &Gateway) -> Result<Vec<TableInfo>, Status> {
+    let pairs = scan_prefix(gw, TABLE_PREFIX).await?;
+    Ok(pairs.into_iter().filter_map(|p| TableInfo::decode(p.value.as_slice()).ok()).filter(|t| !t.dropped).collect())
+}
+
+/// Table id of an encoded key → table name, for display.
+pub fn name_by_id(tables: &[TableInfo], id: u32) -> String {
+    if id == keys::SYSTEM_TABLE_ID {
+        return "_meta".to_string();
+    }
+    tables.iter().find(|t| t.id == id).map(|t| t.name.clone()).unwrap_or_else(|| format!("#{id}"))
+}
+
+pub async fn create(
+    gw: &Gateway,
+    name: &str,
+    partitioning: Partitioning,
+    split_keys: &[Vec<u8>],
+    hash_ranges: u32,
+) -> Result<TableInfo, Status> {
+    gw.limits.check_table_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if split_keys.len() > MAX_SPLIT_KEYS {
+        return Err(Status::invalid_argument(format!("at most {MAX_SPLIT_KEYS} split keys")));
+    }
+    for k in split_keys {
+        gw.limits.check_key(k).map_err(|e| Status::invalid_argument(format!("split key: {e}")))?;
+    }
+    if hash_ranges > MAX_HASH_RANGES {
+        return Err(Status::invalid_argument(format!("hash_ranges is {hash_ranges}; the limit is {MAX_HASH_RANGES}")));
+    }
+    let hashed = partitioning == Partitioning::Hash;
+    if hashed && !split_keys.is_empty() {
+        return Err(Status::invalid_argument("hash tables split on slots: use hash_ranges, not split_keys"));
+    }
+    if get(gw, name).await.is_ok() {
+        return Err(Status::already_exists(format!("table {name:?} already exists")));
+    }
+    let id = super::next_id(gw, CTR_TABLE).await?;
+    let id = u32::try_from(id)
+        .ok()
+        .filter(|id| *id < 0xffff_ff00)
+        .ok_or_else(|| Status::resource_exhausted("table ids are exhausted"))?;
+    // The table gets ranges of its own before it becomes visible.
+    let mut points = vec![keys::table_prefix(id), keys::table_end(id)];
+    if hashed {
+        let n = hash_ranges.max(1);
+        for i in 1..n {
+            let slot = (i * SLOT_COUNT as u32 / n) as u16;
+            points.push(keys::hash_slot_start(id, slot));
+        }
+    } else {
+        points.extend(split_keys.iter().map(|k| keys::encode_range_key(id, k)));
+    }
+    points.sort();
+    points.dedup();
+    for p in points {
+        admin::split_at(gw, &p).await?;
+    }
+    let info = TableInfo { name: name.to_string(), id, partitioning: partitioning as i32, dropped: false };
+    let m = Mutation {
+        key: table_key(name),
+        condition: Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) }),
+        op: Some(mutation::Op::Put(info.encode_to_vec())),
+    };
+    let r = write(gw, vec![m]).await?;
+    if !r.first().is_some_and(|r| r.succeeded) {
+        return Err(Status::already_exists(format!("table {name:?} already exists")));
+    }
+    gw.forget_table(name);
+    tracing::info!(table = name, id, "table created");
+    Ok(info)
+}
+
+/// Drops a table: hides it, clears its data range by range, then forgets its name.
+pub async fn drop(gw: &Gateway, name: &str) -> Result<(), Status> {
+    let t = get(gw, name).await?;
+    let hidden = TableInfo { dropped: true, ..t.clone() };
+    write(
+        gw,
+        vec![Mutation { key: table_key(name), condition: None, op: Some(mutation::Op::Put(hidden.encode_to_vec())) }],
+    )
+    .await?;
+    gw.forget_table(name);
+    admin::clear_span(gw, &keys::table_prefix(t.id), &keys::table_end(t.id)).await?;
+    write(gw, vec![Mutation { key: table_key(name), condition: None, op: Some(mutation::Op::Delete(true)) }]).await?;
+    gw.forget_table(name);
+    tracing::info!(table = name, id = t.id, "table dropped");
+    Ok(())
+}

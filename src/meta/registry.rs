@@ -1,0 +1,51 @@
+//! The node registry: node ids, addresses, zones, liveness heartbeats and
+//! capacity. A node is live while its last heartbeat is recent.
+
+use super::{node_key, scan_prefix, write, CTR_NODE, NODE_PREFIX};
+use crate::gateway::Gateway;
+use cairn_proto::internal::{mutation, JoinRequest, JoinResponse, Mutation, NodeInfo};
+use prost::Message as _;
+use tonic::Status;
+
+/// How often nodes heartbeat, and after how long without one a node counts as dead.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 2_000;
+pub const LIVENESS_TIMEOUT_MS: u64 = 10_000;
+
+pub fn is_live(n: &NodeInfo, now_ms: u64) -> bool {
+    now_ms.saturating_sub(n.heartbeat_ms) < LIVENESS_TIMEOUT_MS
+}
+
+pub async fn list(gw: &Gateway) -> Result<Vec<NodeInfo>, Status> {
+    let pairs = scan_prefix(gw, NODE_PREFIX).await?;
+    Ok(pairs.into_iter().filter_map(|p| NodeInfo::decode(p.value.as_slice()).ok()).collect())
+}
+
+pub async fn put(gw: &Gateway, info: NodeInfo) -> Result<(), Status> {
+    let m = Mutation { key: node_key(info.id), condition: None, op: Some(mutation::Op::Put(info.encode_to_vec())) };
+    write(gw, vec![m]).await.map(|_| ())
+}
+
+/// Admits a new node: allocates its id and records it.
+pub async fn join(gw: &Gateway, req: JoinRequest) -> Result<JoinResponse, Status> {
+    if req.addr.is_empty() || req.addr.len() > 256 {
+        return Err(Status::invalid_argument("join needs the node's gRPC address (at most 256 bytes)"));
+    }
+    if req.zone.len() > 64 {
+        return Err(Status::invalid_argument("zone label longer than 64 bytes"));
+    }
+    let id = super::next_id(gw, CTR_NODE).await?;
+    let info = NodeInfo {
+        id,
+        addr: req.addr.clone(),
+        http_addr: req.http_addr,
+        zone: req.zone,
+        heartbeat_ms: crate::hlc::wall_now_ms(),
+        capacity_bytes: req.capacity_bytes,
+        ..Default::default()
+    };
+    put(gw, info).await?;
+    gw.book.learn(id, &req.addr);
+    tracing::info!(node_id = id, addr = %req.addr, "node joined");
+    let nodes = list(gw).await?;
+    Ok(JoinResponse { node_id: id, cluster_id: gw.cluster_id.clone(), nodes })
+}

@@ -1,0 +1,379 @@
+//! The range state machine: what a committed command does to the MVCC data.
+//!
+//! Deterministic: the outcome depends only on the command, the log index and
+//! the replica's current state, so every replica reaches the same state.
+//! Nothing here writes to disk directly; changes go into the caller's batch,
+//! which also carries the new applied index (so recovery after a crash is exact).
+
+use super::errors;
+use crate::hlc::Version;
+use crate::keys::{self, mvcc as mvcc_keys};
+use crate::storage::layout::{self, ApplyState};
+use crate::storage::{mvcc, Batch, Cf, Engine};
+use cairn_proto::internal::{
+    mutation, raft_command, ClearRangeCommand, Mutation, MutationResult, RaftCommand, RangeDescriptor, RangeEpoch,
+    RangeError, RangeRecord, SplitCommand, WriteBatch, WriteResponse,
+};
+use cairn_proto::kv::{condition, Condition};
+use prost::Message as _;
+use prost011::Message as _;
+use std::collections::HashMap;
+
+/// How long a request id is remembered for deduplication of retries.
+pub const DEDUPE_TTL_MS: u64 = 10 * 60 * 1000;
+/// Bound on expired dedupe records removed per applied command (keeps apply cost flat).
+const DEDUPE_PRUNE_PER_APPLY: usize = 32;
+
+#[derive(Debug)]
+pub enum Applied {
+    Write(WriteResponse),
+    Split {
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+    },
+    /// The split key already is this range's start: nothing to do.
+    AlreadySplit(RangeDescriptor),
+    Cleared,
+    Rejected(RangeError),
+}
+
+/// Mutable state of the replica that applying may change.
+pub struct ApplyTarget<'a> {
+    pub range_id: u64,
+    pub desc: &'a mut RangeDescriptor,
+    pub apply: &'a mut ApplyState,
+    /// Bytes of user data written, for the split check.
+    pub written_bytes: u64,
+}
+
+pub fn apply_command(engine: &Engine, batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, cmd: &RaftCommand) -> Applied {
+    let proposed = cmd.proposed_version.as_ref().map(Version::from).unwrap_or_default();
+    // Versions grow monotonically per range whatever the proposer's clock said.
+    let version = proposed.max(t.apply.last_version.next());
+    if !cmd.request_id.is_empty() {
+        if let Some(prev) = engine.get(Cf::RaftState, &layout::dedupe_key(t.range_id, &cmd.request_id)) {
+            if let Some(resp) = prev.get(8..).and_then(|b| WriteResponse::decode(b).ok()) {
+                return Applied::Write(resp);
+            }
+        }
+    }
+    let out = match &cmd.cmd {
+        Some(raft_command::Cmd::Write(w)) => apply_write(engine, batch, t, w, version),
+        Some(raft_command::Cmd::Split(s)) => apply_split(batch, t, s),
+        Some(raft_command::Cmd::Clear(c)) => apply_clear(batch, t, c),
+        None => Applied::Rejected(errors::invalid("empty command")),
+    };
+    if let Applied::Write(resp) = &out {
+        t.apply.last_version = version;
+        if !cmd.request_id.is_empty() {
+            remember(batch, t.range_id, &cmd.request_id, version, resp);
+        }
+    }
+    prune_dedupe(engine, batch, t.range_id, version);
+    out
+}
+
+fn remember(batch: &mut Batch<'_>, range_id: u64, request_id: &[u8], version: Version, resp: &WriteResponse) {
+    let ms = version.wall_ns / 1_000_000;
+    let mut v = ms.to_be_bytes().to_vec();
+    v.extend_from_slice(&resp.encode_to_vec());
+    batch.put(Cf::RaftState, &layout::dedupe_key(range_id, request_id), &v);
+    batch.put(Cf::RaftState, &layout::dedupe_expiry_key(range_id, ms, request_id), &[]);
+}
+
+fn prune_dedupe(engine: &Engine, batch: &mut Batch<'_>, range_id: u64, now: Version) {
+    let cutoff_ms = (now.wall_ns / 1_000_000).saturating_sub(DEDUPE_TTL_MS);
+    let prefix = layout::dedupe_expiry_prefix(range_id);
+    let end = layout::dedupe_expiry_key(range_id, cutoff_ms, &[]);
+    let mut n = 0;
+    engine.scan(Cf::RaftState, &prefix, &end, |k, _| {
+        let request_id = &k[prefix.len() + 8..];
+        batch.delete(Cf::RaftState, k);
+        batch.delete(Cf::RaftState, &layout::dedupe_key(range_id, request_id));
+        n += 1;
+        n < DEDUPE_PRUNE_PER_APPLY
+    });
+}
+
+type Current = Option<(Vec<u8>, Version)>;
+
+fn condition_holds(cond: &Option<Condition>, cur: &Current) -> bool {
+    match cond.as_ref().and_then(|c| c.kind.as_ref()) {
+        None => true,
+        Some(condition::Kind::VersionEquals(v)) => cur.as_ref().is_some_and(|(_, cv)| *cv == Version::from(v)),
+        Some(condition::Kind::IfAbsent(_)) => cur.is_none(),
+        Some(condition::Kind::IfPresent(_)) => cur.is_some(),
+        Some(condition::Kind::ValueEquals(x)) => cur.as_ref().is_some_and(|(v, _)| v == x),
+    }
+}
+
+fn epoch_newer(a: &Option<RangeEpoch>, b: &Option<RangeEpoch>) -> bool {
+    let a = (*a).unwrap_or_default();
+    let b = (*b).unwrap_or_default();
+    (a.version, a.conf_ver) > (b.version, b.conf_ver)
+}
+
+fn apply_write(
+    engine: &Engine,
+    batch: &mut Batch<'_>,
+    t: &mut ApplyTarget<'_>,
+    w: &WriteBatch,
+    version: Version,
+) -> Applied {
+    if let Some(m) = w.mutations.iter().find(|m| !keys::in_range(&m.key, &t.desc.start, &t.desc.end)) {
+        let _ = m;
+        return Applied::Rejected(errors::key_not_in_range(t.desc));
+    }
+    let mut overlay: HashMap<&[u8], Current> = HashMap::new();
+    let mut order: Vec<&[u8]> = Vec::new();
+    let mut results = Vec::with_capacity(w.mutations.len());
+    let mut all_ok = true;
+    for m in &w.mutations {
+        let key = m.key.as_slice();
+        let cur = match overlay.get(key) {
+            Some(c) => c.clone(),
+            None => mvcc::get_live(engine, key, Version::MAX),
+        };
+        let existed = cur.is_some();
+        if !condition_holds(&m.condition, &cur) {
+            all_ok = false;
+            results.push(MutationResult { succeeded: false, existed, version: cur.map(|(_, v)| v.into()), counter: 0 });
+            continue;
+        }
+        let (next, result) = match evaluate(m, cur, version) {
+            Ok(r) => r,
+            Err(e) => return Applied::Rejected(e),
+        };
+        if !result.succeeded && !matches!(m.op, Some(mutation::Op::RangeRecord(_))) {
+            all_ok = false;
+        }
+        if let Some(next) = next {
+            if !overlay.contains_key(key) {
+                order.push(key);
+            }
+            overlay.insert(key, next);
+        }
+        results.push(result);
+    }
+    if !all_ok {
+        for r in &mut results {
+            r.succeeded = false;
+        }
+        return Applied::Write(WriteResponse { results });
+    }
+    for key in order {
+        match &overlay[key] {
+            Some((value, _)) => {
+                t.written_bytes += (key.len() + value.len()) as u64;
+                batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::encode_value(value));
+            }
+            None => batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::tombstone()),
+        }
+    }
+    Applied::Write(WriteResponse { results })
+}
+
+/// What one mutation turns the key into (`None` = unchanged) and its result.
+fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Current>, MutationResult), RangeError> {
+    let existed = cur.is_some();
+    let ok = |counter| MutationResult { succeeded: true, existed, version: Some(version.into()), counter };
+    Ok(match &m.op {
+        Some(mutation::Op::Put(v)) => (Some(Some((v.clone(), version))), ok(0)),
+        Some(mutation::Op::Delete(_)) => {
+            if existed {
+                (Some(None), ok(0))
+            } else {
+                (None, MutationResult { succeeded: true, existed: false, version: None, counter: 0 })
+            }
+        }
+        Some(mutation::Op::Increment(inc)) => {
+            let current: i64 = match &cur {
+                None => 0,
+                Some((v, _)) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| errors::invalid("value is not an integer or out of range"))?,
+            };
+            let next = current
+                .checked_add(inc.delta)
+                .ok_or_else(|| errors::invalid("increment or decrement would overflow"))?;
+            let within = inc.min.is_none_or(|lo| next >= lo) && inc.max.is_none_or(|hi| next <= hi);
+            if !within {
+                let cur_version = cur.map(|(_, v)| v.into());
+                (None, MutationResult { succeeded: false, existed, version: cur_version, counter: current })
+            } else {
+                (Some(Some((next.to_string().into_bytes(), version))), ok(next))
+            }
+        }
+        Some(mutation::Op::RangeRecord(rec)) => {
+            let stale = cur.as_ref().and_then(|(v, _)| RangeRecord::decode(v.as_slice()).ok()).is_some_and(|old| {
+                let old_epoch = old.desc.as_ref().and_then(|d| d.epoch);
+                let new_epoch = rec.desc.as_ref().and_then(|d| d.epoch);
+                epoch_newer(&old_epoch, &new_epoch)
+            });
+            if stale {
+                (None, MutationResult { succeeded: false, existed, version: cur.map(|(_, v)| v.into()), counter: 0 })
+            } else {
+                // A report that does not know the leader or size keeps the previous ones.
+                let mut rec = rec.clone();
+                if let Some(old) = cur.as_ref().and_then(|(v, _)| RangeRecord::decode(v.as_slice()).ok()) {
+                    if rec.leader_node_id == 0 {
+                        rec.leader_node_id = old.leader_node_id;
+                    }
+                    if rec.approximate_bytes == 0 {
+                        rec.approximate_bytes = old.approximate_bytes;
+                    }
+                }
+                (Some(Some((rec.encode_to_vec(), version))), ok(0))
+            }
+        }
+        None => return Err(errors::invalid("mutation has no operation")),
+    })
+}
+
+fn apply_split(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, s: &SplitCommand) -> Applied {
+    let key = s.split_key.as_slice();
+    if key == t.desc.start.as_slice() {
+        return Applied::AlreadySplit(t.desc.clone());
+    }
+    let strictly_inside = key > t.desc.start.as_slice() && (t.desc.end.is_empty() || key < t.desc.end.as_slice());
+    if !strictly_inside {
+        return Applied::Rejected(errors::key_not_in_range(t.desc));
+    }
+    if s.new_range_id == 0 || s.new_range_id == t.range_id {
+        return Applied::Rejected(errors::invalid("split needs a new range id"));
+    }
+    let mut epoch = t.desc.epoch.unwrap_or_default();
+    epoch.version += 1;
+    let right = RangeDescriptor {
+        id: s.new_range_id,
+        start: key.to_vec(),
+        end: t.desc.end.clone(),
+        epoch: Some(epoch),
+        replicas: t.desc.replicas.clone(),
+    };
+    t.desc.end = key.to_vec();
+    t.desc.epoch = Some(epoch);
+    batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
+    write_initial_state(batch, &right, t.apply.last_version);
+    Applied::Split { left: t.desc.clone(), right }
+}
+
+/// Persists the starting state of a range created by bootstrap or split.
+pub fn write_initial_state(batch: &mut Batch<'_>, desc: &RangeDescriptor, last_version: Version) {
+    use super::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
+    let hs = raft::eraftpb::HardState { term: RAFT_INIT_TERM, vote: 0, commit: RAFT_INIT_INDEX };
+    let apply = ApplyState {
+        applied_index: RAFT_INIT_INDEX,
+        truncated_index: RAFT_INIT_INDEX,
+        truncated_term: RAFT_INIT_TERM,
+        last_version,
+    };
+    batch.put(Cf::RaftState, &layout::hard_state_key(desc.id), &hs.encode_to_vec());
+    batch.put(Cf::RaftState, &layout::apply_state_key(desc.id), &apply.encode());
+    batch.put(Cf::RaftState, &layout::descriptor_key(desc.id), &desc.encode_to_vec());
+}
+
+fn apply_clear(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, c: &ClearRangeCommand) -> Applied {
+    let start = c.start.as_slice().max(t.desc.start.as_slice()).to_vec();
+    let end = match (c.end.is_empty(), t.desc.end.is_empty()) {
+        (true, _) => t.desc.end.clone(),
+        (false, true) => c.end.clone(),
+        (false, false) => c.end.as_slice().min(t.desc.end.as_slice()).to_vec(),
+    };
+    if !end.is_empty() && start >= end {
+        return Applied::Cleared;
+    }
+    let (lo, hi) = mvcc::data_span(&start, &end);
+    batch.delete_range(Cf::Data, &lo, &hi);
+    Applied::Cleared
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::internal::Increment;
+
+    fn setup() -> (tempfile::TempDir, Engine, RangeDescriptor, ApplyState) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let desc = RangeDescriptor { id: 2, start: b"a".to_vec(), end: b"m".to_vec(), ..Default::default() };
+        (dir, engine, desc, ApplyState::default())
+    }
+
+    fn write(muts: Vec<Mutation>, rid: &[u8]) -> RaftCommand {
+        RaftCommand {
+            request_id: rid.to_vec(),
+            proposed_version: None,
+            cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: muts })),
+        }
+    }
+
+    fn put(k: &[u8], v: &[u8], cond: Option<condition::Kind>) -> Mutation {
+        Mutation {
+            key: k.to_vec(),
+            condition: cond.map(|k| Condition { kind: Some(k) }),
+            op: Some(mutation::Op::Put(v.to_vec())),
+        }
+    }
+
+    fn run(engine: &Engine, desc: &mut RangeDescriptor, st: &mut ApplyState, cmd: &RaftCommand) -> Applied {
+        let mut b = engine.batch();
+        let mut t = ApplyTarget { range_id: 2, desc, apply: st, written_bytes: 0 };
+        let out = apply_command(engine, &mut b, &mut t, cmd);
+        engine.commit(b, false);
+        out
+    }
+
+    #[test]
+    fn failed_condition_applies_nothing_and_versions_grow() {
+        let (_d, e, mut desc, mut st) = setup();
+        let Applied::Write(r) = run(&e, &mut desc, &mut st, &write(vec![put(b"b", b"1", None)], b"")) else { panic!() };
+        let v1 = r.results[0].version.unwrap();
+        let batch = write(vec![put(b"c", b"x", None), put(b"b", b"2", Some(condition::Kind::IfAbsent(true)))], b"");
+        let Applied::Write(r) = run(&e, &mut desc, &mut st, &batch) else { panic!() };
+        assert!(r.results.iter().all(|r| !r.succeeded));
+        assert_eq!(r.results[1].version, Some(v1));
+        assert!(mvcc::get_live(&e, b"c", Version::MAX).is_none(), "nothing partly applied");
+        let Applied::Write(r) =
+            run(&e, &mut desc, &mut st, &write(vec![put(b"b", b"3", Some(condition::Kind::VersionEquals(v1)))], b""))
+        else {
+            panic!()
+        };
+        assert!(r.results[0].succeeded);
+        assert!(Version::from(r.results[0].version.as_ref().unwrap()) > Version::from(&v1));
+    }
+
+    #[test]
+    fn retried_request_id_applies_once() {
+        let (_d, e, mut desc, mut st) = setup();
+        let inc = |d| Mutation {
+            key: b"ctr".to_vec(),
+            condition: None,
+            op: Some(mutation::Op::Increment(Increment { delta: d, min: None, max: Some(10) })),
+        };
+        let cmd = write(vec![inc(4)], b"req-1");
+        run(&e, &mut desc, &mut st, &cmd);
+        let Applied::Write(r) = run(&e, &mut desc, &mut st, &cmd) else { panic!() };
+        assert_eq!(r.results[0].counter, 4);
+        assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX).unwrap().0, b"4");
+        let Applied::Write(r) = run(&e, &mut desc, &mut st, &write(vec![inc(7)], b"")) else { panic!() };
+        assert!(!r.results[0].succeeded, "bound max=10 holds");
+        assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX).unwrap().0, b"4");
+    }
+
+    #[test]
+    fn split_shrinks_left_and_rejects_outside_keys() {
+        let (_d, e, mut desc, mut st) = setup();
+        let split = RaftCommand {
+            cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: b"g".to_vec(), new_range_id: 9 })),
+            ..Default::default()
+        };
+        let Applied::Split { left, right } = run(&e, &mut desc, &mut st, &split) else { panic!() };
+        assert_eq!(
+            (left.end.as_slice(), right.start.as_slice(), right.end.as_slice()),
+            (&b"g"[..], &b"g"[..], &b"m"[..])
+        );
+        assert!(matches!(run(&e, &mut desc, &mut st, &write(vec![put(b"h", b"1", None)], b"")), Applied::Rejected(_)));
+    }
+}

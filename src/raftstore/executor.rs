@@ -1,0 +1,234 @@
+//! Serves range requests against this node's replicas: proposes commands,
+//! confirms leadership for linearizable reads (ReadIndex) and then reads the
+//! engine, and pages through a range's keys at one version for scans.
+//!
+//! It is what the internal `Execute`/`ScanRange` RPCs run, and what the
+//! gateway calls directly when the leader is local.
+
+use super::apply::Applied;
+use super::errors;
+use super::msg::{StoreHandle, StoreMsg};
+use super::shared::ReplicaShared;
+use crate::hlc::Version;
+use crate::keys;
+use crate::storage::mvcc;
+use cairn_proto::internal::{
+    range_request, AdminResponse, RangeEpoch, RangeError, RangeRequest, RangeResponse, RangeScanPage, RangeScanRequest,
+    ReadResult, ScannedPair,
+};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Bounds one scan page: whichever is hit first.
+pub const DEFAULT_PAGE_KEYS: usize = 256;
+pub const MAX_PAGE_KEYS: usize = 10_000;
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+/// A follower serves stale reads only if it heard from its leader this recently.
+pub const MAX_STALENESS_MS: u64 = 10_000;
+
+fn error_response(e: RangeError) -> RangeResponse {
+    RangeResponse { error: Some(e), ..Default::default() }
+}
+
+pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
+    let range_id = req.range_id;
+    let epoch = req.epoch;
+    match req.req {
+        Some(range_request::Req::Command(cmd)) => {
+            match store.ask(|reply| StoreMsg::Command { range_id, epoch, cmd, reply }).await {
+                Ok(Applied::Write(w)) => RangeResponse { write: Some(w), ..Default::default() },
+                Ok(Applied::Split { left, right }) => RangeResponse {
+                    admin: Some(AdminResponse { desc: Some(left), right: Some(right), ..Default::default() }),
+                    ..Default::default()
+                },
+                Ok(Applied::AlreadySplit(desc)) => RangeResponse {
+                    admin: Some(AdminResponse { desc: Some(desc), ..Default::default() }),
+                    ..Default::default()
+                },
+                Ok(Applied::Cleared) => RangeResponse::default(),
+                Ok(Applied::Rejected(e)) | Err(e) => error_response(e),
+            }
+        }
+        Some(range_request::Req::Read(r)) => {
+            if !r.stale {
+                if let Err(e) = store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await {
+                    return error_response(e);
+                }
+            }
+            let store = store.clone();
+            let res = tokio::task::spawn_blocking(move || read_keys(&store, range_id, epoch, &r.keys, r.stale)).await;
+            match res {
+                Ok(Ok(reads)) => RangeResponse { reads, ..Default::default() },
+                Ok(Err(e)) => error_response(e),
+                Err(e) => error_response(errors::unavailable(format!("read task failed: {e}"))),
+            }
+        }
+        Some(range_request::Req::Admin(a)) => {
+            match store.ask(|reply| StoreMsg::Admin { range_id, req: a, reply }).await {
+                Ok(admin) => RangeResponse { admin: Some(admin), ..Default::default() },
+                Err(e) => error_response(e),
+            }
+        }
+        None => error_response(errors::invalid("range request without a body")),
+    }
+}
+
+fn replica(store: &StoreHandle, range_id: u64) -> Result<Arc<ReplicaShared>, RangeError> {
+    store.registry.read().get(&range_id).cloned().ok_or_else(|| errors::range_not_found(range_id))
+}
+
+fn check_epoch(shared: &ReplicaShared, epoch: &Option<RangeEpoch>) -> Result<(), RangeError> {
+    shared.with_desc(|d| match (epoch, &d.epoch) {
+        (Some(want), Some(have)) if want.version != have.version => Err(errors::epoch_mismatch(d)),
+        _ => Ok(()),
+    })
+}
+
+fn check_stale_allowed(shared: &ReplicaShared) -> Result<(), RangeError> {
+    if !shared.initialized() {
+        return Err(errors::range_not_found(shared.range_id));
+    }
+    let contact = shared.leader_contact_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if !shared.is_leader() && crate::hlc::wall_now_ms().saturating_sub(contact) > MAX_STALENESS_MS {
+        return Err(errors::unavailable(format!(
+            "range {}: this replica has not heard from its leader within {MAX_STALENESS_MS} ms",
+            shared.range_id
+        )));
+    }
+    Ok(())
+}
+
+fn read_keys(
+    store: &StoreHandle,
+    range_id: u64,
+    epoch: Option<RangeEpoch>,
+    keys_: &[Vec<u8>],
+    stale: bool,
+) -> Result<Vec<ReadResult>, RangeError> {
+    let shared = replica(store, range_id)?;
+    let _guard = shared.data_lock.read();
+    if shared.destroyed() {
+        return Err(errors::range_not_found(range_id));
+    }
+    if stale {
+        check_stale_allowed(&shared)?;
+    }
+    check_epoch(&shared, &epoch)?;
+    let desc = shared.desc();
+    let mut out = Vec::with_capacity(keys_.len());
+    for k in keys_ {
+        if !keys::in_range(k, &desc.start, &desc.end) {
+            return Err(errors::key_not_in_range(&desc));
+        }
+        out.push(match mvcc::get_live(&store.engine, k, Version::MAX) {
+            Some((value, v)) => ReadResult { found: true, value, version: Some(v.into()) },
+            None => ReadResult::default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Streams one range's live keys in `[start, end)` ∩ range bounds, at one version.
+pub async fn scan_range(
+    store: StoreHandle,
+    req: RangeScanRequest,
+    tx: mpsc::Sender<Result<RangeScanPage, tonic::Status>>,
+) {
+    let send_err = |e: RangeError| RangeScanPage { error: Some(e), ..Default::default() };
+    let range_id = req.range_id;
+    let read_version = match &req.read_version {
+        Some(v) => Version::from(v),
+        None => {
+            if let Err(e) = store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await {
+                let _ = tx.send(Ok(send_err(e))).await;
+                return;
+            }
+            match replica(&store, range_id) {
+                Ok(s) => s.last_version(),
+                Err(e) => {
+                    let _ = tx.send(Ok(send_err(e))).await;
+                    return;
+                }
+            }
+        }
+    };
+    let page_keys = match req.page_size as usize {
+        0 => DEFAULT_PAGE_KEYS,
+        n => n.min(MAX_PAGE_KEYS),
+    };
+    let mut remaining = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+    let mut cursor = req.start.clone();
+    loop {
+        let st = store.clone();
+        let (epoch, end, keys_only, cur) = (req.epoch, req.end.clone(), req.keys_only, cursor.clone());
+        let want = page_keys.min(remaining);
+        let page = tokio::task::spawn_blocking(move || {
+            scan_page(&st, range_id, epoch, &cur, &end, read_version, want, keys_only)
+        })
+        .await;
+        let (pairs, done) = match page {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                let _ = tx.send(Ok(send_err(e))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Ok(send_err(errors::unavailable(format!("scan task failed: {e}"))))).await;
+                return;
+            }
+        };
+        remaining = remaining.saturating_sub(pairs.len());
+        if let Some(last) = pairs.last() {
+            cursor = keys::next_key(&last.key);
+        }
+        let done = done || remaining == 0;
+        let msg = RangeScanPage { error: None, pairs, read_version: Some(read_version.into()), done };
+        if tx.send(Ok(msg)).await.is_err() || done {
+            return; // client went away, or finished
+        }
+    }
+}
+
+/// One page; `done` is true when the range (or the requested end) is exhausted.
+#[allow(clippy::too_many_arguments)]
+fn scan_page(
+    store: &StoreHandle,
+    range_id: u64,
+    epoch: Option<RangeEpoch>,
+    start: &[u8],
+    end: &[u8],
+    at: Version,
+    max_keys: usize,
+    keys_only: bool,
+) -> Result<(Vec<ScannedPair>, bool), RangeError> {
+    let shared = replica(store, range_id)?;
+    let _guard = shared.data_lock.read();
+    if shared.destroyed() {
+        return Err(errors::range_not_found(range_id));
+    }
+    check_epoch(&shared, &epoch)?;
+    let desc = shared.desc();
+    let lo = start.max(desc.start.as_slice()).to_vec();
+    let hi = match (end.is_empty(), desc.end.is_empty()) {
+        (true, _) => desc.end.clone(),
+        (false, true) => end.to_vec(),
+        (false, false) => end.min(desc.end.as_slice()).to_vec(),
+    };
+    let mut pairs = Vec::new();
+    let mut bytes = 0;
+    let mut exhausted = true;
+    mvcc::scan_at(&store.engine, &lo, &hi, at, |k, v, version| {
+        if pairs.len() >= max_keys || bytes >= MAX_PAGE_BYTES {
+            exhausted = false;
+            return false;
+        }
+        bytes += k.len() + if keys_only { 0 } else { v.len() };
+        pairs.push(ScannedPair {
+            key: k.to_vec(),
+            value: if keys_only { Vec::new() } else { v.to_vec() },
+            version: Some(version.into()),
+        });
+        true
+    });
+    Ok((pairs, exhausted))
+}

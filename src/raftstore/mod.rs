@@ -1,0 +1,51 @@
+//! The multi-Raft driver: one loop per node that owns every range replica on
+//! the node, steps their Raft state machines (tikv raft-rs), persists all their
+//! Ready states in one synced RocksDB batch per iteration (group commit across
+//! ranges), sends messages batched per destination node, and applies committed
+//! commands to the MVCC state machine.
+
+pub mod address_book;
+pub mod apply;
+pub mod errors;
+pub mod executor;
+pub mod msg;
+pub mod raft_storage;
+pub mod replica;
+pub mod shared;
+pub mod snapshot;
+pub mod store;
+pub mod transport;
+
+pub use msg::{StoreHandle, StoreMsg};
+pub use shared::{ReplicaRegistry, ReplicaShared};
+
+/// Log index/term at which a range created by bootstrap or split starts (as TiKV does):
+/// a new replica with an empty log is below it and so gets a snapshot.
+pub const RAFT_INIT_INDEX: u64 = 5;
+pub const RAFT_INIT_TERM: u64 = 5;
+
+/// Tunables of the driver.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// When a replica's log holds more applied entries than this, the oldest half is dropped.
+    pub log_gc_threshold: u64,
+    pub max_inflight_msgs: usize,
+    pub max_size_per_msg: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            log_gc_threshold: 8192,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1 << 20,
+        }
+    }
+}

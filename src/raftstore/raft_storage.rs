@@ -1,0 +1,206 @@
+//! raft-rs's `Storage` for one range replica, backed by the node's RocksDB.
+//!
+//! The loop keeps this struct's cached fields (hard state, last index, apply
+//! state, descriptor) equal to what it has written, so raft-rs's reads are
+//! served from memory or from the `raft_log` column family.
+
+use super::snapshot;
+use crate::storage::layout::{self, ApplyState};
+use crate::storage::{Cf, Engine};
+use cairn_proto::internal::{RangeDescriptor, RangeEpoch};
+use prost::Message as _;
+use prost011::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::sync::Arc;
+
+pub struct RangeStorage {
+    engine: Arc<Engine>,
+    pub range_id: u64,
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    pub apply: ApplyState,
+    pub last_index: u64,
+    pub last_term: u64,
+    pub desc: RangeDescriptor,
+    /// False for a replica created on a message, before its first snapshot.
+    pub initialized: bool,
+}
+
+pub fn conf_state_of(desc: &RangeDescriptor) -> ConfState {
+    let mut cs = ConfState::default();
+    for r in &desc.replicas {
+        if r.learner {
+            cs.learners.push(r.node_id);
+        } else {
+            cs.voters.push(r.node_id);
+        }
+    }
+    cs
+}
+
+fn other(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl RangeStorage {
+    /// A replica known only by id, waiting for a snapshot from its leader.
+    pub fn uninitialized(engine: Arc<Engine>, range_id: u64) -> Self {
+        RangeStorage {
+            engine,
+            range_id,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            apply: ApplyState::default(),
+            last_index: 0,
+            last_term: 0,
+            desc: RangeDescriptor { id: range_id, epoch: Some(RangeEpoch::default()), ..Default::default() },
+            initialized: false,
+        }
+    }
+
+    /// Loads a replica's persisted state; `None` if the range has no descriptor here.
+    pub fn load(engine: Arc<Engine>, range_id: u64) -> anyhow::Result<Option<Self>> {
+        let Some(raw_desc) = engine.get(Cf::RaftState, &layout::descriptor_key(range_id)) else {
+            return Ok(None);
+        };
+        let desc = RangeDescriptor::decode(raw_desc.as_slice())?;
+        let hard_state = match engine.get(Cf::RaftState, &layout::hard_state_key(range_id)) {
+            Some(b) => HardState::decode(b.as_slice())?,
+            None => HardState::default(),
+        };
+        let apply = engine
+            .get(Cf::RaftState, &layout::apply_state_key(range_id))
+            .and_then(|b| ApplyState::decode(&b))
+            .ok_or_else(|| anyhow::anyhow!("range {range_id}: descriptor without apply state"))?;
+        let mut hard_state = hard_state;
+        // Applied entries are committed by definition; the hard state's commit may lag
+        // on disk because commit-only advances are not synced.
+        hard_state.commit = hard_state.commit.max(apply.applied_index);
+        let mut s = RangeStorage {
+            engine,
+            range_id,
+            hard_state,
+            conf_state: conf_state_of(&desc),
+            apply,
+            last_index: apply.truncated_index,
+            last_term: apply.truncated_term,
+            desc,
+            initialized: true,
+        };
+        // The last log entry, if the log holds any beyond the truncation point.
+        let (lo, hi) = (layout::log_key(range_id, 0), layout::log_key(range_id + 1, 0));
+        let mut last: Option<Entry> = None;
+        s.engine.scan(Cf::RaftLog, &lo, &hi, |_, v| {
+            last = Entry::decode(v).ok();
+            true
+        });
+        if let Some(e) = last {
+            if e.index > s.last_index {
+                s.last_index = e.index;
+                s.last_term = e.term;
+            }
+        }
+        Ok(Some(s))
+    }
+
+    pub fn first_index_value(&self) -> u64 {
+        self.apply.truncated_index + 1
+    }
+
+    fn read_entry(&self, idx: u64) -> raft::Result<Entry> {
+        let raw = self
+            .engine
+            .get(Cf::RaftLog, &layout::log_key(self.range_id, idx))
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        Entry::decode(raw.as_slice()).map_err(other)
+    }
+}
+
+impl raft::Storage for RangeStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.apply.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let mut failure = None;
+        let (lo, hi) = (layout::log_key(self.range_id, low), layout::log_key(self.range_id, high));
+        self.engine.scan(Cf::RaftLog, &lo, &hi, |_, v| match Entry::decode(v) {
+            Ok(e) => {
+                size += v.len() as u64;
+                // raft-rs wants at least one entry even if it alone exceeds the limit.
+                if !out.is_empty() && size > max {
+                    return false;
+                }
+                out.push(e);
+                true
+            }
+            Err(e) => {
+                failure = Some(other(e));
+                false
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let expected_first = low;
+        if out.first().map(|e| e.index) != Some(expected_first) && high > low {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.apply.truncated_index {
+            return Ok(self.apply.truncated_term);
+        }
+        if idx < self.apply.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index_value())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if !self.initialized {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let applied = self.apply.applied_index;
+        let term = self.term(applied)?;
+        let data = snapshot::build(&self.engine, &self.desc, &self.apply).encode_to_vec();
+        let mut snap = Snapshot { data, ..Default::default() };
+        let meta = snap.metadata.get_or_insert_with(Default::default);
+        meta.index = applied;
+        meta.term = term;
+        meta.conf_state = Some(self.conf_state.clone());
+        Ok(snap)
+    }
+}

@@ -1,0 +1,148 @@
+//! One range replica inside the store loop: its raft-rs `RawNode` plus the
+//! requests waiting on it (proposals by log position, reads by read index).
+
+use super::apply::Applied;
+use super::errors;
+use super::msg::Reply;
+use super::raft_storage::RangeStorage;
+use super::shared::ReplicaShared;
+use super::RaftConfig;
+use cairn_proto::internal::AdminResponse;
+use raft::{RawNode, ReadOnlyOption};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+pub enum ProposalReply {
+    Command(Reply<Applied>),
+    ConfChange(Reply<AdminResponse>),
+}
+
+pub struct Proposal {
+    pub index: u64,
+    pub term: u64,
+    pub reply: ProposalReply,
+}
+
+pub struct Replica {
+    pub raw: RawNode<RangeStorage>,
+    pub shared: Arc<ReplicaShared>,
+    pub proposals: VecDeque<Proposal>,
+    /// Reads not yet turned into a ReadIndex request (batched once per loop turn).
+    pub reads_to_submit: Vec<Reply<()>>,
+    /// Submitted ReadIndex requests, by context.
+    pub reads_inflight: VecDeque<(u64, Vec<Reply<()>>)>,
+    /// Confirmed reads waiting for the apply index to reach their read index.
+    pub reads_waiting_apply: VecDeque<(u64, Vec<Reply<()>>)>,
+    pub next_read_ctx: u64,
+    pub was_leader: bool,
+    /// Loop turns since the last activity; drives hibernation.
+    pub idle_ticks: u32,
+    pub hibernating: bool,
+}
+
+pub fn raft_config(node_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
+    raft::Config {
+        id: node_id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        max_size_per_msg: cfg.max_size_per_msg,
+        max_inflight_msgs: cfg.max_inflight_msgs,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: ReadOnlyOption::Safe,
+        ..Default::default()
+    }
+}
+
+impl Replica {
+    pub fn new(node_id: u64, storage: RangeStorage, cfg: &RaftConfig, logger: &slog::Logger) -> anyhow::Result<Self> {
+        let shared = Arc::new(ReplicaShared::new(storage.desc.clone(), storage.initialized));
+        shared.set_applied(storage.apply.applied_index, storage.apply.last_version);
+        let rc = raft_config(node_id, storage.apply.applied_index, cfg);
+        let raw = RawNode::new(&rc, storage, logger)?;
+        Ok(Replica {
+            raw,
+            shared,
+            proposals: VecDeque::new(),
+            reads_to_submit: Vec::new(),
+            reads_inflight: VecDeque::new(),
+            reads_waiting_apply: VecDeque::new(),
+            next_read_ctx: 1,
+            was_leader: false,
+            idle_ticks: 0,
+            hibernating: false,
+        })
+    }
+
+    pub fn range_id(&self) -> u64 {
+        self.raw.store().range_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == raft::StateRole::Leader
+    }
+
+    /// Fails everything waiting on this replica's leadership (it just lost it).
+    /// Proposals may still commit under the next leader, so their outcome is
+    /// ambiguous; the gateway retries them with the same request id.
+    pub fn fail_pending(&mut self) {
+        let id = self.range_id();
+        let leader = self.raw.raft.leader_id;
+        for p in self.proposals.drain(..) {
+            match p.reply {
+                ProposalReply::Command(r) => {
+                    let _ = r.send(Err(errors::ambiguous(id)));
+                }
+                ProposalReply::ConfChange(r) => {
+                    let _ = r.send(Err(errors::ambiguous(id)));
+                }
+            }
+        }
+        let reads = self
+            .reads_to_submit
+            .drain(..)
+            .chain(self.reads_inflight.drain(..).chain(self.reads_waiting_apply.drain(..)).flat_map(|(_, v)| v));
+        for r in reads {
+            let _ = r.send(Err(errors::not_leader(id, leader)));
+        }
+    }
+
+    /// Resolves proposals once the entry at `index` (with `term`) has been applied.
+    /// Returns the reply for the proposal that produced this entry, if any.
+    pub fn take_proposal(&mut self, index: u64, term: u64) -> Option<ProposalReply> {
+        let id = self.range_id();
+        while let Some(p) = self.proposals.front() {
+            if p.index > index {
+                return None;
+            }
+            let p = self.proposals.pop_front()?;
+            if p.index == index && p.term == term {
+                return Some(p.reply);
+            }
+            // Another entry took this proposal's slot: it was dropped, never applied.
+            let e = errors::not_leader(id, self.raw.raft.leader_id);
+            match p.reply {
+                ProposalReply::Command(r) => {
+                    let _ = r.send(Err(e));
+                }
+                ProposalReply::ConfChange(r) => {
+                    let _ = r.send(Err(e));
+                }
+            }
+        }
+        None
+    }
+
+    /// Releases reads whose read index has been applied.
+    pub fn release_reads(&mut self) {
+        let applied = self.raw.store().apply.applied_index;
+        while self.reads_waiting_apply.front().is_some_and(|(idx, _)| *idx <= applied) {
+            if let Some((_, replies)) = self.reads_waiting_apply.pop_front() {
+                for r in replies {
+                    let _ = r.send(Ok(()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The part of a replica that other threads may look at: its descriptor,
+//! leader, applied index and a lock that keeps readers off data being deleted.
+//! The store loop is the only writer.
+
+use crate::hlc::Version;
+use cairn_proto::internal::RangeDescriptor;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct ReplicaShared {
+    pub range_id: u64,
+    desc: RwLock<RangeDescriptor>,
+    initialized: AtomicBool,
+    leader_id: AtomicU64,
+    is_leader: AtomicBool,
+    applied_index: AtomicU64,
+    last_version: Mutex<Version>,
+    destroyed: AtomicBool,
+    /// Readers hold it shared while they read the range's data; destroying the
+    /// replica takes it exclusively before deleting the data.
+    pub data_lock: RwLock<()>,
+    /// Bytes written through this replica since start-up (for the split check).
+    pub written_bytes: AtomicU64,
+    /// Wall-clock ms of the last message from the leader (bounded-staleness reads).
+    pub leader_contact_ms: AtomicU64,
+}
+
+pub type ReplicaRegistry = Arc<RwLock<HashMap<u64, Arc<ReplicaShared>>>>;
+
+impl ReplicaShared {
+    pub fn new(desc: RangeDescriptor, initialized: bool) -> Self {
+        ReplicaShared {
+            range_id: desc.id,
+            desc: RwLock::new(desc),
+            initialized: AtomicBool::new(initialized),
+            leader_id: AtomicU64::new(0),
+            is_leader: AtomicBool::new(false),
+            applied_index: AtomicU64::new(0),
+            last_version: Mutex::new(Version::ZERO),
+            destroyed: AtomicBool::new(false),
+            data_lock: RwLock::new(()),
+            written_bytes: AtomicU64::new(0),
+            leader_contact_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn desc(&self) -> RangeDescriptor {
+        self.desc.read().clone()
+    }
+
+    pub fn set_desc(&self, d: RangeDescriptor) {
+        *self.desc.write() = d;
+    }
+
+    pub fn with_desc<T>(&self, f: impl FnOnce(&RangeDescriptor) -> T) -> T {
+        f(&self.desc.read())
+    }
+
+    pub fn initialized(&self) -> bool {
+        self.initialized.load(Ordering::Acquire)
+    }
+
+    pub fn set_initialized(&self) {
+        self.initialized.store(true, Ordering::Release)
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.leader_id.load(Ordering::Acquire)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+    }
+
+    pub fn set_leader(&self, leader: u64, me: u64) {
+        self.leader_id.store(leader, Ordering::Release);
+        self.is_leader.store(leader == me && leader != 0, Ordering::Release);
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    pub fn set_applied(&self, index: u64, last_version: Version) {
+        *self.last_version.lock() = last_version;
+        self.applied_index.store(index, Ordering::Release);
+    }
+
+    pub fn last_version(&self) -> Version {
+        *self.last_version.lock()
+    }
+
+    pub fn destroyed(&self) -> bool {
+        self.destroyed.load(Ordering::Acquire)
+    }
+
+    pub fn mark_destroyed(&self) {
+        self.destroyed.store(true, Ordering::Release)
+    }
+}

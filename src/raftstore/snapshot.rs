@@ -1,0 +1,71 @@
+//! Building a range snapshot from the engine, and installing one into a write batch.
+//!
+//! A snapshot is the range's state machine at its applied index: every stored
+//! MVCC record in the range's bounds, its dedupe records and its descriptor.
+//! It is built in memory (ranges are bounded by the split threshold) and the
+//! transport streams the encoded message in chunks.
+
+use crate::hlc::Version;
+use crate::storage::layout::{self, ApplyState};
+use crate::storage::{mvcc, Batch, Cf, Engine};
+use cairn_proto::internal::{MvccPair, RangeDescriptor, SnapshotData};
+use prost::Message as _;
+
+pub fn build(engine: &Engine, desc: &RangeDescriptor, apply: &ApplyState) -> SnapshotData {
+    let mut data = Vec::new();
+    mvcc::scan_raw(engine, &desc.start, &desc.end, |k, v| data.push(MvccPair { key: k.to_vec(), value: v.to_vec() }));
+    let mut dedupe = Vec::new();
+    let prefix = layout::dedupe_prefix(desc.id);
+    let end = crate::keys::prefix_end(&prefix);
+    engine.scan(Cf::RaftState, &prefix, &end, |k, v| {
+        dedupe.push(MvccPair { key: k[prefix.len()..].to_vec(), value: v.to_vec() });
+        true
+    });
+    SnapshotData { desc: Some(desc.clone()), data, dedupe, last_version: Some(apply.last_version.into()) }
+}
+
+/// Replaces the replica's state machine with the snapshot's, in `batch`.
+/// Returns the new apply state. Log entries of the range are all dropped.
+pub fn install(
+    batch: &mut Batch<'_>,
+    range_id: u64,
+    old_desc: Option<&RangeDescriptor>,
+    snap: &SnapshotData,
+    index: u64,
+    term: u64,
+) -> ApplyState {
+    let desc = snap.desc.clone().unwrap_or_default();
+    // Clear what the replica held before, under both the old and the new bounds.
+    for d in old_desc.into_iter().chain(std::iter::once(&desc)) {
+        if d.start.is_empty() && d.end.is_empty() && d.replicas.is_empty() {
+            continue; // an uninitialized replica's placeholder descriptor holds no data
+        }
+        let (lo, hi) = mvcc::data_span(&d.start, &d.end);
+        batch.delete_range(Cf::Data, &lo, &hi);
+    }
+    let (lo, hi) = (layout::log_key(range_id, 0), layout::log_key(range_id + 1, 0));
+    batch.delete_range(Cf::RaftLog, &lo, &hi);
+    let prefix = layout::dedupe_prefix(range_id);
+    batch.delete_range(Cf::RaftState, &prefix, &crate::keys::prefix_end(&prefix));
+    let exp = layout::dedupe_expiry_prefix(range_id);
+    batch.delete_range(Cf::RaftState, &exp, &crate::keys::prefix_end(&exp));
+    for p in &snap.data {
+        batch.put(Cf::Data, &p.key, &p.value);
+    }
+    for p in &snap.dedupe {
+        batch.put(Cf::RaftState, &layout::dedupe_key(range_id, &p.key), &p.value);
+        // Dedupe values start with their wall-clock ms; rebuild the expiry index from it.
+        if let Some(ms) = p.value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+            batch.put(Cf::RaftState, &layout::dedupe_expiry_key(range_id, ms, &p.key), &[]);
+        }
+    }
+    let apply = ApplyState {
+        applied_index: index,
+        truncated_index: index,
+        truncated_term: term,
+        last_version: snap.last_version.as_ref().map(Version::from).unwrap_or_default(),
+    };
+    batch.put(Cf::RaftState, &layout::apply_state_key(range_id), &apply.encode());
+    batch.put(Cf::RaftState, &layout::descriptor_key(range_id), &desc.encode_to_vec());
+    apply
+}

@@ -1,0 +1,797 @@
+//! The store loop: one thread that drives every range replica on this node.
+//!
+//! Each turn it (1) takes queued messages, (2) ticks, (3) collects the Ready of
+//! every replica with work, (4) persists all of them in ONE RocksDB batch with
+//! ONE fsync, (5) sends their messages (batched per node by the transport),
+//! (6) applies committed entries and answers waiting requests.
+//!
+//! Quiet ranges hibernate: a leader whose followers are all caught up stops
+//! heartbeating and ticking, and so do its followers, as long as the leader's
+//! node keeps answering the transport's per-node keepalive.
+
+use super::apply::{self, Applied, ApplyTarget};
+use super::errors;
+use super::msg::{StoreHandle, StoreMsg, STORE_QUEUE_CAPACITY};
+use super::raft_storage::{conf_state_of, RangeStorage};
+use super::replica::{Proposal, ProposalReply, Replica};
+use super::shared::ReplicaRegistry;
+use super::snapshot;
+use super::transport::Transport;
+use super::RaftConfig;
+use crate::hlc::Hlc;
+use crate::storage::layout;
+use crate::storage::{mvcc, Cf, Engine};
+use cairn_proto::internal::{
+    admin_request, AdminRequest, AdminResponse, RaftCommand, RaftEnvelope, RangeDescriptor, Replica as ReplicaDesc,
+    ReplicaProgress, SnapshotData,
+};
+use prost::Message as _;
+use prost011::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
+use raft::StateRole;
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Max messages taken from the queue per loop turn (bounds turn latency).
+const MAX_MSGS_PER_TURN: usize = 4096;
+
+pub struct Store {
+    node_id: u64,
+    engine: Arc<Engine>,
+    cfg: RaftConfig,
+    replicas: HashMap<u64, Replica>,
+    registry: ReplicaRegistry,
+    rx: Receiver<StoreMsg>,
+    transport: Arc<Transport>,
+    hlc: Arc<Hlc>,
+    logger: slog::Logger,
+}
+
+/// Forwards raft-rs's warnings to `tracing`; its debug chatter is dropped.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.level().is_at_least(slog::Level::Warning) {
+            tracing::warn!(target: "raft", "{}", record.msg());
+        }
+        Ok(())
+    }
+}
+
+/// Loads every replica persisted on this node and starts the loop thread.
+pub fn start(
+    node_id: u64,
+    engine: Arc<Engine>,
+    cfg: RaftConfig,
+    registry: ReplicaRegistry,
+    transport: Arc<Transport>,
+    hlc: Arc<Hlc>,
+) -> anyhow::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = sync_channel(STORE_QUEUE_CAPACITY);
+    let logger = slog::Logger::root(TracingDrain, slog::o!());
+    let mut store = Store {
+        node_id,
+        engine: engine.clone(),
+        cfg,
+        replicas: HashMap::new(),
+        registry: registry.clone(),
+        rx,
+        transport,
+        hlc,
+        logger,
+    };
+    let mut ids = Vec::new();
+    let (lo, hi) = (0u64.to_be_bytes(), u64::MAX.to_be_bytes());
+    engine.scan(Cf::RaftState, &lo, &hi, |k, _| {
+        if k.len() == 9 && k[8] == 0x03 {
+            ids.push(u64::from_be_bytes(k[..8].try_into().unwrap_or_default()));
+        }
+        true
+    });
+    for id in ids {
+        if let Some(storage) = RangeStorage::load(engine.clone(), id)? {
+            store.hlc.observe(storage.apply.last_version);
+            store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
+        }
+    }
+    tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
+    let handle = StoreHandle { node_id, tx, registry, engine };
+    let join = std::thread::Builder::new().name("raftstore".into()).spawn(move || store.run())?;
+    Ok((handle, join))
+}
+
+/// Writes the starting state of ranges this node creates alone (cluster bootstrap).
+pub fn bootstrap_ranges(engine: &Engine, ranges: &[RangeDescriptor]) {
+    let mut b = engine.batch();
+    for d in ranges {
+        apply::write_initial_state(&mut b, d, crate::hlc::Version::ZERO);
+    }
+    engine.commit(b, true);
+}
+
+impl Store {
+    fn insert_replica(&mut self, r: Replica) {
+        let id = r.range_id();
+        self.registry.write().insert(id, r.shared.clone());
+        self.replicas.insert(id, r);
+    }
+
+    fn run(mut self) {
+        let tick = Duration::from_millis(self.cfg.tick_ms.max(1));
+        let mut next_tick = Instant::now() + tick;
+        let mut ticks: u64 = 0;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(m) => self.handle(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            for _ in 0..MAX_MSGS_PER_TURN {
+                match self.rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                ticks += 1;
+                self.tick(ticks);
+            }
+            self.submit_reads();
+            self.process_ready();
+        }
+    }
+
+    // ------------------------------------------------------------------ ticking
+
+    fn tick(&mut self, ticks: u64) {
+        let election_ms = self.cfg.tick_ms * self.cfg.election_ticks as u64;
+        let mut peers = std::collections::HashSet::new();
+        for r in self.replicas.values_mut() {
+            for p in &r.shared.desc().replicas {
+                if p.node_id != self.node_id {
+                    peers.insert(p.node_id);
+                }
+            }
+            if r.hibernating {
+                let leader = r.raw.raft.leader_id;
+                let leader_silent = leader != self.node_id
+                    && (leader == 0 || self.transport.silent_for(leader) > Duration::from_millis(election_ms));
+                if !leader_silent {
+                    continue;
+                }
+                r.hibernating = false;
+                r.idle_ticks = 0;
+            }
+            r.raw.tick();
+            r.idle_ticks = r.idle_ticks.saturating_add(1);
+            maybe_hibernate(r, &self.cfg);
+        }
+        // Per-node keepalive, a few times per election timeout: it is what lets
+        // hibernating followers trust a silent leader.
+        if ticks.is_multiple_of(self.cfg.heartbeat_ticks.max(1) as u64) {
+            for p in peers {
+                self.transport.keepalive(p);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ inbound
+
+    fn handle(&mut self, msg: StoreMsg) {
+        match msg {
+            StoreMsg::Raft { from_node, envelopes } => {
+                for env in envelopes {
+                    self.step_envelope(from_node, env, false);
+                }
+            }
+            StoreMsg::Snapshot { from_node, envelope } => self.step_envelope(from_node, envelope, true),
+            StoreMsg::Command { range_id, epoch, cmd, reply } => self.propose(range_id, epoch, cmd, reply),
+            StoreMsg::ReadIndex { range_id, reply } => match self.replicas.get_mut(&range_id) {
+                None => {
+                    let _ = reply.send(Err(errors::range_not_found(range_id)));
+                }
+                Some(r) if !r.is_leader() => {
+                    let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
+                }
+                Some(r) => {
+                    wake(r);
+                    r.reads_to_submit.push(reply);
+                }
+            },
+            StoreMsg::Admin { range_id, req, reply } => self.admin(range_id, req, reply),
+            StoreMsg::SnapshotStatus { range_id, to, ok } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                    r.raw.report_snapshot(to, status);
+                }
+            }
+            StoreMsg::Unreachable { range_id, to } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    r.raw.report_unreachable(to);
+                }
+            }
+            StoreMsg::Wake { range_id } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    wake(r);
+                }
+            }
+        }
+    }
+
+    fn step_envelope(&mut self, from_node: u64, env: RaftEnvelope, is_snapshot: bool) {
+        let msg = match Message::decode(env.message.as_slice()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(from_node, "dropping undecodable raft message: {e}");
+                return;
+            }
+        };
+        if msg.to != self.node_id || msg.from != from_node {
+            tracing::warn!(from_node, to = msg.to, "dropping misaddressed raft message");
+            return;
+        }
+        let range_id = env.range_id;
+        if !self.replicas.contains_key(&range_id) && !self.maybe_create(&env, &msg) {
+            return;
+        }
+        if is_snapshot && !self.snapshot_acceptable(range_id, &msg) {
+            return;
+        }
+        let Some(r) = self.replicas.get_mut(&range_id) else { return };
+        wake(r);
+        if msg.from == r.raw.raft.leader_id {
+            r.shared.leader_contact_ms.store(crate::hlc::wall_now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(e) = r.raw.step(msg) {
+            tracing::debug!(range_id, "step: {e}");
+        }
+    }
+
+    /// Creates an empty replica for a range this node was just added to.
+    fn maybe_create(&mut self, env: &RaftEnvelope, msg: &Message) -> bool {
+        let t = msg.get_msg_type();
+        if !matches!(t, MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot) {
+            return false;
+        }
+        if let Some(raw) = self.engine.get(Cf::RaftState, &layout::tombstone_key(env.range_id)) {
+            let removed_at = raw.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            if env.conf_ver <= removed_at {
+                return false; // a message from before this node's replica was removed
+            }
+        }
+        // A range whose keys an initialized local replica still covers is one this
+        // node will create itself when it applies the split; wait for that.
+        let overlaps = self.replicas.values().any(|r| {
+            r.shared.initialized() && r.shared.with_desc(|d| ranges_overlap(&d.start, &d.end, &env.start, &env.end))
+        });
+        if overlaps {
+            return false;
+        }
+        let storage = RangeStorage::uninitialized(self.engine.clone(), env.range_id);
+        match Replica::new(self.node_id, storage, &self.cfg, &self.logger) {
+            Ok(r) => {
+                tracing::info!(range_id = env.range_id, "created replica on message from leader");
+                self.insert_replica(r);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(range_id = env.range_id, "cannot create replica: {e}");
+                false
+            }
+        }
+    }
+
+    fn snapshot_acceptable(&self, range_id: u64, msg: &Message) -> bool {
+        let Some(snap) = msg.snapshot.as_ref() else { return false };
+        let Ok(data) = SnapshotData::decode(snap.data.as_slice()) else {
+            tracing::warn!(range_id, "dropping snapshot with undecodable data");
+            return false;
+        };
+        let Some(d) = data.desc else { return false };
+        if d.id != range_id {
+            return false;
+        }
+        let clash = self.replicas.iter().any(|(id, r)| {
+            *id != range_id
+                && r.shared.initialized()
+                && r.shared.with_desc(|o| ranges_overlap(&o.start, &o.end, &d.start, &d.end))
+        });
+        if clash {
+            tracing::info!(range_id, "dropping snapshot overlapping another local range (split not applied yet)");
+        }
+        !clash
+    }
+
+    fn propose(
+        &mut self,
+        range_id: u64,
+        epoch: Option<cairn_proto::internal::RangeEpoch>,
+        mut cmd: RaftCommand,
+        reply: super::msg::Reply<Applied>,
+    ) {
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            let _ = reply.send(Err(errors::range_not_found(range_id)));
+            return;
+        };
+        if !r.is_leader() {
+            let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
+            return;
+        }
+        let desc = r.shared.desc();
+        if let (Some(want), Some(have)) = (epoch.as_ref(), desc.epoch.as_ref()) {
+            if want.version != have.version {
+                let _ = reply.send(Err(errors::epoch_mismatch(&desc)));
+                return;
+            }
+        }
+        wake(r);
+        if cmd.proposed_version.is_none() {
+            cmd.proposed_version = Some(self.hlc.now().into());
+        }
+        let before = r.raw.raft.raft_log.last_index();
+        if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {
+            let _ = reply.send(Err(errors::unavailable(format!("range {range_id}: proposal dropped: {e}"))));
+            return;
+        }
+        let index = r.raw.raft.raft_log.last_index();
+        if index == before {
+            let _ = reply.send(Err(errors::unavailable(format!("range {range_id}: proposal dropped"))));
+            return;
+        }
+        r.proposals.push_back(Proposal { index, term: r.raw.raft.term, reply: ProposalReply::Command(reply) });
+    }
+
+    fn admin(&mut self, range_id: u64, req: AdminRequest, reply: super::msg::Reply<AdminResponse>) {
+        let me = self.node_id;
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            let _ = reply.send(Err(errors::range_not_found(range_id)));
+            return;
+        };
+        let Some(op) = req.op else {
+            let _ = reply.send(Err(errors::invalid("admin request without operation")));
+            return;
+        };
+        if !r.is_leader() {
+            let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
+            return;
+        }
+        wake(r);
+        let desc = r.shared.desc();
+        let has = |n: u64| desc.replicas.iter().find(|x| x.node_id == n).cloned();
+        let (change, node) = match op {
+            admin_request::Op::Status(_) => {
+                let _ = reply.send(Ok(admin_status(r)));
+                return;
+            }
+            admin_request::Op::TransferLeader(n) => {
+                if has(n).is_none_or(|x| x.learner) {
+                    let _ = reply.send(Err(errors::invalid(format!("node {n} is not a voter of range {range_id}"))));
+                    return;
+                }
+                r.raw.transfer_leader(n);
+                let _ = reply.send(Ok(admin_status(r)));
+                return;
+            }
+            admin_request::Op::AddLearner(n) => {
+                if has(n).is_some() {
+                    let _ =
+                        reply.send(Err(errors::invalid(format!("node {n} already has a replica of range {range_id}"))));
+                    return;
+                }
+                (ConfChangeType::AddLearnerNode, n)
+            }
+            admin_request::Op::PromoteLearner(n) => {
+                if !has(n).is_some_and(|x| x.learner) {
+                    let _ = reply.send(Err(errors::invalid(format!("node {n} is not a learner of range {range_id}"))));
+                    return;
+                }
+                (ConfChangeType::AddNode, n)
+            }
+            admin_request::Op::RemoveReplica(n) => {
+                if has(n).is_none() {
+                    let _ = reply.send(Err(errors::invalid(format!("node {n} has no replica of range {range_id}"))));
+                    return;
+                }
+                if n == me {
+                    let _ = reply.send(Err(errors::invalid(
+                        "cannot remove the leader's own replica; transfer leadership first",
+                    )));
+                    return;
+                }
+                (ConfChangeType::RemoveNode, n)
+            }
+            admin_request::Op::SplitKey(_) => {
+                let _ = reply.send(Err(errors::invalid("split is proposed as a command")));
+                return;
+            }
+        };
+        let cc = ConfChange { change_type: change as i32, node_id: node, ..Default::default() };
+        let before = r.raw.raft.raft_log.last_index();
+        if let Err(e) = r.raw.propose_conf_change(vec![], cc) {
+            let _ = reply.send(Err(errors::unavailable(format!("conf change rejected: {e}"))));
+            return;
+        }
+        let index = r.raw.raft.raft_log.last_index();
+        if index == before {
+            let _ = reply
+                .send(Err(errors::unavailable("conf change dropped (another membership change is still in progress)")));
+            return;
+        }
+        r.proposals.push_back(Proposal { index, term: r.raw.raft.term, reply: ProposalReply::ConfChange(reply) });
+    }
+
+    fn submit_reads(&mut self) {
+        for r in self.replicas.values_mut() {
+            if r.reads_to_submit.is_empty() {
+                continue;
+            }
+            let ctx = r.next_read_ctx;
+            r.next_read_ctx += 1;
+            let replies = std::mem::take(&mut r.reads_to_submit);
+            r.raw.read_index(ctx.to_be_bytes().to_vec());
+            r.reads_inflight.push_back((ctx, replies));
+        }
+    }
+
+    // ------------------------------------------------------------------ ready
+
+    fn process_ready(&mut self) {
+        let mut batch = self.engine.batch();
+        let mut must_sync = false;
+        let mut readies = Vec::new();
+        let mut installed: HashMap<u64, (SnapshotData, layout::ApplyState)> = HashMap::new();
+        for (id, r) in self.replicas.iter_mut() {
+            if !r.raw.has_ready() {
+                continue;
+            }
+            r.idle_ticks = 0;
+            let mut rd = r.raw.ready();
+            // A leader may send appends before its own write is durable (Raft thesis §10.2.1);
+            // it only counts itself towards the quorum after `advance`.
+            self.transport.send_all(r.raw.store(), rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot();
+                match SnapshotData::decode(snap.data.as_slice()) {
+                    Ok(data) => {
+                        let meta = snap.metadata.clone().unwrap_or_default();
+                        let old = r.raw.store().initialized.then(|| r.raw.store().desc.clone());
+                        let apply = snapshot::install(&mut batch, *id, old.as_ref(), &data, meta.index, meta.term);
+                        installed.insert(*id, (data, apply));
+                        must_sync = true;
+                    }
+                    Err(e) => crate::storage::engine::fail_stop("decoding an accepted snapshot", &e),
+                }
+            }
+            if !rd.entries().is_empty() {
+                let store = r.raw.store();
+                for e in rd.entries() {
+                    batch.put(Cf::RaftLog, &layout::log_key(*id, e.index), &e.encode_to_vec());
+                }
+                // Entries past the new last index were overwritten by a new leader.
+                if let Some(last) = rd.entries().last() {
+                    if last.index < store.last_index {
+                        batch.delete_range(
+                            Cf::RaftLog,
+                            &layout::log_key(*id, last.index + 1),
+                            &layout::log_key(*id, store.last_index + 1),
+                        );
+                    }
+                }
+                must_sync = true;
+            }
+            if let Some(hs) = rd.hs() {
+                batch.put(Cf::RaftState, &layout::hard_state_key(*id), &hs.encode_to_vec());
+                must_sync = true;
+            }
+            readies.push((*id, rd));
+        }
+        if readies.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        self.engine.commit(batch, must_sync);
+        if must_sync {
+            metrics::histogram!("cairn_raft_persist_seconds").record(started.elapsed().as_secs_f64());
+        }
+        for (id, mut rd) in readies {
+            let Some(r) = self.replicas.get_mut(&id) else { continue };
+            // Mirror what was just written into the raft-rs storage view.
+            {
+                let s = r.raw.mut_store();
+                if let Some((data, apply)) = installed.remove(&id) {
+                    let meta = rd.snapshot().metadata.clone().unwrap_or_default();
+                    s.apply = apply;
+                    s.last_index = meta.index;
+                    s.last_term = meta.term;
+                    s.desc = data.desc.unwrap_or_default();
+                    s.conf_state = meta.conf_state.unwrap_or_default();
+                    s.initialized = true;
+                    s.hard_state.commit = s.hard_state.commit.max(meta.index);
+                    r.shared.set_desc(s.desc.clone());
+                    r.shared.set_initialized();
+                    r.shared.set_applied(apply.applied_index, apply.last_version);
+                    tracing::info!(range_id = id, index = meta.index, "installed snapshot");
+                }
+                if let Some(last) = rd.entries().last() {
+                    s.last_index = last.index;
+                    s.last_term = last.term;
+                }
+                if let Some(hs) = rd.hs() {
+                    s.hard_state = hs.clone();
+                }
+            }
+            if let Some(ss) = rd.ss() {
+                r.shared.set_leader(ss.leader_id, self.node_id);
+            }
+            self.transport.send_all(r.raw.store(), rd.take_persisted_messages());
+            for rs in rd.take_read_states() {
+                let ctx = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                while let Some((c, replies)) = r.reads_inflight.pop_front() {
+                    if Some(c) == ctx {
+                        r.reads_waiting_apply.push_back((rs.index, replies));
+                        break;
+                    }
+                    // An older read context that raft-rs dropped; its callers retry.
+                    for reply in replies {
+                        let _ = reply.send(Err(errors::unavailable("read index request was dropped")));
+                    }
+                }
+            }
+            let committed = rd.take_committed_entries();
+            let mut outcome = ApplyOutcome::default();
+            apply_entries(&self.engine, &self.hlc, self.node_id, r, committed, &mut outcome);
+            let mut light = r.raw.advance(rd);
+            if let Some(c) = light.commit_index() {
+                r.raw.mut_store().hard_state.commit = c;
+            }
+            self.transport.send_all(r.raw.store(), light.take_messages());
+            apply_entries(&self.engine, &self.hlc, self.node_id, r, light.take_committed_entries(), &mut outcome);
+            r.raw.advance_apply();
+            r.release_reads();
+            let leader_now = r.is_leader();
+            if r.was_leader && !leader_now {
+                r.fail_pending();
+            }
+            r.was_leader = leader_now;
+            maybe_compact_log(&self.engine, r, &self.cfg);
+            self.after_apply(id, outcome);
+        }
+    }
+
+    fn after_apply(&mut self, id: u64, outcome: ApplyOutcome) {
+        for right in outcome.splits {
+            self.create_split_range(id, right);
+        }
+        if outcome.removed_self {
+            self.destroy_replica(id);
+        }
+    }
+
+    fn create_split_range(&mut self, left_id: u64, right: RangeDescriptor) {
+        let left_is_leader = self.replicas.get(&left_id).is_some_and(|r| r.is_leader());
+        let prior_hs = self.replicas.remove(&right.id).map(|old| old.raw.raft.hard_state());
+        if let Some(hs) = &prior_hs {
+            if hs.term > super::RAFT_INIT_TERM {
+                // Keep what the uninitialized replica promised (term/vote) in an election.
+                let mut hs2 = hs.clone();
+                hs2.commit = super::RAFT_INIT_INDEX;
+                let mut b = self.engine.batch();
+                b.put(Cf::RaftState, &layout::hard_state_key(right.id), &hs2.encode_to_vec());
+                self.engine.commit(b, true);
+            }
+        }
+        match RangeStorage::load(self.engine.clone(), right.id) {
+            Ok(Some(storage)) => match Replica::new(self.node_id, storage, &self.cfg, &self.logger) {
+                Ok(mut r) => {
+                    if left_is_leader {
+                        // The left's leader is the natural leader of the right: skip a timeout.
+                        let _ = r.raw.campaign();
+                    }
+                    tracing::info!(left = left_id, right = right.id, "split applied");
+                    metrics::counter!("cairn_range_splits_total").increment(1);
+                    self.insert_replica(r);
+                }
+                Err(e) => tracing::error!(range_id = right.id, "cannot start split range: {e}"),
+            },
+            Ok(None) | Err(_) => tracing::error!(range_id = right.id, "split range state missing after apply"),
+        }
+    }
+
+    /// Removes this node's replica and its data (it was removed from the range).
+    fn destroy_replica(&mut self, id: u64) {
+        let Some(mut r) = self.replicas.remove(&id) else { return };
+        self.registry.write().remove(&id);
+        r.fail_pending();
+        let desc = r.raw.store().desc.clone();
+        let conf_ver = desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0);
+        let _guard = r.shared.data_lock.write();
+        r.shared.mark_destroyed();
+        let mut b = self.engine.batch();
+        let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
+        b.delete_range(Cf::Data, &lo, &hi);
+        b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
+        let (slo, shi) = layout::range_state_bounds(id);
+        b.delete_range(Cf::RaftState, &slo, &shi);
+        b.put(Cf::RaftState, &layout::tombstone_key(id), &conf_ver.to_be_bytes());
+        self.engine.commit(b, true);
+        tracing::info!(range_id = id, "replica removed from this node");
+    }
+}
+
+#[derive(Default)]
+struct ApplyOutcome {
+    splits: Vec<RangeDescriptor>,
+    removed_self: bool,
+}
+
+fn apply_entries(
+    engine: &Engine,
+    hlc: &Hlc,
+    node_id: u64,
+    r: &mut Replica,
+    entries: Vec<Entry>,
+    outcome: &mut ApplyOutcome,
+) {
+    for entry in entries {
+        let id = r.range_id();
+        if entry.index <= r.raw.store().apply.applied_index {
+            continue; // already applied (e.g. covered by an installed snapshot)
+        }
+        let mut batch = engine.batch();
+        let mut s = r.raw.store().apply;
+        let mut desc = r.raw.store().desc.clone();
+        let mut result: Option<Result<Applied, cairn_proto::internal::RangeError>> = None;
+        let mut conf_result: Option<AdminResponse> = None;
+        let mut written = 0;
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => {}
+            EntryType::EntryNormal => match RaftCommand::decode(entry.data.as_slice()) {
+                Ok(cmd) => {
+                    let mut t = ApplyTarget { range_id: id, desc: &mut desc, apply: &mut s, written_bytes: 0 };
+                    let applied = apply::apply_command(engine, &mut batch, &mut t, &cmd);
+                    written = t.written_bytes;
+                    if let Applied::Split { right, .. } = &applied {
+                        outcome.splits.push(right.clone());
+                    }
+                    result = Some(match applied {
+                        Applied::Rejected(e) => Err(e),
+                        ok => Ok(ok),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(range_id = id, index = entry.index, "undecodable command skipped: {e}");
+                    result = Some(Err(errors::invalid("undecodable command")));
+                }
+            },
+            EntryType::EntryConfChange => match ConfChange::decode(entry.data.as_slice()) {
+                Ok(cc) if !entry.data.is_empty() => match r.raw.apply_conf_change(&cc) {
+                    Ok(cs) => {
+                        let mut replicas: Vec<ReplicaDesc> =
+                            cs.voters.iter().map(|&n| ReplicaDesc { node_id: n, learner: false }).collect();
+                        replicas.extend(cs.learners.iter().map(|&n| ReplicaDesc { node_id: n, learner: true }));
+                        replicas.sort_by_key(|x| x.node_id);
+                        desc.replicas = replicas;
+                        let epoch = desc.epoch.get_or_insert_with(Default::default);
+                        epoch.conf_ver += 1;
+                        batch.put(Cf::RaftState, &layout::descriptor_key(id), &desc.encode_to_vec());
+                        r.raw.mut_store().conf_state = cs;
+                        if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == node_id {
+                            outcome.removed_self = true;
+                        }
+                        tracing::info!(range_id = id, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
+                    }
+                    Err(e) => tracing::warn!(range_id = id, "conf change not applied: {e}"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::error!(range_id = id, "undecodable conf change skipped: {e}"),
+            },
+            EntryType::EntryConfChangeV2 => {}
+        }
+        s.applied_index = entry.index;
+        batch.put(Cf::RaftState, &layout::apply_state_key(id), &s.encode());
+        engine.commit(batch, false);
+        {
+            let st = r.raw.mut_store();
+            st.apply = s;
+            if st.desc != desc {
+                st.conf_state = conf_state_of(&desc);
+                st.desc = desc.clone();
+                r.shared.set_desc(desc);
+            }
+        }
+        hlc.observe(s.last_version);
+        r.shared.set_applied(s.applied_index, s.last_version);
+        r.shared.written_bytes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+        if entry.get_entry_type() == EntryType::EntryConfChange {
+            conf_result = Some(admin_status(r));
+        }
+        match r.take_proposal(entry.index, entry.term) {
+            Some(ProposalReply::Command(reply)) => {
+                let _ = reply.send(result.unwrap_or_else(|| Err(errors::invalid("entry was not a command"))));
+            }
+            Some(ProposalReply::ConfChange(reply)) => {
+                let _ = reply.send(conf_result.ok_or_else(|| errors::invalid("entry was not a conf change")));
+            }
+            None => {}
+        }
+    }
+}
+
+fn admin_status(r: &Replica) -> AdminResponse {
+    let progress = if r.is_leader() {
+        r.raw.raft.prs().iter().map(|(id, p)| ReplicaProgress { node_id: *id, matched: p.matched }).collect()
+    } else {
+        Vec::new()
+    };
+    AdminResponse {
+        desc: Some(r.shared.desc()),
+        leader_node_id: r.raw.raft.leader_id,
+        commit_index: r.raw.raft.raft_log.committed,
+        progress,
+        right: None,
+    }
+}
+
+fn wake(r: &mut Replica) {
+    r.idle_ticks = 0;
+    r.hibernating = false;
+}
+
+/// A leader hibernates once every replica has its whole log and nothing is pending;
+/// a follower once it has missed a couple of heartbeats from a leader it still trusts.
+fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
+    let busy = !r.proposals.is_empty()
+        || !r.reads_inflight.is_empty()
+        || !r.reads_waiting_apply.is_empty()
+        || !r.reads_to_submit.is_empty();
+    if busy || r.raw.raft.leader_id == 0 {
+        return;
+    }
+    match r.raw.raft.state {
+        StateRole::Leader => {
+            let last = r.raw.raft.raft_log.last_index();
+            let committed = r.raw.raft.raft_log.committed;
+            let caught_up = r.raw.raft.prs().iter().all(|(_, p)| p.matched == last) && committed == last;
+            if caught_up && r.idle_ticks as usize >= cfg.election_ticks * 2 {
+                r.hibernating = true;
+            }
+        }
+        StateRole::Follower if r.idle_ticks as usize > cfg.heartbeat_ticks * 2 + 1 => {
+            r.hibernating = true;
+        }
+        _ => {}
+    }
+}
+
+/// Drops the oldest half of the applied log once it passes the threshold. Each
+/// replica does this on its own; a follower that falls behind the leader's
+/// truncation point is caught up with a snapshot.
+fn maybe_compact_log(engine: &Engine, r: &mut Replica, cfg: &RaftConfig) {
+    let s = r.raw.store().apply;
+    if s.applied_index.saturating_sub(s.truncated_index) <= cfg.log_gc_threshold {
+        return;
+    }
+    let compact_to = s.applied_index - cfg.log_gc_threshold / 2;
+    let Ok(term) = raft::Storage::term(r.raw.store(), compact_to) else { return };
+    let id = r.range_id();
+    let mut b = engine.batch();
+    b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id, compact_to + 1));
+    let next = layout::ApplyState { truncated_index: compact_to, truncated_term: term, ..s };
+    b.put(Cf::RaftState, &layout::apply_state_key(id), &next.encode());
+    engine.commit(b, false);
+    r.raw.mut_store().apply = next;
+    metrics::counter!("cairn_raft_log_compactions_total").increment(1);
+}
+
+fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {
+    let a_before_b_end = b_end.is_empty() || a_start < b_end;
+    let b_before_a_end = a_end.is_empty() || b_start < a_end;
+    a_before_b_end && b_before_a_end
+}

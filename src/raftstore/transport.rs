@@ -1,0 +1,256 @@
+//! Sends Raft messages to other nodes.
+//!
+//! Messages are queued per destination node (bounded) and a task per node
+//! drains its queue into one `Raft` RPC per batch, so all the ranges two nodes
+//! share cost one round trip per batch. Snapshots go over their own streaming
+//! RPC in chunks (gRPC caps single messages at 4 MiB). A full queue or a failed
+//! send reports the peer unreachable to raft-rs, which then probes it slowly.
+
+use super::address_book::AddressBook;
+use super::msg::StoreMsg;
+use super::raft_storage::RangeStorage;
+use cairn_proto::internal::internal_client::InternalClient;
+use cairn_proto::internal::{RaftBatch, RaftEnvelope, SnapshotChunk};
+use parking_lot::Mutex;
+use prost011::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::HashMap;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+const PEER_QUEUE: usize = 8192;
+const MAX_BATCH_MSGS: usize = 1024;
+const MAX_BATCH_BYTES: usize = 2 << 20;
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest snapshot a node accepts (ranges split long before this).
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Outbound {
+    Envelope(RaftEnvelope),
+    Keepalive,
+}
+
+pub struct Transport {
+    node_id: u64,
+    addr: String,
+    cluster_id: String,
+    book: Arc<AddressBook>,
+    peers: Mutex<HashMap<u64, mpsc::Sender<Outbound>>>,
+    last_seen: Mutex<HashMap<u64, Instant>>,
+    started: Instant,
+    store_tx: OnceLock<SyncSender<StoreMsg>>,
+    rt: tokio::runtime::Handle,
+}
+
+pub fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+impl Transport {
+    pub fn new(
+        node_id: u64,
+        addr: String,
+        cluster_id: String,
+        book: Arc<AddressBook>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        Transport {
+            node_id,
+            addr,
+            cluster_id,
+            book,
+            peers: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            store_tx: OnceLock::new(),
+            rt,
+        }
+    }
+
+    pub fn set_store(&self, tx: SyncSender<StoreMsg>) {
+        let _ = self.store_tx.set(tx);
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Records that `node_id` was heard from (any inbound batch, keepalives included).
+    pub fn mark_seen(&self, node_id: u64) {
+        self.last_seen.lock().insert(node_id, Instant::now());
+    }
+
+    /// How long since `node_id` was last heard from (since start-up if never).
+    pub fn silent_for(&self, node_id: u64) -> Duration {
+        let seen = self.last_seen.lock().get(&node_id).copied().unwrap_or(self.started);
+        seen.elapsed()
+    }
+
+    fn report(&self, msg: StoreMsg) {
+        if let Some(tx) = self.store_tx.get() {
+            let _ = tx.try_send(msg);
+        }
+    }
+
+    /// Queues every message of one replica's Ready.
+    pub fn send_all(&self, store: &RangeStorage, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let conf_ver = store.desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0);
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let env = RaftEnvelope {
+                range_id: store.range_id,
+                start: store.desc.start.clone(),
+                end: store.desc.end.clone(),
+                conf_ver,
+                message: m.encode_to_vec(),
+            };
+            if is_snapshot {
+                self.send_snapshot(to, env);
+            } else {
+                self.enqueue(to, Outbound::Envelope(env));
+            }
+        }
+    }
+
+    pub fn keepalive(&self, to: u64) {
+        self.enqueue(to, Outbound::Keepalive);
+    }
+
+    fn enqueue(&self, to: u64, item: Outbound) {
+        let range_id = match &item {
+            Outbound::Envelope(e) => Some(e.range_id),
+            Outbound::Keepalive => None,
+        };
+        let tx = {
+            let mut peers = self.peers.lock();
+            peers.entry(to).or_insert_with(|| self.spawn_peer(to)).clone()
+        };
+        if tx.try_send(item).is_err() {
+            metrics::counter!("cairn_transport_dropped_total").increment(1);
+            if let Some(range_id) = range_id {
+                self.report(StoreMsg::Unreachable { range_id, to });
+            }
+        }
+    }
+
+    fn spawn_peer(&self, to: u64) -> mpsc::Sender<Outbound> {
+        let (tx, mut rx) = mpsc::channel::<Outbound>(PEER_QUEUE);
+        let book = self.book.clone();
+        let header = (self.node_id, self.addr.clone(), self.cluster_id.clone());
+        let store_tx = self.store_tx.get().cloned();
+        self.rt.spawn(async move {
+            let mut client: Option<(String, InternalClient<Channel>)> = None;
+            while let Some(first) = rx.recv().await {
+                let mut envelopes = Vec::new();
+                let mut bytes = 0;
+                let mut next = Some(first);
+                while let Some(o) = next.take() {
+                    if let Outbound::Envelope(e) = o {
+                        bytes += e.message.len();
+                        envelopes.push(e);
+                    }
+                    if envelopes.len() < MAX_BATCH_MSGS && bytes < MAX_BATCH_BYTES {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                let Some(addr) = book.get(to) else {
+                    report_all(&store_tx, &envelopes, to);
+                    continue;
+                };
+                if client.as_ref().is_none_or(|(a, _)| *a != addr) {
+                    client = connect(&addr).ok().map(|ch| (addr.clone(), InternalClient::new(ch)));
+                }
+                let Some((_, c)) = client.as_mut() else {
+                    report_all(&store_tx, &envelopes, to);
+                    continue;
+                };
+                let batch = RaftBatch {
+                    from_node: header.0,
+                    from_addr: header.1.clone(),
+                    cluster_id: header.2.clone(),
+                    envelopes,
+                };
+                let ranges: Vec<u64> = batch.envelopes.iter().map(|e| e.range_id).collect();
+                let mut req = tonic::Request::new(batch);
+                req.set_timeout(RPC_TIMEOUT);
+                if let Err(e) = c.raft(req).await {
+                    tracing::debug!(to, "raft batch failed: {e}");
+                    for range_id in ranges {
+                        if let Some(tx) = &store_tx {
+                            let _ = tx.try_send(StoreMsg::Unreachable { range_id, to });
+                        }
+                    }
+                    // Back off briefly so a dead peer does not spin this task.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        tx
+    }
+
+    fn send_snapshot(&self, to: u64, env: RaftEnvelope) {
+        let book = self.book.clone();
+        let (from, cluster) = (self.node_id, self.cluster_id.clone());
+        let store_tx = self.store_tx.get().cloned();
+        let range_id = env.range_id;
+        self.rt.spawn(async move {
+            let ok = match book.get(to) {
+                Some(addr) => stream_snapshot(&addr, from, cluster, env).await,
+                None => Err(anyhow::anyhow!("no address for node {to}")),
+            };
+            if let Err(e) = &ok {
+                tracing::warn!(range_id, to, "snapshot send failed: {e}");
+            } else {
+                metrics::counter!("cairn_snapshots_sent_total").increment(1);
+            }
+            if let Some(tx) = store_tx {
+                let _ = tx.try_send(StoreMsg::SnapshotStatus { range_id, to, ok: ok.is_ok() });
+            }
+        });
+    }
+}
+
+fn report_all(store_tx: &Option<SyncSender<StoreMsg>>, envs: &[RaftEnvelope], to: u64) {
+    if let Some(tx) = store_tx {
+        for e in envs {
+            let _ = tx.try_send(StoreMsg::Unreachable { range_id: e.range_id, to });
+        }
+    }
+}
+
+async fn stream_snapshot(addr: &str, from: u64, cluster_id: String, env: RaftEnvelope) -> anyhow::Result<()> {
+    let mut client = InternalClient::new(connect(addr)?);
+    let total = env.message.len();
+    let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
+    let mut first = true;
+    for piece in env.message.chunks(SNAPSHOT_CHUNK) {
+        let mut c = SnapshotChunk { data: piece.to_vec(), ..Default::default() };
+        if first {
+            c.from_node = from;
+            c.cluster_id = cluster_id.clone();
+            c.range_id = env.range_id;
+            c.start = env.start.clone();
+            c.end = env.end.clone();
+            c.conf_ver = env.conf_ver;
+            c.total_len = total as u64;
+            first = false;
+        }
+        chunks.push(c);
+    }
+    let mut req = tonic::Request::new(tokio_stream::iter(chunks));
+    req.set_timeout(Duration::from_secs(120));
+    client.snapshot(req).await?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Server configuration: a TOML file and/or command-line flags (flags win),
+//! validated up front so that a bad setting stops the node with a clear
+//! message and exit code 2.
+
+use crate::limits::Limits;
+use crate::raftstore::RaftConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (client API and node-to-node).
+    pub listen: String,
+    /// Address other nodes and clients should use; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    /// HTTP admin listen address (metrics, console).
+    pub http_listen: String,
+    /// Addresses of existing members; empty = bootstrap a new cluster.
+    pub join: Vec<String>,
+    pub zone: String,
+    pub replication_factor: usize,
+    /// A range whose data passes this size is split in two.
+    pub split_threshold_bytes: u64,
+    pub split_check_interval_ms: u64,
+    pub max_connections: usize,
+    pub raft: RaftConfig,
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: None,
+            listen: "127.0.0.1:7401".into(),
+            advertise: None,
+            http_listen: "127.0.0.1:7481".into(),
+            join: Vec::new(),
+            zone: String::new(),
+            replication_factor: 3,
+            split_threshold_bytes: 64 << 20,
+            split_check_interval_ms: 5_000,
+            max_connections: 4096,
+            raft: RaftConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// Checks every setting; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data_dir.is_none() {
+            return Err("data_dir is required (--data-dir or data_dir in the config file)".into());
+        }
+        for (name, addr) in [("listen", &self.listen), ("http_listen", &self.http_listen)] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("{name} {addr:?} is not a socket address (host:port): {e}"))?;
+        }
+        for j in &self.join {
+            if j.is_empty() || !j.contains(':') {
+                return Err(format!("join address {j:?} must be host:port"));
+            }
+        }
+        if !(1..=7).contains(&self.replication_factor) {
+            return Err(format!("replication_factor must be 1 to 7, got {}", self.replication_factor));
+        }
+        if self.split_threshold_bytes < 4096 {
+            return Err("split_threshold_bytes must be at least 4096".into());
+        }
+        let r = &self.raft;
+        if r.tick_ms == 0 || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err("raft: tick_ms > 0 and election_ticks > heartbeat_ticks > 0 are required".into());
+        }
+        if r.log_gc_threshold < 16 {
+            return Err("raft.log_gc_threshold must be at least 16".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be positive".into());
+        }
+        if self.zone.len() > 64 {
+            return Err("zone label must be at most 64 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = ServerConfig::default();
+        assert!(c.validate().unwrap_err().contains("data_dir"));
+        c.data_dir = Some("x".into());
+        assert!(c.validate().is_ok());
+        c.listen = "nonsense".into();
+        assert!(c.validate().unwrap_err().contains("listen"));
+        let bad: Result<ServerConfig, _> = toml::from_str("replication_factr = 3");
+        assert!(bad.unwrap_err().to_string().contains("replication_factr"));
+    }
+}

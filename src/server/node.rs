@@ -1,0 +1,218 @@
+//! Starts a node: opens storage, establishes its identity (bootstrapping a
+//! new cluster or joining an existing one), starts the store loop, the
+//! gateway, the gRPC and HTTP listeners, and the periodic tasks.
+
+use super::{tasks, ServerConfig};
+use crate::frontend::grpc_internal::InternalService;
+use crate::frontend::grpc_kv::KvService;
+use crate::frontend::http::{self, HttpState};
+use crate::frontend::listener;
+use crate::gateway::Gateway;
+use crate::hlc::Hlc;
+use crate::keys::mvcc;
+use crate::meta;
+use crate::raftstore::address_book::AddressBook;
+use crate::raftstore::transport::{self, Transport};
+use crate::raftstore::{store, ReplicaRegistry};
+use crate::storage::layout;
+use crate::storage::{Cf, Engine};
+use anyhow::{bail, Context, Result};
+use cairn_proto::internal::internal_client::InternalClient;
+use cairn_proto::internal::internal_server::InternalServer;
+use cairn_proto::internal::{JoinRequest, NodeInfo, RangeDescriptor, RangeEpoch, RangeRecord, Replica};
+use cairn_proto::kv::cairn_server::CairnServer;
+use prost::Message as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// What a started node tells its caller (and writes to `<data dir>/node.json`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeEndpoints {
+    pub node_id: u64,
+    pub cluster_id: String,
+    pub grpc: String,
+    pub http: String,
+}
+
+fn read_ident(engine: &Engine) -> Option<(String, u64)> {
+    let raw = engine.get(Cf::Local, layout::LOCAL_IDENT)?;
+    let text = String::from_utf8(raw).ok()?;
+    let (cluster, node) = text.split_once('\n')?;
+    Some((cluster.to_string(), node.parse().ok()?))
+}
+
+fn write_ident(engine: &Engine, cluster_id: &str, node_id: u64) {
+    let mut b = engine.batch();
+    b.put(Cf::Local, layout::LOCAL_IDENT, format!("{cluster_id}\n{node_id}").as_bytes());
+    engine.commit(b, true);
+}
+
+/// Creates a one-node cluster: the meta range and the first user range, both
+/// with this node as their only replica, and the meta range's initial contents.
+fn bootstrap(engine: &Engine, grpc: &str, http: &str, zone: &str) -> String {
+    let cluster_id = format!("{:016x}", rand::random::<u64>());
+    let ((ms, me), (us, ue)) = meta::bootstrap_bounds();
+    let replicas = vec![Replica { node_id: 1, learner: false }];
+    let epoch = Some(RangeEpoch { version: 1, conf_ver: 1 });
+    let meta_desc = RangeDescriptor { id: meta::META_RANGE_ID, start: ms, end: me, epoch, replicas: replicas.clone() };
+    let user_desc = RangeDescriptor { id: meta::FIRST_USER_RANGE_ID, start: us, end: ue, epoch, replicas };
+    store::bootstrap_ranges(engine, &[meta_desc.clone(), user_desc.clone()]);
+    let version = crate::hlc::Version { wall_ns: crate::hlc::wall_now_ns(), logical: 0, node_id: 1 };
+    let node = NodeInfo {
+        id: 1,
+        addr: grpc.to_string(),
+        http_addr: http.to_string(),
+        zone: zone.to_string(),
+        heartbeat_ms: crate::hlc::wall_now_ms(),
+        ..Default::default()
+    };
+    let rec =
+        |d: RangeDescriptor| RangeRecord { desc: Some(d), leader_node_id: 0, approximate_bytes: 0 }.encode_to_vec();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (meta::key(meta::CTR_RANGE), meta::FIRST_USER_RANGE_ID.to_string().into_bytes()),
+        (meta::key(meta::CTR_NODE), b"1".to_vec()),
+        (meta::node_key(1), node.encode_to_vec()),
+        (meta::dir_key(meta::META_RANGE_ID), rec(meta_desc)),
+        (meta::dir_key(meta::FIRST_USER_RANGE_ID), rec(user_desc)),
+    ];
+    let mut b = engine.batch();
+    for (k, v) in rows {
+        b.put(Cf::Data, &mvcc::encode(&k, version), &mvcc::encode_value(&v));
+    }
+    // The meta range's state machine starts at this version.
+    let apply = layout::ApplyState {
+        applied_index: crate::raftstore::RAFT_INIT_INDEX,
+        truncated_index: crate::raftstore::RAFT_INIT_INDEX,
+        truncated_term: crate::raftstore::RAFT_INIT_TERM,
+        last_version: version,
+    };
+    b.put(Cf::RaftState, &layout::apply_state_key(meta::META_RANGE_ID), &apply.encode());
+    engine.commit(b, true);
+    write_ident(engine, &cluster_id, 1);
+    tracing::info!(%cluster_id, "bootstrapped a new cluster");
+    cluster_id
+}
+
+async fn join_cluster(cfg: &ServerConfig, grpc: &str, http: &str) -> Result<(String, u64, Vec<NodeInfo>)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last_err = String::new();
+    while tokio::time::Instant::now() < deadline {
+        for addr in &cfg.join {
+            let Ok(ch) = transport::connect(addr) else { continue };
+            let mut c = InternalClient::new(ch);
+            let mut req = tonic::Request::new(JoinRequest {
+                addr: grpc.to_string(),
+                http_addr: http.to_string(),
+                zone: cfg.zone.clone(),
+                capacity_bytes: 0,
+            });
+            req.set_timeout(Duration::from_secs(10));
+            match c.join(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok((r.cluster_id, r.node_id, r.nodes));
+                }
+                Err(e) => last_err = format!("{addr}: {}", e.message()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("could not join the cluster through {:?}: {last_err}", cfg.join)
+}
+
+/// Runs a node until `shutdown` resolves. `ready` receives the endpoints once serving.
+pub async fn run(
+    cfg: ServerConfig,
+    ready: Option<tokio::sync::oneshot::Sender<NodeEndpoints>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let data_dir = cfg.data_dir.clone().context("data_dir is required")?;
+    let engine = Arc::new(Engine::open(&data_dir.join("db"))?);
+    let grpc_listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let http_listener =
+        TcpListener::bind(&cfg.http_listen).await.with_context(|| format!("binding {}", cfg.http_listen))?;
+    let grpc_addr = cfg.advertise.clone().unwrap_or(grpc_listener.local_addr()?.to_string());
+    let http_addr = http_listener.local_addr()?.to_string();
+
+    let book = Arc::new(AddressBook::load(engine.clone()));
+    let (cluster_id, node_id) = match read_ident(&engine) {
+        Some(ident) => ident,
+        None if cfg.join.is_empty() => (bootstrap(&engine, &grpc_addr, &http_addr, &cfg.zone), 1),
+        None => {
+            let (cluster, id, nodes) = join_cluster(&cfg, &grpc_addr, &http_addr).await?;
+            for n in &nodes {
+                book.learn(n.id, &n.addr);
+            }
+            write_ident(&engine, &cluster, id);
+            tracing::info!(node_id = id, cluster_id = %cluster, "joined the cluster");
+            (cluster, id)
+        }
+    };
+    book.learn(node_id, &grpc_addr);
+    let hlc = Arc::new(Hlc::new(node_id as u32));
+    let transport = Arc::new(Transport::new(
+        node_id,
+        grpc_addr.clone(),
+        cluster_id.clone(),
+        book.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let registry: ReplicaRegistry = Default::default();
+    let (store_handle, _store_thread) =
+        store::start(node_id, engine.clone(), cfg.raft.clone(), registry, transport.clone(), hlc.clone())?;
+    transport.set_store(store_handle.tx.clone());
+    let gw = Arc::new(Gateway::new(
+        node_id,
+        cluster_id.clone(),
+        store_handle,
+        book,
+        cfg.limits.clone(),
+        hlc,
+        cfg.raft.clone(),
+    ));
+
+    let max_msg = cfg.limits.max_batch_bytes * 2 + (1 << 20);
+    let kv = CairnServer::new(KvService { gw: gw.clone() })
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
+    let internal = InternalServer::new(InternalService { gw: gw.clone(), transport })
+        .max_decoding_message_size(max_msg * 2)
+        .max_encoding_message_size(max_msg * 2);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let incoming = listener::incoming(grpc_listener, cfg.max_connections);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(1024)
+            .tcp_nodelay(true)
+            .add_service(kv)
+            .add_service(internal)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_stop.changed().await;
+            }),
+    );
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let app = http::router(HttpState { gw: gw.clone(), metrics });
+    let mut http_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await;
+    });
+    tasks::spawn_all(gw.clone(), &cfg, grpc_addr.clone(), http_addr.clone(), stop_rx);
+
+    let endpoints = NodeEndpoints { node_id, cluster_id, grpc: grpc_addr, http: http_addr };
+    std::fs::write(data_dir.join("node.json"), serde_json::to_vec_pretty(&endpoints)?)?;
+    tracing::info!(node_id, grpc = %endpoints.grpc, http = %endpoints.http, "node ready");
+    if let Some(r) = ready {
+        let _ = r.send(endpoints);
+    }
+    shutdown.await;
+    tracing::info!(node_id, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The node's periodic work: liveness heartbeats to the node registry,
+//! reporting the ranges it leads to the range directory, the split check,
+//! directory refreshes, and (on the meta range's leader) the controller.
+
+use super::ServerConfig;
+use crate::controller;
+use crate::gateway::{admin, Gateway};
+use crate::keys::{self, SLOT_COUNT};
+use crate::meta::{self, catalog, registry};
+use crate::storage::{mvcc, Cf};
+use cairn_proto::internal::{NodeInfo, RangeDescriptor, RangeRecord};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A range leader re-reports its record at least this often, even unchanged.
+const REPORT_REFRESH: Duration = Duration::from_secs(30);
+
+pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, grpc: String, http: String, stop: watch::Receiver<bool>) {
+    let zone = cfg.zone.clone();
+    every(stop.clone(), Duration::from_millis(registry::HEARTBEAT_INTERVAL_MS), {
+        let gw = gw.clone();
+        move || heartbeat(gw.clone(), grpc.clone(), http.clone(), zone.clone())
+    });
+    let reported: Arc<parking_lot::Mutex<HashMap<u64, (RangeRecord, Instant)>>> = Default::default();
+    every(stop.clone(), Duration::from_secs(1), {
+        let gw = gw.clone();
+        move || report_ranges(gw.clone(), reported.clone())
+    });
+    let threshold = cfg.split_threshold_bytes;
+    every(stop.clone(), Duration::from_millis(cfg.split_check_interval_ms), {
+        let gw = gw.clone();
+        move || split_check(gw.clone(), threshold)
+    });
+    every(stop.clone(), Duration::from_secs(10), {
+        let gw = gw.clone();
+        move || {
+            let gw = gw.clone();
+            async move {
+                let _ = gw.refresh_directory().await;
+                if let Ok(nodes) = registry::list(&gw).await {
+                    for n in nodes {
+                        gw.book.learn(n.id, &n.addr);
+                    }
+                }
+            }
+        }
+    });
+    let ctl = controller::runner::Controller::new(gw, cfg.replication_factor);
+    every(stop, Duration::from_secs(2), move || ctl.clone().tick());
+}
+
+/// Runs `f` every `period` (never two at once) until `stop` flips.
+fn every<F, Fut>(mut stop: watch::Receiver<bool>, period: Duration, mut f: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = t.tick() => f().await,
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+async fn heartbeat(gw: Arc<Gateway>, grpc: String, http: String, zone: String) {
+    let (replicas, leaders) = {
+        let reg = gw.store.registry.read();
+        (reg.len() as u32, reg.values().filter(|r| r.is_leader()).count() as u32)
+    };
+    metrics::gauge!("cairn_replicas").set(replicas as f64);
+    metrics::gauge!("cairn_leaders").set(leaders as f64);
+    let info = NodeInfo {
+        id: gw.node_id,
+        addr: grpc,
+        http_addr: http,
+        zone,
+        heartbeat_ms: crate::hlc::wall_now_ms(),
+        capacity_bytes: 0,
+        used_bytes: gw.store.engine.total_size(),
+        replicas,
+        leaders,
+    };
+    if let Err(e) = registry::put(&gw, info).await {
+        tracing::debug!("heartbeat not recorded: {}", e.message());
+    }
+}
+
+fn approximate_bytes(gw: &Gateway, d: &RangeDescriptor, written: u64) -> u64 {
+    let (lo, hi) = mvcc::data_span(&d.start, &d.end);
+    gw.store.engine.approximate_size(Cf::Data, &lo, &hi) + written
+}
+
+async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMap<u64, (RangeRecord, Instant)>>>) {
+    let leaders: Vec<_> =
+        gw.store.registry.read().values().filter(|r| r.is_leader() && r.initialized()).cloned().collect();
+    let mut changed = Vec::new();
+    {
+        let mut last = reported.lock();
+        for r in &leaders {
+            let desc = r.desc();
+            let size = approximate_bytes(&gw, &desc, r.written_bytes.load(Ordering::Relaxed));
+            let rec = RangeRecord { desc: Some(desc), leader_node_id: gw.node_id, approximate_bytes: size };
+            let stale = match last.get(&r.range_id) {
+                Some((prev, at)) => {
+                    prev.desc != rec.desc
+                        || prev.leader_node_id != rec.leader_node_id
+                        || at.elapsed() > REPORT_REFRESH
+                        || prev.approximate_bytes.abs_diff(size) > size / 10 + 4096
+                }
+                None => true,
+            };
+            if stale {
+                last.insert(r.range_id, (rec.clone(), Instant::now()));
+                changed.push(rec);
+            }
+        }
+    }
+    for rec in &changed {
+        gw.learn_route(rec.clone());
+    }
+    for chunk in changed.chunks(256) {
+        if let Err(e) = meta::report_ranges(&gw, chunk.to_vec()).await {
+            tracing::debug!("range report failed: {}", e.message());
+            let mut last = reported.lock();
+            for r in chunk {
+                if let Some(d) = &r.desc {
+                    last.remove(&d.id);
+                }
+            }
+        }
+    }
+}
+
+/// Picks the key that splits `[start, end)` into halves by bytes. Pure: the
+/// caller passes (key, bytes) pairs in key order. `align` rounds a candidate
+/// to a legal split point (slot boundaries for hash tables); `None` if no key
+/// strictly inside the range qualifies.
+pub fn choose_split_key(
+    pairs: &[(Vec<u8>, u64)],
+    start: &[u8],
+    align: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let total: u64 = pairs.iter().map(|(_, n)| n).sum();
+    let mut acc = 0;
+    for (k, n) in pairs {
+        acc += n;
+        if acc * 2 >= total {
+            let candidate = align(k)?;
+            if candidate.as_slice() > start {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+async fn split_check(gw: Arc<Gateway>, threshold: u64) {
+    let leaders: Vec<_> = gw
+        .store
+        .registry
+        .read()
+        .values()
+        .filter(|r| r.is_leader() && r.initialized() && r.range_id != meta::META_RANGE_ID)
+        .cloned()
+        .collect();
+    for r in leaders {
+        let desc = r.desc();
+        if approximate_bytes(&gw, &desc, r.written_bytes.load(Ordering::Relaxed)) < threshold {
+            continue;
+        }
+        let engine = gw.store.engine.clone();
+        let d = desc.clone();
+        let pairs = tokio::task::spawn_blocking(move || {
+            let mut per_key: Vec<(Vec<u8>, u64)> = Vec::new();
+            mvcc::scan_raw(&engine, &d.start, &d.end, |k, v| {
+                if let Some((key, _)) = crate::keys::mvcc::decode(k) {
+                    let n = (k.len() + v.len()) as u64;
+                    match per_key.last_mut() {
+                        Some((last, total)) if *last == key => *total += n,
+                        _ => per_key.push((key, n)),
+                    }
+                }
+            });
+            per_key
+        })
+        .await
+        .unwrap_or_default();
+        let exact: u64 = pairs.iter().map(|(_, n)| n).sum();
+        if exact < threshold {
+            // The estimate over-counted (e.g. flushed and still-counted writes): start afresh.
+            r.written_bytes.store(0, Ordering::Relaxed);
+            continue;
+        }
+        let tables = catalog::list(&gw).await.unwrap_or_default();
+        let align = |k: &[u8]| -> Option<Vec<u8>> {
+            let (table_id, rest) = keys::decode_table(k)?;
+            let hashed = tables.iter().find(|t| t.id == table_id).is_some_and(catalog::is_hashed);
+            if !hashed {
+                return Some(k.to_vec());
+            }
+            let slot = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+            // The next slot boundary after this key's slot keeps slots whole.
+            let next = slot.checked_add(1).filter(|s| *s < SLOT_COUNT)?;
+            Some(keys::hash_slot_start(table_id, next))
+        };
+        let Some(key) = choose_split_key(&pairs, &desc.start, align) else { continue };
+        if !desc.end.is_empty() && key >= desc.end {
+            continue;
+        }
+        match admin::split_at(&gw, &key).await {
+            Ok(_) => {
+                r.written_bytes.store(0, Ordering::Relaxed);
+                tracing::info!(range_id = desc.id, bytes = exact, "size-based split");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "split").increment(1);
+            }
+            Err(e) => tracing::warn!(range_id = desc.id, "size-based split failed: {}", e.message()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_key_halves_by_bytes() {
+        let pairs: Vec<(Vec<u8>, u64)> = (0..10u8).map(|i| (vec![b'a' + i], 10)).collect();
+        let k = choose_split_key(&pairs, b"a", |k| Some(k.to_vec())).unwrap();
+        assert_eq!(k, b"e".to_vec());
+        let skewed = vec![(b"a".to_vec(), 1000), (b"b".to_vec(), 1)];
+        assert_eq!(choose_split_key(&skewed, b"a", |k| Some(k.to_vec())), Some(b"b".to_vec()));
+        assert_eq!(choose_split_key(&[(b"a".to_vec(), 5)], b"a", |k| Some(k.to_vec())), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! A narrow wrapper over RocksDB: the only module that talks to it.
+//!
+//! Durability rule: a write that asks for `sync` and fails stops the process
+//! (fail-stop). Retrying an fsync after an error is unsafe (the kernel may have
+//! dropped the dirty pages), so we never do.
+
+use anyhow::{Context, Result};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
+};
+use std::path::Path;
+
+/// Column families.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Cf {
+    RaftLog,
+    RaftState,
+    Data,
+    Local,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 4] = [Cf::RaftLog, Cf::RaftState, Cf::Data, Cf::Local];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
+            Cf::Data => "data",
+            Cf::Local => "local",
+        }
+    }
+}
+
+pub struct Engine {
+    db: DB,
+}
+
+/// An atomic batch across column families.
+pub struct Batch<'a> {
+    engine: &'a Engine,
+    wb: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(self.engine.cf(cf), key, value);
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.wb.delete_cf(self.engine.cf(cf), key);
+    }
+
+    /// Deletes `[start, end)`; an empty `end` is not allowed here (callers pass a real bound).
+    pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
+        self.wb.delete_range_cf(self.engine.cf(cf), start, end);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.wb.len()
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.wb.size_in_bytes()
+    }
+}
+
+/// Stops the node after a storage failure that could otherwise lose acknowledged data.
+pub fn fail_stop(what: &str, err: &dyn std::fmt::Display) -> ! {
+    tracing::error!("FATAL storage failure during {what}: {err}; stopping the node (fail-stop)");
+    eprintln!("cairn: FATAL storage failure during {what}: {err}; stopping (fail-stop)");
+    std::process::abort();
+}
+
+impl Engine {
+    pub fn open(dir: &Path) -> Result<Engine> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        // Bounded memory: 4 CFs × 2 × 32 MiB memtables at most.
+        opts.set_write_buffer_size(32 << 20);
+        opts.set_max_write_buffer_number(2);
+        opts.set_keep_log_file_num(4);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
+        table.set_bloom_filter(10.0, false);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(32 << 20);
+            o.set_max_write_buffer_number(2);
+            o.set_block_based_table_factory(&table);
+            if *cf == Cf::Data {
+                o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .with_context(|| format!("opening RocksDB at {}", dir.display()))?;
+        Ok(Engine { db })
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // Every CF is created in `open`, so a missing one is a programming error caught at start-up.
+        self.db.cf_handle(cf.name()).unwrap_or_else(|| fail_stop("column family lookup", &cf.name()))
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { engine: self, wb: WriteBatch::default() }
+    }
+
+    /// Writes a batch atomically. With `sync`, the WAL is fsynced before returning;
+    /// any error then stops the node.
+    pub fn commit(&self, batch: Batch<'_>, sync: bool) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        if let Err(e) = self.db.write_opt(batch.wb, &wo) {
+            // An unsynced write failing means RocksDB is in a bad state too; the applied
+            // index travels in the same batch, so stopping keeps recovery exact.
+            fail_stop(if sync { "synced write" } else { "write" }, &e);
+        }
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
+        match self.db.get_cf(self.cf(cf), key) {
+            Ok(v) => v,
+            Err(e) => fail_stop("read", &e),
+        }
+    }
+
+    /// Iterates `[start, end)` (empty `end` = to the end of the CF), calling `f`
+    /// until it returns false.
+    pub fn scan(&self, cf: Cf, start: &[u8], end: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+        let mut ro = ReadOptions::default();
+        if !end.is_empty() {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
+        ro.fill_cache(true);
+        let it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(start, Direction::Forward));
+        for item in it {
+            match item {
+                Ok((k, v)) => {
+                    if !f(&k, &v) {
+                        break;
+                    }
+                }
+                Err(e) => fail_stop("iteration", &e),
+            }
+        }
+    }
+
+    /// Approximate bytes in SST files for `[start, end)` of a CF (memtables not included;
+    /// the split checker adds the bytes written since start-up on top).
+    pub fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64 {
+        let end = if end.is_empty() { vec![0xff; 16] } else { end.to_vec() };
+        let ranges = [rocksdb::Range::new(start, &end)];
+        self.db.get_approximate_sizes_cf(self.cf(cf), &ranges).first().copied().unwrap_or(0)
+    }
+
+    /// Total live bytes on disk, for capacity reporting.
+    pub fn total_size(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .flat_map(|cf| {
+                ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"]
+                    .map(|p| self.db.property_int_value_cf(self.cf(*cf), p).ok().flatten().unwrap_or(0))
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,357 @@
+//! End-to-end behaviour of a real cluster: separate `cairn server` processes
+//! on loopback sockets and real disks, driven through the public gRPC API.
+
+mod common;
+
+use cairn_proto::kv::*;
+use common::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Writers that put unique keys through every node until stopped, recording
+/// which writes were acknowledged (and never treating a failed one as written).
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    async fn start(cl: &Cluster, table: &str, n: usize, prefix: &str, pause: Duration) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        for w in 0..n {
+            let mut clients = Vec::new();
+            for i in 0..cl.nodes.len() {
+                if cl.nodes[i].child.is_some() {
+                    clients.push(cl.client(i).await);
+                }
+            }
+            let (stop, acked, table, prefix) = (stop.clone(), acked.clone(), table.to_string(), prefix.to_string());
+            handles.push(tokio::spawn(async move {
+                let mut seq = 0u64;
+                let mut attempt = 0usize;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let key = format!("{prefix}{w}-{seq:06}");
+                    let n = clients.len();
+                    attempt += 1;
+                    let c = &mut clients[attempt % n];
+                    let req = PutRequest {
+                        table: table.clone(),
+                        key: key.clone().into(),
+                        value: key.clone().into(),
+                        condition: None,
+                        request_id: key.clone().into(),
+                    };
+                    if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(12), c.put(req)).await {
+                        if r.into_inner().succeeded {
+                            acked.lock().unwrap().push(key);
+                            seq += 1;
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }));
+        }
+        Writers { stop, acked, handles }
+    }
+
+    fn acked(&self) -> Vec<String> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            let _ = h.await;
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Reads every key through node `i`, failing on any acknowledged key that is missing.
+async fn assert_all_readable(cl: &Cluster, i: usize, table: &str, keys: &[String]) {
+    let mut c = cl.client(i).await;
+    for k in keys {
+        let mut got = None;
+        for _ in 0..50 {
+            match get(&mut c, table, k).await {
+                Ok(v) => {
+                    got = Some(v);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        assert_eq!(got, Some(Some(k.clone())), "acknowledged write {k} lost (read via node {})", i + 1);
+    }
+}
+
+fn assert_strictly_ordered(keys: &[String]) {
+    for w in keys.windows(2) {
+        assert!(w[0] < w[1], "scan out of order or duplicated: {:?} then {:?}", w[0], w[1]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn basic_operations_through_every_node_across_splits() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c1 = cl.client(0).await;
+    create_table(&mut c1, "kv", &[]).await;
+    let mut clients = [c1, cl.client(1).await, cl.client(2).await];
+    for i in 0..150 {
+        let k = format!("k{i:04}");
+        put(&mut clients[i % 3], "kv", &k, &format!("v{i}")).await.expect("put");
+    }
+    for (n, c) in clients.iter_mut().enumerate() {
+        assert_eq!(get(c, "kv", "k0007").await.unwrap(), Some("v7".into()), "get via node {}", n + 1);
+    }
+    let d = clients[1]
+        .delete(DeleteRequest { table: "kv".into(), key: "k0003".into(), condition: None, request_id: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.succeeded && d.existed);
+    assert_eq!(get(&mut clients[2], "kv", "k0003").await.unwrap(), None);
+
+    // Splits and scans while writers keep writing.
+    let writers = Writers::start(&cl, "kv", 3, "w", Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (n, key) in ["k0050", "k0100", "w1-", "w2-000040"].iter().enumerate() {
+        clients[n % 3]
+            .split_range(SplitRangeRequest { table: "kv".into(), key: key.as_bytes().to_vec() })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "split at {key}: {e}\n{:#?}",
+                    std::fs::read_to_string(cl.root.join("n1.log"))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("split"))
+                        .collect::<Vec<_>>()
+                )
+            });
+    }
+    for round in 0..3 {
+        let before: BTreeSet<String> = writers.acked().into_iter().collect();
+        let scanned = scan_all(&mut clients[round % 3], "kv", 37).await.expect("scan");
+        let keys: Vec<String> = scanned.iter().map(|(k, _)| k.clone()).collect();
+        assert_strictly_ordered(&keys);
+        let have: BTreeSet<String> = keys.iter().cloned().collect();
+        for k in &before {
+            assert!(have.contains(k), "scan round {round} missed acknowledged key {k}");
+        }
+        for i in (0..150).filter(|i| *i != 3) {
+            assert!(have.contains(&format!("k{i:04}")), "scan missed k{i:04}");
+        }
+        assert!(!have.contains("k0003"), "deleted key came back");
+    }
+    let acked = writers.finish().await;
+    assert!(acked.len() > 50, "writers made progress during splits: {}", acked.len());
+    assert_all_readable(&cl, 2, "kv", &acked).await;
+    let s = cl.status(0).await.unwrap();
+    let kv_ranges = s.ranges.iter().filter(|r| r.table == "kv").count();
+    assert!(kv_ranges >= 5, "table has its splits: {kv_ranges} ranges");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failure_keeps_acknowledged_writes_and_restarted_nodes_catch_up() {
+    let _g = serial().await;
+    let mut cl = Cluster::start(3, &["--raft-log-gc-threshold", "400"]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "lf", &[]).await;
+    put(&mut c, "lf", "seed", "seed").await.unwrap();
+    let (range_id, leader) = leader_of(&cl, 0, "lf").await.expect("range has a leader");
+    let victim = cl.index_of(leader);
+
+    // Part 1: kill -9 the leader under load; catch up from the log afterwards.
+    let writers = Writers::start(&cl, "lf", 2, "a", Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cl.kill(victim);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = writers.acked().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = writers.finish().await;
+    assert!(acked.len() > during, "writes are accepted again after failover ({during} -> {})", acked.len());
+    let survivor = (victim + 1) % 3;
+    assert_all_readable(&cl, survivor, "lf", &acked).await;
+    cl.restart(victim);
+    wait_caught_up(&cl, victim, survivor, range_id).await;
+    assert_eq!(cl.metric(victim, "cairn_snapshots_received_total").await, 0.0, "caught up from the log");
+    assert_all_readable(&cl, victim, "lf", &acked).await;
+
+    // Part 2: a follower misses more than the log keeps; it is caught up by a snapshot.
+    let (_, leader) = leader_of(&cl, 0, "lf").await.expect("leader");
+    let follower = (0..3).find(|i| cl.node_id(*i) != leader).expect("a follower");
+    let other = (0..3).find(|i| *i != follower).expect("another node");
+    cl.kill(follower);
+    let mut c = cl.client(other).await;
+    let mut burst = Vec::new();
+    for i in 0..700 {
+        let k = format!("b{i:05}");
+        put(&mut c, "lf", &k, &k).await.expect("put while a follower is down");
+        burst.push(k);
+    }
+    cl.restart(follower);
+    wait_caught_up(&cl, follower, other, range_id).await;
+    assert!(cl.metric(follower, "cairn_snapshots_received_total").await >= 1.0, "caught up through a snapshot");
+    assert_all_readable(&cl, follower, "lf", &burst).await;
+    assert_all_readable(&cl, follower, "lf", &acked).await;
+}
+
+/// Waits until node `i`'s replica of `range_id` has applied what node `j`'s has.
+async fn wait_caught_up(cl: &Cluster, i: usize, j: usize, range_id: u64) {
+    let applied = |reps: Vec<serde_json::Value>| {
+        reps.iter()
+            .find(|r| r["range_id"].as_u64() == Some(range_id))
+            .and_then(|r| r["applied_index"].as_u64())
+            .unwrap_or(0)
+    };
+    let target = applied(cl.local_replicas(j).await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = applied(cl.local_replicas(i).await);
+        if have >= target && target > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {} stuck at {have}, want {target}\n{}", i + 1, cl.log(i));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_restart_keeps_every_write() {
+    let _g = serial().await;
+    let mut cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "fr", &["g", "p"]).await;
+    let mut keys = Vec::new();
+    for i in 0..300 {
+        let k = format!("{}{i:04}", (b'a' + (i % 26) as u8) as char);
+        put(&mut c, "fr", &k, &k).await.unwrap();
+        keys.push(k);
+    }
+    for i in 0..3 {
+        cl.kill(i);
+    }
+    for i in 0..3 {
+        cl.restart(i);
+    }
+    for i in 0..3 {
+        assert_all_readable(&cl, i, "fr", &keys).await;
+    }
+    let mut c = cl.client(1).await;
+    let scanned = scan_all(&mut c, "fr", 50).await.unwrap();
+    assert_eq!(scanned.len(), 300);
+    put(&mut c, "fr", "after", "restart").await.expect("writes work after a full restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_quorum_fails_fast_and_recovers() {
+    let _g = serial().await;
+    let mut cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "q", &[]).await;
+    put(&mut c, "q", "before", "1").await.unwrap();
+    cl.kill(1);
+    cl.kill(2);
+    let started = Instant::now();
+    let r = put(&mut c, "q", "during", "x").await;
+    let took = started.elapsed();
+    let e = r.expect_err("a write without quorum must not succeed");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "retryable unavailable: {e}");
+    assert!(took < Duration::from_secs(9), "fails fast, took {took:?}");
+    let e = get(&mut c, "q", "before").await.expect_err("linearizable read without quorum must fail");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    cl.restart(1);
+    cl.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match put(&mut c, "q", "after", "2").await {
+            Ok(r) if r.succeeded => break,
+            other => assert!(Instant::now() < deadline, "writes did not resume: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(get(&mut c, "q", "before").await.unwrap(), Some("1".into()));
+    assert_eq!(get(&mut c, "q", "after").await.unwrap(), Some("2".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_routes_reach_the_new_leader() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c1 = cl.client(0).await;
+    let mut c3 = cl.client(2).await;
+    create_table(&mut c1, "sr", &[]).await;
+    // Node 3's gateway caches the table's single range.
+    put(&mut c3, "sr", "a", "1").await.unwrap();
+    put(&mut c3, "sr", "x", "1").await.unwrap();
+    // Through node 1: split, then move the right half's leadership.
+    let split =
+        c1.split_range(SplitRangeRequest { table: "sr".into(), key: b"m".to_vec() }).await.unwrap().into_inner();
+    let right = split.right.expect("new range");
+    let s = cl.status(0).await.unwrap();
+    let cur = s.ranges.iter().find(|r| r.id == right.id).map(|r| r.leader_node_id).unwrap_or(0);
+    let target = right.replicas.iter().map(|r| r.node_id).find(|n| *n != cur).expect("another voter");
+    c1.transfer_leader(TransferLeaderRequest { range_id: right.id, node_id: target }).await.expect("transfer");
+    // Node 3 still believes in the old route; it must find its way.
+    put(&mut c3, "sr", "x", "2").await.expect("write via stale gateway");
+    put(&mut c3, "sr", "a", "2").await.expect("write via stale gateway");
+    assert_eq!(get(&mut c3, "sr", "x").await.unwrap(), Some("2".into()));
+    assert_eq!(get(&mut c1, "sr", "a").await.unwrap(), Some("2".into()));
+    let s = cl.status(1).await.unwrap();
+    let leader = s.ranges.iter().find(|r| r.id == right.id).map(|r| r.leader_node_id);
+    assert_eq!(leader, Some(target), "leadership moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_request_id_applies_once() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    let mut c2 = cl.client(1).await;
+    create_table(&mut c, "id", &[]).await;
+    let first = c
+        .put(PutRequest {
+            table: "id".into(),
+            key: "k".into(),
+            value: "x".into(),
+            condition: None,
+            request_id: b"req-1".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    put(&mut c, "id", "k", "y").await.unwrap();
+    // A late retry of the first request (through another node) must not apply again.
+    let retry = c2
+        .put(PutRequest {
+            table: "id".into(),
+            key: "k".into(),
+            value: "x".into(),
+            condition: None,
+            request_id: b"req-1".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.version, first.version, "the retry returns the first attempt's result");
+    assert_eq!(get(&mut c, "id", "k").await.unwrap(), Some("y".into()), "retry was not applied twice");
+    // Conditional create: the retry reports success, not "already exists".
+    let create = |rid: &'static [u8]| PutRequest {
+        table: "id".into(),
+        key: "once".into(),
+        value: "1".into(),
+        condition: Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) }),
+        request_id: rid.to_vec(),
+    };
+    assert!(c.put(create(b"req-2")).await.unwrap().into_inner().succeeded);
+    assert!(c2.put(create(b"req-2")).await.unwrap().into_inner().succeeded, "same id: same answer");
+    assert!(!c2.put(create(b"req-3")).await.unwrap().into_inner().succeeded, "new id: condition fails");
+}

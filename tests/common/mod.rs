@@ -1,0 +1,298 @@
+//! Test harness: real `cairn server` processes on loopback (ephemeral ports),
+//! each with its own data directory, that tests can kill -9, stop, pause and
+//! restart. Every process is killed when the cluster is dropped.
+#![allow(dead_code)]
+
+use cairn_proto::kv::cairn_client::CairnClient;
+use cairn_proto::kv::*;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Cluster tests run one at a time: they are timing-sensitive on small machines.
+/// (A tokio mutex works across the tests' separate runtimes and is not poisoned by a failed test.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct Endpoints {
+    pub node_id: u64,
+    pub grpc: String,
+    pub http: String,
+}
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub ep: Option<Endpoints>,
+}
+
+pub struct Cluster {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub nodes: Vec<Node>,
+    pub extra: Vec<String>,
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+impl Cluster {
+    /// Starts `n` nodes (node 1 bootstraps, the others join) and waits until
+    /// every range has min(3, n) voters.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let mut c = Cluster {
+            _tmp: tmp,
+            root: root.clone(),
+            nodes: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            c.nodes.push(Node { dir: root.join(format!("n{}", i + 1)), child: None, ep: None });
+            let join = if i == 0 { None } else { Some(c.grpc(0)) };
+            c.spawn(i, join.as_deref(), "127.0.0.1:0", "127.0.0.1:0");
+        }
+        c.wait_replicated(n.min(3), Duration::from_secs(90)).await;
+        c
+    }
+
+    fn spawn(&mut self, i: usize, join: Option<&str>, listen: &str, http: &str) {
+        let node = &mut self.nodes[i];
+        let _ = std::fs::remove_file(node.dir.join("node.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("n{}.log", i + 1)))
+            .expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--http-listen")
+            .arg(http)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if let Some(j) = join {
+            cmd.arg("--join").arg(j);
+        }
+        node.child = Some(cmd.spawn().expect("spawn cairn server"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(b) = std::fs::read(node.dir.join("node.json")) {
+                if let Ok(ep) = serde_json::from_slice::<Endpoints>(&b) {
+                    node.ep = Some(ep);
+                    return;
+                }
+            }
+            if let Some(Ok(Some(st))) = node.child.as_mut().map(|c| c.try_wait()) {
+                panic!("node {} exited during start-up: {st}\n{}", i + 1, self.log(i));
+            }
+            assert!(Instant::now() < deadline, "node {} did not start", i + 1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        let s = std::fs::read_to_string(self.root.join(format!("n{}.log", i + 1))).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn grpc(&self, i: usize) -> String {
+        self.nodes[i].ep.as_ref().expect("node started").grpc.clone()
+    }
+
+    pub fn http(&self, i: usize) -> String {
+        self.nodes[i].ep.as_ref().expect("node started").http.clone()
+    }
+
+    pub fn node_id(&self, i: usize) -> u64 {
+        self.nodes[i].ep.as_ref().expect("node started").node_id
+    }
+
+    pub fn index_of(&self, node_id: u64) -> usize {
+        self.nodes.iter().position(|n| n.ep.as_ref().is_some_and(|e| e.node_id == node_id)).expect("known node")
+    }
+
+    pub async fn client(&self, i: usize) -> CairnClient<Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc(i)))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy();
+        CairnClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.nodes[i].child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGKILL);
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pause(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// Restarts a stopped node on its previous ports with its data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {} still running", i + 1);
+        let ep = self.nodes[i].ep.clone().expect("node had started before");
+        self.spawn(i, None, &ep.grpc, &ep.http);
+    }
+
+    pub async fn status(&self, i: usize) -> Result<ClusterStatusResponse, tonic::Status> {
+        Ok(self.client(i).await.cluster_status(ClusterStatusRequest {}).await?.into_inner())
+    }
+
+    /// Waits until every range in the directory has at least `voters` voters.
+    pub async fn wait_replicated(&self, voters: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let i = self.nodes.iter().position(|n| n.child.is_some()).unwrap_or(0);
+            match self.status(i).await {
+                Ok(s)
+                    if !s.ranges.is_empty()
+                        && s.ranges.iter().all(|r| r.replicas.iter().filter(|x| !x.learner).count() >= voters) =>
+                {
+                    return
+                }
+                Ok(s) => last = format!("{:?}", s.ranges.iter().map(|r| (r.id, r.replicas.len())).collect::<Vec<_>>()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("ranges not replicated {voters}x within {timeout:?}: {last}\n{}", self.log(0));
+    }
+
+    /// This node's replicas as its HTTP admin port reports them.
+    pub async fn local_replicas(&self, i: usize) -> Vec<serde_json::Value> {
+        let body = http_get(&self.http(i), "/api/node").await.unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["replicas"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let body = http_get(&self.http(i), "/metrics").await.unwrap_or_default();
+        body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET over a raw socket (avoids a client dependency).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+pub fn data_dir_of(c: &Cluster, i: usize) -> &Path {
+    &c.nodes[i].dir
+}
+
+// ------------------------------------------------------------------ client helpers
+
+pub async fn create_table(c: &mut CairnClient<Channel>, name: &str, splits: &[&str]) {
+    c.create_table(CreateTableRequest {
+        name: name.into(),
+        partitioning: Partitioning::Range as i32,
+        split_keys: splits.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        hash_ranges: 0,
+    })
+    .await
+    .expect("create table");
+}
+
+pub async fn put(c: &mut CairnClient<Channel>, table: &str, k: &str, v: &str) -> Result<PutResponse, tonic::Status> {
+    Ok(c.put(PutRequest { table: table.into(), key: k.into(), value: v.into(), condition: None, request_id: vec![] })
+        .await?
+        .into_inner())
+}
+
+pub async fn get(c: &mut CairnClient<Channel>, table: &str, k: &str) -> Result<Option<String>, tonic::Status> {
+    let r = c.get(GetRequest { table: table.into(), key: k.into(), consistency: 0 }).await?.into_inner();
+    Ok(r.found.then(|| String::from_utf8_lossy(&r.value).to_string()))
+}
+
+/// Scans a whole table page by page (using page tokens), returning keys in order.
+pub async fn scan_all(
+    c: &mut CairnClient<Channel>,
+    table: &str,
+    page: u32,
+) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let mut s = c
+            .scan(ScanRequest {
+                table: table.into(),
+                limit: page,
+                page_token: token.clone(),
+                page_size: page,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut next = Vec::new();
+        while let Some(resp) = s.message().await? {
+            for kv in resp.kvs {
+                out.push((
+                    String::from_utf8_lossy(&kv.key).to_string(),
+                    String::from_utf8_lossy(&kv.value).to_string(),
+                ));
+            }
+            next = resp.next_page_token;
+        }
+        if next.is_empty() {
+            return Ok(out);
+        }
+        token = next;
+    }
+}
+
+/// The node id leading the range that holds `key` of `table` (0 if unknown).
+pub async fn leader_of(cl: &Cluster, i: usize, table_start_display_prefix: &str) -> Option<(u64, u64)> {
+    let s = cl.status(i).await.ok()?;
+    s.ranges
+        .iter()
+        .find(|r| r.table == table_start_display_prefix && r.leader_node_id != 0)
+        .map(|r| (r.id, r.leader_node_id))
+}
