@@ -251,6 +251,37 @@ impl Gateway {
         self.dir.write().insert(rec);
     }
 
+    /// Whether this node's replica of the request's range can serve it without a
+    /// hop to the leader: reads (follower ReadIndex) and writes with a request id
+    /// (raft-rs forwards the proposal; the follower answers when it applies it).
+    /// Only a replica in touch with its leader qualifies, so a replica cut off
+    /// from its group never holds a request.
+    fn serves_locally(&self, req: &RangeRequest) -> bool {
+        use cairn_proto::internal::{raft_command::Cmd, range_request::Req};
+        let eligible = match &req.req {
+            Some(Req::Read(_)) => true,
+            Some(Req::Command(c)) => !c.request_id.is_empty() && matches!(c.cmd, Some(Cmd::Write(_))),
+            _ => false,
+        };
+        if !eligible {
+            return false;
+        }
+        let Some(r) = self.store.registry.read().get(&req.range_id).cloned() else { return false };
+        if !r.initialized() || r.destroyed() || r.leader_id() == 0 {
+            return false;
+        }
+        let recent = crate::hlc::wall_now_ms()
+            .saturating_sub(r.leader_contact_ms.load(std::sync::atomic::Ordering::Relaxed))
+            < self.raft.tick_ms * self.raft.election_ticks as u64;
+        r.is_leader() || recent
+    }
+
+    /// The leader as this node's own replica of the range knows it (fresher than the directory).
+    fn local_leader_hint(&self, range_id: u64) -> Option<u64> {
+        let r = self.store.registry.read().get(&range_id).cloned()?;
+        (r.initialized() && !r.destroyed()).then(|| r.leader_id()).filter(|l| *l != 0)
+    }
+
     fn fail_fast_window(&self) -> Duration {
         Duration::from_millis(self.raft.tick_ms * self.raft.election_ticks as u64 * 3)
     }
@@ -269,6 +300,8 @@ impl Gateway {
         let mut maybe_applied = false;
         let mut last_error = String::from("no attempt made");
         let mut attempt: u64 = 0;
+        // Whether this node's own replica may serve the request (cleared once it could not).
+        let mut local_ok = true;
         loop {
             let now = Instant::now();
             if now >= deadline || now.duration_since(last_progress) > self.fail_fast_window() {
@@ -296,18 +329,21 @@ impl Gateway {
                 last_error = format!("range {} has no voters", desc.id);
                 continue;
             }
-            let node = if rec.leader_node_id != 0
-                && voters.contains(&rec.leader_node_id)
-                && !failed_nodes.contains(&rec.leader_node_id)
+            let req = build(&rec)?;
+            let is_write = matches!(req.req, Some(cairn_proto::internal::range_request::Req::Command(_)));
+            let node = if local_ok && self.serves_locally(&req) {
+                self.node_id
+            } else if let Some(leader) = self
+                .local_leader_hint(desc.id)
+                .or(Some(rec.leader_node_id))
+                .filter(|l| *l != 0 && voters.contains(l) && !failed_nodes.contains(l))
             {
-                rec.leader_node_id
+                leader
             } else {
                 let healthy: Vec<u64> = voters.iter().copied().filter(|n| !failed_nodes.contains(n)).collect();
                 let pool = if healthy.is_empty() { &voters } else { &healthy };
                 pool[(attempt as usize) % pool.len()]
             };
-            let req = build(&rec)?;
-            let is_write = matches!(req.req, Some(cairn_proto::internal::range_request::Req::Command(_)));
             let remaining = deadline.saturating_duration_since(Instant::now());
             let resp = match self.send(node, req, remaining).await {
                 Ok(r) => r,
@@ -321,13 +357,14 @@ impl Gateway {
                     continue;
                 }
             };
-            let Some(err) = resp.error.clone() else {
-                if rec.leader_node_id != node {
-                    self.dir.write().set_leader(desc.id, node);
-                }
-                return Ok(resp);
-            };
+            if node == self.node_id && resp.error.is_some() {
+                local_ok = false;
+            }
+            // Success says nothing about leadership (followers serve reads and forward
+            // writes), so the leader hint only changes on errors and local knowledge.
+            let Some(err) = resp.error.clone() else { return Ok(resp) };
             last_error = err.message.clone();
+            tracing::debug!(range_id = desc.id, node, attempt, error = %err.message, "range request re-routed");
             match errors::kind_of(&err) {
                 Kind::None => return Ok(resp),
                 Kind::NotLeader => {

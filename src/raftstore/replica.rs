@@ -9,8 +9,12 @@ use super::shared::ReplicaShared;
 use super::RaftConfig;
 use cairn_proto::internal::AdminResponse;
 use raft::{RawNode, ReadOnlyOption};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bound on proposals a follower forwards to its leader and waits on.
+pub const MAX_FORWARDED: usize = 65_536;
 
 pub enum ProposalReply {
     Command(Reply<Applied>),
@@ -27,10 +31,15 @@ pub struct Replica {
     pub raw: RawNode<RangeStorage>,
     pub shared: Arc<ReplicaShared>,
     pub proposals: VecDeque<Proposal>,
+    /// Writes this replica proposed as a follower (raft-rs forwards them to the
+    /// leader), by request id; answered when this replica applies the entry.
+    pub forwarded: HashMap<Vec<u8>, (Instant, Reply<Applied>)>,
+    /// The leader this replica last knew; a change fails forwarded work.
+    pub last_leader: u64,
     /// Reads not yet turned into a ReadIndex request (batched once per loop turn).
     pub reads_to_submit: Vec<Reply<()>>,
-    /// Submitted ReadIndex requests, by context.
-    pub reads_inflight: VecDeque<(u64, Vec<Reply<()>>)>,
+    /// Submitted ReadIndex requests, by context, with when they were sent.
+    pub reads_inflight: VecDeque<(u64, Instant, Vec<Reply<()>>)>,
     /// Confirmed reads waiting for the apply index to reach their read index.
     pub reads_waiting_apply: VecDeque<(u64, Vec<Reply<()>>)>,
     pub next_read_ctx: u64,
@@ -65,6 +74,8 @@ impl Replica {
             raw,
             shared,
             proposals: VecDeque::new(),
+            forwarded: HashMap::new(),
+            last_leader: 0,
             reads_to_submit: Vec::new(),
             reads_inflight: VecDeque::new(),
             reads_waiting_apply: VecDeque::new(),
@@ -102,9 +113,48 @@ impl Replica {
         let reads = self
             .reads_to_submit
             .drain(..)
-            .chain(self.reads_inflight.drain(..).chain(self.reads_waiting_apply.drain(..)).flat_map(|(_, v)| v));
+            .chain(self.reads_inflight.drain(..).flat_map(|(_, _, v)| v))
+            .chain(self.reads_waiting_apply.drain(..).flat_map(|(_, v)| v));
         for r in reads {
             let _ = r.send(Err(errors::not_leader(id, leader)));
+        }
+        self.fail_forwarded();
+    }
+
+    /// Fails what this replica forwarded to a leader that is no longer the leader:
+    /// the forwarded message may have been lost. Writes are ambiguous (the gateway
+    /// retries them with the same request id); reads are simply retried.
+    pub fn fail_forwarded(&mut self) {
+        let id = self.range_id();
+        for (_, (_, reply)) in self.forwarded.drain() {
+            let _ = reply.send(Err(errors::ambiguous(id)));
+        }
+        let leader = self.raw.raft.leader_id;
+        if !self.is_leader() {
+            for (_, _, replies) in self.reads_inflight.drain(..) {
+                for r in replies {
+                    let _ = r.send(Err(errors::not_leader(id, leader)));
+                }
+            }
+        }
+    }
+
+    /// Gives up on forwarded writes and ReadIndex requests older than `max_age`.
+    pub fn expire_waiting(&mut self, max_age: Duration) {
+        let id = self.range_id();
+        let old: Vec<Vec<u8>> =
+            self.forwarded.iter().filter(|(_, (t, _))| t.elapsed() > max_age).map(|(k, _)| k.clone()).collect();
+        for k in old {
+            if let Some((_, reply)) = self.forwarded.remove(&k) {
+                let _ = reply.send(Err(errors::ambiguous(id)));
+            }
+        }
+        while self.reads_inflight.front().is_some_and(|(_, t, _)| t.elapsed() > max_age) {
+            if let Some((_, _, replies)) = self.reads_inflight.pop_front() {
+                for r in replies {
+                    let _ = r.send(Err(errors::unavailable(format!("range {id}: read index timed out"))));
+                }
+            }
         }
     }
 

@@ -101,7 +101,14 @@ pub fn start(
     }
     tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
     let handle = StoreHandle { node_id, tx, registry, engine };
-    let join = std::thread::Builder::new().name("raftstore".into()).spawn(move || store.run())?;
+    let join = std::thread::Builder::new().name("raftstore".into()).spawn(move || {
+        // raft-rs panics on broken invariants; a node without its Raft loop must not
+        // keep answering as if it were healthy, so a panic here stops the process.
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.run())) {
+            let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            crate::storage::engine::fail_stop("the raft loop", &what.unwrap_or_else(|| "panic".into()));
+        }
+    })?;
     Ok((handle, join))
 }
 
@@ -171,6 +178,7 @@ impl Store {
             }
             r.raw.tick();
             r.idle_ticks = r.idle_ticks.saturating_add(1);
+            r.expire_waiting(Duration::from_millis(election_ms * 3));
             maybe_hibernate(r, &self.cfg);
         }
         // Per-node keepalive, a few times per election timeout: it is what lets
@@ -197,8 +205,10 @@ impl Store {
                 None => {
                     let _ = reply.send(Err(errors::range_not_found(range_id)));
                 }
-                Some(r) if !r.is_leader() => {
-                    let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
+                // Followers serve linearizable reads too: raft-rs forwards their ReadIndex
+                // to the leader, which confirms its leadership and returns its commit index.
+                Some(r) if r.raw.raft.leader_id == 0 || !r.shared.initialized() => {
+                    let _ = reply.send(Err(errors::not_leader(range_id, 0)));
                 }
                 Some(r) => {
                     wake(r);
@@ -320,7 +330,13 @@ impl Store {
             let _ = reply.send(Err(errors::range_not_found(range_id)));
             return;
         };
-        if !r.is_leader() {
+        let forward = !r.is_leader();
+        let forwardable = !cmd.request_id.is_empty()
+            && matches!(cmd.cmd, Some(cairn_proto::internal::raft_command::Cmd::Write(_)))
+            && r.raw.raft.leader_id != 0
+            && r.shared.initialized()
+            && r.forwarded.len() < super::replica::MAX_FORWARDED;
+        if forward && !forwardable {
             let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
             return;
         }
@@ -338,6 +354,13 @@ impl Store {
         let before = r.raw.raft.raft_log.last_index();
         if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {
             let _ = reply.send(Err(errors::unavailable(format!("range {range_id}: proposal dropped: {e}"))));
+            return;
+        }
+        if forward {
+            // raft-rs sent it to the leader; this replica answers when it applies the entry.
+            if let Some((_, old)) = r.forwarded.insert(cmd.request_id, (Instant::now(), reply)) {
+                let _ = old.send(Err(errors::ambiguous(range_id)));
+            }
             return;
         }
         let index = r.raw.raft.raft_log.last_index();
@@ -436,7 +459,7 @@ impl Store {
             r.next_read_ctx += 1;
             let replies = std::mem::take(&mut r.reads_to_submit);
             r.raw.read_index(ctx.to_be_bytes().to_vec());
-            r.reads_inflight.push_back((ctx, replies));
+            r.reads_inflight.push_back((ctx, Instant::now(), replies));
         }
     }
 
@@ -529,11 +552,15 @@ impl Store {
             }
             if let Some(ss) = rd.ss() {
                 r.shared.set_leader(ss.leader_id, self.node_id);
+                if ss.leader_id != r.last_leader {
+                    r.last_leader = ss.leader_id;
+                    r.fail_forwarded();
+                }
             }
             self.transport.send_all(r.raw.store(), rd.take_persisted_messages());
             for rs in rd.take_read_states() {
                 let ctx = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-                while let Some((c, replies)) = r.reads_inflight.pop_front() {
+                while let Some((c, _, replies)) = r.reads_inflight.pop_front() {
                     if Some(c) == ctx {
                         r.reads_waiting_apply.push_back((rs.index, replies));
                         break;
@@ -650,10 +677,12 @@ fn apply_entries(
         let mut result: Option<Result<Applied, cairn_proto::internal::RangeError>> = None;
         let mut conf_result: Option<AdminResponse> = None;
         let mut written = 0;
+        let mut request_id = Vec::new();
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => {}
             EntryType::EntryNormal => match RaftCommand::decode(entry.data.as_slice()) {
                 Ok(cmd) => {
+                    request_id = cmd.request_id.clone();
                     let mut t = ApplyTarget { range_id: id, desc: &mut desc, apply: &mut s, written_bytes: 0 };
                     let applied = apply::apply_command(engine, &mut batch, &mut t, &cmd);
                     written = t.written_bytes;
@@ -719,7 +748,11 @@ fn apply_entries(
             Some(ProposalReply::ConfChange(reply)) => {
                 let _ = reply.send(conf_result.ok_or_else(|| errors::invalid("entry was not a conf change")));
             }
-            None => {}
+            None => {
+                if let Some((_, reply)) = (!request_id.is_empty()).then(|| r.forwarded.remove(&request_id)).flatten() {
+                    let _ = reply.send(result.unwrap_or_else(|| Err(errors::invalid("entry was not a command"))));
+                }
+            }
         }
     }
 }
@@ -748,6 +781,7 @@ fn wake(r: &mut Replica) {
 /// a follower once it has missed a couple of heartbeats from a leader it still trusts.
 fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
     let busy = !r.proposals.is_empty()
+        || !r.forwarded.is_empty()
         || !r.reads_inflight.is_empty()
         || !r.reads_waiting_apply.is_empty()
         || !r.reads_to_submit.is_empty();

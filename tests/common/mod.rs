@@ -33,7 +33,7 @@ pub struct Node {
 }
 
 pub struct Cluster {
-    _tmp: tempfile::TempDir,
+    tmp: Option<tempfile::TempDir>,
     pub root: PathBuf,
     pub nodes: Vec<Node>,
     pub extra: Vec<String>,
@@ -50,7 +50,7 @@ impl Cluster {
         let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir");
         let root = tmp.path().to_path_buf();
         let mut c = Cluster {
-            _tmp: tmp,
+            tmp: Some(tmp),
             root: root.clone(),
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -62,6 +62,15 @@ impl Cluster {
         }
         c.wait_replicated(n.min(3), Duration::from_secs(90)).await;
         c
+    }
+
+    /// Starts one more node that joins through node 1.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(Node { dir: self.root.join(format!("n{}", i + 1)), child: None, ep: None });
+        let join = self.grpc(0);
+        self.spawn(i, Some(&join), "127.0.0.1:0", "127.0.0.1:0");
+        i
     }
 
     fn spawn(&mut self, i: usize, join: Option<&str>, listen: &str, http: &str) {
@@ -204,6 +213,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // CAIRN_KEEP_TEST_DIRS=1 keeps the nodes' data and logs for a post-mortem.
+        if std::env::var_os("CAIRN_KEEP_TEST_DIRS").is_some() {
+            if let Some(t) = self.tmp.take() {
+                eprintln!("kept test cluster dir: {}", t.keep().display());
+            }
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();

@@ -1,0 +1,81 @@
+//! Automatic size-based splits, pre-split range tables and hash tables.
+
+mod common;
+
+use cairn_proto::kv::*;
+use common::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_split_automatically_when_large_and_routing_follows() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &["--split-threshold-bytes", "65536", "--split-check-interval-ms", "300"]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "big", &[]).await;
+    let value = "x".repeat(1000);
+    let mut keys = Vec::new();
+    for i in 0..400 {
+        let k = format!("key{i:05}");
+        put(&mut c, "big", &k, &value).await.expect("writes keep working while ranges split");
+        keys.push(k);
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let ranges = loop {
+        let s = cl.status(1).await.unwrap();
+        let n = s.ranges.iter().filter(|r| r.table == "big").count();
+        if n >= 3 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(ranges >= 3, "400 KB over a 64 KB threshold split into several ranges, got {ranges}");
+    let mut c2 = cl.client(2).await;
+    let scanned = scan_all(&mut c2, "big", 64).await.unwrap();
+    let got: Vec<String> = scanned.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(got, keys, "every key, in order, once");
+    for k in keys.iter().step_by(37) {
+        assert_eq!(get(&mut c2, "big", k).await.unwrap().map(|v| v.len()), Some(1000));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presplit_and_hash_tables_work() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "pre", &["d", "h", "p", "t"]).await;
+    c.create_table(CreateTableRequest {
+        name: "hashed".into(),
+        partitioning: Partitioning::Hash as i32,
+        split_keys: vec![],
+        hash_ranges: 4,
+    })
+    .await
+    .expect("hash table");
+    let s = cl.status(0).await.unwrap();
+    assert_eq!(s.ranges.iter().filter(|r| r.table == "pre").count(), 5, "4 split points, 5 ranges");
+    assert_eq!(s.ranges.iter().filter(|r| r.table == "hashed").count(), 4, "4 hash ranges");
+    let mut keys = Vec::new();
+    for i in 0..100 {
+        let k = format!("{}{i:03}", (b'a' + (i % 26) as u8) as char);
+        put(&mut c, "pre", &k, "v").await.unwrap();
+        put(&mut c, "hashed", &format!("{{user{i}}}.cart"), &k).await.unwrap();
+        keys.push(k);
+    }
+    keys.sort();
+    let got: Vec<String> = scan_all(&mut c, "pre", 7).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(got, keys);
+    let hashed = scan_all(&mut c, "hashed", 9).await.unwrap();
+    assert_eq!(hashed.len(), 100, "a hash table scans whole (in slot order)");
+    assert_eq!(get(&mut c, "hashed", "{user7}.cart").await.unwrap(), Some("h007".into()));
+    let e = c
+        .scan(ScanRequest { table: "hashed".into(), prefix: b"{user".to_vec(), ..Default::default() })
+        .await
+        .expect_err("prefix scans need a range table");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // Dropping a table removes its data; the name can be reused.
+    c.drop_table(DropTableRequest { name: "pre".into() }).await.expect("drop");
+    assert_eq!(get(&mut c, "pre", "a000").await.unwrap_err().code(), tonic::Code::NotFound);
+    create_table(&mut c, "pre", &[]).await;
+    assert!(scan_all(&mut c, "pre", 10).await.unwrap().is_empty(), "a new table of the same name starts empty");
+}
