@@ -46,42 +46,92 @@ pub struct ApplyTarget<'a> {
     pub written_bytes: u64,
 }
 
-pub fn apply_command(engine: &Engine, batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, cmd: &RaftCommand) -> Applied {
+/// One RocksDB batch shared by consecutive applied commands, with an overlay so
+/// that each command sees what the commands before it in the batch wrote.
+/// Applying a whole Ready in one batch turns one WAL write per entry into one per Ready.
+pub struct ApplyBatch<'a> {
+    engine: &'a Engine,
+    pub batch: Batch<'a>,
+    values: HashMap<Vec<u8>, Current>,
+    dedupe: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl<'a> ApplyBatch<'a> {
+    pub fn new(engine: &'a Engine) -> Self {
+        ApplyBatch { engine, batch: engine.batch(), values: HashMap::new(), dedupe: HashMap::new() }
+    }
+
+    /// The live value of `key`, as of everything applied so far including this batch.
+    fn current(&self, key: &[u8]) -> Current {
+        match self.values.get(key) {
+            Some(c) => c.clone(),
+            None => mvcc::get_live(self.engine, key, Version::MAX),
+        }
+    }
+
+    fn write_value(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
+        match value {
+            Some(v) => self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::encode_value(v)),
+            None => self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::tombstone()),
+        }
+        self.values.insert(key.to_vec(), value.map(|v| (v.to_vec(), version)));
+    }
+
+    fn recorded(&self, range_id: u64, request_id: &[u8]) -> Option<WriteResponse> {
+        let key = layout::dedupe_key(range_id, request_id);
+        let raw = match self.dedupe.get(&key) {
+            Some(v) => Some(v.clone()),
+            None => self.engine.get(Cf::RaftState, &key),
+        }?;
+        raw.get(8..).and_then(|b| WriteResponse::decode(b).ok())
+    }
+
+    fn remember(&mut self, range_id: u64, request_id: &[u8], version: Version, resp: &WriteResponse) {
+        let ms = version.wall_ns / 1_000_000;
+        let mut v = ms.to_be_bytes().to_vec();
+        v.extend_from_slice(&resp.encode_to_vec());
+        let key = layout::dedupe_key(range_id, request_id);
+        self.batch.put(Cf::RaftState, &key, &v);
+        self.batch.put(Cf::RaftState, &layout::dedupe_expiry_key(range_id, ms, request_id), &[]);
+        self.dedupe.insert(key, v);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Writes the batch (unsynced: the Raft log it was derived from is durable).
+    pub fn commit(self) {
+        self.engine.commit(self.batch, false);
+    }
+}
+
+pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &RaftCommand) -> Applied {
     let proposed = cmd.proposed_version.as_ref().map(Version::from).unwrap_or_default();
     // Versions grow monotonically per range whatever the proposer's clock said.
     let version = proposed.max(t.apply.last_version.next());
     if !cmd.request_id.is_empty() {
-        if let Some(prev) = engine.get(Cf::RaftState, &layout::dedupe_key(t.range_id, &cmd.request_id)) {
-            if let Some(resp) = prev.get(8..).and_then(|b| WriteResponse::decode(b).ok()) {
-                return Applied::Write(resp);
-            }
+        if let Some(resp) = ab.recorded(t.range_id, &cmd.request_id) {
+            return Applied::Write(resp);
         }
     }
     let out = match &cmd.cmd {
-        Some(raft_command::Cmd::Write(w)) => apply_write(engine, batch, t, w, version),
-        Some(raft_command::Cmd::Split(s)) => apply_split(batch, t, s),
-        Some(raft_command::Cmd::Clear(c)) => apply_clear(batch, t, c),
+        Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, w, version),
+        Some(raft_command::Cmd::Split(s)) => apply_split(&mut ab.batch, t, s),
+        Some(raft_command::Cmd::Clear(c)) => apply_clear(&mut ab.batch, t, c),
         None => Applied::Rejected(errors::invalid("empty command")),
     };
     if let Applied::Write(resp) = &out {
         t.apply.last_version = version;
         if !cmd.request_id.is_empty() {
-            remember(batch, t.range_id, &cmd.request_id, version, resp);
+            ab.remember(t.range_id, &cmd.request_id, version, resp);
         }
     }
     // Pruning needs an iterator; once every 64 entries keeps it off most applies.
     if (t.apply.applied_index + 1).is_multiple_of(64) {
-        prune_dedupe(engine, batch, t.range_id, version);
+        prune_dedupe(ab.engine, &mut ab.batch, t.range_id, version);
     }
     out
-}
-
-fn remember(batch: &mut Batch<'_>, range_id: u64, request_id: &[u8], version: Version, resp: &WriteResponse) {
-    let ms = version.wall_ns / 1_000_000;
-    let mut v = ms.to_be_bytes().to_vec();
-    v.extend_from_slice(&resp.encode_to_vec());
-    batch.put(Cf::RaftState, &layout::dedupe_key(range_id, request_id), &v);
-    batch.put(Cf::RaftState, &layout::dedupe_expiry_key(range_id, ms, request_id), &[]);
 }
 
 fn prune_dedupe(engine: &Engine, batch: &mut Batch<'_>, range_id: u64, now: Version) {
@@ -116,13 +166,7 @@ fn epoch_newer(a: &Option<RangeEpoch>, b: &Option<RangeEpoch>) -> bool {
     (a.version, a.conf_ver) > (b.version, b.conf_ver)
 }
 
-fn apply_write(
-    engine: &Engine,
-    batch: &mut Batch<'_>,
-    t: &mut ApplyTarget<'_>,
-    w: &WriteBatch,
-    version: Version,
-) -> Applied {
+fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch, version: Version) -> Applied {
     if let Some(m) = w.mutations.iter().find(|m| !keys::in_range(&m.key, &t.desc.start, &t.desc.end)) {
         let _ = m;
         return Applied::Rejected(errors::key_not_in_range(t.desc));
@@ -133,9 +177,13 @@ fn apply_write(
     let mut all_ok = true;
     for m in &w.mutations {
         let key = m.key.as_slice();
+        // An unconditional put does not depend on the current value, so it is not read
+        // (its `existed` is reported as false).
+        let blind_put = m.condition.is_none() && matches!(m.op, Some(mutation::Op::Put(_)));
         let cur = match overlay.get(key) {
             Some(c) => c.clone(),
-            None => mvcc::get_live(engine, key, Version::MAX),
+            None if blind_put => None,
+            None => ab.current(key),
         };
         let existed = cur.is_some();
         if !condition_holds(&m.condition, &cur) {
@@ -165,13 +213,9 @@ fn apply_write(
         return Applied::Write(WriteResponse { results });
     }
     for key in order {
-        match &overlay[key] {
-            Some((value, _)) => {
-                t.written_bytes += (key.len() + value.len()) as u64;
-                batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::encode_value(value));
-            }
-            None => batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::tombstone()),
-        }
+        let value = overlay[key].as_ref().map(|(v, _)| v.as_slice());
+        t.written_bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        ab.write_value(key, version, value);
     }
     Applied::Write(WriteResponse { results })
 }
@@ -321,10 +365,10 @@ mod tests {
     }
 
     fn run(engine: &Engine, desc: &mut RangeDescriptor, st: &mut ApplyState, cmd: &RaftCommand) -> Applied {
-        let mut b = engine.batch();
+        let mut ab = ApplyBatch::new(engine);
         let mut t = ApplyTarget { range_id: 2, desc, apply: st, written_bytes: 0 };
-        let out = apply_command(engine, &mut b, &mut t, cmd);
-        engine.commit(b, false);
+        let out = apply_command(&mut ab, &mut t, cmd);
+        ab.commit();
         out
     }
 
@@ -345,6 +389,23 @@ mod tests {
         };
         assert!(r.results[0].succeeded);
         assert!(Version::from(r.results[0].version.as_ref().unwrap()) > Version::from(&v1));
+    }
+
+    #[test]
+    fn commands_in_one_batch_see_each_other() {
+        let (_d, e, mut desc, mut st) = setup();
+        let mut ab = ApplyBatch::new(&e);
+        let mut t = ApplyTarget { range_id: 2, desc: &mut desc, apply: &mut st, written_bytes: 0 };
+        let first = write(vec![put(b"b", b"1", Some(condition::Kind::IfAbsent(true)))], b"r1");
+        let second = write(vec![put(b"b", b"2", Some(condition::Kind::IfAbsent(true)))], b"r2");
+        let Applied::Write(r1) = apply_command(&mut ab, &mut t, &first) else { panic!() };
+        let Applied::Write(r2) = apply_command(&mut ab, &mut t, &second) else { panic!() };
+        let Applied::Write(again) = apply_command(&mut ab, &mut t, &first) else { panic!() };
+        ab.commit();
+        assert!(r1.results[0].succeeded);
+        assert!(!r2.results[0].succeeded, "the second create sees the first one's uncommitted write");
+        assert_eq!(again, r1, "a duplicate within the batch gets the recorded answer");
+        assert_eq!(mvcc::get_live(&e, b"b", Version::MAX).unwrap().0, b"1");
     }
 
     #[test]

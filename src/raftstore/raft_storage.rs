@@ -12,7 +12,11 @@ use prost::Message as _;
 use prost011::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+/// Bound on the bytes of recent entries kept in memory per replica.
+const ENTRY_CACHE_BYTES: usize = 4 << 20;
 
 pub struct RangeStorage {
     engine: Arc<Engine>,
@@ -25,6 +29,11 @@ pub struct RangeStorage {
     pub desc: RangeDescriptor,
     /// False for a replica created on a message, before its first snapshot.
     pub initialized: bool,
+    /// Recent log entries (contiguous, ending at `last_index`), so building
+    /// appends for followers does not read RocksDB. Evicted once applied and
+    /// replicated everywhere, and bounded in bytes.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
 }
 
 pub fn conf_state_of(desc: &RangeDescriptor) -> ConfState {
@@ -56,6 +65,8 @@ impl RangeStorage {
             last_term: 0,
             desc: RangeDescriptor { id: range_id, epoch: Some(RangeEpoch::default()), ..Default::default() },
             initialized: false,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
         }
     }
 
@@ -87,6 +98,8 @@ impl RangeStorage {
             last_term: apply.truncated_term,
             desc,
             initialized: true,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
         };
         // The last log entry, if the log holds any beyond the truncation point.
         let (lo, hi) = (layout::log_key(range_id, 0), layout::log_key(range_id + 1, 0));
@@ -102,6 +115,49 @@ impl RangeStorage {
             }
         }
         Ok(Some(s))
+    }
+
+    /// Records entries just persisted (they may replace a conflicting tail).
+    pub fn cache_append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        while self.cache.back().is_some_and(|e| e.index >= first.index) {
+            if let Some(e) = self.cache.pop_back() {
+                self.cache_bytes -= e.data.len() + e.context.len();
+            }
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.cache_clear();
+        }
+        for e in entries {
+            self.cache_bytes += e.data.len() + e.context.len();
+            self.cache.push_back(e.clone());
+        }
+        while self.cache_bytes > ENTRY_CACHE_BYTES && self.cache.len() > 1 {
+            self.cache_evict_front();
+        }
+    }
+
+    /// Drops cached entries up to and including `index`.
+    pub fn cache_evict_to(&mut self, index: u64) {
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            self.cache_evict_front();
+        }
+    }
+
+    pub fn cache_clear(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+    }
+
+    fn cache_evict_front(&mut self) {
+        if let Some(e) = self.cache.pop_front() {
+            self.cache_bytes -= e.data.len() + e.context.len();
+        }
+    }
+
+    fn cached(&self, idx: u64) -> Option<&Entry> {
+        let first = self.cache.front()?.index;
+        self.cache.get(idx.checked_sub(first)? as usize)
     }
 
     pub fn first_index_value(&self) -> u64 {
@@ -136,6 +192,20 @@ impl raft::Storage for RangeStorage {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max = max_size.into().unwrap_or(u64::MAX);
+        if self.cached(low).is_some() && self.cached(high - 1).is_some() {
+            let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+            let mut size = 0u64;
+            for idx in low..high {
+                let Some(e) = self.cached(idx) else { break };
+                size += (e.data.len() + e.context.len() + 16) as u64;
+                // raft-rs wants at least one entry even if it alone exceeds the limit.
+                if !out.is_empty() && size > max {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         let mut size = 0u64;
         let mut failure = None;
@@ -177,6 +247,9 @@ impl raft::Storage for RangeStorage {
         }
         if idx == self.last_index {
             return Ok(self.last_term);
+        }
+        if let Some(e) = self.cached(idx) {
+            return Ok(e.term);
         }
         Ok(self.read_entry(idx)?.term)
     }

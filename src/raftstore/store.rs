@@ -9,7 +9,7 @@
 //! heartbeating and ticking, and so do its followers, as long as the leader's
 //! node keeps answering the transport's per-node keepalive.
 
-use super::apply::{self, Applied, ApplyTarget};
+use super::apply::{self, Applied, ApplyBatch, ApplyTarget};
 use super::errors;
 use super::msg::{StoreHandle, StoreMsg, STORE_QUEUE_CAPACITY};
 use super::raft_storage::{conf_state_of, RangeStorage};
@@ -536,6 +536,7 @@ impl Store {
                     s.desc = data.desc.unwrap_or_default();
                     s.conf_state = meta.conf_state.unwrap_or_default();
                     s.initialized = true;
+                    s.cache_clear();
                     s.hard_state.commit = s.hard_state.commit.max(meta.index);
                     r.shared.set_desc(s.desc.clone());
                     r.shared.set_initialized();
@@ -546,6 +547,7 @@ impl Store {
                     s.last_index = last.index;
                     s.last_term = last.term;
                 }
+                s.cache_append(rd.entries());
                 if let Some(hs) = rd.hs() {
                     s.hard_state = hs.clone();
                 }
@@ -581,6 +583,7 @@ impl Store {
             self.transport.send_all(r.raw.store(), light.take_messages());
             apply_entries(&self.engine, &self.hlc, self.node_id, r, light.take_committed_entries(), &mut outcome);
             r.raw.advance_apply();
+            evict_entry_cache(r);
             r.release_reads();
             let leader_now = r.is_leader();
             if r.was_leader && !leader_now {
@@ -658,6 +661,13 @@ struct ApplyOutcome {
     removed_self: bool,
 }
 
+/// An answer owed for an applied entry; sent only once the entry's batch is written,
+/// so nobody can observe an acknowledged write that is not yet readable.
+enum Owed {
+    Command { index: u64, term: u64, request_id: Vec<u8>, result: Result<Applied, cairn_proto::internal::RangeError> },
+    ConfChange { index: u64, term: u64 },
+}
+
 fn apply_entries(
     engine: &Engine,
     hlc: &Hlc,
@@ -666,93 +676,134 @@ fn apply_entries(
     entries: Vec<Entry>,
     outcome: &mut ApplyOutcome,
 ) {
+    let id = r.range_id();
+    let mut s = r.raw.store().apply;
+    let mut desc = r.raw.store().desc.clone();
+    let mut ab = ApplyBatch::new(engine);
+    let mut owed = Vec::new();
+    let mut written = 0;
     for entry in entries {
-        let id = r.range_id();
-        if entry.index <= r.raw.store().apply.applied_index {
+        if entry.index <= s.applied_index {
             continue; // already applied (e.g. covered by an installed snapshot)
         }
-        let mut batch = engine.batch();
-        let mut s = r.raw.store().apply;
-        let mut desc = r.raw.store().desc.clone();
-        let mut result: Option<Result<Applied, cairn_proto::internal::RangeError>> = None;
-        let mut conf_result: Option<AdminResponse> = None;
-        let mut written = 0;
-        let mut request_id = Vec::new();
+        // Splits and membership changes end the batch: what follows must see them durable.
+        let mut ends_batch = false;
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => {}
-            EntryType::EntryNormal => match RaftCommand::decode(entry.data.as_slice()) {
-                Ok(cmd) => {
-                    request_id = cmd.request_id.clone();
-                    let mut t = ApplyTarget { range_id: id, desc: &mut desc, apply: &mut s, written_bytes: 0 };
-                    let applied = apply::apply_command(engine, &mut batch, &mut t, &cmd);
-                    written = t.written_bytes;
-                    if let Applied::Split { right, .. } = &applied {
-                        outcome.splits.push(right.clone());
-                    }
-                    result = Some(match applied {
-                        Applied::Rejected(e) => Err(e),
-                        ok => Ok(ok),
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(range_id = id, index = entry.index, "undecodable command skipped: {e}");
-                    result = Some(Err(errors::invalid("undecodable command")));
-                }
-            },
-            EntryType::EntryConfChange => match ConfChange::decode(entry.data.as_slice()) {
-                Ok(cc) if !entry.data.is_empty() => match r.raw.apply_conf_change(&cc) {
-                    Ok(cs) => {
-                        let mut replicas: Vec<ReplicaDesc> =
-                            cs.voters.iter().map(|&n| ReplicaDesc { node_id: n, learner: false }).collect();
-                        replicas.extend(cs.learners.iter().map(|&n| ReplicaDesc { node_id: n, learner: true }));
-                        replicas.sort_by_key(|x| x.node_id);
-                        desc.replicas = replicas;
-                        let epoch = desc.epoch.get_or_insert_with(Default::default);
-                        epoch.conf_ver += 1;
-                        batch.put(Cf::RaftState, &layout::descriptor_key(id), &desc.encode_to_vec());
-                        r.raw.mut_store().conf_state = cs;
-                        if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == node_id {
-                            outcome.removed_self = true;
+            EntryType::EntryNormal => {
+                let (request_id, result) = match RaftCommand::decode(entry.data.as_slice()) {
+                    Ok(cmd) => {
+                        let mut t = ApplyTarget { range_id: id, desc: &mut desc, apply: &mut s, written_bytes: 0 };
+                        let applied = apply::apply_command(&mut ab, &mut t, &cmd);
+                        written += t.written_bytes;
+                        match applied {
+                            Applied::Rejected(e) => (cmd.request_id, Err(e)),
+                            Applied::Write(w) => (cmd.request_id, Ok(Applied::Write(w))),
+                            other => {
+                                ends_batch = true;
+                                if let Applied::Split { right, .. } = &other {
+                                    outcome.splits.push(right.clone());
+                                }
+                                (cmd.request_id, Ok(other))
+                            }
                         }
-                        tracing::info!(range_id = id, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
                     }
-                    Err(e) => tracing::warn!(range_id = id, "conf change not applied: {e}"),
-                },
-                Ok(_) => {}
-                Err(e) => tracing::error!(range_id = id, "undecodable conf change skipped: {e}"),
-            },
+                    Err(e) => {
+                        tracing::error!(range_id = id, index = entry.index, "undecodable command skipped: {e}");
+                        (Vec::new(), Err(errors::invalid("undecodable command")))
+                    }
+                };
+                owed.push(Owed::Command { index: entry.index, term: entry.term, request_id, result });
+            }
+            EntryType::EntryConfChange => {
+                match ConfChange::decode(entry.data.as_slice()) {
+                    Ok(cc) if !entry.data.is_empty() => match r.raw.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            let mut replicas: Vec<ReplicaDesc> =
+                                cs.voters.iter().map(|&n| ReplicaDesc { node_id: n, learner: false }).collect();
+                            replicas.extend(cs.learners.iter().map(|&n| ReplicaDesc { node_id: n, learner: true }));
+                            replicas.sort_by_key(|x| x.node_id);
+                            desc.replicas = replicas;
+                            desc.epoch.get_or_insert_with(Default::default).conf_ver += 1;
+                            ab.batch.put(Cf::RaftState, &layout::descriptor_key(id), &desc.encode_to_vec());
+                            r.raw.mut_store().conf_state = cs;
+                            if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == node_id {
+                                outcome.removed_self = true;
+                            }
+                            tracing::info!(range_id = id, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
+                        }
+                        Err(e) => tracing::warn!(range_id = id, "conf change not applied: {e}"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(range_id = id, "undecodable conf change skipped: {e}"),
+                }
+                ends_batch = true;
+                owed.push(Owed::ConfChange { index: entry.index, term: entry.term });
+            }
             EntryType::EntryConfChangeV2 => {}
         }
         s.applied_index = entry.index;
-        batch.put(Cf::RaftState, &layout::apply_state_key(id), &s.encode());
-        engine.commit(batch, false);
-        {
-            let st = r.raw.mut_store();
-            st.apply = s;
-            if st.desc != desc {
-                st.conf_state = conf_state_of(&desc);
-                st.desc = desc.clone();
-                r.shared.set_desc(desc);
-            }
+        if ends_batch {
+            let full = std::mem::replace(&mut ab, ApplyBatch::new(engine));
+            flush_applied(full, hlc, r, s, &desc, std::mem::take(&mut written), std::mem::take(&mut owed));
         }
-        hlc.observe(s.last_version);
-        r.shared.set_applied(s.applied_index, s.last_version);
-        r.shared.written_bytes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
-        if entry.get_entry_type() == EntryType::EntryConfChange {
-            conf_result = Some(admin_status(r));
+    }
+    if s.applied_index != r.raw.store().apply.applied_index {
+        flush_applied(ab, hlc, r, s, &desc, written, owed);
+    }
+}
+
+/// Writes an apply batch with the new apply state, publishes the new state, then answers.
+fn flush_applied(
+    mut ab: ApplyBatch<'_>,
+    hlc: &Hlc,
+    r: &mut Replica,
+    s: layout::ApplyState,
+    desc: &RangeDescriptor,
+    written: u64,
+    owed: Vec<Owed>,
+) {
+    let id = r.range_id();
+    ab.batch.put(Cf::RaftState, &layout::apply_state_key(id), &s.encode());
+    ab.commit();
+    {
+        let st = r.raw.mut_store();
+        st.apply = s;
+        if st.desc != *desc {
+            st.conf_state = conf_state_of(desc);
+            st.desc = desc.clone();
+            r.shared.set_desc(desc.clone());
         }
-        match r.take_proposal(entry.index, entry.term) {
-            Some(ProposalReply::Command(reply)) => {
-                let _ = reply.send(result.unwrap_or_else(|| Err(errors::invalid("entry was not a command"))));
-            }
-            Some(ProposalReply::ConfChange(reply)) => {
-                let _ = reply.send(conf_result.ok_or_else(|| errors::invalid("entry was not a conf change")));
-            }
-            None => {
-                if let Some((_, reply)) = (!request_id.is_empty()).then(|| r.forwarded.remove(&request_id)).flatten() {
-                    let _ = reply.send(result.unwrap_or_else(|| Err(errors::invalid("entry was not a command"))));
+    }
+    hlc.observe(s.last_version);
+    r.shared.set_applied(s.applied_index, s.last_version);
+    r.shared.written_bytes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+    for o in owed {
+        match o {
+            Owed::Command { index, term, request_id, result } => match r.take_proposal(index, term) {
+                Some(ProposalReply::Command(reply)) => {
+                    let _ = reply.send(result);
                 }
-            }
+                Some(ProposalReply::ConfChange(reply)) => {
+                    let _ = reply.send(Err(errors::invalid("entry was not a conf change")));
+                }
+                None => {
+                    if let Some((_, reply)) =
+                        (!request_id.is_empty()).then(|| r.forwarded.remove(&request_id)).flatten()
+                    {
+                        let _ = reply.send(result);
+                    }
+                }
+            },
+            Owed::ConfChange { index, term } => match r.take_proposal(index, term) {
+                Some(ProposalReply::ConfChange(reply)) => {
+                    let _ = reply.send(Ok(admin_status(r)));
+                }
+                Some(ProposalReply::Command(reply)) => {
+                    let _ = reply.send(Err(errors::invalid("entry was not a command")));
+                }
+                None => {}
+            },
         }
     }
 }
@@ -804,6 +855,18 @@ fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
     }
 }
 
+/// Forgets cached entries nobody needs any more: applied here and, on a leader,
+/// replicated to every follower.
+fn evict_entry_cache(r: &mut Replica) {
+    let applied = r.raw.store().apply.applied_index;
+    let upto = if r.is_leader() {
+        r.raw.raft.prs().iter().map(|(_, p)| p.matched).min().unwrap_or(applied).min(applied)
+    } else {
+        applied
+    };
+    r.raw.mut_store().cache_evict_to(upto);
+}
+
 /// Drops the oldest half of the applied log once it passes the threshold. Each
 /// replica does this on its own; a follower that falls behind the leader's
 /// truncation point is caught up with a snapshot.
@@ -821,6 +884,7 @@ fn maybe_compact_log(engine: &Engine, r: &mut Replica, cfg: &RaftConfig) {
     b.put(Cf::RaftState, &layout::apply_state_key(id), &next.encode());
     engine.commit(b, false);
     r.raw.mut_store().apply = next;
+    r.raw.mut_store().cache_evict_to(compact_to);
     metrics::counter!("cairn_raft_log_compactions_total").increment(1);
 }
 
