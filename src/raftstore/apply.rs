@@ -19,10 +19,9 @@ use prost::Message as _;
 use prost011::Message as _;
 use std::collections::HashMap;
 
-/// How long a request id is remembered for deduplication of retries.
+/// How long a request id is remembered for deduplication of retries. Expired
+/// records are dropped by a compaction filter (`storage::engine`), not by apply.
 pub const DEDUPE_TTL_MS: u64 = 10 * 60 * 1000;
-/// Bound on expired dedupe records removed per pruning pass (keeps apply cost flat).
-const DEDUPE_PRUNE_PER_APPLY: usize = 256;
 
 #[derive(Debug)]
 pub enum Applied {
@@ -77,12 +76,19 @@ impl<'a> ApplyBatch<'a> {
         self.values.insert(key.to_vec(), value.map(|v| (v.to_vec(), version)));
     }
 
-    fn recorded(&self, range_id: u64, request_id: &[u8]) -> Option<WriteResponse> {
+    /// The recorded answer to `request_id`, unless it is older than the TTL as seen
+    /// from `now` (the command's own version, so every replica decides alike whether
+    /// or not compaction has already dropped the record).
+    fn recorded(&self, range_id: u64, request_id: &[u8], now: Version) -> Option<WriteResponse> {
         let key = layout::dedupe_key(range_id, request_id);
         let raw = match self.dedupe.get(&key) {
             Some(v) => Some(v.clone()),
             None => self.engine.get(Cf::RaftState, &key),
         }?;
+        let ms = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+        if ms + DEDUPE_TTL_MS < now.wall_ns / 1_000_000 {
+            return None;
+        }
         raw.get(8..).and_then(|b| WriteResponse::decode(b).ok())
     }
 
@@ -92,7 +98,6 @@ impl<'a> ApplyBatch<'a> {
         v.extend_from_slice(&resp.encode_to_vec());
         let key = layout::dedupe_key(range_id, request_id);
         self.batch.put(Cf::RaftState, &key, &v);
-        self.batch.put(Cf::RaftState, &layout::dedupe_expiry_key(range_id, ms, request_id), &[]);
         self.dedupe.insert(key, v);
     }
 
@@ -111,7 +116,7 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     // Versions grow monotonically per range whatever the proposer's clock said.
     let version = proposed.max(t.apply.last_version.next());
     if !cmd.request_id.is_empty() {
-        if let Some(resp) = ab.recorded(t.range_id, &cmd.request_id) {
+        if let Some(resp) = ab.recorded(t.range_id, &cmd.request_id, version) {
             return Applied::Write(resp);
         }
     }
@@ -127,25 +132,7 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
             ab.remember(t.range_id, &cmd.request_id, version, resp);
         }
     }
-    // Pruning needs an iterator; once every 64 entries keeps it off most applies.
-    if (t.apply.applied_index + 1).is_multiple_of(64) {
-        prune_dedupe(ab.engine, &mut ab.batch, t.range_id, version);
-    }
     out
-}
-
-fn prune_dedupe(engine: &Engine, batch: &mut Batch<'_>, range_id: u64, now: Version) {
-    let cutoff_ms = (now.wall_ns / 1_000_000).saturating_sub(DEDUPE_TTL_MS);
-    let prefix = layout::dedupe_expiry_prefix(range_id);
-    let end = layout::dedupe_expiry_key(range_id, cutoff_ms, &[]);
-    let mut n = 0;
-    engine.scan(Cf::RaftState, &prefix, &end, |k, _| {
-        let request_id = &k[prefix.len() + 8..];
-        batch.delete(Cf::RaftState, k);
-        batch.delete(Cf::RaftState, &layout::dedupe_key(range_id, request_id));
-        n += 1;
-        n < DEDUPE_PRUNE_PER_APPLY
-    });
 }
 
 type Current = Option<(Vec<u8>, Version)>;
@@ -406,6 +393,23 @@ mod tests {
         assert!(!r2.results[0].succeeded, "the second create sees the first one's uncommitted write");
         assert_eq!(again, r1, "a duplicate within the batch gets the recorded answer");
         assert_eq!(mvcc::get_live(&e, b"b", Version::MAX).unwrap().0, b"1");
+    }
+
+    #[test]
+    fn dedupe_records_expire_by_the_commands_own_clock() {
+        let (_d, e, mut desc, mut st) = setup();
+        let at = |ms: u64| {
+            let mut c = write(vec![put(b"k", b"v", Some(condition::Kind::IfAbsent(true)))], b"rid");
+            c.proposed_version = Some(Version { wall_ns: ms * 1_000_000, logical: 0, node_id: 1 }.into());
+            c
+        };
+        let Applied::Write(first) = run(&e, &mut desc, &mut st, &at(1_000)) else { panic!() };
+        let Applied::Write(within) = run(&e, &mut desc, &mut st, &at(1_000 + DEDUPE_TTL_MS - 1)) else { panic!() };
+        assert_eq!(first, within, "a retry within the TTL gets the recorded answer");
+        let Applied::Write(after) = run(&e, &mut desc, &mut st, &at(1_000 + DEDUPE_TTL_MS + 10)) else { panic!() };
+        assert!(!after.results[0].succeeded, "after the TTL the id is forgotten and the command runs again");
+        assert!(layout::is_expired_dedupe(&layout::dedupe_key(2, b"rid"), &1_000u64.to_be_bytes(), 2_000));
+        assert!(!layout::is_expired_dedupe(&layout::hard_state_key(2), &1_000u64.to_be_bytes(), 2_000));
     }
 
     #[test]

@@ -47,17 +47,11 @@ pub fn install(
     batch.delete_range(Cf::RaftLog, &lo, &hi);
     let prefix = layout::dedupe_prefix(range_id);
     batch.delete_range(Cf::RaftState, &prefix, &crate::keys::prefix_end(&prefix));
-    let exp = layout::dedupe_expiry_prefix(range_id);
-    batch.delete_range(Cf::RaftState, &exp, &crate::keys::prefix_end(&exp));
     for p in &snap.data {
         batch.put(Cf::Data, &p.key, &p.value);
     }
     for p in &snap.dedupe {
         batch.put(Cf::RaftState, &layout::dedupe_key(range_id, &p.key), &p.value);
-        // Dedupe values start with their wall-clock ms; rebuild the expiry index from it.
-        if let Some(ms) = p.value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
-            batch.put(Cf::RaftState, &layout::dedupe_expiry_key(range_id, ms, &p.key), &[]);
-        }
     }
     let apply = ApplyState {
         applied_index: index,

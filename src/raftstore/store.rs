@@ -458,7 +458,7 @@ impl Store {
             let ctx = r.next_read_ctx;
             r.next_read_ctx += 1;
             let replies = std::mem::take(&mut r.reads_to_submit);
-            r.raw.read_index(ctx.to_be_bytes().to_vec());
+            r.raw.read_index(read_ctx(self.node_id, ctx));
             r.reads_inflight.push_back((ctx, Instant::now(), replies));
         }
     }
@@ -561,7 +561,7 @@ impl Store {
             }
             self.transport.send_all(r.raw.store(), rd.take_persisted_messages());
             for rs in rd.take_read_states() {
-                let ctx = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let ctx = parse_read_ctx(self.node_id, &rs.request_ctx);
                 while let Some((c, _, replies)) = r.reads_inflight.pop_front() {
                     if Some(c) == ctx {
                         r.reads_waiting_apply.push_back((rs.index, replies));
@@ -663,9 +663,18 @@ struct ApplyOutcome {
 
 /// An answer owed for an applied entry; sent only once the entry's batch is written,
 /// so nobody can observe an acknowledged write that is not yet readable.
+/// (The result is boxed only to keep the enum small.)
 enum Owed {
-    Command { index: u64, term: u64, request_id: Vec<u8>, result: Result<Applied, cairn_proto::internal::RangeError> },
-    ConfChange { index: u64, term: u64 },
+    Command {
+        index: u64,
+        term: u64,
+        request_id: Vec<u8>,
+        result: Box<Result<Applied, cairn_proto::internal::RangeError>>,
+    },
+    ConfChange {
+        index: u64,
+        term: u64,
+    },
 }
 
 fn apply_entries(
@@ -713,7 +722,7 @@ fn apply_entries(
                         (Vec::new(), Err(errors::invalid("undecodable command")))
                     }
                 };
-                owed.push(Owed::Command { index: entry.index, term: entry.term, request_id, result });
+                owed.push(Owed::Command { index: entry.index, term: entry.term, request_id, result: Box::new(result) });
             }
             EntryType::EntryConfChange => {
                 match ConfChange::decode(entry.data.as_slice()) {
@@ -782,7 +791,7 @@ fn flush_applied(
         match o {
             Owed::Command { index, term, request_id, result } => match r.take_proposal(index, term) {
                 Some(ProposalReply::Command(reply)) => {
-                    let _ = reply.send(result);
+                    let _ = reply.send(*result);
                 }
                 Some(ProposalReply::ConfChange(reply)) => {
                     let _ = reply.send(Err(errors::invalid("entry was not a conf change")));
@@ -791,7 +800,7 @@ fn flush_applied(
                     if let Some((_, reply)) =
                         (!request_id.is_empty()).then(|| r.forwarded.remove(&request_id)).flatten()
                     {
-                        let _ = reply.send(result);
+                        let _ = reply.send(*result);
                     }
                 }
             },
@@ -853,6 +862,21 @@ fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
         }
         _ => {}
     }
+}
+
+/// A ReadIndex context unique in the group: the leader keeps pending requests by
+/// context and ignores a duplicate, so followers must not reuse each other's.
+fn read_ctx(node_id: u64, seq: u64) -> Vec<u8> {
+    let mut c = node_id.to_be_bytes().to_vec();
+    c.extend_from_slice(&seq.to_be_bytes());
+    c
+}
+
+fn parse_read_ctx(node_id: u64, ctx: &[u8]) -> Option<u64> {
+    if ctx.get(..8)? != node_id.to_be_bytes() {
+        return None;
+    }
+    ctx.get(8..16)?.try_into().ok().map(u64::from_be_bytes)
 }
 
 /// Forgets cached entries nobody needs any more: applied here and, on a leader,

@@ -97,8 +97,25 @@ impl Engine {
             o.set_write_buffer_size(32 << 20);
             o.set_max_write_buffer_number(2);
             o.set_block_based_table_factory(&table);
+            // Point lookups that miss (dedupe checks, most of the time) are answered by a
+            // memtable bloom filter instead of a skiplist search.
+            o.set_memtable_prefix_bloom_ratio(0.05);
+            o.set_memtable_whole_key_filtering(true);
             if *cf == Cf::Data {
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            if *cf == Cf::RaftState {
+                // Dedupe records expire lazily: compaction drops those past the TTL
+                // (apply already ignores them, so when this runs does not matter).
+                o.set_compaction_filter("cairn-dedupe-ttl", |_level, key, value| {
+                    let ttl = crate::raftstore::apply::DEDUPE_TTL_MS;
+                    let cutoff = crate::hlc::wall_now_ms().saturating_sub(ttl * 2);
+                    if super::layout::is_expired_dedupe(key, value, cutoff) {
+                        rocksdb::compaction_filter::Decision::Remove
+                    } else {
+                        rocksdb::compaction_filter::Decision::Keep
+                    }
+                });
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });

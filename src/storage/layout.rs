@@ -2,8 +2,8 @@
 //!
 //! - `raft_log`:   `range_id ++ index` → `eraftpb.Entry`
 //! - `raft_state`: `range_id ++ 01` hard state, `++ 02` apply state, `++ 03` descriptor,
-//!   `++ 04` tombstone (replica removed), `++ 10 ++ request_id` dedupe record,
-//!   `++ 11 ++ wall_ms ++ request_id` dedupe expiry index
+//!   `++ 04` tombstone (replica removed), `++ 10 ++ request_id` dedupe record
+//!   (value: wall-clock ms ++ the recorded response)
 //! - `local`:      node identity and the peer address book
 
 use crate::hlc::Version;
@@ -54,15 +54,11 @@ pub fn dedupe_prefix(range_id: u64) -> [u8; 9] {
     state_key(range_id, 0x10)
 }
 
-pub fn dedupe_expiry_key(range_id: u64, wall_ms: u64, request_id: &[u8]) -> Vec<u8> {
-    let mut k = state_key(range_id, 0x11).to_vec();
-    k.extend_from_slice(&wall_ms.to_be_bytes());
-    k.extend_from_slice(request_id);
-    k
-}
-
-pub fn dedupe_expiry_prefix(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x11)
+/// Whether a `raft_state` record is a dedupe record whose wall-clock ms is before `cutoff_ms`.
+pub fn is_expired_dedupe(key: &[u8], value: &[u8], cutoff_ms: u64) -> bool {
+    key.len() > 9
+        && key[8] == 0x10
+        && value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).is_some_and(|ms| ms < cutoff_ms)
 }
 
 /// Cluster identity of this node: `cluster_id\0node_id`.
