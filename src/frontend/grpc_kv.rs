@@ -67,6 +67,12 @@ fn desc_status(d: RangeDescriptor, leader: u64, tables: &[TableInfo]) -> RangeSt
 }
 
 impl KvService {
+    /// A membership change's resulting range, for the client (table names looked up).
+    async fn admin_status(&self, a: cairn_proto::internal::AdminResponse) -> Option<RangeStatus> {
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        a.desc.map(|d| desc_status(d, a.leader_node_id, &tables))
+    }
+
     fn check_request_id(&self, id: &[u8]) -> Result<Vec<u8>, Status> {
         self.gw.limits.check_request_id(id).map_err(invalid)?;
         Ok(if id.is_empty() { new_request_id() } else { id.to_vec() })
@@ -445,8 +451,7 @@ impl Cairn for KvService {
     async fn add_replica(&self, req: Request<ChangeReplicaRequest>) -> Result<Response<ChangeReplicaResponse>, Status> {
         let r = req.into_inner();
         let a = admin::add_replica(&self.gw, r.range_id, r.node_id).await?;
-        let tables = catalog::list(&self.gw).await.unwrap_or_default();
-        Ok(Response::new(ChangeReplicaResponse { range: a.desc.map(|d| desc_status(d, a.leader_node_id, &tables)) }))
+        Ok(Response::new(ChangeReplicaResponse { range: self.admin_status(a).await }))
     }
 
     async fn remove_replica(
@@ -455,8 +460,7 @@ impl Cairn for KvService {
     ) -> Result<Response<ChangeReplicaResponse>, Status> {
         let r = req.into_inner();
         let a = admin::remove_replica(&self.gw, r.range_id, r.node_id).await?;
-        let tables = catalog::list(&self.gw).await.unwrap_or_default();
-        Ok(Response::new(ChangeReplicaResponse { range: a.desc.map(|d| desc_status(d, a.leader_node_id, &tables)) }))
+        Ok(Response::new(ChangeReplicaResponse { range: self.admin_status(a).await }))
     }
 
     async fn transfer_leader(
@@ -465,8 +469,7 @@ impl Cairn for KvService {
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         let r = req.into_inner();
         let a = admin::transfer_leader(&self.gw, r.range_id, r.node_id).await?;
-        let tables = catalog::list(&self.gw).await.unwrap_or_default();
-        Ok(Response::new(TransferLeaderResponse { range: a.desc.map(|d| desc_status(d, a.leader_node_id, &tables)) }))
+        Ok(Response::new(TransferLeaderResponse { range: self.admin_status(a).await }))
     }
 }
 
