@@ -391,7 +391,9 @@ impl Gateway {
                     }
                 }
                 Kind::Ambiguous => {
+                    // Leadership moved under the request: worth retrying (same request id).
                     maybe_applied = true;
+                    last_progress = Instant::now();
                 }
                 Kind::Unavailable => {}
                 Kind::Invalid => return Err(Status::invalid_argument(err.message)),

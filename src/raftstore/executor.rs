@@ -143,21 +143,27 @@ pub async fn scan_range(
 ) {
     let send_err = |e: RangeError| RangeScanPage { error: Some(e), ..Default::default() };
     let range_id = req.range_id;
-    let read_version = match &req.read_version {
-        Some(v) => Version::from(v),
-        None => {
-            if let Err(e) = store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await {
-                let _ = tx.send(Ok(send_err(e))).await;
-                return;
-            }
-            match replica(&store, range_id) {
-                Ok(s) => s.last_version(),
-                Err(e) => {
-                    let _ = tx.send(Ok(send_err(e))).await;
-                    return;
-                }
-            }
+    // Always confirm with ReadIndex, also when resuming at a given version: this
+    // replica must have applied everything up to that version before reading at it.
+    if let Err(e) = store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await {
+        let _ = tx.send(Ok(send_err(e))).await;
+        return;
+    }
+    let applied_version = match replica(&store, range_id) {
+        Ok(s) => s.last_version(),
+        Err(e) => {
+            let _ = tx.send(Ok(send_err(e))).await;
+            return;
         }
+    };
+    let read_version = match &req.read_version {
+        Some(v) if Version::from(v) > applied_version => {
+            let e = errors::unavailable(format!("range {range_id}: replica has not reached the scan's version yet"));
+            let _ = tx.send(Ok(send_err(e))).await;
+            return;
+        }
+        Some(v) => Version::from(v),
+        None => applied_version,
     };
     let page_keys = match req.page_size as usize {
         0 => DEFAULT_PAGE_KEYS,

@@ -79,7 +79,9 @@ impl Replica {
             reads_to_submit: Vec::new(),
             reads_inflight: VecDeque::new(),
             reads_waiting_apply: VecDeque::new(),
-            next_read_ctx: 1,
+            // Random start: a context reused after a restart could match a reply the
+            // leader still owes to the previous incarnation.
+            next_read_ctx: rand::random::<u32>() as u64 * (1 << 31),
             was_leader: false,
             idle_ticks: 0,
             hibernating: false,

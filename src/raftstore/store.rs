@@ -167,10 +167,17 @@ impl Store {
                 }
             }
             if r.hibernating {
+                let silent = |n: u64| self.transport.silent_for(n) > Duration::from_millis(election_ms);
                 let leader = r.raw.raft.leader_id;
-                let leader_silent = leader != self.node_id
-                    && (leader == 0 || self.transport.silent_for(leader) > Duration::from_millis(election_ms));
-                if !leader_silent {
+                // A follower wakes when its leader's node goes quiet (to elect a new one);
+                // a leader wakes when any voter's node does, so check-quorum can depose it
+                // if it is the one cut off.
+                let wake_up = if leader == self.node_id {
+                    r.raw.raft.prs().conf().voters().ids().iter().any(|n| n != self.node_id && silent(n))
+                } else {
+                    leader == 0 || silent(leader)
+                };
+                if !wake_up {
                     continue;
                 }
                 r.hibernating = false;
@@ -178,7 +185,8 @@ impl Store {
             }
             r.raw.tick();
             r.idle_ticks = r.idle_ticks.saturating_add(1);
-            r.expire_waiting(Duration::from_millis(election_ms * 3));
+            // Shorter than the gateway's fail-fast window, so it still has time to retry.
+            r.expire_waiting(Duration::from_millis(election_ms * 2));
             maybe_hibernate(r, &self.cfg);
         }
         // Per-node keepalive, a few times per election timeout: it is what lets
@@ -561,15 +569,20 @@ impl Store {
             }
             self.transport.send_all(r.raw.store(), rd.take_persisted_messages());
             for rs in rd.take_read_states() {
-                let ctx = parse_read_ctx(self.node_id, &rs.request_ctx);
-                while let Some((c, _, replies)) = r.reads_inflight.pop_front() {
-                    if Some(c) == ctx {
-                        r.reads_waiting_apply.push_back((rs.index, replies));
-                        break;
-                    }
+                // Contexts only grow, and replies come in order: a reply older than the
+                // queue's front belongs to a request that already expired.
+                let Some(ctx) = parse_read_ctx(self.node_id, &rs.request_ctx) else { continue };
+                while r.reads_inflight.front().is_some_and(|(c, _, _)| *c < ctx) {
                     // An older read context that raft-rs dropped; its callers retry.
-                    for reply in replies {
-                        let _ = reply.send(Err(errors::unavailable("read index request was dropped")));
+                    if let Some((_, _, replies)) = r.reads_inflight.pop_front() {
+                        for reply in replies {
+                            let _ = reply.send(Err(errors::unavailable("read index request was dropped")));
+                        }
+                    }
+                }
+                if r.reads_inflight.front().is_some_and(|(c, _, _)| *c == ctx) {
+                    if let Some((_, _, replies)) = r.reads_inflight.pop_front() {
+                        r.reads_waiting_apply.push_back((rs.index, replies));
                     }
                 }
             }
