@@ -22,6 +22,18 @@ fn overloaded(e: RangeError) -> Status {
 }
 
 impl InternalService {
+    /// Hands a Raft batch to the store. The outer error rejects the sender (wrong
+    /// cluster); the inner one says the store's queue was full.
+    fn accept_batch(&self, b: RaftBatch) -> Result<Result<(), RangeError>, Status> {
+        self.check_cluster(&b.cluster_id)?;
+        self.transport.mark_seen(b.from_node);
+        self.gw.book.learn(b.from_node, &b.from_addr);
+        if b.envelopes.is_empty() {
+            return Ok(Ok(()));
+        }
+        Ok(self.gw.store.send(StoreMsg::Raft { from_node: b.from_node, envelopes: b.envelopes }))
+    }
+
     fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
         if cluster_id != self.transport.cluster_id() {
             return Err(Status::permission_denied(format!(
@@ -38,15 +50,17 @@ type PageStream = Pin<Box<dyn Stream<Item = Result<RangeScanPage, Status>> + Sen
 #[tonic::async_trait]
 impl Internal for InternalService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftBatchResponse>, Status> {
-        let b = req.into_inner();
-        self.check_cluster(&b.cluster_id)?;
-        self.transport.mark_seen(b.from_node);
-        self.gw.book.learn(b.from_node, &b.from_addr);
-        if !b.envelopes.is_empty() {
-            self.gw
-                .store
-                .send(StoreMsg::Raft { from_node: b.from_node, envelopes: b.envelopes })
-                .map_err(overloaded)?;
+        self.accept_batch(req.into_inner())?.map_err(overloaded)?;
+        Ok(Response::new(RaftBatchResponse {}))
+    }
+
+    async fn raft_stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftBatchResponse>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(b) = stream.message().await? {
+            // An overloaded store drops the batch: Raft retransmits, and the stream stays up.
+            if self.accept_batch(b)?.is_err() {
+                metrics::counter!("cairn_transport_dropped_total").increment(1);
+            }
         }
         Ok(Response::new(RaftBatchResponse {}))
     }

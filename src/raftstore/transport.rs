@@ -1,8 +1,8 @@
 //! Sends Raft messages to other nodes.
 //!
 //! Messages are queued per destination node (bounded) and a task per node
-//! drains its queue into one `Raft` RPC per batch, so all the ranges two nodes
-//! share cost one round trip per batch. Snapshots go over their own streaming
+//! drains its queue into batches sent on one long-lived `RaftStream` per node
+//! pair, so all the ranges two nodes share cost one stream message per batch. Snapshots go over their own streaming
 //! RPC in chunks (gRPC caps single messages at 4 MiB). A full queue or a failed
 //! send reports the peer unreachable to raft-rs, which then probes it slowly.
 
@@ -28,6 +28,8 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Largest snapshot a node accepts (ranges split long before this).
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches buffered on a peer's stream before the sender waits (backpressure).
+const STREAM_BATCHES: usize = 32;
 
 enum Outbound {
     Envelope(RaftEnvelope),
@@ -152,6 +154,8 @@ impl Transport {
         let store_tx = self.store_tx.get().cloned();
         self.rt.spawn(async move {
             let mut client: Option<(String, InternalClient<Channel>)> = None;
+            // The open stream to this peer and the task driving its RPC.
+            let mut stream: Option<(mpsc::Sender<RaftBatch>, tokio::task::JoinHandle<()>)> = None;
             while let Some(first) = rx.recv().await {
                 let mut envelopes = Vec::new();
                 let mut bytes = 0;
@@ -171,6 +175,9 @@ impl Transport {
                 };
                 if client.as_ref().is_none_or(|(a, _)| *a != addr) {
                     client = connect(&addr).ok().map(|ch| (addr.clone(), InternalClient::new(ch)));
+                    if let Some((_, call)) = stream.take() {
+                        call.abort();
+                    }
                 }
                 let Some((_, c)) = client.as_mut() else {
                     report_all(&store_tx, &envelopes, to);
@@ -183,10 +190,23 @@ impl Transport {
                     envelopes,
                 };
                 let ranges: Vec<u64> = batch.envelopes.iter().map(|e| e.range_id).collect();
-                let mut req = tonic::Request::new(batch);
-                req.set_timeout(RPC_TIMEOUT);
-                if let Err(e) = c.raft(req).await {
-                    tracing::debug!(to, "raft batch failed: {e}");
+                if stream.as_ref().is_none_or(|(tx, _)| tx.is_closed()) {
+                    let (btx, brx) = mpsc::channel::<RaftBatch>(STREAM_BATCHES);
+                    let mut c = c.clone();
+                    let call = tokio::spawn(async move {
+                        if let Err(e) = c.raft_stream(tokio_stream::wrappers::ReceiverStream::new(brx)).await {
+                            tracing::debug!(to, "raft stream ended: {e}");
+                        }
+                    });
+                    stream = Some((btx, call));
+                }
+                let Some((btx, _)) = stream.as_ref() else { continue };
+                let sent = tokio::time::timeout(RPC_TIMEOUT, btx.send(batch)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!(to, "raft stream is down or stuck; reconnecting");
+                    if let Some((_, call)) = stream.take() {
+                        call.abort();
+                    }
                     for range_id in ranges {
                         if let Some(tx) = &store_tx {
                             let _ = tx.try_send(StoreMsg::Unreachable { range_id, to });
