@@ -161,7 +161,7 @@ impl Store {
         let election_ms = self.cfg.tick_ms * self.cfg.election_ticks as u64;
         let mut peers = std::collections::HashSet::new();
         for r in self.replicas.values_mut() {
-            for p in &r.shared.desc().replicas {
+            for p in &r.raw.store().desc.replicas {
                 if p.node_id != self.node_id {
                     peers.insert(p.node_id);
                 }
