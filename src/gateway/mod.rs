@@ -267,13 +267,7 @@ impl Gateway {
             return false;
         }
         let Some(r) = self.store.registry.read().get(&req.range_id).cloned() else { return false };
-        if !r.initialized() || r.destroyed() || r.leader_id() == 0 {
-            return false;
-        }
-        let recent = crate::hlc::wall_now_ms()
-            .saturating_sub(r.leader_contact_ms.load(std::sync::atomic::Ordering::Relaxed))
-            < self.raft.tick_ms * self.raft.election_ticks as u64;
-        r.is_leader() || recent
+        r.initialized() && !r.destroyed() && r.in_touch_with_leader(self.raft.tick_ms * self.raft.election_ticks as u64)
     }
 
     /// The leader as this node's own replica of the range knows it (fresher than the directory).

@@ -95,8 +95,7 @@ fn check_stale_allowed(shared: &ReplicaShared) -> Result<(), RangeError> {
     if !shared.initialized() {
         return Err(errors::range_not_found(shared.range_id));
     }
-    let contact = shared.leader_contact_ms.load(std::sync::atomic::Ordering::Relaxed);
-    if !shared.is_leader() && crate::hlc::wall_now_ms().saturating_sub(contact) > MAX_STALENESS_MS {
+    if !shared.in_touch_with_leader(MAX_STALENESS_MS) {
         return Err(errors::unavailable(format!(
             "range {}: this replica has not heard from its leader within {MAX_STALENESS_MS} ms",
             shared.range_id

@@ -92,6 +92,16 @@ impl ReplicaShared {
         *self.last_version.lock()
     }
 
+    /// Leader, or a follower that heard from its leader within `ms`: a replica
+    /// that may serve requests itself instead of sending them to the leader.
+    pub fn in_touch_with_leader(&self, ms: u64) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        let contact = self.leader_contact_ms.load(Ordering::Relaxed);
+        self.leader_id() != 0 && crate::hlc::wall_now_ms().saturating_sub(contact) <= ms
+    }
+
     pub fn destroyed(&self) -> bool {
         self.destroyed.load(Ordering::Acquire)
     }

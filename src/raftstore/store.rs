@@ -160,6 +160,11 @@ impl Store {
     fn tick(&mut self, ticks: u64) {
         let election_ms = self.cfg.tick_ms * self.cfg.election_ticks as u64;
         let mut peers = std::collections::HashSet::new();
+        // Each node's silence is looked up once per tick, not once per range.
+        let mut silence: HashMap<u64, bool> = HashMap::new();
+        let transport = &self.transport;
+        let mut silent =
+            |n: u64| *silence.entry(n).or_insert_with(|| transport.silent_for(n) > Duration::from_millis(election_ms));
         for r in self.replicas.values_mut() {
             for p in &r.raw.store().desc.replicas {
                 if p.node_id != self.node_id {
@@ -167,7 +172,6 @@ impl Store {
                 }
             }
             if r.hibernating {
-                let silent = |n: u64| self.transport.silent_for(n) > Duration::from_millis(election_ms);
                 let leader = r.raw.raft.leader_id;
                 // A follower wakes when its leader's node goes quiet (to elect a new one);
                 // a leader wakes when any voter's node does, so check-quorum can depose it
