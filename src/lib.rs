@@ -25,5 +25,6 @@ pub mod keys;
 pub mod limits;
 pub mod meta;
 pub mod raftstore;
+pub mod sabotage;
 pub mod server;
 pub mod storage;

@@ -345,6 +345,24 @@ async fn retried_request_id_applies_once() {
     assert!(c.put(create(b"req-2")).await.unwrap().into_inner().succeeded);
     assert!(c2.put(create(b"req-2")).await.unwrap().into_inner().succeeded, "same id: same answer");
     assert!(!c2.put(create(b"req-3")).await.unwrap().into_inner().succeeded, "new id: condition fails");
+
+    // Increments are not idempotent by nature, so the request id is what makes a retry safe.
+    let incr = |rid: &'static [u8], delta: i64| IncrementRequest {
+        table: "id".into(),
+        key: "ctr".into(),
+        delta,
+        request_id: rid.to_vec(),
+    };
+    assert_eq!(c.increment(incr(b"inc-1", 5)).await.unwrap().into_inner().value, 5);
+    assert_eq!(c2.increment(incr(b"inc-1", 5)).await.unwrap().into_inner().value, 5, "retry returns the first result");
+    assert_eq!(c2.increment(incr(b"inc-2", -2)).await.unwrap().into_inner().value, 3);
+    assert_eq!(get(&mut c, "id", "ctr").await.unwrap(), Some("3".into()), "stored as decimal text");
+    let err = c.increment(incr(b"inc-3", i64::MAX)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("overflow"), "{err}");
+    let err = c.increment(IncrementRequest { key: "k".into(), ..incr(b"inc-4", 1) }).await.unwrap_err();
+    assert!(err.message().contains("not an integer"), "{err}");
+    assert_eq!(get(&mut c, "id", "ctr").await.unwrap(), Some("3".into()), "failed increments wrote nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -91,6 +91,9 @@ impl Cairn for Mock {
     async fn batch_write(&self, _: Request<BatchWriteRequest>) -> Result<Response<BatchWriteResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn increment(&self, _: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
     async fn cluster_status(
         &self,
         _: Request<ClusterStatusRequest>,

@@ -62,6 +62,8 @@ pub enum ClientCommand {
     Get(GetArgs),
     /// Delete a key, optionally only if a condition holds.
     Delete(DeleteArgs),
+    /// Add to an integer value (a missing key counts as 0) and print the result.
+    Incr(IncrArgs),
     /// List keys (and values) in ascending key order.
     Scan(ScanArgs),
     /// Inspect the cluster.
@@ -160,6 +162,21 @@ pub struct DeleteArgs {
     key: String,
     #[command(flatten)]
     condition: ConditionArgs,
+    /// Idempotency id (up to 64 bytes), as for `put`.
+    #[arg(long, value_name = "ID", value_parser = parse_request_id)]
+    request_id: Option<String>,
+}
+
+/// `incr <table> <key> [--by N]`
+#[derive(clap::Args, Debug)]
+pub struct IncrArgs {
+    /// Table name.
+    table: String,
+    /// Key (UTF-8).
+    key: String,
+    /// Amount to add (negative to subtract).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    by: i64,
     /// Idempotency id (up to 64 bytes), as for `put`.
     #[arg(long, value_name = "ID", value_parser = parse_request_id)]
     request_id: Option<String>,
@@ -321,6 +338,7 @@ pub async fn run(addr: &str, json: bool, cmd: ClientCommand) -> anyhow::Result<(
         ClientCommand::Put(args) => put(&mut client, &mut out, json, args).await,
         ClientCommand::Get(args) => get(&mut client, &mut out, json, args).await,
         ClientCommand::Delete(args) => delete(&mut client, &mut out, json, args).await,
+        ClientCommand::Incr(args) => incr(&mut client, &mut out, json, args).await,
         ClientCommand::Scan(args) => scan(&mut client, &mut out, json, args).await,
         ClientCommand::Cluster(ClusterCommand::Status) => cluster_status(&mut client, &mut out, json).await,
         ClientCommand::Range(cmd) => range(&mut client, &mut out, json, cmd).await,
@@ -555,6 +573,22 @@ async fn delete(client: &mut Client, out: &mut Out, json: bool, args: DeleteArgs
         } else {
             writeln!(out, "no such key; nothing deleted")?;
         }
+        Ok(())
+    }
+}
+
+async fn incr(client: &mut Client, out: &mut Out, json: bool, args: IncrArgs) -> anyhow::Result<()> {
+    let req = kv::IncrementRequest {
+        table: args.table,
+        key: args.key.into_bytes(),
+        delta: args.by,
+        request_id: args.request_id.map(String::into_bytes).unwrap_or_default(),
+    };
+    let resp = call(client.increment(req)).await?;
+    if json {
+        print_json(out, &json!({ "value": resp.value, "version": version_json(resp.version.as_ref()) }))
+    } else {
+        writeln!(out, "{}", resp.value)?;
         Ok(())
     }
 }

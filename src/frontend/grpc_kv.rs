@@ -8,8 +8,8 @@ use crate::hlc::Version;
 use crate::keys;
 use crate::meta::{self, catalog, registry};
 use cairn_proto::internal::{
-    mutation, raft_command, range_request, Mutation, MutationResult, RaftCommand, RangeDescriptor, RangeRecord,
-    RangeRequest, ReadRequest, TableInfo, WriteBatch,
+    mutation, raft_command, range_request, Increment, Mutation, MutationResult, RaftCommand, RangeDescriptor,
+    RangeRecord, RangeRequest, ReadRequest, TableInfo, WriteBatch,
 };
 use cairn_proto::kv::cairn_server::Cairn;
 use cairn_proto::kv::*;
@@ -309,6 +309,23 @@ impl Cairn for KvService {
         let res = self.write(muts, rid).await?;
         let w = res.first().map(to_write_result).unwrap_or_default();
         Ok(Response::new(DeleteResponse { succeeded: w.succeeded, existed: w.existed, version: w.version }))
+    }
+
+    async fn increment(&self, req: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let rid = self.check_request_id(&r.request_id)?;
+        self.gw.limits.check_key(&r.key).map_err(invalid)?;
+        let m = Mutation {
+            key: encode_key(&t, &r.key),
+            condition: None,
+            op: Some(mutation::Op::Increment(Increment { delta: r.delta, min: None, max: None })),
+        };
+        let res = self.write(vec![m], rid).await?;
+        match res.first() {
+            Some(m) if m.succeeded => Ok(Response::new(IncrementResponse { value: m.counter, version: m.version })),
+            _ => Err(Status::internal("increment produced no result")),
+        }
     }
 
     async fn batch_write(&self, req: Request<BatchWriteRequest>) -> Result<Response<BatchWriteResponse>, Status> {

@@ -15,6 +15,7 @@ use crate::limits::Limits;
 use crate::meta;
 use crate::raftstore::address_book::AddressBook;
 use crate::raftstore::{errors, executor, transport, RaftConfig, StoreHandle};
+use crate::sabotage::{self, Sabotage};
 use cairn_proto::internal::internal_client::InternalClient;
 use cairn_proto::internal::range_error::Kind;
 use cairn_proto::internal::{
@@ -267,6 +268,9 @@ impl Gateway {
             return false;
         }
         let Some(r) = self.store.registry.read().get(&req.range_id).cloned() else { return false };
+        if sabotage::active(Sabotage::StaleLocalRead) && matches!(req.req, Some(Req::Read(_))) {
+            return r.initialized() && !r.destroyed();
+        }
         r.initialized() && !r.destroyed() && r.in_touch_with_leader(self.raft.tick_ms * self.raft.election_ticks as u64)
     }
 

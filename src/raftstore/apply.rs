@@ -8,6 +8,7 @@
 use super::errors;
 use crate::hlc::Version;
 use crate::keys::{self, mvcc as mvcc_keys};
+use crate::sabotage::{self, Sabotage};
 use crate::storage::layout::{self, ApplyState};
 use crate::storage::{mvcc, Batch, Cf, Engine};
 use cairn_proto::internal::{
@@ -80,6 +81,9 @@ impl<'a> ApplyBatch<'a> {
     /// from `now` (the command's own version, so every replica decides alike whether
     /// or not compaction has already dropped the record).
     fn recorded(&self, range_id: u64, request_id: &[u8], now: Version) -> Option<WriteResponse> {
+        if sabotage::active(Sabotage::ApplyRetryTwice) {
+            return None;
+        }
         let key = layout::dedupe_key(range_id, request_id);
         let raw = match self.dedupe.get(&key) {
             Some(v) => Some(v.clone()),

@@ -11,6 +11,7 @@ use super::msg::{StoreHandle, StoreMsg};
 use super::shared::ReplicaShared;
 use crate::hlc::Version;
 use crate::keys;
+use crate::sabotage::{self, Sabotage};
 use crate::storage::mvcc;
 use cairn_proto::internal::{
     range_request, AdminResponse, RangeEpoch, RangeError, RangeRequest, RangeResponse, RangeScanPage, RangeScanRequest,
@@ -52,7 +53,7 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
             }
         }
         Some(range_request::Req::Read(r)) => {
-            if !r.stale {
+            if !r.stale && !sabotage::active(Sabotage::StaleLocalRead) {
                 if let Err(e) = store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await {
                     return error_response(e);
                 }

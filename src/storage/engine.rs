@@ -4,6 +4,7 @@
 //! (fail-stop). Retrying an fsync after an error is unsafe (the kernel may have
 //! dropped the dirty pages), so we never do.
 
+use crate::sabotage::{self, Sabotage};
 use anyhow::{Context, Result};
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
@@ -89,6 +90,10 @@ impl Engine {
         opts.set_write_buffer_size(32 << 20);
         opts.set_max_write_buffer_number(2);
         opts.set_keep_log_file_num(4);
+        if sabotage::active(Sabotage::AckBeforeFsync) {
+            // Keeps the WAL in process memory so that kill -9 behaves like a power cut.
+            opts.set_manual_wal_flush(true);
+        }
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
         table.set_bloom_filter(10.0, false);
@@ -140,8 +145,13 @@ impl Engine {
             return;
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
-        if let Err(e) = self.db.write_opt(batch.wb, &wo) {
+        wo.set_sync(sync && !sabotage::active(Sabotage::AckBeforeFsync));
+        let result = if sync && super::faults::fail_this_sync() {
+            Err("injected fsync error: Input/output error (EIO)".to_string())
+        } else {
+            self.db.write_opt(batch.wb, &wo).map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
             // An unsynced write failing means RocksDB is in a bad state too; the applied
             // index travels in the same batch, so stopping keeps recovery exact.
             fail_stop(if sync { "synced write" } else { "write" }, &e);

@@ -3,6 +3,7 @@
 //! and node-local metadata.
 
 pub mod engine;
+pub mod faults;
 pub mod layout;
 pub mod mvcc;
 

@@ -3,6 +3,9 @@
 //! restart. Every process is killed when the cluster is dropped.
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod netlab;
+
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::*;
 use serde::Deserialize;
@@ -37,6 +40,10 @@ pub struct Cluster {
     pub root: PathBuf,
     pub nodes: Vec<Node>,
     pub extra: Vec<String>,
+    /// Set when every node runs in its own network namespace (chaos tests).
+    pub lab: Option<netlab::NetLab>,
+    /// Extra environment for every server process.
+    pub env: Vec<(String, String)>,
 }
 
 fn bin() -> &'static str {
@@ -47,6 +54,16 @@ impl Cluster {
     /// Starts `n` nodes (node 1 bootstraps, the others join) and waits until
     /// every range has min(3, n) voters.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_in(n, extra, None, &[]).await
+    }
+
+    /// Starts `n` nodes, each in its own network namespace of a fresh lab, so
+    /// that the test can cut links between them.
+    pub async fn start_netlab(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Self::start_in(n, extra, Some(netlab::NetLab::create(n)), env).await
+    }
+
+    async fn start_in(n: usize, extra: &[&str], lab: Option<netlab::NetLab>, env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir");
         let root = tmp.path().to_path_buf();
         let mut c = Cluster {
@@ -54,11 +71,18 @@ impl Cluster {
             root: root.clone(),
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            lab,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         for i in 0..n {
             c.nodes.push(Node { dir: root.join(format!("n{}", i + 1)), child: None, ep: None });
             let join = if i == 0 { None } else { Some(c.grpc(0)) };
-            c.spawn(i, join.as_deref(), "127.0.0.1:0", "127.0.0.1:0");
+            // In a namespace the node owns its address, so fixed ports cannot collide.
+            let (listen, http) = match &c.lab {
+                Some(lab) => (format!("{}:7000", lab.ip(i)), format!("{}:7080", lab.ip(i))),
+                None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
+            };
+            c.spawn(i, join.as_deref(), &listen, &http);
         }
         c.wait_replicated(n.min(3), Duration::from_secs(90)).await;
         c
@@ -81,7 +105,15 @@ impl Cluster {
             .append(true)
             .open(self.root.join(format!("n{}.log", i + 1)))
             .expect("log file");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match &self.lab {
+            // `ip netns exec` execs the server in place, so the child's PID is the server's.
+            Some(lab) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &lab.ns(i), bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&node.dir)
@@ -90,6 +122,7 @@ impl Cluster {
             .arg("--http-listen")
             .arg(http)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -171,6 +204,26 @@ impl Cluster {
         assert!(self.nodes[i].child.is_none(), "node {} still running", i + 1);
         let ep = self.nodes[i].ep.clone().expect("node had started before");
         self.spawn(i, None, &ep.grpc, &ep.http);
+    }
+
+    /// Restarts a stopped node with extra environment for this one process.
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        let saved = self.env.clone();
+        self.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.restart(i);
+        self.env = saved;
+    }
+
+    /// The exit status of node `i` if its process has ended (it is then marked stopped).
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i].child.as_mut()?.try_wait().ok()??;
+        self.nodes[i].child = None;
+        Some(status)
+    }
+
+    /// The node's whole log.
+    pub fn full_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.root.join(format!("n{}.log", i + 1))).unwrap_or_default()
     }
 
     pub async fn status(&self, i: usize) -> Result<ClusterStatusResponse, tonic::Status> {

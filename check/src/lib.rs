@@ -1,0 +1,17 @@
+//! `cairn-check`: checkers for the histories Cairn's chaos tests (and, later,
+//! its deterministic simulator) record. This file only wires the modules up:
+//!
+//! - `history`: operation types and the thread-safe `Recorder`;
+//! - `linearizability`: per-key WGL search over a register model;
+//! - `counter`: bounds on a counter incremented under faults;
+//! - `lost`: acknowledged writes missing from the final state.
+
+pub mod counter;
+pub mod history;
+pub mod linearizability;
+pub mod lost;
+
+pub use counter::CounterCheck;
+pub use history::{Input, Operation, Outcome, Output, Pending, Recorder};
+pub use linearizability::{check, Report, Verdict};
+pub use lost::lost_writes;

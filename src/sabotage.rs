@@ -1,0 +1,55 @@
+//! Deliberately broken behaviours that prove the fault tests can fail.
+//!
+//! Compiled in only with the `fault-injection` cargo feature; a server built with it
+//! reads `CAIRN_SABOTAGE` (one of the names below) at start-up and misbehaves
+//! in exactly that one way. Without the feature `active` is a constant `false`
+//! and every sabotaged branch compiles away, so release builds carry none of it.
+
+/// One way of breaking a guarantee on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// `ack-before-fsync`: Raft log and state writes skip the fsync, and the WAL
+    /// stays in process memory until RocksDB flushes it on its own, so a
+    /// kill -9 loses writes that were already acknowledged.
+    AckBeforeFsync,
+    /// `stale-local-read`: linearizable reads skip ReadIndex and are served by
+    /// whichever replica the request reaches, even one cut off from its group.
+    StaleLocalRead,
+    /// `apply-retry-twice`: the dedupe table is never consulted, so a retried
+    /// request id is applied again.
+    ApplyRetryTwice,
+}
+
+impl Sabotage {
+    pub fn parse(name: &str) -> Option<Sabotage> {
+        match name {
+            "ack-before-fsync" => Some(Sabotage::AckBeforeFsync),
+            "stale-local-read" => Some(Sabotage::StaleLocalRead),
+            "apply-retry-twice" => Some(Sabotage::ApplyRetryTwice),
+            _ => None,
+        }
+    }
+}
+
+/// Whether this build, in this process, misbehaves in way `s`.
+#[cfg(feature = "fault-injection")]
+pub fn active(s: Sabotage) -> bool {
+    static CHOSEN: std::sync::OnceLock<Option<Sabotage>> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let name = std::env::var("CAIRN_SABOTAGE").ok()?;
+        let chosen = Sabotage::parse(&name);
+        if chosen.is_none() {
+            eprintln!("cairn: unknown CAIRN_SABOTAGE value {name:?}; running unsabotaged");
+        } else {
+            eprintln!("cairn: SABOTAGED build running with {name}: this node is deliberately unsafe");
+        }
+        chosen
+    }) == Some(s)
+}
+
+/// Whether this build, in this process, misbehaves in way `s`.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn active(_: Sabotage) -> bool {
+    false
+}

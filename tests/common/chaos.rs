@@ -1,0 +1,632 @@
+//! A Jepsen-style run against real `cairn server` processes in network
+//! namespaces: concurrent clients record every invocation and completion, a
+//! nemesis injects faults (partitions, kills, pauses, packet loss) while splits
+//! and leader transfers happen, and at the end the history is checked for
+//! linearizability, lost acknowledged writes, counter bounds and duplicated
+//! retries. The run is bounded in time and stops on its own.
+#![allow(dead_code)]
+
+use super::Cluster;
+use cairn_check::{CounterCheck, Input, Outcome, Output, Recorder};
+use cairn_proto::kv::cairn_client::CairnClient;
+use cairn_proto::kv::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const TABLE: &str = "chaos";
+/// Longest a client waits for one attempt; past it the outcome is unknown.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// Cut the leader of a random range off from the other nodes.
+    IsolateLeader,
+    /// Cut a random node off (the rest keep a majority).
+    MajorityMinority,
+    /// Two nodes cannot talk to each other; the third talks to both.
+    Bridge,
+    /// One node's packets to another are dropped; the reverse direction works.
+    OneWay,
+    /// A node drops 30% of its packets to the others.
+    Lossy,
+    /// kill -9 one node; restart it when the fault ends.
+    Kill,
+    /// kill -9 two nodes at once (quorum lost); restart them when the fault ends.
+    KillMajority,
+    /// kill -9 every node at once, as a power cut would; restart them all.
+    KillAll,
+    /// SIGSTOP one node; SIGCONT when the fault ends.
+    Pause,
+}
+
+pub const ALL_FAULTS: &[Fault] = &[
+    Fault::IsolateLeader,
+    Fault::MajorityMinority,
+    Fault::Bridge,
+    Fault::OneWay,
+    Fault::Lossy,
+    Fault::Kill,
+    Fault::KillMajority,
+    Fault::KillAll,
+    Fault::Pause,
+];
+
+pub struct ChaosConfig {
+    pub duration: Duration,
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+    /// Also split ranges and transfer leaders while faults are active.
+    pub topology_changes: bool,
+    /// Environment for every server (used by the sabotage proofs).
+    pub env: Vec<(&'static str, &'static str)>,
+    pub register_keys: usize,
+    pub register_workers: usize,
+}
+
+impl ChaosConfig {
+    /// Seed from CAIRN_CHAOS_SEED, duration from CAIRN_CHAOS_SECS, else the defaults given.
+    pub fn from_env(default_secs: u64) -> ChaosConfig {
+        let seed = std::env::var("CAIRN_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+        let secs = std::env::var("CAIRN_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_secs);
+        ChaosConfig {
+            duration: Duration::from_secs(secs),
+            seed,
+            faults: ALL_FAULTS.to_vec(),
+            topology_changes: true,
+            env: vec![],
+            register_keys: 6,
+            register_workers: 6,
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct ChaosReport {
+    pub seed: u64,
+    pub faults: BTreeMap<String, usize>,
+    pub topology: BTreeMap<String, (usize, usize)>,
+    pub ops_ok: usize,
+    pub ops_unknown: usize,
+    pub ops_failed: usize,
+    pub linearizability: String,
+    pub linearizable: bool,
+    pub acked_unique: usize,
+    pub lost: Vec<String>,
+    pub scan_problems: Vec<String>,
+    /// Why the counter check failed, if it did.
+    pub counter_error: Option<String>,
+    pub counter_figures: (i64, i64, i64),
+    pub duplicates: Vec<String>,
+    /// Why the cluster did not converge after healing, if it did not.
+    pub convergence_error: Option<String>,
+}
+
+impl ChaosReport {
+    pub fn ok(&self) -> bool {
+        self.linearizable
+            && self.lost.is_empty()
+            && self.scan_problems.is_empty()
+            && self.counter_error.is_none()
+            && self.duplicates.is_empty()
+            && self.convergence_error.is_none()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let verdict = if self.ok() { "PASS" } else { "FAIL" };
+        s += &format!("chaos run: seed {} (rerun with CAIRN_CHAOS_SEED={})\n", self.seed, self.seed);
+        s += &format!("  faults injected: {:?}\n", self.faults);
+        s += &format!("  splits / leader transfers (ok, refused): {:?}\n", self.topology);
+        s += &format!(
+            "  register operations: {} ok, {} indeterminate, {} failed\n",
+            self.ops_ok, self.ops_unknown, self.ops_failed
+        );
+        s += &format!("  linearizability: {}\n", self.linearizability);
+        s += &format!("  acknowledged unique writes: {}, lost: {}\n", self.acked_unique, first_few(&self.lost));
+        s += &format!("  scan order problems: {:?}\n", self.scan_problems);
+        let (a, t, o) = self.counter_figures;
+        s += &format!(
+            "  counter: acknowledged {a} <= observed {o} <= attempted {t}: {}\n",
+            verdict_of(&self.counter_error)
+        );
+        s += &format!("  duplicated retries: {}\n", first_few(&self.duplicates));
+        s += &format!("  convergence after healing: {}\n", verdict_of(&self.convergence_error));
+        s += &format!("  verdict: {verdict}\n");
+        s
+    }
+}
+
+/// A count and the first few items: enough to start debugging, short enough to read.
+fn first_few(items: &[String]) -> String {
+    match items.len() {
+        0 => "none".into(),
+        n => format!("{n}, first {:?}", &items[..n.min(5)]),
+    }
+}
+
+fn verdict_of(error: &Option<String>) -> String {
+    match error {
+        None => "ok".into(),
+        Some(e) => format!("FAILED: {e}"),
+    }
+}
+
+fn client_for(addr: &str) -> CairnClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    CairnClient::new(ch)
+}
+
+/// Register keys rotate: generation `g` (a few seconds of the run) uses its own
+/// slots, so each key's history stays short enough for the exhaustive
+/// linearizability search even with many operations in doubt (Jepsen's
+/// "independent keys").
+const GENERATION: Duration = Duration::from_secs(4);
+
+fn reg_key(generation: u64, slot: usize) -> String {
+    format!("r/{generation:04}/{slot}")
+}
+
+fn parse_value(found: bool, v: &[u8]) -> Option<u64> {
+    found.then(|| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX))
+}
+
+fn value_cond(v: u64) -> Option<Condition> {
+    Some(Condition { kind: Some(condition::Kind::ValueEquals(v.to_string().into_bytes())) })
+}
+
+/// One register operation against the cluster, mapped to its checker outcome.
+async fn register_op(c: &mut CairnClient<Channel>, key: &str, input: &Input) -> Outcome {
+    let table = TABLE.to_string();
+    let k = key.as_bytes().to_vec();
+    let put = |value: u64, condition| PutRequest {
+        table: table.clone(),
+        key: k.clone(),
+        value: value.to_string().into_bytes(),
+        condition,
+        request_id: vec![],
+    };
+    let del = |condition| DeleteRequest { table: table.clone(), key: k.clone(), condition, request_id: vec![] };
+    let res = match input {
+        Input::Get => {
+            tokio::time::timeout(OP_TIMEOUT, c.get(GetRequest { table: table.clone(), key: k.clone(), consistency: 0 }))
+                .await
+                .map(|r| r.map(|r| Output::Value(parse_value(r.get_ref().found, &r.get_ref().value))))
+        }
+        Input::Put(v) => tokio::time::timeout(OP_TIMEOUT, c.put(put(*v, None))).await.map(|r| r.map(|_| Output::Done)),
+        Input::PutIfAbsent(v) => {
+            let cond = Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) });
+            tokio::time::timeout(OP_TIMEOUT, c.put(put(*v, cond)))
+                .await
+                .map(|r| r.map(|r| Output::Applied(r.get_ref().succeeded)))
+        }
+        Input::PutIfValue { expected, new } => {
+            tokio::time::timeout(OP_TIMEOUT, c.put(put(*new, value_cond(*expected))))
+                .await
+                .map(|r| r.map(|r| Output::Applied(r.get_ref().succeeded)))
+        }
+        Input::Delete => tokio::time::timeout(OP_TIMEOUT, c.delete(del(None)))
+            .await
+            .map(|r| r.map(|r| Output::Deleted { existed: r.get_ref().existed })),
+        Input::DeleteIfValue { expected } => tokio::time::timeout(OP_TIMEOUT, c.delete(del(value_cond(*expected))))
+            .await
+            .map(|r| r.map(|r| Output::Applied(r.get_ref().succeeded))),
+    };
+    match res {
+        Ok(Ok(out)) => Outcome::Ok(out),
+        // A read has no effect, so a failed one is simply dropped from the history.
+        Ok(Err(_)) | Err(_) if matches!(input, Input::Get) => Outcome::Failed,
+        // Argument errors are refused before anything is proposed.
+        Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => Outcome::Failed,
+        // Anything else (unavailable, timeout) may or may not have taken effect.
+        _ => Outcome::Unknown,
+    }
+}
+
+struct Shared {
+    start: Instant,
+    rec: Recorder,
+    stop: AtomicBool,
+    acked_unique: Mutex<Vec<String>>,
+    counter: Mutex<(i64, i64)>,
+    duplicates: Mutex<Vec<String>>,
+}
+
+async fn register_worker(sh: Arc<Shared>, addr: String, worker: u64, keys: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (worker << 20));
+    let mut c = client_for(&addr);
+    let mut process = worker;
+    let mut seq = 0u64;
+    let mut seen: Vec<Option<u64>> = vec![None; keys];
+    let mut current = 0;
+    while !sh.stop.load(Ordering::Relaxed) {
+        let generation = (sh.start.elapsed().as_millis() / GENERATION.as_millis()) as u64;
+        if generation != current {
+            current = generation;
+            seen = vec![None; keys];
+        }
+        let k = rng.random_range(0..keys);
+        let key = reg_key(generation, k);
+        seq += 1;
+        let fresh = (worker + 1) * 1_000_000_000 + seq;
+        let expected = seen[k].unwrap_or(fresh - 1);
+        let input = match rng.random_range(0..100) {
+            0..40 => Input::Get,
+            40..65 => Input::Put(fresh),
+            65..82 => Input::PutIfValue { expected, new: fresh },
+            82..90 => Input::PutIfAbsent(fresh),
+            90..96 => Input::Delete,
+            _ => Input::DeleteIfValue { expected },
+        };
+        let pending = sh.rec.invoke(process, key.clone(), input);
+        let outcome = register_op(&mut c, &key, &input).await;
+        if let Outcome::Ok(Output::Value(v)) = &outcome {
+            seen[k] = *v;
+        }
+        let unknown = matches!(outcome, Outcome::Unknown);
+        sh.rec.complete(pending, outcome);
+        if unknown {
+            // A process with an operation in doubt never issues another (Jepsen's rule):
+            // carry on as a new process.
+            process += 1 << 32;
+        }
+        // A correctness workload, not a load test: a steady trickle keeps every
+        // key's history checkable while still overlapping every fault.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
+    }
+}
+
+/// Writes keys that are never overwritten; every acknowledged one must survive.
+async fn unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
+    let mut c = client_for(&addr);
+    let mut n = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("u/{worker}/{n:06}");
+        let req = PutRequest {
+            table: TABLE.into(),
+            key: key.clone().into_bytes(),
+            value: b"x".to_vec(),
+            condition: None,
+            request_id: vec![],
+        };
+        match tokio::time::timeout(OP_TIMEOUT, c.put(req)).await {
+            Ok(Ok(_)) => sh.acked_unique.lock().expect("lock").push(key),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Increments one counter by 1 with a unique request id per increment,
+/// retrying in-doubt attempts with the same id, and now and then re-sending
+/// an acknowledged one to prove the retry is not applied again.
+async fn counter_worker(sh: Arc<Shared>, addr: String, worker: u64, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xC0FFEE ^ worker);
+    let mut c = client_for(&addr);
+    let mut n = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let rid = format!("ctr-{worker}-{n}").into_bytes();
+        let req = || IncrementRequest { table: TABLE.into(), key: b"c".to_vec(), delta: 1, request_id: rid.clone() };
+        let mut result = None;
+        let mut definite_failure = false;
+        for _ in 0..3 {
+            match tokio::time::timeout(OP_TIMEOUT, c.increment(req())).await {
+                Ok(Ok(r)) => {
+                    result = Some(r.into_inner().value);
+                    break;
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => {
+                    definite_failure = true;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        {
+            let mut ctr = sh.counter.lock().expect("lock");
+            if result.is_some() {
+                ctr.0 += 1;
+            }
+            if !definite_failure {
+                ctr.1 += 1;
+            }
+        }
+        if let Some(first) = result {
+            if rng.random_range(0..5) == 0 {
+                if let Ok(Ok(again)) = tokio::time::timeout(OP_TIMEOUT, c.increment(req())).await {
+                    let again = again.into_inner().value;
+                    if again != first {
+                        sh.duplicates.lock().expect("lock").push(format!(
+                            "request {} answered {first} then {again} on retry",
+                            String::from_utf8_lossy(&rid)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Node index of the leader of a random range of the test table, if known.
+async fn some_leader(cl: &Cluster, rng: &mut StdRng) -> Option<usize> {
+    let i = rng.random_range(0..cl.nodes.len());
+    let mut c = client_for(&cl.grpc(i));
+    let s = tokio::time::timeout(OP_TIMEOUT, c.cluster_status(ClusterStatusRequest {})).await.ok()?.ok()?;
+    let leaders: Vec<u64> = s
+        .get_ref()
+        .ranges
+        .iter()
+        .filter(|r| r.table == TABLE && r.leader_node_id != 0)
+        .map(|r| r.leader_node_id)
+        .collect();
+    if leaders.is_empty() {
+        return None;
+    }
+    let id = leaders[rng.random_range(0..leaders.len())];
+    cl.nodes.iter().position(|n| n.ep.as_ref().is_some_and(|e| e.node_id == id))
+}
+
+/// What to undo when a fault ends.
+enum Undo {
+    Heal,
+    Restart(Vec<usize>),
+    Resume(usize),
+}
+
+async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
+    let n = cl.nodes.len();
+    let pick = |rng: &mut StdRng| rng.random_range(0..n);
+    let lab = cl.lab.as_ref().expect("chaos runs in a network lab");
+    match fault {
+        Fault::IsolateLeader => {
+            let l = match some_leader(cl, rng).await {
+                Some(l) => l,
+                None => pick(rng),
+            };
+            cl.lab.as_ref().expect("lab").isolate(l);
+            Undo::Heal
+        }
+        Fault::MajorityMinority => {
+            lab.isolate(pick(rng));
+            Undo::Heal
+        }
+        Fault::Bridge => {
+            let a = pick(rng);
+            let b = (a + 1 + rng.random_range(0..n - 1)) % n;
+            lab.partition(&[vec![a], vec![b]]);
+            Undo::Heal
+        }
+        Fault::OneWay => {
+            let a = pick(rng);
+            for b in (0..n).filter(|&b| b != a) {
+                lab.block(a, b);
+            }
+            Undo::Heal
+        }
+        Fault::Lossy => {
+            for i in 0..n {
+                lab.lossy(i, 30);
+            }
+            Undo::Heal
+        }
+        Fault::Kill => {
+            let i = pick(rng);
+            tokio::task::block_in_place(|| cl.kill(i));
+            Undo::Restart(vec![i])
+        }
+        Fault::KillMajority => {
+            let a = pick(rng);
+            let b = (a + 1 + rng.random_range(0..n - 1)) % n;
+            tokio::task::block_in_place(|| {
+                cl.kill(a);
+                cl.kill(b);
+            });
+            Undo::Restart(vec![a, b])
+        }
+        Fault::KillAll => {
+            tokio::task::block_in_place(|| (0..n).for_each(|i| cl.kill(i)));
+            Undo::Restart((0..n).collect())
+        }
+        Fault::Pause => {
+            let i = pick(rng);
+            cl.pause(i);
+            Undo::Resume(i)
+        }
+    }
+}
+
+fn undo(cl: &mut Cluster, u: Undo) {
+    match u {
+        Undo::Heal => cl.lab.as_ref().expect("lab").heal(),
+        Undo::Resume(i) => cl.resume(i),
+        Undo::Restart(nodes) => tokio::task::block_in_place(|| {
+            for i in nodes {
+                cl.restart(i);
+            }
+        }),
+    }
+}
+
+/// A split at a random key, or a leader transfer of a random range; errors are
+/// expected while faults are active and only counted.
+async fn topology_change(cl: &Cluster, rng: &mut StdRng, out: &mut BTreeMap<String, (usize, usize)>) {
+    let i = rng.random_range(0..cl.nodes.len());
+    let mut c = client_for(&cl.grpc(i));
+    let (what, ok) = if rng.random_bool(0.5) {
+        let key = if rng.random_bool(0.5) {
+            format!("r/{:04}", rng.random_range(1..20))
+        } else {
+            format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..2000))
+        };
+        let req = SplitRangeRequest { table: TABLE.into(), key: key.into_bytes() };
+        ("split", matches!(tokio::time::timeout(Duration::from_secs(5), c.split_range(req)).await, Ok(Ok(_))))
+    } else {
+        let status = tokio::time::timeout(OP_TIMEOUT, c.cluster_status(ClusterStatusRequest {})).await;
+        let ranges: Vec<RangeStatus> = match status {
+            Ok(Ok(s)) => s.into_inner().ranges.into_iter().filter(|r| r.table == TABLE).collect(),
+            _ => vec![],
+        };
+        let ok = if ranges.is_empty() {
+            false
+        } else {
+            let r = &ranges[rng.random_range(0..ranges.len())];
+            let to = r.replicas[rng.random_range(0..r.replicas.len())].node_id;
+            let req = TransferLeaderRequest { range_id: r.id, node_id: to };
+            matches!(tokio::time::timeout(Duration::from_secs(5), c.transfer_leader(req)).await, Ok(Ok(_)))
+        };
+        ("transfer-leader", ok)
+    };
+    let e = out.entry(what.to_string()).or_default();
+    if ok {
+        e.0 += 1;
+    } else {
+        e.1 += 1;
+    }
+}
+
+/// Waits until every node answers a linearizable read: routing has converged.
+async fn converge(cl: &Cluster, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    for i in 0..cl.nodes.len() {
+        let mut c = client_for(&cl.grpc(i));
+        loop {
+            let req = GetRequest { table: TABLE.into(), key: reg_key(0, 0).into_bytes(), consistency: 0 };
+            match tokio::time::timeout(OP_TIMEOUT, c.get(req)).await {
+                Ok(Ok(_)) => break,
+                other if Instant::now() > deadline => {
+                    return Err(format!("node {} still failing reads after healing: {other:?}\n{}", i + 1, cl.log(i)))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the whole scenario on a fresh 3-node cluster in network namespaces.
+pub async fn run(cfg: ChaosConfig) -> ChaosReport {
+    let mut report = ChaosReport { seed: cfg.seed, ..Default::default() };
+    eprintln!("chaos: seed {} for {:?} (CAIRN_CHAOS_SEED / CAIRN_CHAOS_SECS)", cfg.seed, cfg.duration);
+    let mut cl = Cluster::start_netlab(3, &["--raft-log-gc-threshold", "300"], &cfg.env).await;
+    let n = cl.nodes.len();
+    let mut admin = cl.client(0).await;
+    super::create_table(&mut admin, TABLE, &[]).await;
+
+    let sh = Arc::new(Shared {
+        start: Instant::now(),
+        rec: Recorder::new(),
+        stop: AtomicBool::new(false),
+        acked_unique: Mutex::new(vec![]),
+        counter: Mutex::new((0, 0)),
+        duplicates: Mutex::new(vec![]),
+    });
+    let mut tasks = Vec::new();
+    for w in 0..cfg.register_workers as u64 {
+        let addr = cl.grpc(w as usize % n);
+        tasks.push(tokio::spawn(register_worker(sh.clone(), addr, w, cfg.register_keys, cfg.seed)));
+    }
+    for w in 0..2u64 {
+        tasks.push(tokio::spawn(unique_writer(sh.clone(), cl.grpc((w as usize + 1) % n), w)));
+        tasks.push(tokio::spawn(counter_worker(sh.clone(), cl.grpc((w as usize + 2) % n), w, cfg.seed)));
+    }
+
+    // The nemesis: fault, hold, heal, rest; never past the end of the run.
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let start = Instant::now();
+    let end = start + cfg.duration;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while !cfg.faults.is_empty() && Instant::now() + Duration::from_secs(6) < end {
+        let fault = cfg.faults[rng.random_range(0..cfg.faults.len())];
+        let u = inject(&mut cl, fault, &mut rng).await;
+        *report.faults.entry(format!("{fault:?}")).or_default() += 1;
+        if cfg.topology_changes && rng.random_bool(0.6) {
+            topology_change(&cl, &mut rng, &mut report.topology).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2000..5000))).await;
+        undo(&mut cl, u);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
+    }
+    if let Some(left) = end.checked_duration_since(Instant::now()) {
+        tokio::time::sleep(left).await;
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // Heal everything, then read the final state through the recorder too.
+    cl.lab.as_ref().expect("lab").heal();
+    for i in 0..n {
+        if cl.nodes[i].child.is_some() {
+            cl.resume(i);
+        } else {
+            tokio::task::block_in_place(|| cl.restart(i));
+        }
+    }
+    report.convergence_error = converge(&cl, Duration::from_secs(60)).await.err();
+    let mut fin = client_for(&cl.grpc(0));
+    let generations = (sh.start.elapsed().as_millis() / GENERATION.as_millis()) as u64;
+    for g in 0..=generations {
+        for k in 0..cfg.register_keys {
+            let p = sh.rec.invoke(u64::MAX - k as u64, reg_key(g, k), Input::Get);
+            let out = register_op(&mut fin, &reg_key(g, k), &Input::Get).await;
+            sh.rec.complete(p, out);
+        }
+    }
+
+    let ops = sh.rec.operations();
+    for op in &ops {
+        match op.outcome {
+            Outcome::Ok(_) => report.ops_ok += 1,
+            Outcome::Unknown => report.ops_unknown += 1,
+            Outcome::Failed => report.ops_failed += 1,
+        }
+    }
+    let lin = cairn_check::check(&ops, Duration::from_secs(120));
+    report.linearizable = lin.is_ok();
+    report.linearizability = lin.to_string();
+
+    // Every acknowledged unique key must be in a full scan, in order, once.
+    let acked = sh.acked_unique.lock().expect("lock").clone();
+    report.acked_unique = acked.len();
+    let mut scan_client = cl.client(1).await;
+    match super::scan_all(&mut scan_client, TABLE, 500).await {
+        Ok(rows) => {
+            let keys: Vec<String> = rows.into_iter().map(|(k, _)| k).collect();
+            if keys.windows(2).any(|w| w[0] >= w[1]) {
+                report.scan_problems.push("scan returned keys out of order or twice".into());
+            }
+            let present: BTreeSet<String> = keys.into_iter().collect();
+            report.lost = cairn_check::lost_writes(acked, &present);
+        }
+        Err(e) => report.scan_problems.push(format!("final scan failed: {e}")),
+    }
+
+    let (acknowledged, attempted) = *sh.counter.lock().expect("lock");
+    let observed = match super::get(&mut scan_client, TABLE, "c").await {
+        Ok(v) => v.and_then(|s| s.parse().ok()).unwrap_or(0),
+        Err(e) => {
+            report.counter_error = Some(format!("final counter read failed: {e}"));
+            -1
+        }
+    };
+    report.counter_figures = (acknowledged, attempted, observed);
+    if observed >= 0 {
+        report.counter_error = CounterCheck { acknowledged, attempted, observed }.verdict().err();
+    }
+    report.duplicates = sh.duplicates.lock().expect("lock").clone();
+    if !report.ok() {
+        for i in 0..n {
+            eprintln!("--- node {} log tail ---\n{}", i + 1, cl.log(i));
+        }
+    }
+    report
+}

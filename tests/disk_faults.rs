@@ -1,0 +1,80 @@
+//! Disk faults: a failing fsync stops the node (fail-stop) instead of being
+//! retried or ignored, and no write it took part in is acknowledged and lost.
+//!
+//! Run with `cargo test --features fault-injection --test disk_faults`.
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsync_error_stops_the_node_and_loses_no_acknowledged_write() {
+    let _g = serial().await;
+    let mut cl = Cluster::start(3, &[]).await;
+    let mut c0 = cl.client(0).await;
+    create_table(&mut c0, "d", &[]).await;
+
+    // Node 2 comes back with a disk whose fsync fails after 100 synced writes.
+    cl.kill(1);
+    cl.restart_with_env(1, &[("CAIRN_DISK_FAULT", "fsync-error-after:100")]);
+    let mut clients = [cl.client(0).await, cl.client(1).await, cl.client(2).await];
+
+    let mut acked = Vec::new();
+    let mut died_at = None;
+    let mut acked_after_death = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "node 2 never hit its fsync fault (or writes stalled)\n{}", cl.log(1));
+        if died_at.is_none() {
+            if let Some(status) = cl.exited(1) {
+                died_at = Some(acked.len());
+                assert_eq!(status.signal(), Some(libc_sigabrt()), "fail-stop aborts the process: {status:?}");
+            }
+        }
+        if died_at.is_some() && acked_after_death >= 100 {
+            break;
+        }
+        let key = format!("k{n:06}");
+        // Through every node, including the failing one while it lives.
+        let c = &mut clients[n % 3];
+        let put = tokio::time::timeout(Duration::from_secs(5), put(c, "d", &key, "v")).await;
+        if let Ok(Ok(_)) = put {
+            acked.push(key);
+            if died_at.is_some() {
+                acked_after_death += 1;
+            }
+        }
+    }
+    let log = cl.full_log(1);
+    assert!(
+        log.contains("FATAL storage failure during synced write: injected fsync error"),
+        "the node names the failure before stopping:\n{}",
+        cl.log(1)
+    );
+    assert!(died_at.unwrap_or(0) > 0, "writes were acknowledged before the fault");
+
+    // Restarted on a healthy disk, the node catches up and every acknowledged write is there.
+    cl.restart(1);
+    let mut c1 = cl.client(1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for key in &acked {
+        loop {
+            match get(&mut c1, "d", key).await {
+                Ok(Some(_)) => break,
+                Ok(None) => panic!("acknowledged write {key} lost after the fsync failure"),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "restarted node not serving: {e}\n{}", cl.log(1));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    println!("fsync fault: {} writes acknowledged, node 2 stopped after {:?}", acked.len(), died_at);
+}
+
+fn libc_sigabrt() -> i32 {
+    nix::sys::signal::Signal::SIGABRT as i32
+}
