@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
 export CAIRN_CHAOS_SECS="${1:-600}"
-exec cargo test --test chaos -- --nocapture
+exec cargo test --features fault-injection --test chaos -- --nocapture

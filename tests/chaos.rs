@@ -1,6 +1,11 @@
 //! Process-level chaos: real servers in network namespaces under partitions,
 //! kills, pauses and packet loss, with splits and leader transfers on top.
 //! A short run is part of the test suite; `scripts/chaos.sh SECS` runs a long one.
+//!
+//! Needs a `fault-injection` build (for clock jumps; no sabotage is active):
+//! `cargo test --features fault-injection --test chaos`.
+#![cfg(feature = "fault-injection")]
+
 mod common;
 
 use common::chaos::{self, ChaosConfig};

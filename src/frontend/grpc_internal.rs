@@ -3,6 +3,7 @@
 
 use crate::gateway::Gateway;
 use crate::meta::{self, registry};
+use crate::peer;
 use crate::raftstore::transport::{Transport, MAX_SNAPSHOT_BYTES};
 use crate::raftstore::{executor, StoreMsg};
 use cairn_proto::internal::internal_server::Internal;
@@ -25,23 +26,13 @@ impl InternalService {
     /// Hands a Raft batch to the store. The outer error rejects the sender (wrong
     /// cluster); the inner one says the store's queue was full.
     fn accept_batch(&self, b: RaftBatch) -> Result<Result<(), RangeError>, Status> {
-        self.check_cluster(&b.cluster_id)?;
+        peer::check_batch(self.transport.cluster_id(), &b).map_err(Status::permission_denied)?;
         self.transport.mark_seen(b.from_node);
         self.gw.book.learn(b.from_node, &b.from_addr);
         if b.envelopes.is_empty() {
             return Ok(Ok(()));
         }
         Ok(self.gw.store.send(StoreMsg::Raft { from_node: b.from_node, envelopes: b.envelopes }))
-    }
-
-    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
-        if cluster_id != self.transport.cluster_id() {
-            return Err(Status::permission_denied(format!(
-                "message from cluster {cluster_id:?}; this node belongs to {:?}",
-                self.transport.cluster_id()
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -70,22 +61,13 @@ impl Internal for InternalService {
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        self.check_cluster(&first.cluster_id)?;
-        let total = first.total_len as usize;
-        if total > MAX_SNAPSHOT_BYTES {
-            return Err(Status::resource_exhausted(format!("snapshot of {total} bytes exceeds {MAX_SNAPSHOT_BYTES}")));
-        }
-        let mut data = Vec::with_capacity(total);
-        data.extend_from_slice(&first.data);
+        peer::check_cluster(self.transport.cluster_id(), &first.cluster_id).map_err(Status::permission_denied)?;
+        let mut snapshot =
+            peer::SnapshotReassembly::start(first, MAX_SNAPSHOT_BYTES).map_err(Status::resource_exhausted)?;
         while let Some(c) = stream.message().await? {
-            if data.len() + c.data.len() > total {
-                return Err(Status::invalid_argument("snapshot stream longer than announced"));
-            }
-            data.extend_from_slice(&c.data);
+            snapshot.push(&c.data).map_err(Status::invalid_argument)?;
         }
-        if data.len() != total {
-            return Err(Status::invalid_argument("snapshot stream shorter than announced"));
-        }
+        let (first, data) = snapshot.finish().map_err(Status::invalid_argument)?;
         self.transport.mark_seen(first.from_node);
         let envelope = RaftEnvelope {
             range_id: first.range_id,

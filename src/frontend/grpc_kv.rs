@@ -4,12 +4,12 @@
 
 use crate::gateway::scan::{self, ScanParams};
 use crate::gateway::{admin, new_request_id, Gateway, Target};
-use crate::hlc::Version;
 use crate::keys;
 use crate::meta::{self, catalog, registry};
+use crate::request;
 use cairn_proto::internal::{
-    mutation, raft_command, range_request, Increment, Mutation, MutationResult, RaftCommand, RangeDescriptor,
-    RangeRecord, RangeRequest, ReadRequest, TableInfo, WriteBatch,
+    raft_command, range_request, Mutation, MutationResult, RaftCommand, RangeDescriptor, RangeRecord, RangeRequest,
+    ReadRequest, TableInfo, WriteBatch,
 };
 use cairn_proto::kv::cairn_server::Cairn;
 use cairn_proto::kv::*;
@@ -25,14 +25,6 @@ pub struct KvService {
 
 fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-fn encode_key(t: &TableInfo, user_key: &[u8]) -> Vec<u8> {
-    if catalog::is_hashed(t) {
-        keys::encode_hash_key(t.id, user_key)
-    } else {
-        keys::encode_range_key(t.id, user_key)
-    }
 }
 
 fn epoch_of(rec: &RangeRecord) -> Option<cairn_proto::internal::RangeEpoch> {
@@ -80,44 +72,7 @@ impl KvService {
 
     /// Converts client ops into mutations, validating every limit first.
     fn mutations(&self, t: &TableInfo, ops: Vec<WriteOp>) -> Result<Vec<Mutation>, Status> {
-        let l = &self.gw.limits;
-        let total: usize = ops
-            .iter()
-            .map(|o| match &o.op {
-                Some(write_op::Op::Put(p)) => p.key.len() + p.value.len(),
-                Some(write_op::Op::Delete(d)) => d.key.len(),
-                None => 0,
-            })
-            .sum();
-        l.check_batch(ops.len(), total).map_err(invalid)?;
-        let mut out = Vec::with_capacity(ops.len());
-        for (i, o) in ops.into_iter().enumerate() {
-            let m = match o.op {
-                Some(write_op::Op::Put(p)) => {
-                    l.check_key(&p.key).map_err(|e| invalid(format!("op {i}: {e}")))?;
-                    l.check_value(&p.value).map_err(|e| invalid(format!("op {i}: {e}")))?;
-                    Mutation {
-                        key: encode_key(t, &p.key),
-                        condition: p.condition,
-                        op: Some(mutation::Op::Put(p.value)),
-                    }
-                }
-                Some(write_op::Op::Delete(d)) => {
-                    l.check_key(&d.key).map_err(|e| invalid(format!("op {i}: {e}")))?;
-                    Mutation {
-                        key: encode_key(t, &d.key),
-                        condition: d.condition,
-                        op: Some(mutation::Op::Delete(true)),
-                    }
-                }
-                None => return Err(invalid(format!("op {i} has neither put nor delete"))),
-            };
-            if let Some(c) = &m.condition {
-                check_condition(c).map_err(|e| invalid(format!("op {i}: {e}")))?;
-            }
-            out.push(m);
-        }
-        Ok(out)
+        request::to_mutations(&self.gw.limits, t, ops).map_err(invalid)
     }
 
     /// Applies mutations, atomically per range; results in input order.
@@ -191,7 +146,7 @@ impl KvService {
             )));
         }
         let calls = user_keys.iter().map(|k| {
-            let key = encode_key(t, k);
+            let key = request::encode_key(t, k);
             async move {
                 let resp = self
                     .gw
@@ -211,39 +166,7 @@ impl KvService {
     }
 }
 
-fn check_condition(c: &Condition) -> Result<(), String> {
-    match &c.kind {
-        Some(condition::Kind::IfAbsent(false)) | Some(condition::Kind::IfPresent(false)) => {
-            Err("condition if_absent/if_present must be true when set".into())
-        }
-        _ => Ok(()),
-    }
-}
-
 type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanResponse, Status>> + Send>>;
-
-const TOKEN_FORMAT: u8 = 1;
-
-fn encode_token(table_id: u32, version: Version, next_key: &[u8]) -> Vec<u8> {
-    let mut t = vec![TOKEN_FORMAT];
-    t.extend_from_slice(&table_id.to_be_bytes());
-    t.extend_from_slice(&version.to_bytes());
-    t.extend_from_slice(next_key);
-    t
-}
-
-fn decode_token(token: &[u8], table_id: u32) -> Result<(Version, Vec<u8>), Status> {
-    let bad = || invalid("page_token is malformed");
-    if token.len() < 21 || token[0] != TOKEN_FORMAT {
-        return Err(bad());
-    }
-    let tid = u32::from_be_bytes(token[1..5].try_into().map_err(|_| bad())?);
-    if tid != table_id {
-        return Err(invalid("page_token belongs to another table"));
-    }
-    let v = Version::from_bytes(&token[5..21]).ok_or_else(bad)?;
-    Ok((v, token[21..].to_vec()))
-}
 
 #[tonic::async_trait]
 impl Cairn for KvService {
@@ -315,12 +238,7 @@ impl Cairn for KvService {
         let r = req.into_inner();
         let t = catalog::get(&self.gw, &r.table).await?;
         let rid = self.check_request_id(&r.request_id)?;
-        self.gw.limits.check_key(&r.key).map_err(invalid)?;
-        let m = Mutation {
-            key: encode_key(&t, &r.key),
-            condition: None,
-            op: Some(mutation::Op::Increment(Increment { delta: r.delta, min: None, max: None })),
-        };
+        let m = request::increment_mutation(&self.gw.limits, &t, &r.key, r.delta).map_err(invalid)?;
         let res = self.write(vec![m], rid).await?;
         match res.first() {
             Some(m) if m.succeeded => Ok(Response::new(IncrementResponse { value: m.counter, version: m.version })),
@@ -346,49 +264,14 @@ impl Cairn for KvService {
         let r = req.into_inner();
         let t = catalog::get(&self.gw, &r.table).await?;
         let hashed = catalog::is_hashed(&t);
-        let l = &self.gw.limits;
-        for (what, k) in [("prefix", &r.prefix), ("start", &r.start), ("end", &r.end)] {
-            if k.len() > l.max_key_bytes {
-                return Err(invalid(format!(
-                    "{what} is {} bytes; the key size limit is {} bytes",
-                    k.len(),
-                    l.max_key_bytes
-                )));
-            }
-        }
-        if !r.prefix.is_empty() && (!r.start.is_empty() || !r.end.is_empty()) {
-            return Err(invalid("give either prefix or start/end, not both"));
-        }
-        if hashed && (!r.prefix.is_empty() || !r.start.is_empty() || !r.end.is_empty()) {
-            return Err(invalid(
-                "ordered scans by prefix or bounds need a RANGE table; HASH tables scan whole, in slot order",
-            ));
-        }
-        let (mut start, end) = if !r.prefix.is_empty() {
-            let s = keys::encode_range_key(t.id, &r.prefix);
-            let e = keys::prefix_end(&s);
-            (s, e)
-        } else {
-            let s = if r.start.is_empty() { keys::table_prefix(t.id) } else { keys::encode_range_key(t.id, &r.start) };
-            let e = if r.end.is_empty() { keys::table_end(t.id) } else { keys::encode_range_key(t.id, &r.end) };
-            (s, e)
-        };
-        let mut resume_version = None;
-        if !r.page_token.is_empty() {
-            let (v, next) = decode_token(&r.page_token, t.id)?;
-            if next < start || (!end.is_empty() && next > end) {
-                return Err(invalid("page_token is outside the scanned bounds"));
-            }
-            start = next;
-            resume_version = Some(v);
-        }
+        let bounds = request::scan_bounds(&self.gw.limits, &t, &r).map_err(invalid)?;
         let params = ScanParams {
-            start,
-            end,
+            start: bounds.start,
+            end: bounds.end,
             limit: r.limit as usize,
             page_size: r.page_size,
             keys_only: r.keys_only,
-            resume_version,
+            resume_version: bounds.resume_version,
         };
         let mut rx = scan::scan(self.gw.clone(), params);
         let table_id = t.id;
@@ -404,7 +287,10 @@ impl Cairn for KvService {
                             version: p.version,
                         })
                         .collect(),
-                    next_page_token: b.next_key.map(|k| encode_token(table_id, b.read_version, &k)).unwrap_or_default(),
+                    next_page_token: b
+                        .next_key
+                        .map(|k| request::encode_token(table_id, b.read_version, &k))
+                        .unwrap_or_default(),
                 });
                 if tx.send(msg).await.is_err() {
                     return;

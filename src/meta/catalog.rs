@@ -15,9 +15,7 @@ pub const MAX_HASH_RANGES: u32 = 1024;
 /// Largest number of pre-split keys for a range table.
 pub const MAX_SPLIT_KEYS: usize = 1024;
 
-pub fn is_hashed(t: &TableInfo) -> bool {
-    t.partitioning == Partitioning::Hash as i32
-}
+pub use crate::request::is_hashed;
 
 /// Looks a table up (cache first). Dropped or unknown tables are NotFound.
 pub async fn get(gw: &Gateway, name: &str) -> Result<TableInfo, Status> {

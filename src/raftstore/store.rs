@@ -248,17 +248,13 @@ impl Store {
     }
 
     fn step_envelope(&mut self, from_node: u64, env: RaftEnvelope, is_snapshot: bool) {
-        let msg = match Message::decode(env.message.as_slice()) {
+        let msg = match crate::peer::decode_raft_message(self.node_id, from_node, &env) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(from_node, "dropping undecodable raft message: {e}");
+                tracing::warn!(from_node, "dropping {e}");
                 return;
             }
         };
-        if msg.to != self.node_id || msg.from != from_node {
-            tracing::warn!(from_node, to = msg.to, "dropping misaddressed raft message");
-            return;
-        }
         let range_id = env.range_id;
         if !self.replicas.contains_key(&range_id) && !self.maybe_create(&env, &msg) {
             return;

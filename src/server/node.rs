@@ -128,6 +128,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let data_dir = cfg.data_dir.clone().context("data_dir is required")?;
+    crate::clock_fault::watch(data_dir.clone());
     let engine = Arc::new(Engine::open(&data_dir.join("db"))?);
     let grpc_listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let http_listener =

@@ -42,6 +42,9 @@ pub enum Fault {
     KillAll,
     /// SIGSTOP one node; SIGCONT when the fault ends.
     Pause,
+    /// Step one node's wall clock up to 90 s forwards or backwards; step it
+    /// back when the fault ends (needs a `fault-injection` build).
+    ClockJump,
 }
 
 pub const ALL_FAULTS: &[Fault] = &[
@@ -54,6 +57,7 @@ pub const ALL_FAULTS: &[Fault] = &[
     Fault::KillMajority,
     Fault::KillAll,
     Fault::Pause,
+    Fault::ClockJump,
 ];
 
 pub struct ChaosConfig {
@@ -121,7 +125,7 @@ impl ChaosReport {
         let verdict = if self.ok() { "PASS" } else { "FAIL" };
         s += &format!("chaos run: seed {} (rerun with CAIRN_CHAOS_SEED={})\n", self.seed, self.seed);
         s += &format!("  faults injected: {:?}\n", self.faults);
-        s += &format!("  splits / leader transfers (ok, refused): {:?}\n", self.topology);
+        s += &format!("  splits, leader transfers, replica moves (ok, refused): {:?}\n", self.topology);
         s += &format!(
             "  register operations: {} ok, {} indeterminate, {} failed\n",
             self.ops_ok, self.ops_unknown, self.ops_failed
@@ -377,6 +381,7 @@ async fn some_leader(cl: &Cluster, rng: &mut StdRng) -> Option<usize> {
 /// What to undo when a fault ends.
 enum Undo {
     Heal,
+    ClockBack(usize),
     Restart(Vec<usize>),
     Resume(usize),
 }
@@ -440,11 +445,24 @@ async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
             cl.pause(i);
             Undo::Resume(i)
         }
+        Fault::ClockJump => {
+            let i = pick(rng);
+            let ms = rng.random_range(1_000..90_000i64) * if rng.random_bool(0.5) { 1 } else { -1 };
+            set_clock_offset(cl, i, ms);
+            Undo::ClockBack(i)
+        }
     }
+}
+
+/// The server polls this file (see src/clock_fault.rs).
+fn set_clock_offset(cl: &Cluster, i: usize, ms: i64) {
+    let path = cl.nodes[i].dir.join("fault-clock-offset-ms");
+    std::fs::write(&path, ms.to_string()).expect("write clock offset");
 }
 
 fn undo(cl: &mut Cluster, u: Undo) {
     match u {
+        Undo::ClockBack(i) => set_clock_offset(cl, i, 0),
         Undo::Heal => cl.lab.as_ref().expect("lab").heal(),
         Undo::Resume(i) => cl.resume(i),
         Undo::Restart(nodes) => tokio::task::block_in_place(|| {
@@ -460,7 +478,8 @@ fn undo(cl: &mut Cluster, u: Undo) {
 async fn topology_change(cl: &Cluster, rng: &mut StdRng, out: &mut BTreeMap<String, (usize, usize)>) {
     let i = rng.random_range(0..cl.nodes.len());
     let mut c = client_for(&cl.grpc(i));
-    let (what, ok) = if rng.random_bool(0.5) {
+    let choice = rng.random_range(0..3);
+    let (what, ok) = if choice == 0 {
         let key = if rng.random_bool(0.5) {
             format!("r/{:04}", rng.random_range(1..20))
         } else {
@@ -469,6 +488,7 @@ async fn topology_change(cl: &Cluster, rng: &mut StdRng, out: &mut BTreeMap<Stri
         let req = SplitRangeRequest { table: TABLE.into(), key: key.into_bytes() };
         ("split", matches!(tokio::time::timeout(Duration::from_secs(5), c.split_range(req)).await, Ok(Ok(_))))
     } else {
+        let move_replica = choice == 2;
         let status = tokio::time::timeout(OP_TIMEOUT, c.cluster_status(ClusterStatusRequest {})).await;
         let ranges: Vec<RangeStatus> = match status {
             Ok(Ok(s)) => s.into_inner().ranges.into_iter().filter(|r| r.table == TABLE).collect(),
@@ -478,11 +498,19 @@ async fn topology_change(cl: &Cluster, rng: &mut StdRng, out: &mut BTreeMap<Stri
             false
         } else {
             let r = &ranges[rng.random_range(0..ranges.len())];
-            let to = r.replicas[rng.random_range(0..r.replicas.len())].node_id;
-            let req = TransferLeaderRequest { range_id: r.id, node_id: to };
-            matches!(tokio::time::timeout(Duration::from_secs(5), c.transfer_leader(req)).await, Ok(Ok(_)))
+            let node_id = r.replicas[rng.random_range(0..r.replicas.len())].node_id;
+            let deadline = Duration::from_secs(5);
+            if move_replica {
+                // With three nodes a replica can only move out and back: the controller
+                // re-adds it (learner, snapshot, promotion) onto the node it just left.
+                let req = ChangeReplicaRequest { range_id: r.id, node_id };
+                matches!(tokio::time::timeout(deadline, c.remove_replica(req)).await, Ok(Ok(_)))
+            } else {
+                let req = TransferLeaderRequest { range_id: r.id, node_id };
+                matches!(tokio::time::timeout(deadline, c.transfer_leader(req)).await, Ok(Ok(_)))
+            }
         };
-        ("transfer-leader", ok)
+        (if move_replica { "move-replica" } else { "transfer-leader" }, ok)
     };
     let e = out.entry(what.to_string()).or_default();
     if ok {

@@ -1,0 +1,140 @@
+//! What a node checks in traffic from a peer before any of it reaches a Raft
+//! group: the cluster id, the size of a batch, the addressing of each Raft
+//! message, and the reassembly of a streamed snapshot. Pure, so that the fuzz
+//! targets drive exactly the code the internal service runs.
+//!
+//! Raft itself (raft-rs) trusts the *meaning* of well-formed messages from
+//! group members, as every crash-fault-tolerant Raft does; these checks keep
+//! malformed, misaddressed or oversized input out.
+
+use cairn_proto::internal::{RaftBatch, RaftEnvelope, SnapshotChunk};
+use prost011::Message as _;
+use raft::eraftpb::Message;
+
+/// Most envelopes one batch may carry (a sender batches per turn of its loop).
+pub const MAX_ENVELOPES_PER_BATCH: usize = 65_536;
+
+/// Bytes reserved up front for a snapshot, whatever size it announces: the
+/// buffer grows with data actually received, so a lying sender cannot make a
+/// node allocate memory it never fills.
+const SNAPSHOT_PREALLOC: usize = 4 << 20;
+
+pub fn check_cluster(ours: &str, theirs: &str) -> Result<(), String> {
+    if ours != theirs {
+        return Err(format!("message from cluster {theirs:?}; this node belongs to {ours:?}"));
+    }
+    Ok(())
+}
+
+/// Checks a batch's envelope count (the transport's message size cap bounds its bytes).
+pub fn check_batch(ours: &str, b: &RaftBatch) -> Result<(), String> {
+    check_cluster(ours, &b.cluster_id)?;
+    if b.from_node == 0 {
+        return Err("raft batch without a sender node id".into());
+    }
+    if b.envelopes.len() > MAX_ENVELOPES_PER_BATCH {
+        return Err(format!("raft batch of {} envelopes exceeds {MAX_ENVELOPES_PER_BATCH}", b.envelopes.len()));
+    }
+    Ok(())
+}
+
+/// Decodes the Raft message of an envelope and checks that it is from the
+/// node that sent the batch and to this node.
+pub fn decode_raft_message(local_node: u64, from_node: u64, env: &RaftEnvelope) -> Result<Message, String> {
+    let msg = Message::decode(env.message.as_slice()).map_err(|e| format!("undecodable raft message: {e}"))?;
+    if msg.to != local_node || msg.from != from_node {
+        return Err(format!(
+            "misaddressed raft message: from {} to {} on a link from {from_node} to {local_node}",
+            msg.from, msg.to
+        ));
+    }
+    Ok(msg)
+}
+
+/// A snapshot arriving in chunks: the first announces the total length, and
+/// the stream must deliver exactly that many bytes.
+#[derive(Debug)]
+pub struct SnapshotReassembly {
+    pub first: SnapshotChunk,
+    total: usize,
+    data: Vec<u8>,
+}
+
+impl SnapshotReassembly {
+    pub fn start(mut first: SnapshotChunk, max_bytes: usize) -> Result<SnapshotReassembly, String> {
+        let total = usize::try_from(first.total_len).unwrap_or(usize::MAX);
+        if total > max_bytes {
+            return Err(format!("snapshot of {total} bytes exceeds {max_bytes}"));
+        }
+        let mut data = Vec::with_capacity(total.min(SNAPSHOT_PREALLOC));
+        let chunk = std::mem::take(&mut first.data);
+        let mut r = SnapshotReassembly { first, total, data: Vec::new() };
+        if chunk.len() > total {
+            return Err("snapshot stream longer than announced".into());
+        }
+        data.extend_from_slice(&chunk);
+        r.data = data;
+        Ok(r)
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
+        if self.data.len().saturating_add(chunk.len()) > self.total {
+            return Err("snapshot stream longer than announced".into());
+        }
+        self.data.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The whole snapshot message, once exactly the announced bytes arrived.
+    pub fn finish(self) -> Result<(SnapshotChunk, Vec<u8>), String> {
+        if self.data.len() != self.total {
+            return Err(format!(
+                "snapshot stream shorter than announced ({} of {} bytes)",
+                self.data.len(),
+                self.total
+            ));
+        }
+        Ok((self.first, self.data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(from: u64, to: u64) -> RaftEnvelope {
+        let msg = Message { from, to, ..Default::default() };
+        RaftEnvelope { message: msg.encode_to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn raft_messages_must_be_addressed_along_the_link() {
+        assert!(decode_raft_message(2, 1, &envelope(1, 2)).is_ok());
+        assert!(decode_raft_message(2, 1, &envelope(3, 2)).unwrap_err().contains("misaddressed"));
+        assert!(decode_raft_message(2, 1, &envelope(1, 4)).unwrap_err().contains("misaddressed"));
+        let junk = RaftEnvelope { message: vec![0xff; 9], ..Default::default() };
+        assert!(decode_raft_message(2, 1, &junk).unwrap_err().contains("undecodable"));
+    }
+
+    #[test]
+    fn snapshots_deliver_exactly_the_announced_bytes() {
+        let first = SnapshotChunk { total_len: 5, data: b"ab".to_vec(), ..Default::default() };
+        let mut r = SnapshotReassembly::start(first.clone(), 10).unwrap();
+        r.push(b"cde").unwrap();
+        assert_eq!(r.finish().unwrap().1, b"abcde");
+        let mut r = SnapshotReassembly::start(first.clone(), 10).unwrap();
+        assert!(r.push(b"cdef").unwrap_err().contains("longer"));
+        let r = SnapshotReassembly::start(first.clone(), 10).unwrap();
+        assert!(r.finish().unwrap_err().contains("shorter"));
+        let huge = SnapshotChunk { total_len: u64::MAX, ..first };
+        assert!(SnapshotReassembly::start(huge, 10).unwrap_err().contains("exceeds"));
+    }
+
+    #[test]
+    fn batches_name_their_cluster_and_sender() {
+        let b = RaftBatch { from_node: 1, cluster_id: "a".into(), ..Default::default() };
+        assert!(check_batch("a", &b).is_ok());
+        assert!(check_batch("b", &b).unwrap_err().contains("cluster"));
+        assert!(check_batch("a", &RaftBatch { from_node: 0, ..b }).unwrap_err().contains("sender"));
+    }
+}

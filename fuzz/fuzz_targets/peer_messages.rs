@@ -1,0 +1,51 @@
+//! Traffic from a peer, as the internal service receives it: Raft batches
+//! (cluster id, envelope count, addressing, Raft message decoding) and
+//! streamed snapshots (chunk reassembly against the announced length, then
+//! decoding of the snapshot payload). Nothing may panic or over-allocate.
+#![no_main]
+
+use cairn_core::peer;
+use cairn_proto::internal::{RaftBatch, SnapshotChunk, SnapshotData};
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+
+const MAX_SNAPSHOT: usize = 1 << 20;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else { return };
+    if selector % 2 == 0 {
+        let Ok(batch) = RaftBatch::decode(body) else { return };
+        if peer::check_batch("cluster", &batch).is_err() {
+            return;
+        }
+        for env in &batch.envelopes {
+            if let Ok(msg) = peer::decode_raft_message(1, batch.from_node, env) {
+                assert_eq!((msg.from, msg.to), (batch.from_node, 1));
+            }
+        }
+    } else {
+        // Frames: u16 length, then a SnapshotChunk.
+        let mut frames = Vec::new();
+        let mut rest = body;
+        while rest.len() >= 2 {
+            let n = (u16::from_le_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);
+            frames.push(&rest[2..2 + n]);
+            rest = &rest[2 + n..];
+        }
+        let mut chunks = frames.into_iter().filter_map(|f| SnapshotChunk::decode(f).ok());
+        let Some(first) = chunks.next() else { return };
+        let Ok(mut snap) = peer::SnapshotReassembly::start(first, MAX_SNAPSHOT) else { return };
+        for c in chunks {
+            if snap.push(&c.data).is_err() {
+                return;
+            }
+        }
+        if let Ok((_, bytes)) = snap.finish() {
+            assert!(bytes.len() <= MAX_SNAPSHOT);
+            use prost011::Message as _;
+            if let Ok(msg) = raft::eraftpb::Message::decode(bytes.as_slice()) {
+                let _ = SnapshotData::decode(msg.get_snapshot().get_data());
+            }
+        }
+    }
+});
