@@ -365,6 +365,39 @@ async fn retried_request_id_applies_once() {
     assert_eq!(get(&mut c, "id", "ctr").await.unwrap(), Some("3".into()), "failed increments wrote nothing");
 }
 
+/// A retry that arrives after the key's range split must still find the first
+/// attempt's answer, now in the right-hand range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_request_id_applies_once_across_a_split() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "ids", &[]).await;
+    let incr = |rid: &'static [u8]| IncrementRequest {
+        table: "ids".into(),
+        key: "n/7".into(),
+        delta: 1,
+        request_id: rid.to_vec(),
+    };
+    let put_once = PutRequest {
+        table: "ids".into(),
+        key: "p/7".into(),
+        value: "v".into(),
+        condition: Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) }),
+        request_id: b"create-p7".to_vec(),
+    };
+    assert_eq!(c.increment(incr(b"split-1")).await.unwrap().into_inner().value, 1);
+    assert!(c.put(put_once.clone()).await.unwrap().into_inner().succeeded);
+    // Both keys move to new right-hand ranges.
+    for at in ["n/", "p/"] {
+        c.split_range(SplitRangeRequest { table: "ids".into(), key: at.into() }).await.expect("split");
+    }
+    let mut c2 = cl.client(2).await;
+    assert_eq!(c2.increment(incr(b"split-1")).await.unwrap().into_inner().value, 1, "retry answered from the record");
+    assert_eq!(get(&mut c2, "ids", "n/7").await.unwrap(), Some("1".into()), "applied once");
+    assert!(c2.put(put_once).await.unwrap().into_inner().succeeded, "same id: same answer after the split");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hibernating_ranges_fail_over_when_the_leader_node_dies() {
     let _g = serial().await;

@@ -77,32 +77,60 @@ impl<'a> ApplyBatch<'a> {
         self.values.insert(key.to_vec(), value.map(|v| (v.to_vec(), version)));
     }
 
-    /// The recorded answer to `request_id`, unless it is older than the TTL as seen
-    /// from `now` (the command's own version, so every replica decides alike whether
-    /// or not compaction has already dropped the record).
-    fn recorded(&self, range_id: u64, request_id: &[u8], now: Version) -> Option<WriteResponse> {
-        if sabotage::active(Sabotage::ApplyRetryTwice) {
-            return None;
-        }
-        let key = layout::dedupe_key(range_id, request_id);
-        let raw = match self.dedupe.get(&key) {
+    /// The results recorded under `request_id` for one key, unless older than the
+    /// TTL as seen from `now` (the command's own version, so every replica decides
+    /// alike whether or not compaction has already dropped the record).
+    fn recorded_for_key(&self, key: &[u8], request_id: &[u8], now: Version) -> Option<Vec<MutationResult>> {
+        let record_key = layout::dedupe_key(key, request_id);
+        let raw = match self.dedupe.get(&record_key) {
             Some(v) => Some(v.clone()),
-            None => self.engine.get(Cf::RaftState, &key),
+            None => self.engine.get(Cf::Dedupe, &record_key),
         }?;
         let ms = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
         if ms + DEDUPE_TTL_MS < now.wall_ns / 1_000_000 {
             return None;
         }
-        raw.get(8..).and_then(|b| WriteResponse::decode(b).ok())
+        raw.get(8..).and_then(|b| WriteResponse::decode(b).ok()).map(|r| r.results)
     }
 
-    fn remember(&mut self, range_id: u64, request_id: &[u8], version: Version, resp: &WriteResponse) {
+    /// The first attempt's answer to a retried write. Records are kept per key, so
+    /// a retry finds them however its keys are grouped into ranges now (a split
+    /// between the attempts regroups them). A key without a record means the id
+    /// was reused for different keys: that is a new request, not a retry.
+    fn recorded(&self, muts: &[Mutation], request_id: &[u8], now: Version) -> Option<WriteResponse> {
+        if sabotage::active(Sabotage::ApplyRetryTwice) {
+            return None;
+        }
+        let first = muts.first()?;
+        self.recorded_for_key(&first.key, request_id, now)?;
+        let mut per_key: HashMap<&[u8], std::collections::VecDeque<MutationResult>> = HashMap::new();
+        let mut results = Vec::with_capacity(muts.len());
+        for m in muts {
+            let queue = match per_key.entry(m.key.as_slice()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.recorded_for_key(&m.key, request_id, now)?.into())
+                }
+            };
+            results.push(queue.pop_front()?);
+        }
+        Some(WriteResponse { results })
+    }
+
+    /// Records each key's results (in op order) under `request_id`.
+    fn remember(&mut self, muts: &[Mutation], request_id: &[u8], version: Version, resp: &WriteResponse) {
+        let mut per_key: HashMap<&[u8], Vec<MutationResult>> = HashMap::new();
+        for (m, r) in muts.iter().zip(&resp.results) {
+            per_key.entry(m.key.as_slice()).or_default().push(*r);
+        }
         let ms = version.wall_ns / 1_000_000;
-        let mut v = ms.to_be_bytes().to_vec();
-        v.extend_from_slice(&resp.encode_to_vec());
-        let key = layout::dedupe_key(range_id, request_id);
-        self.batch.put(Cf::RaftState, &key, &v);
-        self.dedupe.insert(key, v);
+        for (key, results) in per_key {
+            let mut v = ms.to_be_bytes().to_vec();
+            v.extend_from_slice(&WriteResponse { results }.encode_to_vec());
+            let record_key = layout::dedupe_key(key, request_id);
+            self.batch.put(Cf::Dedupe, &record_key, &v);
+            self.dedupe.insert(record_key, v);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -119,8 +147,15 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     let proposed = cmd.proposed_version.as_ref().map(Version::from).unwrap_or_default();
     // Versions grow monotonically per range whatever the proposer's clock said.
     let version = proposed.max(t.apply.last_version.next());
-    if !cmd.request_id.is_empty() {
-        if let Some(resp) = ab.recorded(t.range_id, &cmd.request_id, version) {
+    // Only writes are deduplicated: splits and clears are idempotent by epoch and bounds.
+    let dedupe = match &cmd.cmd {
+        Some(raft_command::Cmd::Write(w)) if !cmd.request_id.is_empty() && !w.mutations.is_empty() => {
+            Some(w.mutations.as_slice())
+        }
+        _ => None,
+    };
+    if let Some(muts) = dedupe {
+        if let Some(resp) = ab.recorded(muts, &cmd.request_id, version) {
             return Applied::Write(resp);
         }
     }
@@ -132,8 +167,8 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     };
     if let Applied::Write(resp) = &out {
         t.apply.last_version = version;
-        if !cmd.request_id.is_empty() {
-            ab.remember(t.range_id, &cmd.request_id, version, resp);
+        if let Some(muts) = dedupe {
+            ab.remember(muts, &cmd.request_id, version, resp);
         }
     }
     out
@@ -400,6 +435,26 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_regrouped_by_a_split_gets_each_keys_recorded_result() {
+        let (_d, e, mut desc, mut st) = setup();
+        let ops =
+            vec![put(b"b", b"1", None), put(b"k", b"2", Some(condition::Kind::IfAbsent(true))), put(b"b", b"3", None)];
+        let Applied::Write(first) = run(&e, &mut desc, &mut st, &write(ops, b"rid")) else { panic!() };
+        assert_eq!(first.results.len(), 3);
+        // After a split at "c", the retry's part for the right-hand range holds only "k".
+        let part = write(vec![put(b"k", b"2", Some(condition::Kind::IfAbsent(true)))], b"rid");
+        let Applied::Write(again) = run(&e, &mut desc, &mut st, &part) else { panic!() };
+        assert_eq!(again.results, vec![first.results[1]], "answered from k's record, not applied again");
+        let left = write(vec![put(b"b", b"1", None), put(b"b", b"3", None)], b"rid");
+        let Applied::Write(again) = run(&e, &mut desc, &mut st, &left) else { panic!() };
+        assert_eq!(again.results, vec![first.results[0], first.results[2]], "per-key order kept");
+        // The same id with a key it never wrote is a different request.
+        let other = write(vec![put(b"b", b"1", None), put(b"d", b"9", None)], b"rid");
+        let Applied::Write(fresh) = run(&e, &mut desc, &mut st, &other) else { panic!() };
+        assert_ne!(fresh.results[0].version, first.results[0].version, "applied as a new request");
+    }
+
+    #[test]
     fn dedupe_records_expire_by_the_commands_own_clock() {
         let (_d, e, mut desc, mut st) = setup();
         let at = |ms: u64| {
@@ -412,8 +467,8 @@ mod tests {
         assert_eq!(first, within, "a retry within the TTL gets the recorded answer");
         let Applied::Write(after) = run(&e, &mut desc, &mut st, &at(1_000 + DEDUPE_TTL_MS + 10)) else { panic!() };
         assert!(!after.results[0].succeeded, "after the TTL the id is forgotten and the command runs again");
-        assert!(layout::is_expired_dedupe(&layout::dedupe_key(2, b"rid"), &1_000u64.to_be_bytes(), 2_000));
-        assert!(!layout::is_expired_dedupe(&layout::hard_state_key(2), &1_000u64.to_be_bytes(), 2_000));
+        assert!(layout::is_expired_dedupe(&1_000u64.to_be_bytes(), 2_000));
+        assert!(!layout::is_expired_dedupe(&3_000u64.to_be_bytes(), 2_000));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Building a range snapshot from the engine, and installing one into a write batch.
 //!
 //! A snapshot is the range's state machine at its applied index: every stored
-//! MVCC record in the range's bounds, its dedupe records and its descriptor.
+//! MVCC record in the range's bounds, the dedupe records of its keys, and its descriptor.
 //! It is built in memory (ranges are bounded by the split threshold) and the
 //! transport streams the encoded message in chunks.
 
@@ -15,10 +15,9 @@ pub fn build(engine: &Engine, desc: &RangeDescriptor, apply: &ApplyState) -> Sna
     let mut data = Vec::new();
     mvcc::scan_raw(engine, &desc.start, &desc.end, |k, v| data.push(MvccPair { key: k.to_vec(), value: v.to_vec() }));
     let mut dedupe = Vec::new();
-    let prefix = layout::dedupe_prefix(desc.id);
-    let end = crate::keys::prefix_end(&prefix);
-    engine.scan(Cf::RaftState, &prefix, &end, |k, v| {
-        dedupe.push(MvccPair { key: k[prefix.len()..].to_vec(), value: v.to_vec() });
+    let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
+    engine.scan(Cf::Dedupe, &lo, &hi, |k, v| {
+        dedupe.push(MvccPair { key: k.to_vec(), value: v.to_vec() });
         true
     });
     SnapshotData { desc: Some(desc.clone()), data, dedupe, last_version: Some(apply.last_version.into()) }
@@ -42,16 +41,17 @@ pub fn install(
         }
         let (lo, hi) = mvcc::data_span(&d.start, &d.end);
         batch.delete_range(Cf::Data, &lo, &hi);
+        let (lo, hi) = layout::dedupe_span(&d.start, &d.end);
+        batch.delete_range(Cf::Dedupe, &lo, &hi);
     }
     let (lo, hi) = (layout::log_key(range_id, 0), layout::log_key(range_id + 1, 0));
     batch.delete_range(Cf::RaftLog, &lo, &hi);
-    let prefix = layout::dedupe_prefix(range_id);
-    batch.delete_range(Cf::RaftState, &prefix, &crate::keys::prefix_end(&prefix));
     for p in &snap.data {
         batch.put(Cf::Data, &p.key, &p.value);
     }
-    for p in &snap.dedupe {
-        batch.put(Cf::RaftState, &layout::dedupe_key(range_id, &p.key), &p.value);
+    let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
+    for p in snap.dedupe.iter().filter(|p| p.key >= lo && p.key < hi) {
+        batch.put(Cf::Dedupe, &p.key, &p.value);
     }
     let apply = ApplyState {
         applied_index: index,

@@ -659,6 +659,8 @@ impl Store {
         let mut b = self.engine.batch();
         let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
         b.delete_range(Cf::Data, &lo, &hi);
+        let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
+        b.delete_range(Cf::Dedupe, &lo, &hi);
         b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
         let (slo, shi) = layout::range_state_bounds(id);
         b.delete_range(Cf::RaftState, &slo, &shi);

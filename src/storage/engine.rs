@@ -18,17 +18,19 @@ pub enum Cf {
     RaftLog,
     RaftState,
     Data,
+    Dedupe,
     Local,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 4] = [Cf::RaftLog, Cf::RaftState, Cf::Data, Cf::Local];
+    pub const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftState, Cf::Data, Cf::Dedupe, Cf::Local];
 
     pub fn name(self) -> &'static str {
         match self {
             Cf::RaftLog => "raft_log",
             Cf::RaftState => "raft_state",
             Cf::Data => "data",
+            Cf::Dedupe => "dedupe",
             Cf::Local => "local",
         }
     }
@@ -109,13 +111,13 @@ impl Engine {
             if *cf == Cf::Data {
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
-            if *cf == Cf::RaftState {
+            if *cf == Cf::Dedupe {
                 // Dedupe records expire lazily: compaction drops those past the TTL
                 // (apply already ignores them, so when this runs does not matter).
-                o.set_compaction_filter("cairn-dedupe-ttl", |_level, key, value| {
+                o.set_compaction_filter("cairn-dedupe-ttl", |_level, _key, value| {
                     let ttl = crate::raftstore::apply::DEDUPE_TTL_MS;
                     let cutoff = crate::hlc::wall_now_ms().saturating_sub(ttl * 2);
-                    if super::layout::is_expired_dedupe(key, value, cutoff) {
+                    if super::layout::is_expired_dedupe(value, cutoff) {
                         rocksdb::compaction_filter::Decision::Remove
                     } else {
                         rocksdb::compaction_filter::Decision::Keep

@@ -2,8 +2,10 @@
 //!
 //! - `raft_log`:   `range_id ++ index` → `eraftpb.Entry`
 //! - `raft_state`: `range_id ++ 01` hard state, `++ 02` apply state, `++ 03` descriptor,
-//!   `++ 04` tombstone (replica removed), `++ 10 ++ request_id` dedupe record
-//!   (value: wall-clock ms ++ the recorded response)
+//!   `++ 04` tombstone (replica removed)
+//! - `dedupe`:     `mvcc bound(encoded key) ++ request_id` → wall-clock ms ++ that key's
+//!   results (a `WriteResponse`). Keyed by data key, not by range, so records stay
+//!   with their keys through splits and travel in snapshots by key span.
 //! - `local`:      node identity and the peer address book
 
 use crate::hlc::Version;
@@ -44,21 +46,23 @@ pub fn range_state_bounds(range_id: u64) -> ([u8; 8], [u8; 8]) {
     (range_id.to_be_bytes(), (range_id + 1).to_be_bytes())
 }
 
-pub fn dedupe_key(range_id: u64, request_id: &[u8]) -> Vec<u8> {
-    let mut k = state_key(range_id, 0x10).to_vec();
+/// The dedupe record of `request_id` for data key `key`. The bound ends in `00 01`,
+/// which no escaped key contains, so key and request id never run together.
+pub fn dedupe_key(key: &[u8], request_id: &[u8]) -> Vec<u8> {
+    let mut k = crate::keys::mvcc::bound(key);
     k.extend_from_slice(request_id);
     k
 }
 
-pub fn dedupe_prefix(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x10)
+/// The `dedupe` keys of every record of data keys in `[start, end)` (empty end = +inf).
+pub fn dedupe_span(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let hi = if end.is_empty() { vec![0xff; 8] } else { crate::keys::mvcc::bound(end) };
+    (crate::keys::mvcc::bound(start), hi)
 }
 
-/// Whether a `raft_state` record is a dedupe record whose wall-clock ms is before `cutoff_ms`.
-pub fn is_expired_dedupe(key: &[u8], value: &[u8], cutoff_ms: u64) -> bool {
-    key.len() > 9
-        && key[8] == 0x10
-        && value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).is_some_and(|ms| ms < cutoff_ms)
+/// Whether a dedupe record's wall-clock ms is before `cutoff_ms`.
+pub fn is_expired_dedupe(value: &[u8], cutoff_ms: u64) -> bool {
+    value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).is_some_and(|ms| ms < cutoff_ms)
 }
 
 /// Cluster identity of this node: `cluster_id\0node_id`.
@@ -123,6 +127,22 @@ mod tests {
         assert_eq!(ApplyState::decode(&s.encode()), Some(s));
         assert!(log_key(1, u64::MAX) < log_key(2, 0));
         let (lo, hi) = range_state_bounds(7);
-        assert!(lo.as_slice() <= hard_state_key(7).as_slice() && dedupe_key(7, b"zz").as_slice() < hi.as_slice());
+        assert!(lo.as_slice() <= hard_state_key(7).as_slice() && tombstone_key(7).as_slice() < hi.as_slice());
+    }
+
+    #[test]
+    fn dedupe_records_sort_by_their_data_key() {
+        let (lo, hi) = dedupe_span(b"b", b"d");
+        for key in [&b"b"[..], b"b\0", b"c", b"c\xff\xff", b"cz"] {
+            let k = dedupe_key(key, b"\xff\xffrid");
+            assert!(lo <= k && k < hi, "{key:?} is inside the span");
+        }
+        for key in [&b"a"[..], b"a\xff", b"d", b"d\0"] {
+            let k = dedupe_key(key, b"\0");
+            assert!(k < lo || k >= hi, "{key:?} is outside the span");
+        }
+        assert_ne!(dedupe_key(b"a", b"\0\x01b"), dedupe_key(b"a\0", b"b"), "key and id never run together");
+        let (_, open) = dedupe_span(b"b", b"");
+        assert!(dedupe_key(b"zzzz", b"r") < open);
     }
 }

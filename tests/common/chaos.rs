@@ -310,11 +310,12 @@ async fn unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
 
 /// Increments one counter by 1 with a unique request id per increment,
 /// retrying in-doubt attempts with the same id, and now and then re-sending
-/// an acknowledged one to prove the retry is not applied again.
+/// an acknowledged one (recent or seconds old) to prove a retry is not applied again.
 async fn counter_worker(sh: Arc<Shared>, addr: String, worker: u64, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xC0FFEE ^ worker);
     let mut c = client_for(&addr);
     let mut n = 0u64;
+    let mut acked: std::collections::VecDeque<(Vec<u8>, i64)> = std::collections::VecDeque::new();
     while !sh.stop.load(Ordering::Relaxed) {
         n += 1;
         let rid = format!("ctr-{worker}-{n}").into_bytes();
@@ -343,16 +344,28 @@ async fn counter_worker(sh: Arc<Shared>, addr: String, worker: u64, seed: u64) {
                 ctr.1 += 1;
             }
         }
-        if let Some(first) = result {
-            if rng.random_range(0..5) == 0 {
-                if let Ok(Ok(again)) = tokio::time::timeout(OP_TIMEOUT, c.increment(req())).await {
-                    let again = again.into_inner().value;
-                    if again != first {
-                        sh.duplicates.lock().expect("lock").push(format!(
-                            "request {} answered {first} then {again} on retry",
-                            String::from_utf8_lossy(&rid)
-                        ));
-                    }
+        // Every 8th acknowledged increment is kept for a late retry: 200 of them span
+        // several seconds of the run.
+        if let Some(first) = result.filter(|_| n.is_multiple_of(8)) {
+            acked.push_back((rid.clone(), first));
+            if acked.len() > 200 {
+                acked.pop_front();
+            }
+        }
+        // Re-send an acknowledged increment, often a recent one and sometimes one
+        // from seconds ago (a client retrying late): faults, leader changes and
+        // splits in between must not make it apply again.
+        if !acked.is_empty() && rng.random_range(0..5) == 0 {
+            let i = if rng.random_bool(0.3) { acked.len() - 1 } else { rng.random_range(0..acked.len()) };
+            let (rid, first) = acked[i].clone();
+            let retry = IncrementRequest { table: TABLE.into(), key: b"c".to_vec(), delta: 1, request_id: rid.clone() };
+            if let Ok(Ok(again)) = tokio::time::timeout(OP_TIMEOUT, c.increment(retry)).await {
+                let again = again.into_inner().value;
+                if again != first {
+                    sh.duplicates.lock().expect("lock").push(format!(
+                        "request {} answered {first} then {again} on retry",
+                        String::from_utf8_lossy(&rid)
+                    ));
                 }
             }
         }
@@ -473,17 +486,17 @@ fn undo(cl: &mut Cluster, u: Undo) {
     }
 }
 
-/// A split at a random key, or a leader transfer of a random range; errors are
-/// expected while faults are active and only counted.
-async fn topology_change(cl: &Cluster, rng: &mut StdRng, out: &mut BTreeMap<String, (usize, usize)>) {
-    let i = rng.random_range(0..cl.nodes.len());
-    let mut c = client_for(&cl.grpc(i));
+/// A split at a random key, a leader transfer or a replica move of a random
+/// range; errors are expected while faults are active and only counted.
+async fn topology_change(addrs: &[String], rng: &mut StdRng, out: &mut BTreeMap<String, (usize, usize)>) {
+    let mut c = client_for(&addrs[rng.random_range(0..addrs.len())]);
     let choice = rng.random_range(0..3);
     let (what, ok) = if choice == 0 {
-        let key = if rng.random_bool(0.5) {
-            format!("r/{:04}", rng.random_range(1..20))
-        } else {
-            format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..2000))
+        let key = match rng.random_range(0..5) {
+            // Right at the counter: it moves to a new range while increments are in doubt.
+            0 => "c".to_string(),
+            1 | 2 => format!("r/{:04}", rng.random_range(1..20)),
+            _ => format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..2000)),
         };
         let req = SplitRangeRequest { table: TABLE.into(), key: key.into_bytes() };
         ("split", matches!(tokio::time::timeout(Duration::from_secs(5), c.split_range(req)).await, Ok(Ok(_))))
@@ -570,14 +583,26 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
     let end = start + cfg.duration;
+    // Topology changes run on their own clock, so they land both inside and between faults.
+    let topology = cfg.topology_changes.then(|| {
+        let addrs: Vec<String> = (0..n).map(|i| cl.grpc(i)).collect();
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x70B0);
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            let mut done = BTreeMap::new();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            while !sh.stop.load(Ordering::Relaxed) {
+                topology_change(&addrs, &mut rng, &mut done).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1500..4000))).await;
+            }
+            done
+        })
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     while !cfg.faults.is_empty() && Instant::now() + Duration::from_secs(6) < end {
         let fault = cfg.faults[rng.random_range(0..cfg.faults.len())];
         let u = inject(&mut cl, fault, &mut rng).await;
         *report.faults.entry(format!("{fault:?}")).or_default() += 1;
-        if cfg.topology_changes && rng.random_bool(0.6) {
-            topology_change(&cl, &mut rng, &mut report.topology).await;
-        }
         tokio::time::sleep(Duration::from_millis(rng.random_range(2000..5000))).await;
         undo(&mut cl, u);
         tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
@@ -588,6 +613,9 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     sh.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(t) = topology {
+        report.topology = t.await.unwrap_or_default();
     }
 
     // Heal everything, then read the final state through the recorder too.
