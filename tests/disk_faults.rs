@@ -1,5 +1,7 @@
-//! Disk faults: a failing fsync stops the node (fail-stop) instead of being
-//! retried or ignored, and no write it took part in is acknowledged and lost.
+//! Disk and data faults: a failing fsync stops the node (fail-stop) instead of
+//! being retried or ignored, and no write it took part in is acknowledged and
+//! lost; a snapshot chunk damaged on the way is caught by its checksum, refused,
+//! and the snapshot sent again.
 //!
 //! Run with `cargo test --features fault-injection --test disk_faults`.
 #![cfg(feature = "fault-injection")]
@@ -73,6 +75,64 @@ async fn fsync_error_stops_the_node_and_loses_no_acknowledged_write() {
         }
     }
     println!("fsync fault: {} writes acknowledged, node 2 stopped after {:?}", acked.len(), died_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_snapshot_chunks_are_refused_and_the_replica_still_catches_up() {
+    let _g = serial().await;
+    // Every node damages the first two snapshot chunks it sends (one bit, after the checksum).
+    let env = [("CAIRN_NET_FAULT", "corrupt-snapshot-chunks:2")];
+    let mut cl = Cluster::start_with_env(3, &["--raft-log-gc-threshold", "200"], &env).await;
+    let mut c0 = cl.client(0).await;
+    create_table(&mut c0, "s", &[]).await;
+    let (range_id, leader) = leader_of(&cl, 0, "s").await.expect("leader");
+    let follower = (0..3).find(|i| cl.node_id(*i) != leader).expect("a follower");
+    let other = (0..3).find(|i| *i != follower).expect("another node");
+
+    // The follower misses more than the log keeps, so it needs snapshots.
+    let mut keys = Vec::new();
+    for round in 0..3 {
+        cl.kill(follower);
+        let mut c = cl.client(other).await;
+        for i in 0..450 {
+            let k = format!("k{round}-{i:04}");
+            put(&mut c, "s", &k, &k).await.expect("put while a follower is down");
+            keys.push(k);
+        }
+        cl.restart_with_env(follower, &env);
+        wait_applied(&cl, follower, other, range_id).await;
+    }
+    let mut corrupt = 0.0;
+    for i in 0..3 {
+        corrupt += cl.metric(i, "cairn_snapshot_chunks_corrupt_total").await;
+    }
+    assert!(corrupt >= 1.0, "a damaged chunk was caught by its checksum (caught: {corrupt})");
+    assert!(cl.metric(follower, "cairn_snapshots_received_total").await >= 1.0, "caught up through a snapshot");
+    let mut cf = cl.client(follower).await;
+    for k in &keys {
+        assert_eq!(get(&mut cf, "s", k).await.expect("read through the follower"), Some(k.clone()), "{k}");
+    }
+    println!("snapshot checksums: {corrupt} damaged chunks refused; {} keys intact", keys.len());
+}
+
+/// Waits until node `i`'s replica of `range_id` has applied what node `j`'s has.
+async fn wait_applied(cl: &Cluster, i: usize, j: usize, range_id: u64) {
+    let applied = |reps: Vec<serde_json::Value>| {
+        reps.iter()
+            .find(|r| r["range_id"].as_u64() == Some(range_id))
+            .and_then(|r| r["applied_index"].as_u64())
+            .unwrap_or(0)
+    };
+    let target = applied(cl.local_replicas(j).await);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let have = applied(cl.local_replicas(i).await);
+        if have >= target && target > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {} stuck at {have}, want {target}\n{}", i + 1, cl.log(i));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn libc_sigabrt() -> i32 {

@@ -58,17 +58,34 @@ pub struct SnapshotReassembly {
     pub first: SnapshotChunk,
     total: usize,
     data: Vec<u8>,
+    /// Chunks received after the first.
+    chunks: usize,
+}
+
+/// Error text that starts with this names a damaged chunk (the caller counts those).
+pub const CHECKSUM_MISMATCH: &str = "snapshot chunk failed its checksum";
+
+fn check_chunk(c: &SnapshotChunk, n: usize) -> Result<(), String> {
+    let crc = crc32fast::hash(&c.data);
+    if crc != c.crc32 {
+        return Err(format!(
+            "{CHECKSUM_MISMATCH}: chunk {n} has CRC-32 {crc:08x}, the sender computed {:08x}",
+            c.crc32
+        ));
+    }
+    Ok(())
 }
 
 impl SnapshotReassembly {
     pub fn start(mut first: SnapshotChunk, max_bytes: usize) -> Result<SnapshotReassembly, String> {
+        check_chunk(&first, 0)?;
         let total = usize::try_from(first.total_len).unwrap_or(usize::MAX);
         if total > max_bytes {
             return Err(format!("snapshot of {total} bytes exceeds {max_bytes}"));
         }
         let mut data = Vec::with_capacity(total.min(SNAPSHOT_PREALLOC));
         let chunk = std::mem::take(&mut first.data);
-        let mut r = SnapshotReassembly { first, total, data: Vec::new() };
+        let mut r = SnapshotReassembly { first, total, data: Vec::new(), chunks: 0 };
         if chunk.len() > total {
             return Err("snapshot stream longer than announced".into());
         }
@@ -77,11 +94,13 @@ impl SnapshotReassembly {
         Ok(r)
     }
 
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
-        if self.data.len().saturating_add(chunk.len()) > self.total {
+    pub fn push(&mut self, chunk: &SnapshotChunk) -> Result<(), String> {
+        self.chunks += 1;
+        check_chunk(chunk, self.chunks)?;
+        if self.data.len().saturating_add(chunk.data.len()) > self.total {
             return Err("snapshot stream longer than announced".into());
         }
-        self.data.extend_from_slice(chunk);
+        self.data.extend_from_slice(&chunk.data);
         Ok(())
     }
 
@@ -116,18 +135,33 @@ mod tests {
         assert!(decode_raft_message(2, 1, &junk).unwrap_err().contains("undecodable"));
     }
 
+    fn chunk(data: &[u8]) -> SnapshotChunk {
+        SnapshotChunk { data: data.to_vec(), crc32: crc32fast::hash(data), ..Default::default() }
+    }
+
     #[test]
     fn snapshots_deliver_exactly_the_announced_bytes() {
-        let first = SnapshotChunk { total_len: 5, data: b"ab".to_vec(), ..Default::default() };
+        let first = SnapshotChunk { total_len: 5, ..chunk(b"ab") };
         let mut r = SnapshotReassembly::start(first.clone(), 10).unwrap();
-        r.push(b"cde").unwrap();
+        r.push(&chunk(b"cde")).unwrap();
         assert_eq!(r.finish().unwrap().1, b"abcde");
         let mut r = SnapshotReassembly::start(first.clone(), 10).unwrap();
-        assert!(r.push(b"cdef").unwrap_err().contains("longer"));
+        assert!(r.push(&chunk(b"cdef")).unwrap_err().contains("longer"));
         let r = SnapshotReassembly::start(first.clone(), 10).unwrap();
         assert!(r.finish().unwrap_err().contains("shorter"));
-        let huge = SnapshotChunk { total_len: u64::MAX, ..first };
+        let huge = SnapshotChunk { total_len: u64::MAX, ..first.clone() };
         assert!(SnapshotReassembly::start(huge, 10).unwrap_err().contains("exceeds"));
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_refused() {
+        let first = SnapshotChunk { total_len: 5, ..chunk(b"ab") };
+        let damaged_first = SnapshotChunk { data: b"aB".to_vec(), ..first.clone() };
+        assert!(SnapshotReassembly::start(damaged_first, 10).unwrap_err().starts_with(CHECKSUM_MISMATCH));
+        let mut r = SnapshotReassembly::start(first, 10).unwrap();
+        let damaged = SnapshotChunk { data: b"cdf".to_vec(), ..chunk(b"cde") };
+        let err = r.push(&damaged).unwrap_err();
+        assert!(err.starts_with(CHECKSUM_MISMATCH) && err.contains("chunk 1"), "{err}");
     }
 
     #[test]

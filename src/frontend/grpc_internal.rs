@@ -18,6 +18,18 @@ pub struct InternalService {
     pub transport: Arc<Transport>,
 }
 
+/// A snapshot stream that cannot be accepted: damaged data is DATA_LOSS (and
+/// counted), anything else is the sender's mistake.
+fn refused_chunk(e: String) -> Status {
+    if e.starts_with(peer::CHECKSUM_MISMATCH) {
+        tracing::warn!("refusing snapshot: {e}");
+        metrics::counter!("cairn_snapshot_chunks_corrupt_total").increment(1);
+        Status::data_loss(e)
+    } else {
+        Status::invalid_argument(e)
+    }
+}
+
 fn overloaded(e: RangeError) -> Status {
     Status::resource_exhausted(e.message)
 }
@@ -62,10 +74,9 @@ impl Internal for InternalService {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         peer::check_cluster(self.transport.cluster_id(), &first.cluster_id).map_err(Status::permission_denied)?;
-        let mut snapshot =
-            peer::SnapshotReassembly::start(first, MAX_SNAPSHOT_BYTES).map_err(Status::resource_exhausted)?;
+        let mut snapshot = peer::SnapshotReassembly::start(first, MAX_SNAPSHOT_BYTES).map_err(refused_chunk)?;
         while let Some(c) = stream.message().await? {
-            snapshot.push(&c.data).map_err(Status::invalid_argument)?;
+            snapshot.push(&c).map_err(refused_chunk)?;
         }
         let (first, data) = snapshot.finish().map_err(Status::invalid_argument)?;
         self.transport.mark_seen(first.from_node);

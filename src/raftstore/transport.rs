@@ -256,7 +256,12 @@ async fn stream_snapshot(addr: &str, from: u64, cluster_id: String, env: RaftEnv
     let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
     let mut first = true;
     for piece in env.message.chunks(SNAPSHOT_CHUNK) {
-        let mut c = SnapshotChunk { data: piece.to_vec(), ..Default::default() };
+        let mut c = SnapshotChunk { data: piece.to_vec(), crc32: crc32fast::hash(piece), ..Default::default() };
+        if crate::faults::corrupt_this_chunk() {
+            if let Some(b) = c.data.first_mut() {
+                *b ^= 0x01;
+            }
+        }
         if first {
             c.from_node = from;
             c.cluster_id = cluster_id.clone();

@@ -148,7 +148,7 @@ impl Engine {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync && !sabotage::active(Sabotage::AckBeforeFsync));
-        let result = if sync && super::faults::fail_this_sync() {
+        let result = if sync && crate::faults::fail_this_sync() {
             Err("injected fsync error: Input/output error (EIO)".to_string())
         } else {
             self.db.write_opt(batch.wb, &wo).map_err(|e| e.to_string())

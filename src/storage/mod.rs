@@ -3,7 +3,6 @@
 //! and node-local metadata.
 
 pub mod engine;
-pub mod faults;
 pub mod layout;
 pub mod mvcc;
 

@@ -57,6 +57,11 @@ impl Cluster {
         Self::start_in(n, extra, None, &[]).await
     }
 
+    /// Starts `n` nodes on loopback with extra environment for every server.
+    pub async fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Self::start_in(n, extra, None, env).await
+    }
+
     /// Starts `n` nodes, each in its own network namespace of a fresh lab, so
     /// that the test can cut links between them.
     pub async fn start_netlab(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
