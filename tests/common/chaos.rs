@@ -26,9 +26,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Fault {
     /// Cut the leader of a random range off from the other nodes.
     IsolateLeader,
-    /// Cut a random node off (the rest keep a majority).
+    /// Cut a random minority of the nodes off from the majority.
     MajorityMinority,
-    /// Two nodes cannot talk to each other; the third talks to both.
+    /// Two halves of the nodes cannot talk to each other; one node talks to both.
     Bridge,
     /// One node's packets to another are dropped; the reverse direction works.
     OneWay,
@@ -36,7 +36,7 @@ pub enum Fault {
     Lossy,
     /// kill -9 one node; restart it when the fault ends.
     Kill,
-    /// kill -9 two nodes at once (quorum lost); restart them when the fault ends.
+    /// kill -9 a majority at once (quorum lost); restart them when the fault ends.
     KillMajority,
     /// kill -9 every node at once, as a power cut would; restart them all.
     KillAll,
@@ -70,6 +70,9 @@ pub struct ChaosConfig {
     pub env: Vec<(&'static str, &'static str)>,
     pub register_keys: usize,
     pub register_workers: usize,
+    /// Cluster size (CAIRN_CHAOS_NODES, default 3). Ranges keep 3 replicas, so
+    /// with more nodes a replica move lands on a node that had none.
+    pub nodes: usize,
 }
 
 impl ChaosConfig {
@@ -85,6 +88,7 @@ impl ChaosConfig {
             env: vec![],
             register_keys: 6,
             register_workers: 6,
+            nodes: std::env::var("CAIRN_CHAOS_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(3),
         }
     }
 }
@@ -92,6 +96,7 @@ impl ChaosConfig {
 #[derive(Default, Debug)]
 pub struct ChaosReport {
     pub seed: u64,
+    pub nodes: usize,
     pub faults: BTreeMap<String, usize>,
     pub topology: BTreeMap<String, (usize, usize)>,
     pub ops_ok: usize,
@@ -123,7 +128,10 @@ impl ChaosReport {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let verdict = if self.ok() { "PASS" } else { "FAIL" };
-        s += &format!("chaos run: seed {} (rerun with CAIRN_CHAOS_SEED={})\n", self.seed, self.seed);
+        s += &format!(
+            "chaos run: {} nodes, seed {} (rerun with CAIRN_CHAOS_SEED={})\n",
+            self.nodes, self.seed, self.seed
+        );
         s += &format!("  faults injected: {:?}\n", self.faults);
         s += &format!("  splits, leader transfers, replica moves (ok, refused): {:?}\n", self.topology);
         s += &format!(
@@ -391,6 +399,14 @@ async fn some_leader(cl: &Cluster, rng: &mut StdRng) -> Option<usize> {
     cl.nodes.iter().position(|n| n.ep.as_ref().is_some_and(|e| e.node_id == id))
 }
 
+/// The node indexes in a random order.
+fn shuffled(n: usize, rng: &mut StdRng) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let mut v: Vec<usize> = (0..n).collect();
+    v.shuffle(rng);
+    v
+}
+
 /// What to undo when a fault ends.
 enum Undo {
     Heal,
@@ -413,13 +429,17 @@ async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
             Undo::Heal
         }
         Fault::MajorityMinority => {
-            lab.isolate(pick(rng));
+            let order = shuffled(n, rng);
+            let minority = rng.random_range(1..=(n - 1) / 2);
+            lab.partition(&[order[..minority].to_vec(), order[minority..].to_vec()]);
             Undo::Heal
         }
         Fault::Bridge => {
-            let a = pick(rng);
-            let b = (a + 1 + rng.random_range(0..n - 1)) % n;
-            lab.partition(&[vec![a], vec![b]]);
+            // Two halves that cannot talk, and one node that talks to both.
+            let order = shuffled(n, rng);
+            let (halves, _bridge) = order.split_at(n - 1);
+            let (a, b) = halves.split_at(halves.len() / 2);
+            lab.partition(&[a.to_vec(), b.to_vec()]);
             Undo::Heal
         }
         Fault::OneWay => {
@@ -441,13 +461,9 @@ async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
             Undo::Restart(vec![i])
         }
         Fault::KillMajority => {
-            let a = pick(rng);
-            let b = (a + 1 + rng.random_range(0..n - 1)) % n;
-            tokio::task::block_in_place(|| {
-                cl.kill(a);
-                cl.kill(b);
-            });
-            Undo::Restart(vec![a, b])
+            let victims = shuffled(n, rng)[..n / 2 + 1].to_vec();
+            tokio::task::block_in_place(|| victims.iter().for_each(|&i| cl.kill(i)));
+            Undo::Restart(victims)
         }
         Fault::KillAll => {
             tokio::task::block_in_place(|| (0..n).for_each(|i| cl.kill(i)));
@@ -552,11 +568,14 @@ async fn converge(cl: &Cluster, timeout: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the whole scenario on a fresh 3-node cluster in network namespaces.
+/// Runs the whole scenario on a fresh cluster in network namespaces.
 pub async fn run(cfg: ChaosConfig) -> ChaosReport {
-    let mut report = ChaosReport { seed: cfg.seed, ..Default::default() };
-    eprintln!("chaos: seed {} for {:?} (CAIRN_CHAOS_SEED / CAIRN_CHAOS_SECS)", cfg.seed, cfg.duration);
-    let mut cl = Cluster::start_netlab(3, &["--raft-log-gc-threshold", "300"], &cfg.env).await;
+    let mut report = ChaosReport { seed: cfg.seed, nodes: cfg.nodes, ..Default::default() };
+    eprintln!(
+        "chaos: seed {} for {:?} on {} nodes (CAIRN_CHAOS_SEED / CAIRN_CHAOS_SECS / CAIRN_CHAOS_NODES)",
+        cfg.seed, cfg.duration, cfg.nodes
+    );
+    let mut cl = Cluster::start_netlab(cfg.nodes, &["--raft-log-gc-threshold", "300"], &cfg.env).await;
     let n = cl.nodes.len();
     let mut admin = cl.client(0).await;
     super::create_table(&mut admin, TABLE, &[]).await;
