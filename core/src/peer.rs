@@ -51,6 +51,26 @@ pub fn decode_raft_message(local_node: u64, from_node: u64, env: &RaftEnvelope) 
     Ok(msg)
 }
 
+/// Keeps a heartbeat from committing past this replica's own log.
+///
+/// A leader sends `commit = min(its commit, what it believes the follower
+/// holds)`, so by Raft's invariants the commit never exceeds the follower's
+/// last index, and raft-rs panics when it does. It can: peer ids are node ids,
+/// so when a replica is removed and re-added on the same node, the leader may
+/// credit the new, empty replica with what the old one held (found by the chaos
+/// suite: a node restarted, applied its own removal, was re-created empty, and
+/// the next heartbeat carried the old incarnation's match index). Ignoring such
+/// a commit is safe: the follower then commits nothing it does not hold, and the
+/// leader's next append is rejected, which walks it back to a snapshot.
+/// Returns whether the message was changed.
+pub fn cap_heartbeat_commit(msg: &mut Message, last_index: u64, committed: u64) -> bool {
+    if msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat && msg.commit > last_index {
+        msg.commit = committed;
+        return true;
+    }
+    false
+}
+
 /// A snapshot arriving in chunks: the first announces the total length, and
 /// the stream must deliver exactly that many bytes.
 #[derive(Debug)]
@@ -162,6 +182,29 @@ mod tests {
         let damaged = SnapshotChunk { data: b"cdf".to_vec(), ..chunk(b"cde") };
         let err = r.push(&damaged).unwrap_err();
         assert!(err.starts_with(CHECKSUM_MISMATCH) && err.contains("chunk 1"), "{err}");
+    }
+
+    /// Regression: a heartbeat carrying a commit beyond the follower's log used
+    /// to panic raft-rs ("to_commit 38 is out of range [last_index 0]") and
+    /// abort the node.
+    #[test]
+    fn a_heartbeat_beyond_an_empty_replicas_log_is_not_a_crash() {
+        use raft::eraftpb::MessageType;
+        use raft::storage::MemStorage;
+        let cfg = raft::Config { id: 1, ..Default::default() };
+        let storage = MemStorage::new_with_conf_state((vec![2, 3], vec![1]));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = raft::RawNode::new(&cfg, storage, &logger).expect("raw node");
+        let mut hb = Message { from: 2, to: 1, term: 5, commit: 38, ..Default::default() };
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        let (last, committed) = (node.raft.raft_log.last_index(), node.raft.raft_log.committed);
+        assert!(cap_heartbeat_commit(&mut hb, last, committed));
+        node.step(hb).expect("step");
+        assert_eq!(node.raft.raft_log.committed, committed, "nothing committed beyond the log");
+
+        let mut fine = Message { from: 2, to: 1, term: 5, commit: 0, ..Default::default() };
+        fine.set_msg_type(MessageType::MsgHeartbeat);
+        assert!(!cap_heartbeat_commit(&mut fine, last, committed), "a commit within the log is left alone");
     }
 
     #[test]

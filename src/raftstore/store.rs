@@ -248,7 +248,7 @@ impl Store {
     }
 
     fn step_envelope(&mut self, from_node: u64, env: RaftEnvelope, is_snapshot: bool) {
-        let msg = match crate::peer::decode_raft_message(self.node_id, from_node, &env) {
+        let mut msg = match crate::peer::decode_raft_message(self.node_id, from_node, &env) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(from_node, "dropping {e}");
@@ -266,6 +266,15 @@ impl Store {
         wake(r);
         if msg.from == r.raw.raft.leader_id {
             r.shared.leader_contact_ms.store(crate::hlc::wall_now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let (last, committed) = (r.raw.raft.raft_log.last_index(), r.raw.raft.raft_log.committed);
+        if crate::peer::cap_heartbeat_commit(&mut msg, last, committed) {
+            tracing::warn!(
+                range_id,
+                from_node,
+                last,
+                "heartbeat commit beyond this replica's log (the leader's view is stale); ignored"
+            );
         }
         if let Err(e) = r.raw.step(msg) {
             tracing::debug!(range_id, "step: {e}");
