@@ -172,7 +172,7 @@ async fn leader_failure_keeps_acknowledged_writes_and_restarted_nodes_catch_up()
     let survivor = (victim + 1) % 3;
     assert_all_readable(&cl, survivor, "lf", &acked).await;
     cl.restart(victim);
-    wait_caught_up(&cl, victim, survivor, range_id).await;
+    cl.wait_caught_up(victim, survivor, range_id, Duration::from_secs(60)).await;
     assert_eq!(cl.metric(victim, "cairn_snapshots_received_total").await, 0.0, "caught up from the log");
     assert_all_readable(&cl, victim, "lf", &acked).await;
 
@@ -189,30 +189,10 @@ async fn leader_failure_keeps_acknowledged_writes_and_restarted_nodes_catch_up()
         burst.push(k);
     }
     cl.restart(follower);
-    wait_caught_up(&cl, follower, other, range_id).await;
+    cl.wait_caught_up(follower, other, range_id, Duration::from_secs(60)).await;
     assert!(cl.metric(follower, "cairn_snapshots_received_total").await >= 1.0, "caught up through a snapshot");
     assert_all_readable(&cl, follower, "lf", &burst).await;
     assert_all_readable(&cl, follower, "lf", &acked).await;
-}
-
-/// Waits until node `i`'s replica of `range_id` has applied what node `j`'s has.
-async fn wait_caught_up(cl: &Cluster, i: usize, j: usize, range_id: u64) {
-    let applied = |reps: Vec<serde_json::Value>| {
-        reps.iter()
-            .find(|r| r["range_id"].as_u64() == Some(range_id))
-            .and_then(|r| r["applied_index"].as_u64())
-            .unwrap_or(0)
-    };
-    let target = applied(cl.local_replicas(j).await);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let have = applied(cl.local_replicas(i).await);
-        if have >= target && target > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "node {} stuck at {have}, want {target}\n{}", i + 1, cl.log(i));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

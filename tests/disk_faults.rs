@@ -33,7 +33,11 @@ async fn fsync_error_stops_the_node_and_loses_no_acknowledged_write() {
         if died_at.is_none() {
             if let Some(status) = cl.exited(1) {
                 died_at = Some(acked.len());
-                assert_eq!(status.signal(), Some(libc_sigabrt()), "fail-stop aborts the process: {status:?}");
+                assert_eq!(
+                    status.signal(),
+                    Some(nix::sys::signal::Signal::SIGABRT as i32),
+                    "fail-stop aborts the process: {status:?}"
+                );
             }
         }
         if died_at.is_some() && acked_after_death >= 100 {
@@ -100,7 +104,7 @@ async fn damaged_snapshot_chunks_are_refused_and_the_replica_still_catches_up() 
             keys.push(k);
         }
         cl.restart_with_env(follower, &env);
-        wait_applied(&cl, follower, other, range_id).await;
+        cl.wait_caught_up(follower, other, range_id, Duration::from_secs(90)).await;
     }
     let mut corrupt = 0.0;
     for i in 0..3 {
@@ -113,28 +117,4 @@ async fn damaged_snapshot_chunks_are_refused_and_the_replica_still_catches_up() 
         assert_eq!(get(&mut cf, "s", k).await.expect("read through the follower"), Some(k.clone()), "{k}");
     }
     println!("snapshot checksums: {corrupt} damaged chunks refused; {} keys intact", keys.len());
-}
-
-/// Waits until node `i`'s replica of `range_id` has applied what node `j`'s has.
-async fn wait_applied(cl: &Cluster, i: usize, j: usize, range_id: u64) {
-    let applied = |reps: Vec<serde_json::Value>| {
-        reps.iter()
-            .find(|r| r["range_id"].as_u64() == Some(range_id))
-            .and_then(|r| r["applied_index"].as_u64())
-            .unwrap_or(0)
-    };
-    let target = applied(cl.local_replicas(j).await);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let have = applied(cl.local_replicas(i).await);
-        if have >= target && target > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "node {} stuck at {have}, want {target}\n{}", i + 1, cl.log(i));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn libc_sigabrt() -> i32 {
-    nix::sys::signal::Signal::SIGABRT as i32
 }

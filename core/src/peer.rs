@@ -63,12 +63,26 @@ pub fn decode_raft_message(local_node: u64, from_node: u64, env: &RaftEnvelope) 
 /// a commit is safe: the follower then commits nothing it does not hold, and the
 /// leader's next append is rejected, which walks it back to a snapshot.
 /// Returns whether the message was changed.
-pub fn cap_heartbeat_commit(msg: &mut Message, last_index: u64, committed: u64) -> bool {
-    if msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat && msg.commit > last_index {
-        msg.commit = committed;
+pub fn cap_heartbeat_commit<T: raft::Storage>(msg: &mut Message, log: &raft::RaftLog<T>) -> bool {
+    if msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat && msg.commit > log.last_index() {
+        msg.commit = log.committed;
         return true;
     }
     false
+}
+
+/// Why a snapshot stream was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Damaged on the way: the sender retries the snapshot later.
+    #[error("snapshot chunk {chunk} failed its checksum: CRC-32 {got:08x}, the sender computed {sent:08x}")]
+    Damaged { chunk: usize, got: u32, sent: u32 },
+    #[error("snapshot of {announced} bytes exceeds {max}")]
+    TooLarge { announced: usize, max: usize },
+    #[error("snapshot stream longer than announced")]
+    TooLong,
+    #[error("snapshot stream shorter than announced ({got} of {announced} bytes)")]
+    TooShort { got: usize, announced: usize },
 }
 
 /// A snapshot arriving in chunks: the first announces the total length, and
@@ -82,56 +96,46 @@ pub struct SnapshotReassembly {
     chunks: usize,
 }
 
-/// Error text that starts with this names a damaged chunk (the caller counts those).
-pub const CHECKSUM_MISMATCH: &str = "snapshot chunk failed its checksum";
-
-fn check_chunk(c: &SnapshotChunk, n: usize) -> Result<(), String> {
-    let crc = crc32fast::hash(&c.data);
-    if crc != c.crc32 {
-        return Err(format!(
-            "{CHECKSUM_MISMATCH}: chunk {n} has CRC-32 {crc:08x}, the sender computed {:08x}",
-            c.crc32
-        ));
+fn check_chunk(c: &SnapshotChunk, chunk: usize) -> Result<(), SnapshotError> {
+    let got = crc32fast::hash(&c.data);
+    if got != c.crc32 {
+        return Err(SnapshotError::Damaged { chunk, got, sent: c.crc32 });
     }
     Ok(())
 }
 
 impl SnapshotReassembly {
-    pub fn start(mut first: SnapshotChunk, max_bytes: usize) -> Result<SnapshotReassembly, String> {
+    pub fn start(mut first: SnapshotChunk, max_bytes: usize) -> Result<SnapshotReassembly, SnapshotError> {
         check_chunk(&first, 0)?;
         let total = usize::try_from(first.total_len).unwrap_or(usize::MAX);
         if total > max_bytes {
-            return Err(format!("snapshot of {total} bytes exceeds {max_bytes}"));
+            return Err(SnapshotError::TooLarge { announced: total, max: max_bytes });
         }
-        let mut data = Vec::with_capacity(total.min(SNAPSHOT_PREALLOC));
-        let chunk = std::mem::take(&mut first.data);
-        let mut r = SnapshotReassembly { first, total, data: Vec::new(), chunks: 0 };
-        if chunk.len() > total {
-            return Err("snapshot stream longer than announced".into());
-        }
-        data.extend_from_slice(&chunk);
-        r.data = data;
+        let data = std::mem::take(&mut first.data);
+        let mut r =
+            SnapshotReassembly { first, total, data: Vec::with_capacity(total.min(SNAPSHOT_PREALLOC)), chunks: 0 };
+        r.append(&data)?;
         Ok(r)
     }
 
-    pub fn push(&mut self, chunk: &SnapshotChunk) -> Result<(), String> {
+    pub fn push(&mut self, chunk: &SnapshotChunk) -> Result<(), SnapshotError> {
         self.chunks += 1;
         check_chunk(chunk, self.chunks)?;
-        if self.data.len().saturating_add(chunk.data.len()) > self.total {
-            return Err("snapshot stream longer than announced".into());
+        self.append(&chunk.data)
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), SnapshotError> {
+        if self.data.len().saturating_add(data.len()) > self.total {
+            return Err(SnapshotError::TooLong);
         }
-        self.data.extend_from_slice(&chunk.data);
+        self.data.extend_from_slice(data);
         Ok(())
     }
 
     /// The whole snapshot message, once exactly the announced bytes arrived.
-    pub fn finish(self) -> Result<(SnapshotChunk, Vec<u8>), String> {
+    pub fn finish(self) -> Result<(SnapshotChunk, Vec<u8>), SnapshotError> {
         if self.data.len() != self.total {
-            return Err(format!(
-                "snapshot stream shorter than announced ({} of {} bytes)",
-                self.data.len(),
-                self.total
-            ));
+            return Err(SnapshotError::TooShort { got: self.data.len(), announced: self.total });
         }
         Ok((self.first, self.data))
     }
@@ -166,22 +170,23 @@ mod tests {
         r.push(&chunk(b"cde")).unwrap();
         assert_eq!(r.finish().unwrap().1, b"abcde");
         let mut r = SnapshotReassembly::start(first.clone(), 10).unwrap();
-        assert!(r.push(&chunk(b"cdef")).unwrap_err().contains("longer"));
+        assert_eq!(r.push(&chunk(b"cdef")).unwrap_err(), SnapshotError::TooLong);
         let r = SnapshotReassembly::start(first.clone(), 10).unwrap();
-        assert!(r.finish().unwrap_err().contains("shorter"));
+        assert_eq!(r.finish().unwrap_err(), SnapshotError::TooShort { got: 2, announced: 5 });
         let huge = SnapshotChunk { total_len: u64::MAX, ..first.clone() };
-        assert!(SnapshotReassembly::start(huge, 10).unwrap_err().contains("exceeds"));
+        assert!(matches!(SnapshotReassembly::start(huge, 10).unwrap_err(), SnapshotError::TooLarge { max: 10, .. }));
     }
 
     #[test]
     fn a_damaged_chunk_is_refused() {
         let first = SnapshotChunk { total_len: 5, ..chunk(b"ab") };
         let damaged_first = SnapshotChunk { data: b"aB".to_vec(), ..first.clone() };
-        assert!(SnapshotReassembly::start(damaged_first, 10).unwrap_err().starts_with(CHECKSUM_MISMATCH));
+        let err = SnapshotReassembly::start(damaged_first, 10).unwrap_err();
+        assert!(matches!(err, SnapshotError::Damaged { chunk: 0, .. }), "{err}");
         let mut r = SnapshotReassembly::start(first, 10).unwrap();
         let damaged = SnapshotChunk { data: b"cdf".to_vec(), ..chunk(b"cde") };
         let err = r.push(&damaged).unwrap_err();
-        assert!(err.starts_with(CHECKSUM_MISMATCH) && err.contains("chunk 1"), "{err}");
+        assert!(matches!(err, SnapshotError::Damaged { chunk: 1, .. }), "{err}");
     }
 
     /// Regression: a heartbeat carrying a commit beyond the follower's log used
@@ -197,14 +202,14 @@ mod tests {
         let mut node = raft::RawNode::new(&cfg, storage, &logger).expect("raw node");
         let mut hb = Message { from: 2, to: 1, term: 5, commit: 38, ..Default::default() };
         hb.set_msg_type(MessageType::MsgHeartbeat);
-        let (last, committed) = (node.raft.raft_log.last_index(), node.raft.raft_log.committed);
-        assert!(cap_heartbeat_commit(&mut hb, last, committed));
+        let committed = node.raft.raft_log.committed;
+        assert!(cap_heartbeat_commit(&mut hb, &node.raft.raft_log));
         node.step(hb).expect("step");
         assert_eq!(node.raft.raft_log.committed, committed, "nothing committed beyond the log");
 
         let mut fine = Message { from: 2, to: 1, term: 5, commit: 0, ..Default::default() };
         fine.set_msg_type(MessageType::MsgHeartbeat);
-        assert!(!cap_heartbeat_commit(&mut fine, last, committed), "a commit within the log is left alone");
+        assert!(!cap_heartbeat_commit(&mut fine, &node.raft.raft_log), "a commit within the log is left alone");
     }
 
     #[test]

@@ -19,14 +19,16 @@ pub struct InternalService {
 }
 
 /// A snapshot stream that cannot be accepted: damaged data is DATA_LOSS (and
-/// counted), anything else is the sender's mistake.
-fn refused_chunk(e: String) -> Status {
-    if e.starts_with(peer::CHECKSUM_MISMATCH) {
-        tracing::warn!("refusing snapshot: {e}");
-        metrics::counter!("cairn_snapshot_chunks_corrupt_total").increment(1);
-        Status::data_loss(e)
-    } else {
-        Status::invalid_argument(e)
+/// counted), an oversized one RESOURCE_EXHAUSTED, a wrong length the sender's mistake.
+fn refused_snapshot(e: peer::SnapshotError) -> Status {
+    match e {
+        peer::SnapshotError::Damaged { .. } => {
+            tracing::warn!("refusing snapshot: {e}");
+            metrics::counter!("cairn_snapshot_chunks_corrupt_total").increment(1);
+            Status::data_loss(e.to_string())
+        }
+        peer::SnapshotError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        peer::SnapshotError::TooLong | peer::SnapshotError::TooShort { .. } => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -74,11 +76,11 @@ impl Internal for InternalService {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         peer::check_cluster(self.transport.cluster_id(), &first.cluster_id).map_err(Status::permission_denied)?;
-        let mut snapshot = peer::SnapshotReassembly::start(first, MAX_SNAPSHOT_BYTES).map_err(refused_chunk)?;
+        let mut snapshot = peer::SnapshotReassembly::start(first, MAX_SNAPSHOT_BYTES).map_err(refused_snapshot)?;
         while let Some(c) = stream.message().await? {
-            snapshot.push(&c).map_err(refused_chunk)?;
+            snapshot.push(&c).map_err(refused_snapshot)?;
         }
-        let (first, data) = snapshot.finish().map_err(Status::invalid_argument)?;
+        let (first, data) = snapshot.finish().map_err(refused_snapshot)?;
         self.transport.mark_seen(first.from_node);
         let envelope = RaftEnvelope {
             range_id: first.range_id,

@@ -101,8 +101,6 @@ impl<'a> ApplyBatch<'a> {
         if sabotage::active(Sabotage::ApplyRetryTwice) {
             return None;
         }
-        let first = muts.first()?;
-        self.recorded_for_key(&first.key, request_id, now)?;
         let mut per_key: HashMap<&[u8], std::collections::VecDeque<MutationResult>> = HashMap::new();
         let mut results = Vec::with_capacity(muts.len());
         for m in muts {
@@ -119,18 +117,27 @@ impl<'a> ApplyBatch<'a> {
 
     /// Records each key's results (in op order) under `request_id`.
     fn remember(&mut self, muts: &[Mutation], request_id: &[u8], version: Version, resp: &WriteResponse) {
+        let ms = version.wall_ns / 1_000_000;
+        // Most writes touch one key: no grouping needed on the apply path.
+        if let ([m], [r]) = (muts, resp.results.as_slice()) {
+            self.put_record(&m.key, request_id, ms, vec![*r]);
+            return;
+        }
         let mut per_key: HashMap<&[u8], Vec<MutationResult>> = HashMap::new();
         for (m, r) in muts.iter().zip(&resp.results) {
             per_key.entry(m.key.as_slice()).or_default().push(*r);
         }
-        let ms = version.wall_ns / 1_000_000;
         for (key, results) in per_key {
-            let mut v = ms.to_be_bytes().to_vec();
-            v.extend_from_slice(&WriteResponse { results }.encode_to_vec());
-            let record_key = layout::dedupe_key(key, request_id);
-            self.batch.put(Cf::Dedupe, &record_key, &v);
-            self.dedupe.insert(record_key, v);
+            self.put_record(key, request_id, ms, results);
         }
+    }
+
+    fn put_record(&mut self, key: &[u8], request_id: &[u8], ms: u64, results: Vec<MutationResult>) {
+        let mut v = ms.to_be_bytes().to_vec();
+        v.extend_from_slice(&WriteResponse { results }.encode_to_vec());
+        let record_key = layout::dedupe_key(key, request_id);
+        self.batch.put(Cf::Dedupe, &record_key, &v);
+        self.dedupe.insert(record_key, v);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -144,12 +144,8 @@ impl Replica {
     /// Gives up on forwarded writes and ReadIndex requests older than `max_age`.
     pub fn expire_waiting(&mut self, max_age: Duration) {
         let id = self.range_id();
-        let old: Vec<Vec<u8>> =
-            self.forwarded.iter().filter(|(_, (t, _))| t.elapsed() > max_age).map(|(k, _)| k.clone()).collect();
-        for k in old {
-            if let Some((_, reply)) = self.forwarded.remove(&k) {
-                let _ = reply.send(Err(errors::ambiguous(id)));
-            }
+        for (_, (_, reply)) in self.forwarded.extract_if(|_, (t, _)| t.elapsed() > max_age) {
+            let _ = reply.send(Err(errors::ambiguous(id)));
         }
         while self.reads_inflight.front().is_some_and(|(_, t, _)| t.elapsed() > max_age) {
             if let Some((_, _, replies)) = self.reads_inflight.pop_front() {

@@ -267,12 +267,10 @@ impl Store {
         if msg.from == r.raw.raft.leader_id {
             r.shared.leader_contact_ms.store(crate::hlc::wall_now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
-        let (last, committed) = (r.raw.raft.raft_log.last_index(), r.raw.raft.raft_log.committed);
-        if crate::peer::cap_heartbeat_commit(&mut msg, last, committed) {
+        if crate::peer::cap_heartbeat_commit(&mut msg, &r.raw.raft.raft_log) {
             tracing::warn!(
                 range_id,
                 from_node,
-                last,
                 "heartbeat commit beyond this replica's log (the leader's view is stale); ignored"
             );
         }

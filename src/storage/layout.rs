@@ -54,10 +54,10 @@ pub fn dedupe_key(key: &[u8], request_id: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The `dedupe` keys of every record of data keys in `[start, end)` (empty end = +inf).
+/// The `dedupe` keys of every record of data keys in `[start, end)` (empty end = +inf):
+/// records start with the key's MVCC bound, so they span what the data does.
 pub fn dedupe_span(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let hi = if end.is_empty() { vec![0xff; 8] } else { crate::keys::mvcc::bound(end) };
-    (crate::keys::mvcc::bound(start), hi)
+    super::mvcc::data_span(start, end)
 }
 
 /// Whether a dedupe record's wall-clock ms is before `cutoff_ms`.

@@ -168,14 +168,6 @@ fn verdict_of(error: &Option<String>) -> String {
     }
 }
 
-fn client_for(addr: &str) -> CairnClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
-    CairnClient::new(ch)
-}
-
 /// Register keys rotate: generation `g` (a few seconds of the run) uses its own
 /// slots, so each key's history stays short enough for the exhaustive
 /// linearizability search even with many operations in doubt (Jepsen's
@@ -253,7 +245,7 @@ struct Shared {
 
 async fn register_worker(sh: Arc<Shared>, addr: String, worker: u64, keys: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ (worker << 20));
-    let mut c = client_for(&addr);
+    let mut c = super::client_at(&addr);
     let mut process = worker;
     let mut seq = 0u64;
     let mut seen: Vec<Option<u64>> = vec![None; keys];
@@ -297,7 +289,7 @@ async fn register_worker(sh: Arc<Shared>, addr: String, worker: u64, keys: usize
 
 /// Writes keys that are never overwritten; every acknowledged one must survive.
 async fn unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
-    let mut c = client_for(&addr);
+    let mut c = super::client_at(&addr);
     let mut n = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
         n += 1;
@@ -321,7 +313,7 @@ async fn unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
 /// an acknowledged one (recent or seconds old) to prove a retry is not applied again.
 async fn counter_worker(sh: Arc<Shared>, addr: String, worker: u64, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xC0FFEE ^ worker);
-    let mut c = client_for(&addr);
+    let mut c = super::client_at(&addr);
     let mut n = 0u64;
     let mut acked: std::collections::VecDeque<(Vec<u8>, i64)> = std::collections::VecDeque::new();
     while !sh.stop.load(Ordering::Relaxed) {
@@ -383,7 +375,7 @@ async fn counter_worker(sh: Arc<Shared>, addr: String, worker: u64, seed: u64) {
 /// Node index of the leader of a random range of the test table, if known.
 async fn some_leader(cl: &Cluster, rng: &mut StdRng) -> Option<usize> {
     let i = rng.random_range(0..cl.nodes.len());
-    let mut c = client_for(&cl.grpc(i));
+    let mut c = super::client_at(&cl.grpc(i));
     let s = tokio::time::timeout(OP_TIMEOUT, c.cluster_status(ClusterStatusRequest {})).await.ok()?.ok()?;
     let leaders: Vec<u64> = s
         .get_ref()
@@ -425,7 +417,7 @@ async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
                 Some(l) => l,
                 None => pick(rng),
             };
-            cl.lab.as_ref().expect("lab").isolate(l);
+            lab.isolate(l);
             Undo::Heal
         }
         Fault::MajorityMinority => {
@@ -505,7 +497,7 @@ fn undo(cl: &mut Cluster, u: Undo) {
 /// A split at a random key, a leader transfer or a replica move of a random
 /// range; errors are expected while faults are active and only counted.
 async fn topology_change(addrs: &[String], rng: &mut StdRng, out: &mut BTreeMap<String, (usize, usize)>) {
-    let mut c = client_for(&addrs[rng.random_range(0..addrs.len())]);
+    let mut c = super::client_at(&addrs[rng.random_range(0..addrs.len())]);
     let choice = rng.random_range(0..3);
     let (what, ok) = if choice == 0 {
         let key = match rng.random_range(0..5) {
@@ -553,7 +545,7 @@ async fn topology_change(addrs: &[String], rng: &mut StdRng, out: &mut BTreeMap<
 async fn converge(cl: &Cluster, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     for i in 0..cl.nodes.len() {
-        let mut c = client_for(&cl.grpc(i));
+        let mut c = super::client_at(&cl.grpc(i));
         loop {
             let req = GetRequest { table: TABLE.into(), key: reg_key(0, 0).into_bytes(), consistency: 0 };
             match tokio::time::timeout(OP_TIMEOUT, c.get(req)).await {
@@ -647,7 +639,7 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         }
     }
     report.convergence_error = converge(&cl, Duration::from_secs(60)).await.err();
-    let mut fin = client_for(&cl.grpc(0));
+    let mut fin = super::client_at(&cl.grpc(0));
     let generations = (sh.start.elapsed().as_millis() / GENERATION.as_millis()) as u64;
     for g in 0..=generations {
         for k in 0..cfg.register_keys {

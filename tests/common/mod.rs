@@ -174,12 +174,7 @@ impl Cluster {
     }
 
     pub async fn client(&self, i: usize) -> CairnClient<Channel> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc(i)))
-            .expect("endpoint")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
-            .connect_lazy();
-        CairnClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        client_at(&self.grpc(i))
     }
 
     fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
@@ -256,6 +251,26 @@ impl Cluster {
         panic!("ranges not replicated {voters}x within {timeout:?}: {last}\n{}", self.log(0));
     }
 
+    /// Waits until node `i`'s replica of `range_id` has applied what node `j`'s has.
+    pub async fn wait_caught_up(&self, i: usize, j: usize, range_id: u64, timeout: Duration) {
+        let applied = |reps: Vec<serde_json::Value>| {
+            reps.iter()
+                .find(|r| r["range_id"].as_u64() == Some(range_id))
+                .and_then(|r| r["applied_index"].as_u64())
+                .unwrap_or(0)
+        };
+        let target = applied(self.local_replicas(j).await);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = applied(self.local_replicas(i).await);
+            if have >= target && target > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} stuck at {have}, want {target}\n{}", i + 1, self.log(i));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// This node's replicas as its HTTP admin port reports them.
     pub async fn local_replicas(&self, i: usize) -> Vec<serde_json::Value> {
         let body = http_get(&self.http(i), "/api/node").await.unwrap_or_default();
@@ -302,6 +317,16 @@ pub fn data_dir_of(c: &Cluster, i: usize) -> &Path {
 }
 
 // ------------------------------------------------------------------ client helpers
+
+/// A client of the node at `addr` (connects lazily, so a down node is an error per call).
+pub fn client_at(addr: &str) -> CairnClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect_lazy();
+    CairnClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+}
 
 pub async fn create_table(c: &mut CairnClient<Channel>, name: &str, splits: &[&str]) {
     c.create_table(CreateTableRequest {
