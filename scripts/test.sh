@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, the process-level cluster tests (real
+# Runs the whole test suite: unit tests, the deterministic simulation's fixed
+# seeds, the process-level cluster tests (real
 # `cairn server` processes on loopback, real disks), a short chaos run (servers
 # in network namespaces; needs root and nftables), and the sabotage proofs (the
 # same checks against deliberately broken servers, built with the `fault-injection`
@@ -12,7 +13,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
-cargo test --features fault-injection --test chaos --test sabotage --test disk_faults 2>&1 | tee -a "$log" || status=$?
+cargo test --features fault-injection --test chaos --test sabotage --test disk_faults --test sim_sabotage 2>&1 | tee -a "$log" || status=$?
 scripts/fuzz.sh 20 2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "total: %d passed, %d failed\n", p, f }' "$log"

@@ -9,6 +9,7 @@
 //! - [`controller`]: placement decisions (pure) and their execution.
 //! - [`raftstore`]: the multi-Raft driver and the range state machine.
 //! - [`storage`]: the RocksDB engine and on-disk layout.
+//! - [`sim`]: deterministic simulation of a whole cluster's store loops in one thread.
 //! - [`keys`], [`hlc`], [`limits`], [`request`], [`peer`]: the pure building blocks
 //!   (crate `cairn-core`): encodings, versions, limits, request and peer-traffic validation.
 
@@ -30,4 +31,5 @@ pub mod meta;
 pub mod raftstore;
 pub mod sabotage;
 pub mod server;
+pub mod sim;
 pub mod storage;

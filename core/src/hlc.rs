@@ -67,10 +67,14 @@ impl From<&kv::Version> for Version {
     }
 }
 
+/// Where a clock reads physical time from: the wall clock, or the simulator's.
+pub type PhysicalClock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The node's clock.
 pub struct Hlc {
     node_id: u32,
     last: Mutex<Version>,
+    physical_ns: Option<PhysicalClock>,
 }
 
 pub fn wall_now_ns() -> u64 {
@@ -84,12 +88,18 @@ pub fn wall_now_ms() -> u64 {
 
 impl Hlc {
     pub fn new(node_id: u32) -> Self {
-        Hlc { node_id, last: Mutex::new(Version::ZERO) }
+        Hlc { node_id, last: Mutex::new(Version::ZERO), physical_ns: None }
+    }
+
+    /// A clock whose physical part comes from `physical_ns` (the simulator's time),
+    /// so versions are reproducible.
+    pub fn with_physical_clock(node_id: u32, physical_ns: PhysicalClock) -> Self {
+        Hlc { node_id, last: Mutex::new(Version::ZERO), physical_ns: Some(physical_ns) }
     }
 
     /// A fresh version, above every version issued or observed so far.
     pub fn now(&self) -> Version {
-        let wall = wall_now_ns();
+        let wall = self.physical_ns.as_ref().map_or_else(wall_now_ns, |f| f());
         let mut last = self.last.lock();
         let v = if wall > last.wall_ns {
             Version { wall_ns: wall, logical: 0, node_id: self.node_id }

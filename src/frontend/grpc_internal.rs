@@ -88,6 +88,7 @@ impl Internal for InternalService {
             end: first.end,
             conf_ver: first.conf_ver,
             message: data,
+            control: 0,
         };
         self.gw.store.send(StoreMsg::Snapshot { from_node: first.from_node, envelope }).map_err(overloaded)?;
         metrics::counter!("cairn_snapshots_received_total").increment(1);

@@ -168,7 +168,10 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     }
     let out = match &cmd.cmd {
         Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, w, version),
-        Some(raft_command::Cmd::Split(s)) => apply_split(&mut ab.batch, t, s),
+        Some(raft_command::Cmd::Split(s)) => {
+            let prior = ab.engine.get(Cf::RaftState, &layout::hard_state_key(s.new_range_id));
+            apply_split(&mut ab.batch, t, s, prior)
+        }
         Some(raft_command::Cmd::Clear(c)) => apply_clear(&mut ab.batch, t, c),
         None => Applied::Rejected(errors::invalid("empty command")),
     };
@@ -311,7 +314,14 @@ fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Curr
     })
 }
 
-fn apply_split(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, s: &SplitCommand) -> Applied {
+/// `prior_hard_state`: what this node already persisted for the new range (a replica
+/// created on a message from it, before this node applied the split).
+fn apply_split(
+    batch: &mut Batch<'_>,
+    t: &mut ApplyTarget<'_>,
+    s: &SplitCommand,
+    prior_hard_state: Option<Vec<u8>>,
+) -> Applied {
     let key = s.split_key.as_slice();
     if key == t.desc.start.as_slice() {
         return Applied::AlreadySplit(t.desc.clone());
@@ -336,6 +346,12 @@ fn apply_split(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, s: &SplitCommand)
     t.desc.epoch = Some(epoch);
     batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
     write_initial_state(batch, &right, t.apply.last_version);
+    let prior = prior_hard_state.and_then(|b| raft::eraftpb::HardState::decode(b.as_slice()).ok());
+    if let Some(mut hs) = prior.filter(|hs| hs.term > super::RAFT_INIT_TERM) {
+        // Keep the term and vote this node already promised in an election of the new range.
+        hs.commit = super::RAFT_INIT_INDEX;
+        batch.put(Cf::RaftState, &layout::hard_state_key(right.id), &hs.encode_to_vec());
+    }
     Applied::Split { left: t.desc.clone(), right }
 }
 
@@ -494,6 +510,24 @@ mod tests {
         let Applied::Write(r) = run(&e, &mut desc, &mut st, &write(vec![inc(7)], b"")) else { panic!() };
         assert!(!r.results[0].succeeded, "bound max=10 holds");
         assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX).unwrap().0, b"4");
+    }
+
+    #[test]
+    fn a_split_keeps_the_vote_a_replica_of_the_new_range_already_cast() {
+        let (_d, e, mut desc, mut st) = setup();
+        // This node voted in term 9 for node 3 in range 9 before applying the split that makes it.
+        let voted = raft::eraftpb::HardState { term: 9, vote: 3, commit: 0 };
+        let mut b = e.batch();
+        b.put(Cf::RaftState, &layout::hard_state_key(9), &voted.encode_to_vec());
+        e.commit(b, true);
+        let split = RaftCommand {
+            cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: b"g".to_vec(), new_range_id: 9 })),
+            ..Default::default()
+        };
+        assert!(matches!(run(&e, &mut desc, &mut st, &split), Applied::Split { .. }));
+        let raw = e.get(Cf::RaftState, &layout::hard_state_key(9)).unwrap();
+        let hs = raft::eraftpb::HardState::decode(raw.as_slice()).unwrap();
+        assert_eq!((hs.term, hs.vote, hs.commit), (9, 3, super::super::RAFT_INIT_INDEX));
     }
 
     #[test]

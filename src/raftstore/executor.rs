@@ -105,7 +105,7 @@ fn check_stale_allowed(shared: &ReplicaShared) -> Result<(), RangeError> {
     Ok(())
 }
 
-fn read_keys(
+pub fn read_keys(
     store: &StoreHandle,
     range_id: u64,
     epoch: Option<RangeEpoch>,

@@ -11,6 +11,7 @@ pub mod executor;
 pub mod msg;
 pub mod raft_storage;
 pub mod replica;
+pub mod replica_gc;
 pub mod shared;
 pub mod snapshot;
 pub mod store;
@@ -35,6 +36,10 @@ pub struct RaftConfig {
     pub log_gc_threshold: u64,
     pub max_inflight_msgs: usize,
     pub max_size_per_msg: u64,
+    /// Simulation only: fixes each replica's election timeout from this seed
+    /// instead of raft-rs's unseeded random draw.
+    #[serde(skip)]
+    pub election_seed: Option<u64>,
 }
 
 impl Default for RaftConfig {
@@ -46,6 +51,7 @@ impl Default for RaftConfig {
             log_gc_threshold: 8192,
             max_inflight_msgs: 256,
             max_size_per_msg: 1 << 20,
+            election_seed: None,
         }
     }
 }

@@ -53,12 +53,20 @@ fn other(e: impl std::fmt::Display) -> raft::Error {
 }
 
 impl RangeStorage {
-    /// A replica known only by id, waiting for a snapshot from its leader.
+    /// A replica known only by id, waiting for a snapshot from its leader. It starts
+    /// from the term and vote an earlier replica of the range on this node persisted
+    /// (one created on a message before a restart, or destroyed since), so it can
+    /// never vote twice in a term.
     pub fn uninitialized(engine: Arc<Engine>, range_id: u64) -> Self {
+        let mut hard_state = engine
+            .get(Cf::RaftState, &layout::hard_state_key(range_id))
+            .and_then(|b| HardState::decode(b.as_slice()).ok())
+            .unwrap_or_default();
+        hard_state.commit = 0; // an empty log commits nothing
         RangeStorage {
             engine,
             range_id,
-            hard_state: HardState::default(),
+            hard_state,
             conf_state: ConfState::default(),
             apply: ApplyState::default(),
             last_index: 0,
@@ -275,5 +283,24 @@ impl raft::Storage for RangeStorage {
         meta.term = term;
         meta.conf_state = Some(self.conf_state.clone());
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim_disk::SimDisk;
+
+    #[test]
+    fn a_recreated_replica_remembers_its_term_and_vote() {
+        let engine = Arc::new(Engine::simulated(Arc::new(SimDisk::new())));
+        let voted = HardState { term: 12, vote: 2, commit: 40 };
+        let mut b = engine.batch();
+        b.put(Cf::RaftState, &layout::hard_state_key(7), &voted.encode_to_vec());
+        engine.commit(b, true);
+        let s = RangeStorage::uninitialized(engine.clone(), 7);
+        assert_eq!((s.hard_state.term, s.hard_state.vote, s.hard_state.commit), (12, 2, 0));
+        let fresh = RangeStorage::uninitialized(engine, 8);
+        assert_eq!(fresh.hard_state, HardState::default());
     }
 }

@@ -47,12 +47,29 @@ pub struct Replica {
     /// Loop turns since the last activity; drives hibernation.
     pub idle_ticks: u32,
     pub hibernating: bool,
+    /// When this replica last asked whether it is still a member (replica GC).
+    pub last_stale_check: Option<Instant>,
 }
 
-pub fn raft_config(node_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
+pub fn raft_config(node_id: u64, range_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
+    // raft-rs draws each randomized election timeout from a thread-local RNG. A
+    // simulated run instead gives every replica its own fixed timeout in the same
+    // span, derived from the run's seed, so the run replays exactly.
+    let (min_election_tick, max_election_tick) = match cfg.election_seed {
+        Some(seed) => {
+            let mixed =
+                seed ^ node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ range_id.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+            let spread = cfg.election_ticks.max(1) as u64;
+            let t = cfg.election_ticks + (mixed.wrapping_mul(0xFF51_AFD7_ED55_8CCD) >> 32) as usize % spread as usize;
+            (t, t + 1)
+        }
+        None => (0, 0), // raft-rs's default: [election_tick, 2 × election_tick)
+    };
     raft::Config {
         id: node_id,
         election_tick: cfg.election_ticks,
+        min_election_tick,
+        max_election_tick,
         heartbeat_tick: cfg.heartbeat_ticks,
         applied,
         max_size_per_msg: cfg.max_size_per_msg,
@@ -68,7 +85,7 @@ impl Replica {
     pub fn new(node_id: u64, storage: RangeStorage, cfg: &RaftConfig, logger: &slog::Logger) -> anyhow::Result<Self> {
         let shared = Arc::new(ReplicaShared::new(storage.desc.clone(), storage.initialized));
         shared.set_applied(storage.apply.applied_index, storage.apply.last_version);
-        let rc = raft_config(node_id, storage.apply.applied_index, cfg);
+        let rc = raft_config(node_id, storage.range_id, storage.apply.applied_index, cfg);
         let raw = RawNode::new(&rc, storage, logger)?;
         Ok(Replica {
             raw,
@@ -85,6 +102,7 @@ impl Replica {
             was_leader: false,
             idle_ticks: 0,
             hibernating: false,
+            last_stale_check: None,
         })
     }
 
@@ -142,12 +160,13 @@ impl Replica {
     }
 
     /// Gives up on forwarded writes and ReadIndex requests older than `max_age`.
-    pub fn expire_waiting(&mut self, max_age: Duration) {
+    pub fn expire_waiting(&mut self, now: Instant, max_age: Duration) {
         let id = self.range_id();
-        for (_, (_, reply)) in self.forwarded.extract_if(|_, (t, _)| t.elapsed() > max_age) {
+        let expired = |t: &Instant| now.saturating_duration_since(*t) > max_age;
+        for (_, (_, reply)) in self.forwarded.extract_if(|_, (t, _)| expired(t)) {
             let _ = reply.send(Err(errors::ambiguous(id)));
         }
-        while self.reads_inflight.front().is_some_and(|(_, t, _)| t.elapsed() > max_age) {
+        while self.reads_inflight.front().is_some_and(|(_, t, _)| expired(t)) {
             if let Some((_, _, replies)) = self.reads_inflight.pop_front() {
                 for r in replies {
                     let _ = r.send(Err(errors::unavailable(format!("range {id}: read index timed out"))));

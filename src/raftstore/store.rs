@@ -14,13 +14,15 @@ use super::errors;
 use super::msg::{StoreHandle, StoreMsg, STORE_QUEUE_CAPACITY};
 use super::raft_storage::{conf_state_of, RangeStorage};
 use super::replica::{Proposal, ProposalReply, Replica};
+use super::replica_gc;
 use super::shared::ReplicaRegistry;
 use super::snapshot;
-use super::transport::Transport;
+use super::transport::RaftTransport;
 use super::RaftConfig;
 use crate::hlc::Hlc;
 use crate::storage::layout;
 use crate::storage::{mvcc, Cf, Engine};
+use cairn_proto::internal::raft_envelope::Control;
 use cairn_proto::internal::{
     admin_request, AdminRequest, AdminResponse, RaftCommand, RaftEnvelope, RangeDescriptor, Replica as ReplicaDesc,
     ReplicaProgress, SnapshotData,
@@ -29,7 +31,7 @@ use prost::Message as _;
 use prost011::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::StateRole;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,12 +43,38 @@ pub struct Store {
     node_id: u64,
     engine: Arc<Engine>,
     cfg: RaftConfig,
-    replicas: HashMap<u64, Replica>,
+    /// Ordered, so every turn visits replicas in the same order (the simulator
+    /// relies on it to replay a run exactly).
+    replicas: BTreeMap<u64, Replica>,
     registry: ReplicaRegistry,
     rx: Receiver<StoreMsg>,
-    transport: Arc<Transport>,
+    transport: Arc<dyn RaftTransport>,
     hlc: Arc<Hlc>,
     logger: slog::Logger,
+    /// The time of the current turn: the only clock the loop reads.
+    now: Instant,
+    next_tick: Instant,
+    ticks: u64,
+    observer: Option<ApplyObserver>,
+}
+
+/// Called with every committed entry just before this node applies it; the
+/// simulator uses it to check that committed entries never change.
+pub type ApplyObserver = Box<dyn FnMut(u64, &Entry) + Send>;
+
+/// What the simulator's invariant checks see of one replica after a turn.
+#[derive(Clone, Debug)]
+pub struct ReplicaView {
+    pub range_id: u64,
+    pub is_leader: bool,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub initialized: bool,
+    pub desc: RangeDescriptor,
+    /// On a leader: each replica's matched index.
+    pub matched: Vec<(u64, u64)>,
 }
 
 /// Forwards raft-rs's warnings to `tracing`; its debug chatter is dropped.
@@ -69,38 +97,10 @@ pub fn start(
     engine: Arc<Engine>,
     cfg: RaftConfig,
     registry: ReplicaRegistry,
-    transport: Arc<Transport>,
+    transport: Arc<dyn RaftTransport>,
     hlc: Arc<Hlc>,
 ) -> anyhow::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = sync_channel(STORE_QUEUE_CAPACITY);
-    let logger = slog::Logger::root(TracingDrain, slog::o!());
-    let mut store = Store {
-        node_id,
-        engine: engine.clone(),
-        cfg,
-        replicas: HashMap::new(),
-        registry: registry.clone(),
-        rx,
-        transport,
-        hlc,
-        logger,
-    };
-    let mut ids = Vec::new();
-    let (lo, hi) = (0u64.to_be_bytes(), u64::MAX.to_be_bytes());
-    engine.scan(Cf::RaftState, &lo, &hi, |k, _| {
-        if k.len() == 9 && k[8] == 0x03 {
-            ids.push(u64::from_be_bytes(k[..8].try_into().unwrap_or_default()));
-        }
-        true
-    });
-    for id in ids {
-        if let Some(storage) = RangeStorage::load(engine.clone(), id)? {
-            store.hlc.observe(storage.apply.last_version);
-            store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
-        }
-    }
-    tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
-    let handle = StoreHandle { node_id, tx, registry, engine };
+    let (store, handle) = Store::open(node_id, engine, cfg, registry, transport, hlc, Instant::now())?;
     let join = std::thread::Builder::new().name("raftstore".into()).spawn(move || {
         // raft-rs panics on broken invariants; a node without its Raft loop must not
         // keep answering as if it were healthy, so a panic here stops the process.
@@ -110,6 +110,89 @@ pub fn start(
         }
     })?;
     Ok((handle, join))
+}
+
+impl Store {
+    /// Loads every replica persisted on this node. The caller drives the loop:
+    /// a thread (`start`) in a server, the simulator in tests.
+    pub fn open(
+        node_id: u64,
+        engine: Arc<Engine>,
+        cfg: RaftConfig,
+        registry: ReplicaRegistry,
+        transport: Arc<dyn RaftTransport>,
+        hlc: Arc<Hlc>,
+        now: Instant,
+    ) -> anyhow::Result<(Store, StoreHandle)> {
+        let (tx, rx) = sync_channel(STORE_QUEUE_CAPACITY);
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let tick = Duration::from_millis(cfg.tick_ms.max(1));
+        let mut store = Store {
+            node_id,
+            engine: engine.clone(),
+            cfg,
+            replicas: BTreeMap::new(),
+            registry: registry.clone(),
+            rx,
+            transport,
+            hlc,
+            logger,
+            now,
+            next_tick: now + tick,
+            ticks: 0,
+            observer: None,
+        };
+        let mut ids = Vec::new();
+        let (lo, hi) = (0u64.to_be_bytes(), u64::MAX.to_be_bytes());
+        engine.scan(Cf::RaftState, &lo, &hi, |k, _| {
+            if k.len() == 9 && k[8] == 0x03 {
+                ids.push(u64::from_be_bytes(k[..8].try_into().unwrap_or_default()));
+            }
+            true
+        });
+        for id in ids {
+            if let Some(storage) = RangeStorage::load(engine.clone(), id)? {
+                store.hlc.observe(storage.apply.last_version);
+                store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
+            }
+        }
+        tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
+        let handle = StoreHandle { node_id, tx, registry, engine };
+        Ok((store, handle))
+    }
+
+    pub fn set_apply_observer(&mut self, observer: ApplyObserver) {
+        self.observer = Some(observer);
+    }
+
+    /// (range, term) of every replica that is leader now; cheap enough to call every turn.
+    pub fn leader_terms(&self) -> Vec<(u64, u64)> {
+        self.replicas.values().filter(|r| r.is_leader()).map(|r| (r.range_id(), r.raw.raft.term)).collect()
+    }
+
+    /// Every replica's Raft role and progress, in range order.
+    pub fn replica_views(&self) -> Vec<ReplicaView> {
+        self.replicas
+            .values()
+            .map(|r| ReplicaView {
+                range_id: r.range_id(),
+                is_leader: r.is_leader(),
+                term: r.raw.raft.term,
+                leader_id: r.raw.raft.leader_id,
+                commit: r.raw.raft.raft_log.committed,
+                applied: r.raw.store().apply.applied_index,
+                initialized: r.shared.initialized(),
+                desc: r.shared.desc(),
+                matched: if r.is_leader() {
+                    let mut m: Vec<(u64, u64)> = r.raw.raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect();
+                    m.sort_unstable();
+                    m
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect()
+    }
 }
 
 /// Writes the starting state of ranges this node creates alone (cluster bootstrap).
@@ -129,42 +212,51 @@ impl Store {
     }
 
     fn run(mut self) {
-        let tick = Duration::from_millis(self.cfg.tick_ms.max(1));
-        let mut next_tick = Instant::now() + tick;
-        let mut ticks: u64 = 0;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
-                Ok(m) => self.handle(m),
+                Ok(m) => {
+                    self.now = Instant::now();
+                    self.handle(m);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            for _ in 0..MAX_MSGS_PER_TURN {
-                match self.rx.try_recv() {
-                    Ok(m) => self.handle(m),
-                    Err(_) => break,
-                }
-            }
-            if Instant::now() >= next_tick {
-                next_tick = Instant::now() + tick;
-                ticks += 1;
-                self.tick(ticks);
-            }
-            self.submit_reads();
-            self.process_ready();
+            self.turn(Instant::now());
         }
+    }
+
+    /// One turn of the loop at time `now`: takes queued messages, ticks if a tick
+    /// is due, then persists, sends and applies whatever Raft has ready. A turn
+    /// never blocks, which is what lets the simulator drive it.
+    pub fn turn(&mut self, now: Instant) {
+        self.now = now;
+        for _ in 0..MAX_MSGS_PER_TURN {
+            match self.rx.try_recv() {
+                Ok(m) => self.handle(m),
+                Err(_) => break,
+            }
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + Duration::from_millis(self.cfg.tick_ms.max(1));
+            self.ticks += 1;
+            self.tick(self.ticks);
+        }
+        self.submit_reads();
+        self.process_ready();
     }
 
     // ------------------------------------------------------------------ ticking
 
     fn tick(&mut self, ticks: u64) {
         let election_ms = self.cfg.tick_ms * self.cfg.election_ticks as u64;
-        let mut peers = std::collections::HashSet::new();
+        let mut peers = BTreeSet::new();
         // Each node's silence is looked up once per tick, not once per range.
         let mut silence: HashMap<u64, bool> = HashMap::new();
-        let transport = &self.transport;
-        let mut silent =
-            |n: u64| *silence.entry(n).or_insert_with(|| transport.silent_for(n) > Duration::from_millis(election_ms));
+        let (transport, now) = (&self.transport, self.now);
+        let mut silent = |n: u64| {
+            *silence.entry(n).or_insert_with(|| transport.silent_for(n, now) > Duration::from_millis(election_ms))
+        };
         for r in self.replicas.values_mut() {
             for p in &r.raw.store().desc.replicas {
                 if p.node_id != self.node_id {
@@ -190,7 +282,7 @@ impl Store {
             r.raw.tick();
             r.idle_ticks = r.idle_ticks.saturating_add(1);
             // Shorter than the gateway's fail-fast window, so it still has time to retry.
-            r.expire_waiting(Duration::from_millis(election_ms * 2));
+            r.expire_waiting(now, Duration::from_millis(election_ms * 2));
             maybe_hibernate(r, &self.cfg);
         }
         // Per-node keepalive, a few times per election timeout: it is what lets
@@ -248,6 +340,10 @@ impl Store {
     }
 
     fn step_envelope(&mut self, from_node: u64, env: RaftEnvelope, is_snapshot: bool) {
+        if env.control != Control::None as i32 {
+            self.handle_control(from_node, &env);
+            return;
+        }
         let mut msg = match crate::peer::decode_raft_message(self.node_id, from_node, &env) {
             Ok(m) => m,
             Err(e) => {
@@ -256,6 +352,14 @@ impl Store {
             }
         };
         let range_id = env.range_id;
+        if let Some(r) = self.replicas.get(&range_id) {
+            let desc = &r.raw.store().desc;
+            if r.raw.store().initialized && replica_gc::sender_was_removed(desc, from_node, env.conf_ver) {
+                // Traffic from a replica that missed its removal: tell it, and keep it out of Raft.
+                self.transport.send_control(from_node, replica_gc::control(desc, Control::Removed));
+                return;
+            }
+        }
         if !self.replicas.contains_key(&range_id) && !self.maybe_create(&env, &msg) {
             return;
         }
@@ -281,8 +385,20 @@ impl Store {
 
     /// Creates an empty replica for a range this node was just added to.
     fn maybe_create(&mut self, env: &RaftEnvelope, msg: &Message) -> bool {
+        // Vote requests create a replica too (as in TiKV): a range with no leader, whose
+        // other voters cannot reach a quorum without this node (found by the simulator:
+        // a 2-voter range split off mid-move, on a node that then received its parent
+        // by snapshot and so never applied the split), can only elect one if it answers.
         let t = msg.get_msg_type();
-        if !matches!(t, MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot) {
+        let initial = matches!(
+            t,
+            MessageType::MsgAppend
+                | MessageType::MsgHeartbeat
+                | MessageType::MsgSnapshot
+                | MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+        );
+        if !initial {
             return false;
         }
         if let Some(raw) = self.engine.get(Cf::RaftState, &layout::tombstone_key(env.range_id)) {
@@ -297,6 +413,7 @@ impl Store {
             r.shared.initialized() && r.shared.with_desc(|d| ranges_overlap(&d.start, &d.end, &env.start, &env.end))
         });
         if overlaps {
+            self.check_overlapping_replicas(msg.from, env);
             return false;
         }
         let storage = RangeStorage::uninitialized(self.engine.clone(), env.range_id);
@@ -310,6 +427,61 @@ impl Store {
                 tracing::warn!(range_id = env.range_id, "cannot create replica: {e}");
                 false
             }
+        }
+    }
+
+    /// Local replicas overlapping a range this node was asked to join may be stale
+    /// (removed while this node was away): ask the sender and their members.
+    fn check_overlapping_replicas(&mut self, sender: u64, env: &RaftEnvelope) {
+        let now = self.now;
+        let every = Duration::from_millis(self.cfg.tick_ms * self.cfg.election_ticks as u64);
+        let mut asks = Vec::new();
+        for r in self.replicas.values_mut() {
+            let overlapping = r.shared.initialized()
+                && r.shared.with_desc(|d| ranges_overlap(&d.start, &d.end, &env.start, &env.end));
+            if !overlapping || r.last_stale_check.is_some_and(|t| now.saturating_duration_since(t) < every) {
+                continue;
+            }
+            r.last_stale_check = Some(now);
+            let desc = r.raw.store().desc.clone();
+            let mut to: Vec<u64> = desc.replicas.iter().map(|p| p.node_id).filter(|n| *n != self.node_id).collect();
+            if !to.contains(&sender) {
+                to.push(sender);
+            }
+            asks.push((to, replica_gc::control(&desc, Control::StaleCheck)));
+        }
+        for (to, env) in asks {
+            for n in to {
+                self.transport.send_control(n, env.clone());
+            }
+        }
+    }
+
+    fn handle_control(&mut self, from_node: u64, env: &RaftEnvelope) {
+        let Some(r) = self.replicas.get(&env.range_id) else { return };
+        let (desc, initialized) = (&r.raw.store().desc, r.raw.store().initialized);
+        match Control::try_from(env.control) {
+            Ok(Control::StaleCheck) => {
+                if initialized && replica_gc::sender_was_removed(desc, from_node, env.conf_ver) {
+                    self.transport.send_control(from_node, replica_gc::control(desc, Control::Removed));
+                }
+            }
+            Ok(Control::Removed) => {
+                // A re-addition in the log but not yet applied (after a restart, say) must be
+                // applied first; if the replica is still stale then, it asks again.
+                let may_return = replica_gc::may_be_added_back(r.raw.store(), self.node_id);
+                if replica_gc::told_removed(desc, initialized, env.conf_ver) && !may_return {
+                    tracing::info!(
+                        range_id = env.range_id,
+                        from_node,
+                        their_conf_ver = env.conf_ver,
+                        "replica missed its removal; destroying it"
+                    );
+                    metrics::counter!("cairn_stale_replicas_destroyed_total").increment(1);
+                    self.destroy_replica(env.range_id);
+                }
+            }
+            Ok(Control::None) | Err(_) => {}
         }
     }
 
@@ -373,7 +545,7 @@ impl Store {
         }
         if forward {
             // raft-rs sent it to the leader; this replica answers when it applies the entry.
-            if let Some((_, old)) = r.forwarded.insert(cmd.request_id, (Instant::now(), reply)) {
+            if let Some((_, old)) = r.forwarded.insert(cmd.request_id, (self.now, reply)) {
                 let _ = old.send(Err(errors::ambiguous(range_id)));
             }
             return;
@@ -474,7 +646,7 @@ impl Store {
             r.next_read_ctx += 1;
             let replies = std::mem::take(&mut r.reads_to_submit);
             r.raw.read_index(read_ctx(self.node_id, ctx));
-            r.reads_inflight.push_back((ctx, Instant::now(), replies));
+            r.reads_inflight.push_back((ctx, self.now, replies));
         }
     }
 
@@ -594,6 +766,7 @@ impl Store {
                 }
             }
             let committed = rd.take_committed_entries();
+            observe(&mut self.observer, id, &committed);
             let mut outcome = ApplyOutcome::default();
             apply_entries(&self.engine, &self.hlc, self.node_id, r, committed, &mut outcome);
             let mut light = r.raw.advance(rd);
@@ -601,7 +774,9 @@ impl Store {
                 r.raw.mut_store().hard_state.commit = c;
             }
             self.transport.send_all(r.raw.store(), light.take_messages());
-            apply_entries(&self.engine, &self.hlc, self.node_id, r, light.take_committed_entries(), &mut outcome);
+            let committed = light.take_committed_entries();
+            observe(&mut self.observer, id, &committed);
+            apply_entries(&self.engine, &self.hlc, self.node_id, r, committed, &mut outcome);
             r.raw.advance_apply();
             evict_entry_cache(r);
             r.release_reads();
@@ -672,6 +847,11 @@ impl Store {
         let (slo, shi) = layout::range_state_bounds(id);
         b.delete_range(Cf::RaftState, &slo, &shi);
         b.put(Cf::RaftState, &layout::tombstone_key(id), &conf_ver.to_be_bytes());
+        // Peer ids are node ids: a replica re-created here later must not vote again in a
+        // term this one voted in, so its term and vote outlive it.
+        let mut hs = r.raw.raft.hard_state();
+        hs.commit = 0;
+        b.put(Cf::RaftState, &layout::hard_state_key(id), &hs.encode_to_vec());
         self.engine.commit(b, true);
         tracing::info!(range_id = id, "replica removed from this node");
     }
@@ -758,8 +938,10 @@ fn apply_entries(
                             desc.epoch.get_or_insert_with(Default::default).conf_ver += 1;
                             ab.batch.put(Cf::RaftState, &layout::descriptor_key(id), &desc.encode_to_vec());
                             r.raw.mut_store().conf_state = cs;
-                            if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == node_id {
-                                outcome.removed_self = true;
+                            // Only the last change naming this node counts: a replica that lagged
+                            // through its removal and its re-addition is a member again.
+                            if cc.node_id == node_id {
+                                outcome.removed_self = cc.get_change_type() == ConfChangeType::RemoveNode;
                             }
                             tracing::info!(range_id = id, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
                         }
@@ -851,6 +1033,14 @@ fn admin_status(r: &Replica) -> AdminResponse {
         commit_index: r.raw.raft.raft_log.committed,
         progress,
         right: None,
+    }
+}
+
+fn observe(observer: &mut Option<ApplyObserver>, range_id: u64, committed: &[Entry]) {
+    if let Some(f) = observer.as_mut() {
+        for e in committed {
+            f(range_id, e);
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! Sends Raft messages to other nodes.
+//! Sends Raft messages to other nodes. `RaftTransport` is what the store loop
+//! needs from the network; `Transport` is its gRPC implementation (the
+//! simulator supplies another).
 //!
 //! Messages are queued per destination node (bounded) and a task per node
 //! drains its queue into batches sent on one long-lived `RaftStream` per node
@@ -30,6 +32,33 @@ pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Batches buffered on a peer's stream before the sender waits (backpressure).
 const STREAM_BATCHES: usize = 32;
+
+/// What the store loop needs from the network. Sends never block the loop: a
+/// message that cannot be delivered is dropped (Raft retransmits) and, where it
+/// matters, reported back to the loop as `Unreachable` or `SnapshotStatus`.
+pub trait RaftTransport: Send + Sync {
+    /// Queues every message of one replica's Ready.
+    fn send_all(&self, store: &RangeStorage, msgs: Vec<Message>);
+    /// Sends a control envelope (replica garbage collection) to `to`.
+    fn send_control(&self, to: u64, env: RaftEnvelope);
+    /// Tells `to` that this node is alive (hibernating followers rely on it).
+    fn keepalive(&self, to: u64);
+    /// How long since `node_id` was last heard from, as of `now`.
+    fn silent_for(&self, node_id: u64, now: Instant) -> Duration;
+}
+
+/// Wraps one Raft message of a range for the wire, with what a node that has no
+/// replica yet needs to decide whether to create one.
+pub fn envelope(store: &RangeStorage, m: &Message) -> RaftEnvelope {
+    RaftEnvelope {
+        range_id: store.range_id,
+        start: store.desc.start.clone(),
+        end: store.desc.end.clone(),
+        conf_ver: store.desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0),
+        message: m.encode_to_vec(),
+        control: 0,
+    }
+}
 
 enum Outbound {
     Envelope(RaftEnvelope),
@@ -90,46 +119,41 @@ impl Transport {
         self.last_seen.lock().insert(node_id, Instant::now());
     }
 
-    /// How long since `node_id` was last heard from (since start-up if never).
-    pub fn silent_for(&self, node_id: u64) -> Duration {
-        let seen = self.last_seen.lock().get(&node_id).copied().unwrap_or(self.started);
-        seen.elapsed()
-    }
-
     fn report(&self, msg: StoreMsg) {
         if let Some(tx) = self.store_tx.get() {
             let _ = tx.try_send(msg);
         }
     }
+}
 
-    /// Queues every message of one replica's Ready.
-    pub fn send_all(&self, store: &RangeStorage, msgs: Vec<Message>) {
-        if msgs.is_empty() {
-            return;
-        }
-        let conf_ver = store.desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0);
+impl RaftTransport for Transport {
+    fn send_all(&self, store: &RangeStorage, msgs: Vec<Message>) {
         for m in msgs {
-            let to = m.to;
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let env = RaftEnvelope {
-                range_id: store.range_id,
-                start: store.desc.start.clone(),
-                end: store.desc.end.clone(),
-                conf_ver,
-                message: m.encode_to_vec(),
-            };
-            if is_snapshot {
-                self.send_snapshot(to, env);
+            let env = envelope(store, &m);
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(m.to, env);
             } else {
-                self.enqueue(to, Outbound::Envelope(env));
+                self.enqueue(m.to, Outbound::Envelope(env));
             }
         }
     }
 
-    pub fn keepalive(&self, to: u64) {
+    fn send_control(&self, to: u64, env: RaftEnvelope) {
+        self.enqueue(to, Outbound::Envelope(env));
+    }
+
+    fn keepalive(&self, to: u64) {
         self.enqueue(to, Outbound::Keepalive);
     }
 
+    /// Since start-up if never heard from.
+    fn silent_for(&self, node_id: u64, now: Instant) -> Duration {
+        let seen = self.last_seen.lock().get(&node_id).copied().unwrap_or(self.started);
+        now.saturating_duration_since(seen)
+    }
+}
+
+impl Transport {
     fn enqueue(&self, to: u64, item: Outbound) {
         let range_id = match &item {
             Outbound::Envelope(e) => Some(e.range_id),

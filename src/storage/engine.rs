@@ -1,9 +1,12 @@
-//! A narrow wrapper over RocksDB: the only module that talks to it.
+//! The node's storage engine: a narrow wrapper over RocksDB (the only module
+//! that talks to it), or over the simulator's in-memory disk (`SimDisk`) when a
+//! whole cluster runs in one process. Callers cannot tell the two apart.
 //!
 //! Durability rule: a write that asks for `sync` and fails stops the process
 //! (fail-stop). Retrying an fsync after an error is unsafe (the kernel may have
 //! dropped the dirty pages), so we never do.
 
+use super::sim_disk::{SimDisk, SimOp};
 use crate::sabotage::{self, Sabotage};
 use anyhow::{Context, Result};
 use rocksdb::{
@@ -11,6 +14,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 use std::path::Path;
+use std::sync::Arc;
 
 /// Column families.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -37,39 +41,75 @@ impl Cf {
 }
 
 pub struct Engine {
-    db: DB,
+    backend: Backend,
+}
+
+enum Backend {
+    Rocks(DB),
+    /// The simulator's disk, as seen by one incarnation of the node.
+    Sim {
+        disk: Arc<SimDisk>,
+        generation: u64,
+    },
 }
 
 /// An atomic batch across column families.
 pub struct Batch<'a> {
     engine: &'a Engine,
-    wb: WriteBatch,
+    writes: Writes,
+}
+
+enum Writes {
+    Rocks(WriteBatch),
+    Sim { ops: Vec<SimOp>, bytes: usize },
 }
 
 impl Batch<'_> {
+    fn push(&mut self, op: SimOp) {
+        if let Writes::Sim { ops, bytes } = &mut self.writes {
+            *bytes += op.size();
+            ops.push(op);
+        }
+    }
+
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
-        self.wb.put_cf(self.engine.cf(cf), key, value);
+        match &mut self.writes {
+            Writes::Rocks(wb) => wb.put_cf(self.engine.cf(cf), key, value),
+            Writes::Sim { .. } => self.push(SimOp::Put(cf, key.to_vec(), value.to_vec())),
+        }
     }
 
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
-        self.wb.delete_cf(self.engine.cf(cf), key);
+        match &mut self.writes {
+            Writes::Rocks(wb) => wb.delete_cf(self.engine.cf(cf), key),
+            Writes::Sim { .. } => self.push(SimOp::Delete(cf, key.to_vec())),
+        }
     }
 
     /// Deletes `[start, end)`; an empty `end` is not allowed here (callers pass a real bound).
     pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
-        self.wb.delete_range_cf(self.engine.cf(cf), start, end);
+        match &mut self.writes {
+            Writes::Rocks(wb) => wb.delete_range_cf(self.engine.cf(cf), start, end),
+            Writes::Sim { .. } => self.push(SimOp::DeleteRange(cf, start.to_vec(), end.to_vec())),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.wb.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.wb.len()
+        match &self.writes {
+            Writes::Rocks(wb) => wb.len(),
+            Writes::Sim { ops, .. } => ops.len(),
+        }
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        self.wb.size_in_bytes()
+        match &self.writes {
+            Writes::Rocks(wb) => wb.size_in_bytes(),
+            Writes::Sim { bytes, .. } => *bytes,
+        }
     }
 }
 
@@ -128,16 +168,34 @@ impl Engine {
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB at {}", dir.display()))?;
-        Ok(Engine { db })
+        Ok(Engine { backend: Backend::Rocks(db) })
+    }
+
+    /// An engine over the simulator's disk, for the incarnation of the node that
+    /// starts now (writes from earlier incarnations are refused after a crash).
+    pub fn simulated(disk: Arc<SimDisk>) -> Engine {
+        let generation = disk.generation();
+        Engine { backend: Backend::Sim { disk, generation } }
+    }
+
+    fn db(&self) -> &DB {
+        match &self.backend {
+            Backend::Rocks(db) => db,
+            Backend::Sim { .. } => fail_stop("storage access", &"a RocksDB call on a simulated engine"),
+        }
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
         // Every CF is created in `open`, so a missing one is a programming error caught at start-up.
-        self.db.cf_handle(cf.name()).unwrap_or_else(|| fail_stop("column family lookup", &cf.name()))
+        self.db().cf_handle(cf.name()).unwrap_or_else(|| fail_stop("column family lookup", &cf.name()))
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { engine: self, wb: WriteBatch::default() }
+        let writes = match &self.backend {
+            Backend::Rocks(_) => Writes::Rocks(WriteBatch::default()),
+            Backend::Sim { .. } => Writes::Sim { ops: Vec::new(), bytes: 0 },
+        };
+        Batch { engine: self, writes }
     }
 
     /// Writes a batch atomically. With `sync`, the WAL is fsynced before returning;
@@ -146,22 +204,37 @@ impl Engine {
         if batch.is_empty() {
             return;
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync && !sabotage::active(Sabotage::AckBeforeFsync));
-        let result = if sync && crate::faults::fail_this_sync() {
+        let sync_asked = sync;
+        let sync = sync && !sabotage::active(Sabotage::AckBeforeFsync);
+        let result = if sync_asked && crate::faults::fail_this_sync() {
             Err("injected fsync error: Input/output error (EIO)".to_string())
         } else {
-            self.db.write_opt(batch.wb, &wo).map_err(|e| e.to_string())
+            match (&self.backend, batch.writes) {
+                (Backend::Rocks(db), Writes::Rocks(wb)) => {
+                    let mut wo = WriteOptions::default();
+                    wo.set_sync(sync);
+                    db.write_opt(wb, &wo).map_err(|e| e.to_string())
+                }
+                (Backend::Sim { disk, generation }, Writes::Sim { ops, .. }) => {
+                    // A crashed incarnation's write goes nowhere, as a dead process's would.
+                    disk.write(*generation, ops, sync);
+                    Ok(())
+                }
+                _ => Err("a batch was committed to another kind of engine".to_string()),
+            }
         };
         if let Err(e) = result {
             // An unsynced write failing means RocksDB is in a bad state too; the applied
             // index travels in the same batch, so stopping keeps recovery exact.
-            fail_stop(if sync { "synced write" } else { "write" }, &e);
+            fail_stop(if sync_asked { "synced write" } else { "write" }, &e);
         }
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
-        match self.db.get_cf(self.cf(cf), key) {
+        if let Backend::Sim { disk, .. } = &self.backend {
+            return disk.get(cf, key);
+        }
+        match self.db().get_cf(self.cf(cf), key) {
             Ok(v) => v,
             Err(e) => fail_stop("read", &e),
         }
@@ -170,12 +243,15 @@ impl Engine {
     /// Iterates `[start, end)` (empty `end` = to the end of the CF), calling `f`
     /// until it returns false.
     pub fn scan(&self, cf: Cf, start: &[u8], end: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+        if let Backend::Sim { disk, .. } = &self.backend {
+            return disk.scan(cf, start, end, f);
+        }
         let mut ro = ReadOptions::default();
         if !end.is_empty() {
             ro.set_iterate_upper_bound(end.to_vec());
         }
         ro.fill_cache(true);
-        let it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(start, Direction::Forward));
+        let it = self.db().iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(start, Direction::Forward));
         for item in it {
             match item {
                 Ok((k, v)) => {
@@ -191,18 +267,24 @@ impl Engine {
     /// Approximate bytes in SST files for `[start, end)` of a CF (memtables not included;
     /// the split checker adds the bytes written since start-up on top).
     pub fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64 {
+        if let Backend::Sim { disk, .. } = &self.backend {
+            return disk.size_of(cf, start, end);
+        }
         let end = if end.is_empty() { vec![0xff; 16] } else { end.to_vec() };
         let ranges = [rocksdb::Range::new(start, &end)];
-        self.db.get_approximate_sizes_cf(self.cf(cf), &ranges).first().copied().unwrap_or(0)
+        self.db().get_approximate_sizes_cf(self.cf(cf), &ranges).first().copied().unwrap_or(0)
     }
 
     /// Total live bytes on disk, for capacity reporting.
     pub fn total_size(&self) -> u64 {
+        if let Backend::Sim { disk, .. } = &self.backend {
+            return disk.total_size();
+        }
         Cf::ALL
             .iter()
             .flat_map(|cf| {
                 ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"]
-                    .map(|p| self.db.property_int_value_cf(self.cf(*cf), p).ok().flatten().unwrap_or(0))
+                    .map(|p| self.db().property_int_value_cf(self.cf(*cf), p).ok().flatten().unwrap_or(0))
             })
             .sum()
     }

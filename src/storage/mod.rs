@@ -1,9 +1,11 @@
 //! The node's storage engine: one RocksDB instance with a column family each
 //! for the Raft log, Raft hard state (plus per-range apply state), MVCC data,
-//! and node-local metadata.
+//! and node-local metadata. In simulation the same engine runs over an
+//! in-memory disk that can lose unsynced writes (`sim_disk`).
 
 pub mod engine;
 pub mod layout;
 pub mod mvcc;
+pub mod sim_disk;
 
 pub use engine::{Batch, Cf, Engine};

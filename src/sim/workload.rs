@@ -1,0 +1,370 @@
+//! Simulated clients and the history they record.
+//!
+//! Register clients run get/put/delete and the three conditional writes on
+//! keys that rotate every few seconds (Jepsen's independent keys, so each
+//! key's history stays small enough to check). Unique writers put keys once
+//! each, for the lost-write check. Every write carries a request id and is
+//! retried with it after an ambiguous outcome, as the gateway does; an
+//! operation still unresolved at its deadline is recorded as unknown.
+//!
+//! Clients talk to the store loops directly, routing by what the node they
+//! picked knows (its replicas' descriptors and leader hints): the gateway's
+//! routing over the meta range is not part of the simulation yet.
+
+use super::node::SimNode;
+use crate::raftstore::apply::Applied;
+use crate::raftstore::errors;
+use crate::raftstore::executor;
+use crate::raftstore::msg::StoreMsg;
+use crate::raftstore::ReplicaShared;
+use cairn_check::{Input, Operation, Outcome, Output};
+use cairn_proto::internal::range_error::Kind;
+use cairn_proto::internal::{mutation, raft_command, Mutation, RaftCommand, RangeEpoch, RangeError, WriteBatch};
+use cairn_proto::kv::{condition, Condition};
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The simulated table's id, the prefix of every encoded key.
+pub const TABLE_PREFIX: [u8; 4] = [0, 0, 0, 9];
+/// How long a register key is in use before clients move to fresh keys.
+pub const KEY_GENERATION_MS: u64 = 3_000;
+const KEYS_PER_GENERATION: u64 = 4;
+const ATTEMPT_TIMEOUT_MS: u64 = 1_000;
+const OP_DEADLINE_MS: u64 = 4_000;
+const RETRY_BACKOFF_MS: u64 = 25;
+
+pub fn encode_key(user_key: &str) -> Vec<u8> {
+    let mut k = TABLE_PREFIX.to_vec();
+    k.extend_from_slice(user_key.as_bytes());
+    k
+}
+
+enum Attempt {
+    Backoff {
+        until_ms: u64,
+    },
+    Write {
+        rx: oneshot::Receiver<Result<Applied, RangeError>>,
+        sent_ms: u64,
+    },
+    Read {
+        rx: oneshot::Receiver<Result<(), RangeError>>,
+        node: usize,
+        range_id: u64,
+        epoch: Option<RangeEpoch>,
+        sent_ms: u64,
+    },
+}
+
+enum OpKind {
+    Register(Input),
+    Unique,
+}
+
+struct InFlight {
+    key: String,
+    kind: OpKind,
+    invoke_ms: u64,
+    request_id: Vec<u8>,
+    maybe_applied: bool,
+    attempt: Attempt,
+}
+
+struct Client {
+    process: u64,
+    unique_writer: bool,
+    op: Option<InFlight>,
+    next_op_ms: u64,
+    seq: u64,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct WorkloadStats {
+    pub ok: u64,
+    pub unknown: u64,
+    pub failed: u64,
+    pub retries: u64,
+}
+
+pub struct Workload {
+    rng: StdRng,
+    clients: Vec<Client>,
+    pub history: Vec<Operation>,
+    pub unique_acked: Vec<Vec<u8>>,
+    pub stats: WorkloadStats,
+    next_value: u64,
+    /// Completed operations in order, for the run's fingerprint.
+    pub trace: Vec<(u64, u64, String)>,
+}
+
+/// What a client learned from one attempt.
+enum Step {
+    Pending,
+    Done(Outcome),
+    Retry { ambiguous: bool },
+}
+
+impl Workload {
+    pub fn new(rng: StdRng, register_clients: u64, unique_clients: u64) -> Self {
+        let clients = (0..register_clients + unique_clients)
+            .map(|i| Client { process: i, unique_writer: i >= register_clients, op: None, next_op_ms: 0, seq: 0 })
+            .collect();
+        Workload {
+            rng,
+            clients,
+            history: Vec::new(),
+            unique_acked: Vec::new(),
+            stats: WorkloadStats::default(),
+            next_value: 1,
+            trace: Vec::new(),
+        }
+    }
+
+    /// Whether any operation is still in flight.
+    pub fn busy(&self) -> bool {
+        self.clients.iter().any(|c| c.op.is_some())
+    }
+
+    /// Advances every client at `now_ms`; new operations start only if `issue`.
+    pub fn step(&mut self, now_ms: u64, nodes: &[SimNode], issue: bool) {
+        for i in 0..self.clients.len() {
+            if self.clients[i].op.is_none() {
+                if issue && now_ms >= self.clients[i].next_op_ms {
+                    self.begin(i, now_ms);
+                } else {
+                    continue;
+                }
+            }
+            self.advance(i, now_ms, nodes);
+        }
+    }
+
+    fn begin(&mut self, i: usize, now_ms: u64) {
+        let c = &mut self.clients[i];
+        c.seq += 1;
+        let request_id = format!("sim-{}-{}", c.process, c.seq).into_bytes();
+        let (key, kind) = if c.unique_writer {
+            (format!("u/{}/{:06}", c.process, c.seq), OpKind::Unique)
+        } else {
+            let generation = now_ms / KEY_GENERATION_MS;
+            let key = format!("r/{generation:04}/{}", self.rng.random_range(0..KEYS_PER_GENERATION));
+            let v = self.next_value;
+            self.next_value += 1;
+            let input = match self.rng.random_range(0..10) {
+                0..=3 => Input::Get,
+                4..=5 => Input::Put(v),
+                6 => Input::Delete,
+                7 => Input::PutIfAbsent(v),
+                8 => Input::PutIfValue { expected: self.rng.random_range(v.saturating_sub(12).max(1)..=v), new: v },
+                _ => Input::DeleteIfValue { expected: self.rng.random_range(v.saturating_sub(12).max(1)..=v) },
+            };
+            (key, OpKind::Register(input))
+        };
+        c.op = Some(InFlight {
+            key,
+            kind,
+            invoke_ms: now_ms,
+            request_id,
+            maybe_applied: false,
+            attempt: Attempt::Backoff { until_ms: now_ms },
+        });
+    }
+
+    fn advance(&mut self, i: usize, now_ms: u64, nodes: &[SimNode]) {
+        let Some(mut op) = self.clients[i].op.take() else { return };
+        let step = match &mut op.attempt {
+            Attempt::Backoff { until_ms } if now_ms < *until_ms => Step::Pending,
+            Attempt::Backoff { .. } => {
+                match self.send(&op, now_ms, nodes) {
+                    Some(a) => op.attempt = a,
+                    None => op.attempt = Attempt::Backoff { until_ms: now_ms + RETRY_BACKOFF_MS },
+                }
+                Step::Pending
+            }
+            Attempt::Write { rx, sent_ms } => match rx.try_recv() {
+                Ok(Ok(Applied::Write(w))) => {
+                    let first = w.results.first().cloned().unwrap_or_default();
+                    Step::Done(Outcome::Ok(match &op.kind {
+                        OpKind::Unique | OpKind::Register(Input::Put(_)) => Output::Done,
+                        OpKind::Register(Input::Delete) => Output::Deleted { existed: first.existed },
+                        OpKind::Register(_) => Output::Applied(first.succeeded),
+                    }))
+                }
+                Ok(Ok(_)) => Step::Retry { ambiguous: true },
+                Ok(Err(e)) => Step::Retry { ambiguous: errors::kind_of(&e) == Kind::Ambiguous },
+                // The node crashed or dropped the request: the write may have been proposed.
+                Err(oneshot::error::TryRecvError::Closed) => Step::Retry { ambiguous: true },
+                Err(oneshot::error::TryRecvError::Empty) if now_ms > *sent_ms + ATTEMPT_TIMEOUT_MS => {
+                    Step::Retry { ambiguous: true }
+                }
+                Err(oneshot::error::TryRecvError::Empty) => Step::Pending,
+            },
+            Attempt::Read { rx, node, range_id, epoch, sent_ms } => match rx.try_recv() {
+                Ok(Ok(())) => match nodes.get(*node).and_then(|n| n.running.as_ref()) {
+                    Some(running) => {
+                        let key = encode_key(&op.key);
+                        match executor::read_keys(&running.handle, *range_id, *epoch, &[key], false) {
+                            Ok(reads) => {
+                                let r = reads.into_iter().next().unwrap_or_default();
+                                let value = if r.found { parse_value(&r.value) } else { None };
+                                Step::Done(Outcome::Ok(Output::Value(value)))
+                            }
+                            Err(_) => Step::Retry { ambiguous: false },
+                        }
+                    }
+                    None => Step::Retry { ambiguous: false },
+                },
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => Step::Retry { ambiguous: false },
+                Err(oneshot::error::TryRecvError::Empty) if now_ms > *sent_ms + ATTEMPT_TIMEOUT_MS => {
+                    Step::Retry { ambiguous: false }
+                }
+                Err(oneshot::error::TryRecvError::Empty) => Step::Pending,
+            },
+        };
+        match step {
+            Step::Pending if now_ms > op.invoke_ms + OP_DEADLINE_MS => {
+                let in_doubt = op.maybe_applied || matches!(op.attempt, Attempt::Write { .. });
+                self.finish(i, op, now_ms, if in_doubt { Outcome::Unknown } else { Outcome::Failed });
+            }
+            Step::Pending => self.clients[i].op = Some(op),
+            Step::Done(outcome) => self.finish(i, op, now_ms, outcome),
+            Step::Retry { ambiguous } => {
+                op.maybe_applied |= ambiguous;
+                self.stats.retries += 1;
+                if now_ms > op.invoke_ms + OP_DEADLINE_MS {
+                    let outcome = if op.maybe_applied { Outcome::Unknown } else { Outcome::Failed };
+                    self.finish(i, op, now_ms, outcome);
+                } else {
+                    op.attempt = Attempt::Backoff { until_ms: now_ms + RETRY_BACKOFF_MS };
+                    self.clients[i].op = Some(op);
+                }
+            }
+        }
+    }
+
+    /// Sends one attempt: to the leader the chosen node knows of, or to that node itself
+    /// (followers forward writes and ReadIndex requests).
+    fn send(&mut self, op: &InFlight, now_ms: u64, nodes: &[SimNode]) -> Option<Attempt> {
+        let key = encode_key(&op.key);
+        let up: Vec<usize> = (0..nodes.len()).filter(|n| nodes[*n].is_up()).collect();
+        if up.is_empty() {
+            return None;
+        }
+        let first = self.rng.random_range(0..up.len());
+        let (mut node, mut shared) =
+            (0..up.len()).map(|k| up[(first + k) % up.len()]).find_map(|n| locate(&nodes[n], &key).map(|s| (n, s)))?;
+        let leader = shared.leader_id();
+        if leader != 0 && self.rng.random_bool(0.7) {
+            if let Some((n, s)) = nodes
+                .iter()
+                .position(|x| x.id == leader && x.is_up())
+                .and_then(|n| locate(&nodes[n], &key).map(|s| (n, s)))
+            {
+                (node, shared) = (n, s);
+            }
+        }
+        let running = nodes[node].running.as_ref()?;
+        let range_id = shared.range_id;
+        let epoch = shared.desc().epoch;
+        match &op.kind {
+            OpKind::Register(Input::Get) => {
+                let (tx, rx) = oneshot::channel();
+                running.handle.send(StoreMsg::ReadIndex { range_id, reply: tx }).ok()?;
+                Some(Attempt::Read { rx, node, range_id, epoch, sent_ms: now_ms })
+            }
+            kind => {
+                let mutation = match kind {
+                    OpKind::Unique => put(&key, 0, None),
+                    OpKind::Register(input) => register_mutation(&key, input),
+                };
+                let cmd = RaftCommand {
+                    request_id: op.request_id.clone(),
+                    proposed_version: None,
+                    cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: vec![mutation] })),
+                };
+                let (tx, rx) = oneshot::channel();
+                running.handle.send(StoreMsg::Command { range_id, epoch, cmd, reply: tx }).ok()?;
+                Some(Attempt::Write { rx, sent_ms: now_ms })
+            }
+        }
+    }
+
+    fn finish(&mut self, i: usize, op: InFlight, now_ms: u64, outcome: Outcome) {
+        let c = &mut self.clients[i];
+        c.next_op_ms = now_ms + 1 + self.rng.random_range(0..20);
+        match outcome {
+            Outcome::Ok(_) => self.stats.ok += 1,
+            Outcome::Unknown => self.stats.unknown += 1,
+            Outcome::Failed => self.stats.failed += 1,
+        }
+        self.trace.push((now_ms, c.process, format!("{} {outcome}", op.key)));
+        match op.kind {
+            OpKind::Unique => {
+                if matches!(outcome, Outcome::Ok(_)) {
+                    self.unique_acked.push(encode_key(&op.key));
+                }
+            }
+            OpKind::Register(input) => self.history.push(Operation {
+                process: c.process,
+                key: op.key,
+                input,
+                invoke_ns: op.invoke_ms * 1_000_000,
+                // Completion is taken after the answer; +1 keeps it strictly after invocation.
+                complete_ns: now_ms * 1_000_000 + 1,
+                outcome,
+            }),
+        }
+    }
+}
+
+/// The replica of `node` whose range holds `key`, if it has one.
+fn locate(node: &SimNode, key: &[u8]) -> Option<Arc<ReplicaShared>> {
+    let running = node.running.as_ref()?;
+    let registry = running.handle.registry.read();
+    let mut ids: Vec<u64> = registry.keys().copied().collect();
+    ids.sort_unstable(); // the registry is a HashMap; keep the choice reproducible
+    ids.into_iter()
+        .filter_map(|id| registry.get(&id).cloned())
+        .filter(|s| s.initialized() && !s.destroyed())
+        .filter(|s| s.with_desc(|d| crate::keys::in_range(key, &d.start, &d.end)))
+        .max_by_key(|s| s.with_desc(|d| d.epoch.map(|e| e.version).unwrap_or(0)))
+}
+
+fn parse_value(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+fn value_bytes(v: u64) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+fn put(key: &[u8], v: u64, condition: Option<condition::Kind>) -> Mutation {
+    Mutation {
+        key: key.to_vec(),
+        condition: condition.map(|kind| Condition { kind: Some(kind) }),
+        op: Some(mutation::Op::Put(value_bytes(v))),
+    }
+}
+
+fn delete(key: &[u8], condition: Option<condition::Kind>) -> Mutation {
+    Mutation {
+        key: key.to_vec(),
+        condition: condition.map(|kind| Condition { kind: Some(kind) }),
+        op: Some(mutation::Op::Delete(true)),
+    }
+}
+
+fn register_mutation(key: &[u8], input: &Input) -> Mutation {
+    use condition::Kind::{IfAbsent, ValueEquals};
+    match *input {
+        Input::Put(v) => put(key, v, None),
+        Input::PutIfAbsent(v) => put(key, v, Some(IfAbsent(true))),
+        Input::PutIfValue { expected, new } => put(key, new, Some(ValueEquals(value_bytes(expected)))),
+        Input::Delete => delete(key, None),
+        Input::DeleteIfValue { expected } => delete(key, Some(ValueEquals(value_bytes(expected)))),
+        // Reads never become mutations (they go through ReadIndex); a no-op keeps this total.
+        Input::Get => Mutation { key: key.to_vec(), condition: None, op: None },
+    }
+}
