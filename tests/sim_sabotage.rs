@@ -1,26 +1,66 @@
-//! The simulator can fail: with the `ack-before-fsync` sabotage (Raft writes
-//! acknowledged without a sync, so a simulated power cut loses them), seeded
-//! runs must report a violation. Its own test binary, because the sabotage is
-//! chosen once per process.
+//! The simulator can fail: run against deliberately broken builds, seeded runs
+//! must report violations, and each case names the check that caught it.
+//!
+//! A sabotage is chosen once per process, so each case runs the inner test
+//! below in a child process of this test binary with `CAIRN_SABOTAGE` set.
 #![cfg(feature = "fault-injection")]
 
 use cairn::sim::{run, SimConfig};
+use std::process::Command;
 
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=12;
+
+/// Runs the seeds under the sabotage named by `CAIRN_SABOTAGE` (only when a
+/// case below starts it) and prints one line per seed that caught it.
 #[test]
-fn the_simulator_catches_acknowledging_before_fsync() {
-    // Edition 2021: setting the variable before any thread reads it is sound.
-    std::env::set_var("CAIRN_SABOTAGE", "ack-before-fsync");
-    let seeds: Vec<u64> = (1..=12).collect();
-    let mut caught = Vec::new();
-    for seed in &seeds {
-        match run(&SimConfig::for_seed(*seed)) {
-            Ok(report) => println!("seed {seed}: not caught ({} faults)", report.faults.values().sum::<u64>()),
-            Err(failure) => {
-                println!("seed {seed}: caught: {}", failure.problem.lines().next().unwrap_or_default());
-                caught.push(*seed);
-            }
+#[ignore = "started by the cases below, in a child process"]
+fn sabotaged_seeds() {
+    let sabotage = std::env::var("CAIRN_SABOTAGE").expect("run by a case below");
+    for seed in SEEDS {
+        match run(&SimConfig::for_seed(seed)) {
+            Ok(_) => println!("seed {seed}: not caught"),
+            Err(f) => println!("CAUGHT seed {seed} ({sabotage}): {}", f.problem.lines().next().unwrap_or_default()),
         }
     }
-    println!("caught by {} of {} seeds: {caught:?}", caught.len(), seeds.len());
-    assert!(!caught.is_empty(), "no seed caught a build that acknowledges before fsync");
+}
+
+/// The problems the seeds reported under `sabotage`.
+fn caught(sabotage: &str) -> Vec<String> {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args(["--ignored", "--exact", "sabotaged_seeds", "--nocapture", "--test-threads=1"])
+        .env("CAIRN_SABOTAGE", sabotage)
+        .output()
+        .expect("run the sabotaged seeds");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sabotaged run failed to run:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    let problems: Vec<String> = text.lines().filter(|l| l.starts_with("CAUGHT")).map(str::to_string).collect();
+    println!("{sabotage}: caught by {} of {} seeds", problems.len(), SEEDS.count());
+    for p in &problems {
+        println!("  {p}");
+    }
+    problems
+}
+
+/// Raft writes acknowledged without a sync: a simulated power cut loses votes
+/// and log entries. Caught as two leaders in one term, or as a committed entry
+/// that changed.
+#[test]
+fn the_simulator_catches_acknowledging_before_fsync() {
+    let problems = caught("ack-before-fsync");
+    assert!(
+        problems.iter().any(|p| p.contains("two leaders") || p.contains("different entry") || p.contains("lost")),
+        "no seed caught a build that acknowledges before fsync"
+    );
+}
+
+/// The dedupe table ignored: a re-sent increment is applied again. Caught by the
+/// re-sent-request check or the counter's upper bound.
+#[test]
+fn the_simulator_catches_a_retry_applied_twice() {
+    let problems = caught("apply-retry-twice");
+    assert!(
+        problems.iter().any(|p| p.contains("applied again") || p.contains("upper bound")),
+        "no seed caught a build that applies retried requests twice"
+    );
 }

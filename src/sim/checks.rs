@@ -205,3 +205,21 @@ pub fn describe_range(nodes: &[SimNode], range_id: u64) -> String {
     }
     out
 }
+
+/// The counter's value on the leader of the range holding `key` (0 if absent).
+pub fn counter_value(nodes: &[SimNode], key: &[u8]) -> Result<i64, String> {
+    for r in nodes.iter().filter_map(|n| n.running.as_ref()) {
+        for v in r.store.replica_views().into_iter().filter(|v| v.is_leader) {
+            if crate::keys::in_range(key, &v.desc.start, &v.desc.end) {
+                return match mvcc::get_live(&r.handle.engine, key, crate::hlc::Version::MAX) {
+                    None => Ok(0),
+                    Some((raw, _)) => std::str::from_utf8(&raw)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| format!("the counter holds a non-integer: {raw:?}")),
+                };
+            }
+        }
+    }
+    Err("no leader holds the counter's range".into())
+}

@@ -54,6 +54,7 @@ pub struct SimConfig {
     pub settle_ms: u64,
     pub register_clients: u64,
     pub unique_clients: u64,
+    pub counter_clients: u64,
 }
 
 impl SimConfig {
@@ -67,6 +68,7 @@ impl SimConfig {
             settle_ms: 30_000,
             register_clients: 6,
             unique_clients: 2,
+            counter_clients: 2,
         }
     }
 }
@@ -86,6 +88,9 @@ pub struct SimReport {
     pub register_ops: usize,
     pub register_keys: usize,
     pub unique_acked: usize,
+    /// Counter: acknowledged ≤ observed ≤ attempted, and re-sent ids checked.
+    pub counter: (i64, i64, i64),
+    pub resends_checked: u64,
     pub committed_entries: usize,
     pub leader_terms: usize,
     pub packets: (u64, u64, u64),
@@ -112,6 +117,12 @@ impl fmt::Display for SimReport {
             f,
             "  client ops: {} ok, {} unknown, {} failed ({} retries); {} register ops on {} keys; {} unique writes acknowledged",
             self.ops.ok, self.ops.unknown, self.ops.failed, self.ops.retries, self.register_ops, self.register_keys, self.unique_acked
+        )?;
+        let (acked, observed, attempted) = self.counter;
+        writeln!(
+            f,
+            "  counter: {acked} acknowledged <= {observed} observed <= {attempted} attempted; {} re-sent ids answered with their first result",
+            self.resends_checked
         )?;
         writeln!(
             f,
@@ -233,7 +244,7 @@ impl World {
             nodes: ids.iter().map(|id| SimNode::new(*id)).collect(),
             wire: Wire::new(stream(1)),
             nemesis: Nemesis::new(stream(2), ids),
-            workload: Workload::new(stream(3), cfg.register_clients, cfg.unique_clients),
+            workload: Workload::new(stream(3), cfg.register_clients, cfg.unique_clients, cfg.counter_clients),
             leaders: LeaderTerms::default(),
             committed: CommittedLog::shared(),
             fault_until: None,
@@ -530,7 +541,10 @@ impl World {
         match change {
             Change::Split => {
                 let generation = self.now_ms / workload::KEY_GENERATION_MS;
-                let user_key = if self.nemesis.pick(2) == 0 {
+                let user_key = if self.nemesis.pick(4) == 0 {
+                    // Right at the counter: retries of its increments then meet a new range.
+                    workload::COUNTER_KEY.to_string()
+                } else if self.nemesis.pick(2) == 0 {
                     format!("r/{:04}/{}", generation + self.nemesis.pick(2) as u64, self.nemesis.pick(4))
                 } else {
                     format!(
@@ -730,6 +744,16 @@ impl World {
                 String::from_utf8_lossy(&k[workload::TABLE_PREFIX.len()..])
             ));
         }
+        let c = &self.workload.counter;
+        let observed = checks::counter_value(&self.nodes, &workload::encode_key(workload::COUNTER_KEY))?;
+        self.report.counter = (c.acknowledged, observed, c.attempted);
+        self.report.resends_checked = c.resends_checked;
+        if let Some(d) = c.duplicates.first() {
+            return Err(format!("{} re-sent requests applied again, e.g. {d}", c.duplicates.len()));
+        }
+        cairn_check::CounterCheck { acknowledged: c.acknowledged, attempted: c.attempted, observed }
+            .verdict()
+            .map_err(|e| format!("counter: {e}"))?;
         let history = &self.workload.history;
         let report = cairn_check::check(history, Duration::from_secs(60));
         self.report.register_ops = report.operations;

@@ -3,9 +3,11 @@
 //! Register clients run get/put/delete and the three conditional writes on
 //! keys that rotate every few seconds (Jepsen's independent keys, so each
 //! key's history stays small enough to check). Unique writers put keys once
-//! each, for the lost-write check. Every write carries a request id and is
-//! retried with it after an ambiguous outcome, as the gateway does; an
-//! operation still unresolved at its deadline is recorded as unknown.
+//! each, for the lost-write check. Counter clients increment one key, and now
+//! and then re-send an increment that was already acknowledged, which must be
+//! answered with its first result and not applied again. Every write carries
+//! a request id and is retried with it after an ambiguous outcome, as the
+//! gateway does; an operation still unresolved at its deadline is unknown.
 //!
 //! Clients talk to the store loops directly, routing by what the node they
 //! picked knows (its replicas' descriptors and leader hints): the gateway's
@@ -25,6 +27,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// The counter clients' key.
+pub const COUNTER_KEY: &str = "c";
 
 /// The simulated table's id, the prefix of every encoded key.
 pub const TABLE_PREFIX: [u8; 4] = [0, 0, 0, 9];
@@ -61,6 +66,14 @@ enum Attempt {
 enum OpKind {
     Register(Input),
     Unique,
+    Increment {
+        delta: i64,
+    },
+    /// Re-sends an acknowledged increment under its request id.
+    Resend {
+        delta: i64,
+        first_result: i64,
+    },
 }
 
 struct InFlight {
@@ -72,9 +85,16 @@ struct InFlight {
     attempt: Attempt,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Register,
+    Unique,
+    Counter,
+}
+
 struct Client {
     process: u64,
-    unique_writer: bool,
+    role: Role,
     op: Option<InFlight>,
     next_op_ms: u64,
     seq: u64,
@@ -88,11 +108,26 @@ pub struct WorkloadStats {
     pub retries: u64,
 }
 
+/// What the counter clients did.
+#[derive(Default, Debug, Clone)]
+pub struct CounterLog {
+    /// Sum of acknowledged increments.
+    pub acknowledged: i64,
+    /// Sum of increments that may have been applied (acknowledged or unknown).
+    pub attempted: i64,
+    /// Acknowledged increments: request id, delta, the counter value answered.
+    pub acked: Vec<(Vec<u8>, i64, i64)>,
+    pub resends_checked: u64,
+    /// Re-sent request ids answered with a different result than the first time.
+    pub duplicates: Vec<String>,
+}
+
 pub struct Workload {
     rng: StdRng,
     clients: Vec<Client>,
     pub history: Vec<Operation>,
     pub unique_acked: Vec<Vec<u8>>,
+    pub counter: CounterLog,
     pub stats: WorkloadStats,
     next_value: u64,
     /// Completed operations in order, for the run's fingerprint.
@@ -102,20 +137,29 @@ pub struct Workload {
 /// What a client learned from one attempt.
 enum Step {
     Pending,
-    Done(Outcome),
-    Retry { ambiguous: bool },
+    /// The outcome, and for increments the counter value answered.
+    Done(Outcome, i64),
+    Retry {
+        ambiguous: bool,
+    },
 }
 
 impl Workload {
-    pub fn new(rng: StdRng, register_clients: u64, unique_clients: u64) -> Self {
-        let clients = (0..register_clients + unique_clients)
-            .map(|i| Client { process: i, unique_writer: i >= register_clients, op: None, next_op_ms: 0, seq: 0 })
+    pub fn new(rng: StdRng, register_clients: u64, unique_clients: u64, counter_clients: u64) -> Self {
+        let role = |i| match i {
+            i if i < register_clients => Role::Register,
+            i if i < register_clients + unique_clients => Role::Unique,
+            _ => Role::Counter,
+        };
+        let clients = (0..register_clients + unique_clients + counter_clients)
+            .map(|i| Client { process: i, role: role(i), op: None, next_op_ms: 0, seq: 0 })
             .collect();
         Workload {
             rng,
             clients,
             history: Vec::new(),
             unique_acked: Vec::new(),
+            counter: CounterLog::default(),
             stats: WorkloadStats::default(),
             next_value: 1,
             trace: Vec::new(),
@@ -144,9 +188,19 @@ impl Workload {
     fn begin(&mut self, i: usize, now_ms: u64) {
         let c = &mut self.clients[i];
         c.seq += 1;
-        let request_id = format!("sim-{}-{}", c.process, c.seq).into_bytes();
-        let (key, kind) = if c.unique_writer {
+        let mut request_id = format!("sim-{}-{}", c.process, c.seq).into_bytes();
+        let (key, kind) = if c.role == Role::Unique {
             (format!("u/{}/{:06}", c.process, c.seq), OpKind::Unique)
+        } else if c.role == Role::Counter {
+            let acked = &self.counter.acked;
+            let kind = if !acked.is_empty() && self.rng.random_range(0..6) == 0 {
+                let (rid, delta, first_result) = acked[self.rng.random_range(0..acked.len())].clone();
+                request_id = rid;
+                OpKind::Resend { delta, first_result }
+            } else {
+                OpKind::Increment { delta: self.rng.random_range(1..=3) }
+            };
+            (COUNTER_KEY.to_string(), kind)
         } else {
             let generation = now_ms / KEY_GENERATION_MS;
             let key = format!("r/{generation:04}/{}", self.rng.random_range(0..KEYS_PER_GENERATION));
@@ -186,11 +240,14 @@ impl Workload {
             Attempt::Write { rx, sent_ms } => match rx.try_recv() {
                 Ok(Ok(Applied::Write(w))) => {
                     let first = w.results.first().cloned().unwrap_or_default();
-                    Step::Done(Outcome::Ok(match &op.kind {
-                        OpKind::Unique | OpKind::Register(Input::Put(_)) => Output::Done,
+                    let output = match &op.kind {
                         OpKind::Register(Input::Delete) => Output::Deleted { existed: first.existed },
-                        OpKind::Register(_) => Output::Applied(first.succeeded),
-                    }))
+                        OpKind::Register(Input::Put(_)) | OpKind::Unique => Output::Done,
+                        OpKind::Register(_) | OpKind::Increment { .. } | OpKind::Resend { .. } => {
+                            Output::Applied(first.succeeded)
+                        }
+                    };
+                    Step::Done(Outcome::Ok(output), first.counter)
                 }
                 Ok(Ok(_)) => Step::Retry { ambiguous: true },
                 Ok(Err(e)) => Step::Retry { ambiguous: errors::kind_of(&e) == Kind::Ambiguous },
@@ -209,7 +266,7 @@ impl Workload {
                             Ok(reads) => {
                                 let r = reads.into_iter().next().unwrap_or_default();
                                 let value = if r.found { parse_value(&r.value) } else { None };
-                                Step::Done(Outcome::Ok(Output::Value(value)))
+                                Step::Done(Outcome::Ok(Output::Value(value)), 0)
                             }
                             Err(_) => Step::Retry { ambiguous: false },
                         }
@@ -229,7 +286,7 @@ impl Workload {
                 self.finish(i, op, now_ms, if in_doubt { Outcome::Unknown } else { Outcome::Failed });
             }
             Step::Pending => self.clients[i].op = Some(op),
-            Step::Done(outcome) => self.finish(i, op, now_ms, outcome),
+            Step::Done(outcome, counter) => self.finish_with(i, op, now_ms, outcome, counter),
             Step::Retry { ambiguous } => {
                 op.maybe_applied |= ambiguous;
                 self.stats.retries += 1;
@@ -278,6 +335,7 @@ impl Workload {
                 let mutation = match kind {
                     OpKind::Unique => put(&key, 0, None),
                     OpKind::Register(input) => register_mutation(&key, input),
+                    OpKind::Increment { delta } | OpKind::Resend { delta, .. } => increment(&key, *delta),
                 };
                 let cmd = RaftCommand {
                     request_id: op.request_id.clone(),
@@ -292,6 +350,10 @@ impl Workload {
     }
 
     fn finish(&mut self, i: usize, op: InFlight, now_ms: u64, outcome: Outcome) {
+        self.finish_with(i, op, now_ms, outcome, 0);
+    }
+
+    fn finish_with(&mut self, i: usize, op: InFlight, now_ms: u64, outcome: Outcome, counter: i64) {
         let c = &mut self.clients[i];
         c.next_op_ms = now_ms + 1 + self.rng.random_range(0..20);
         match outcome {
@@ -300,7 +362,28 @@ impl Workload {
             Outcome::Failed => self.stats.failed += 1,
         }
         self.trace.push((now_ms, c.process, format!("{} {outcome}", op.key)));
+        let ok = matches!(outcome, Outcome::Ok(_));
         match op.kind {
+            OpKind::Increment { delta } => {
+                if ok {
+                    self.counter.acknowledged += delta;
+                    self.counter.acked.push((op.request_id, delta, counter));
+                }
+                if outcome != Outcome::Failed {
+                    self.counter.attempted += delta;
+                }
+            }
+            OpKind::Resend { first_result, .. } => {
+                if ok {
+                    self.counter.resends_checked += 1;
+                    if counter != first_result && self.counter.duplicates.len() < 10 {
+                        self.counter.duplicates.push(format!(
+                            "request {} answered {counter} when re-sent, {first_result} the first time",
+                            String::from_utf8_lossy(&op.request_id)
+                        ));
+                    }
+                }
+            }
             OpKind::Unique => {
                 if matches!(outcome, Outcome::Ok(_)) {
                     self.unique_acked.push(encode_key(&op.key));
@@ -354,6 +437,11 @@ fn delete(key: &[u8], condition: Option<condition::Kind>) -> Mutation {
         condition: condition.map(|kind| Condition { kind: Some(kind) }),
         op: Some(mutation::Op::Delete(true)),
     }
+}
+
+fn increment(key: &[u8], delta: i64) -> Mutation {
+    let inc = cairn_proto::internal::Increment { delta, min: None, max: None };
+    Mutation { key: key.to_vec(), condition: None, op: Some(mutation::Op::Increment(inc)) }
 }
 
 fn register_mutation(key: &[u8], input: &Input) -> Mutation {
