@@ -5,6 +5,8 @@
 //! it reads at start-up:
 //! - `CAIRN_DISK_FAULT=fsync-error-after:N` — the synced write after the first N
 //!   fails as an fsync returning EIO would;
+//! - `CAIRN_DISK_FAULT=damage-log-entry:R` — before the node loads its replicas,
+//!   one bit of the newest stored Raft log entry of range R flips (bit rot);
 //! - `CAIRN_NET_FAULT=corrupt-snapshot-chunks:N` — the first N snapshot chunks
 //!   this node sends have one bit flipped after their checksum was computed.
 //!
@@ -19,7 +21,7 @@ pub fn fail_this_sync() -> bool {
     let limit = LIMIT.get_or_init(|| {
         let spec = std::env::var("CAIRN_DISK_FAULT").ok()?;
         let n = spec.strip_prefix("fsync-error-after:").and_then(|n| n.parse().ok());
-        if n.is_none() {
+        if n.is_none() && !spec.starts_with("damage-log-entry:") {
             eprintln!("cairn: unknown CAIRN_DISK_FAULT value {spec:?}; no disk faults injected");
         }
         n
@@ -53,3 +55,34 @@ pub fn corrupt_this_chunk() -> bool {
 pub fn corrupt_this_chunk() -> bool {
     false
 }
+
+/// Flips one bit of the newest stored log entry of the range named by
+/// `CAIRN_DISK_FAULT=damage-log-entry:R`, as bit rot at rest would.
+#[cfg(feature = "fault-injection")]
+pub fn damage_log_entry_at_start(engine: &crate::storage::Engine) {
+    use crate::storage::{layout, Cf};
+    let spec = std::env::var("CAIRN_DISK_FAULT").unwrap_or_default();
+    let Some(range_id) = spec.strip_prefix("damage-log-entry:").and_then(|n| n.parse::<u64>().ok()) else {
+        return;
+    };
+    let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
+    engine.scan(Cf::RaftLog, &layout::log_key(range_id, 0), &layout::log_key(range_id + 1, 0), |k, v| {
+        newest = Some((k.to_vec(), v.to_vec()));
+        true
+    });
+    let Some((key, mut value)) = newest else {
+        eprintln!("cairn: damage-log-entry: range {range_id} has no stored log entry here");
+        return;
+    };
+    if let Some(b) = value.last_mut() {
+        *b ^= 0x04;
+    }
+    let mut batch = engine.batch();
+    batch.put(Cf::RaftLog, &key, &value);
+    engine.commit(batch, true);
+    eprintln!("cairn: damaged the log entry at index {:?} of range {range_id}", layout::log_index_of(&key));
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn damage_log_entry_at_start(_: &crate::storage::Engine) {}

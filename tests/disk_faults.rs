@@ -1,7 +1,8 @@
 //! Disk and data faults: a failing fsync stops the node (fail-stop) instead of
 //! being retried or ignored, and no write it took part in is acknowledged and
 //! lost; a snapshot chunk damaged on the way is caught by its checksum, refused,
-//! and the snapshot sent again.
+//! and the snapshot sent again; a log entry damaged at rest quarantines only its
+//! replica, which is rebuilt from its peers.
 //!
 //! Run with `cargo test --features fault-injection --test disk_faults`.
 #![cfg(feature = "fault-injection")]
@@ -121,4 +122,54 @@ async fn damaged_snapshot_chunks_are_refused_and_the_replica_still_catches_up() 
         assert_eq!(get(&mut cf, "s", k).await.expect("read through the follower"), Some(k.clone()), "{k}");
     }
     println!("snapshot checksums: {corrupt} damaged chunks refused; {} keys intact", keys.len());
+}
+
+/// A log entry damaged at rest fails its checksum when the node loads its
+/// replicas: that replica alone is quarantined (the node starts and serves its
+/// other ranges), and it is rebuilt from its peers by a snapshot. Once its
+/// leadership moves there, every acknowledged write reads back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_log_entry_quarantines_one_replica_which_is_rebuilt_from_its_peers() {
+    let _g = serial().await;
+    let mut cl = Cluster::start(3, &[]).await;
+    let mut c0 = cl.client(0).await;
+    create_table(&mut c0, "q", &[]).await;
+    let (range_id, leader) = leader_of(&cl, 0, "q").await.expect("leader");
+    let damaged = (0..3).find(|i| cl.node_id(*i) != leader).expect("a follower");
+    let other = (0..3).find(|i| *i != damaged).expect("another node");
+    let mut c = cl.client(other).await;
+    let mut keys = Vec::new();
+    for i in 0..300 {
+        let k = format!("k{i:04}");
+        put(&mut c, "q", &k, &k).await.expect("put");
+        keys.push(k);
+    }
+    cl.wait_caught_up(damaged, other, range_id, Duration::from_secs(30)).await;
+
+    cl.kill(damaged);
+    let fault = format!("damage-log-entry:{range_id}");
+    cl.restart_with_env(damaged, &[("CAIRN_DISK_FAULT", fault.as_str())]);
+    for i in 300..400 {
+        let k = format!("k{i:04}");
+        put(&mut c, "q", &k, &k).await.expect("put while the damaged replica rebuilds");
+        keys.push(k);
+    }
+    cl.wait_caught_up(damaged, other, range_id, Duration::from_secs(60)).await;
+    let log = cl.log(damaged);
+    assert!(log.contains("fails its checksum"), "the damage is named in the log:\n{log}");
+    assert_eq!(cl.metric(damaged, "cairn_replicas_quarantined_total").await, 1.0, "exactly one replica quarantined");
+
+    // Serve every key from the rebuilt replica: make it the leader, then read.
+    let mut cd = cl.client(damaged).await;
+    let target = cl.node_id(damaged);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader_of(&cl, other, "q").await.map(|(_, l)| l) != Some(target) {
+        assert!(Instant::now() < deadline, "leadership never reached the rebuilt replica\n{}", cl.log(damaged));
+        let _ = cd.transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id, node_id: target }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for k in &keys {
+        assert_eq!(get(&mut cd, "q", k).await.expect("read"), Some(k.clone()), "{k} through the rebuilt replica");
+    }
+    println!("damaged log entry: 1 replica quarantined and rebuilt; {} keys read back through it", keys.len());
 }

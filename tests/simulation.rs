@@ -87,3 +87,11 @@ fn regression_a_replica_that_missed_its_removal_is_collected() {
 fn regression_a_vote_request_creates_the_missing_replica() {
     replays_cleanly(25);
 }
+
+/// "a node panicked: called `Option::unwrap()` on a `None` value" (raft-rs
+/// looking up a leader's own progress): a node elected leader after its removal
+/// was proposed applied that removal while leading. It now steps down first.
+#[test]
+fn regression_a_leader_applying_its_own_removal_steps_down() {
+    replays_cleanly(110);
+}

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod errors;
 pub mod executor;
 pub mod msg;
+pub mod quarantine;
 pub mod raft_storage;
 pub mod replica;
 pub mod replica_gc;

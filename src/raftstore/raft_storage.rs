@@ -52,6 +52,41 @@ fn other(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
 
+/// A replica whose stored log failed its checksum when loaded: it must not run.
+#[derive(Debug)]
+pub struct CorruptLog {
+    pub desc: RangeDescriptor,
+    /// The first damaged entry.
+    pub index: u64,
+    /// The highest index the log held.
+    pub last_index: u64,
+}
+
+impl std::fmt::Display for CorruptLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "range {}: the log entry at index {} fails its checksum", self.desc.id, self.index)
+    }
+}
+
+impl std::error::Error for CorruptLog {}
+
+/// Decodes a log entry read while the replica runs. Damage found here stops the
+/// node: raft-rs cannot continue without the entry, and on restart the load
+/// finds the damage and quarantines just this replica.
+fn decode_running(range_id: u64, key: &[u8], raw: &[u8]) -> raft::Result<Entry> {
+    match layout::decode_log_entry(raw) {
+        Ok(e) => Ok(e),
+        Err(layout::LogEntryError::Checksum) => {
+            let index = layout::log_index_of(key).unwrap_or(0);
+            crate::storage::engine::fail_stop(
+                "a raft log read",
+                &format!("range {range_id}: the log entry at index {index} fails its checksum; restart to quarantine the replica"),
+            )
+        }
+        Err(e) => Err(other(e)),
+    }
+}
+
 impl RangeStorage {
     /// A replica known only by id, waiting for a snapshot from its leader. It starts
     /// from the term and vote an earlier replica of the range on this node persisted
@@ -109,13 +144,23 @@ impl RangeStorage {
             cache: VecDeque::new(),
             cache_bytes: 0,
         };
-        // The last log entry, if the log holds any beyond the truncation point.
+        // The last log entry, if the log holds any beyond the truncation point. Every
+        // entry is read, so damage anywhere in the log is found before the replica runs.
         let (lo, hi) = (layout::log_key(range_id, 0), layout::log_key(range_id + 1, 0));
         let mut last: Option<Entry> = None;
-        s.engine.scan(Cf::RaftLog, &lo, &hi, |_, v| {
-            last = Entry::decode(v).ok();
+        let (mut corrupt, mut last_key_index) = (None, 0);
+        s.engine.scan(Cf::RaftLog, &lo, &hi, |k, v| {
+            last_key_index = layout::log_index_of(k).unwrap_or(last_key_index);
+            match layout::decode_log_entry(v) {
+                Ok(e) => last = Some(e),
+                Err(_) => corrupt = corrupt.or(Some(last_key_index)),
+            }
             true
         });
+        if let Some(index) = corrupt {
+            let last_index = last_key_index.max(s.last_index);
+            return Err(CorruptLog { desc: s.desc.clone(), index, last_index }.into());
+        }
         if let Some(e) = last {
             if e.index > s.last_index {
                 s.last_index = e.index;
@@ -177,7 +222,7 @@ impl RangeStorage {
             .engine
             .get(Cf::RaftLog, &layout::log_key(self.range_id, idx))
             .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Entry::decode(raw.as_slice()).map_err(other)
+        decode_running(self.range_id, &layout::log_key(self.range_id, idx), &raw)
     }
 }
 
@@ -218,7 +263,7 @@ impl raft::Storage for RangeStorage {
         let mut size = 0u64;
         let mut failure = None;
         let (lo, hi) = (layout::log_key(self.range_id, low), layout::log_key(self.range_id, high));
-        self.engine.scan(Cf::RaftLog, &lo, &hi, |_, v| match Entry::decode(v) {
+        self.engine.scan(Cf::RaftLog, &lo, &hi, |k, v| match decode_running(self.range_id, k, v) {
             Ok(e) => {
                 size += v.len() as u64;
                 // raft-rs wants at least one entry even if it alone exceeds the limit.

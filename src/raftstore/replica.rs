@@ -49,6 +49,8 @@ pub struct Replica {
     pub hibernating: bool,
     /// When this replica last asked whether it is still a member (replica GC).
     pub last_stale_check: Option<Instant>,
+    /// Set while the replica is rebuilt after its log failed its checksum.
+    pub rebuild: Option<super::quarantine::Rebuild>,
 }
 
 pub fn raft_config(node_id: u64, range_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
@@ -103,6 +105,7 @@ impl Replica {
             idle_ticks: 0,
             hibernating: false,
             last_stale_check: None,
+            rebuild: None,
         })
     }
 

@@ -12,7 +12,8 @@
 use super::apply::{self, Applied, ApplyBatch, ApplyTarget};
 use super::errors;
 use super::msg::{StoreHandle, StoreMsg, STORE_QUEUE_CAPACITY};
-use super::raft_storage::{conf_state_of, RangeStorage};
+use super::quarantine::{self, Rebuild};
+use super::raft_storage::{conf_state_of, CorruptLog, RangeStorage};
 use super::replica::{Proposal, ProposalReply, Replica};
 use super::replica_gc;
 use super::shared::ReplicaRegistry;
@@ -56,6 +57,8 @@ pub struct Store {
     next_tick: Instant,
     ticks: u64,
     observer: Option<ApplyObserver>,
+    /// Replicas quarantined when this store opened (their log failed its checksum).
+    quarantined_at_open: usize,
 }
 
 /// Called with every committed entry just before this node applies it; the
@@ -141,19 +144,50 @@ impl Store {
             next_tick: now + tick,
             ticks: 0,
             observer: None,
+            quarantined_at_open: 0,
         };
+        crate::faults::damage_log_entry_at_start(&engine);
         let mut ids = Vec::new();
+        let mut rebuilds = BTreeMap::new();
         let (lo, hi) = (0u64.to_be_bytes(), u64::MAX.to_be_bytes());
-        engine.scan(Cf::RaftState, &lo, &hi, |k, _| {
-            if k.len() == 9 && k[8] == 0x03 {
-                ids.push(u64::from_be_bytes(k[..8].try_into().unwrap_or_default()));
+        engine.scan(Cf::RaftState, &lo, &hi, |k, v| {
+            let id = u64::from_be_bytes(k[..8.min(k.len())].try_into().unwrap_or_default());
+            match (k.len(), k.last()) {
+                (9, Some(0x03)) => ids.push(id),
+                (9, Some(0x05)) => {
+                    if let Some(r) = Rebuild::decode(v) {
+                        rebuilds.insert(id, r);
+                    }
+                }
+                _ => {}
             }
             true
         });
         for id in ids {
-            if let Some(storage) = RangeStorage::load(engine.clone(), id)? {
-                store.hlc.observe(storage.apply.last_version);
+            match RangeStorage::load(engine.clone(), id) {
+                Ok(Some(storage)) => {
+                    store.hlc.observe(storage.apply.last_version);
+                    store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
+                }
+                Ok(None) => {}
+                Err(e) => match e.downcast::<CorruptLog>() {
+                    Ok(corrupt) => {
+                        let rebuild = store.quarantine(corrupt);
+                        rebuilds.insert(rebuild.desc.id, rebuild);
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        // Replicas being rebuilt: an initialized one (snapshot received, log still short)
+        // was loaded above; one still waiting for its snapshot is created empty here.
+        for (id, rebuild) in rebuilds {
+            if !store.replicas.contains_key(&id) {
+                let storage = RangeStorage::uninitialized(engine.clone(), id);
                 store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
+            }
+            if let Some(r) = store.replicas.get_mut(&id) {
+                r.rebuild = Some(rebuild);
             }
         }
         tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
@@ -279,7 +313,10 @@ impl Store {
                 r.hibernating = false;
                 r.idle_ticks = 0;
             }
-            r.raw.tick();
+            // A rebuilding replica must not campaign, so its election clock does not run.
+            if r.rebuild.is_none() {
+                r.raw.tick();
+            }
             r.idle_ticks = r.idle_ticks.saturating_add(1);
             // Shorter than the gateway's fail-fast window, so it still has time to retry.
             r.expire_waiting(now, Duration::from_millis(election_ms * 2));
@@ -290,6 +327,17 @@ impl Store {
         if ticks.is_multiple_of(self.cfg.heartbeat_ticks.max(1) as u64) {
             for p in peers {
                 self.transport.keepalive(p);
+            }
+        }
+        // Replicas waiting for the snapshot that rebuilds them remind their range, about
+        // twice per election timeout (a quiet leader would otherwise send nothing).
+        if ticks.is_multiple_of(self.cfg.election_ticks.max(1) as u64 / 2 + 1) {
+            for r in self.replicas.values().filter(|r| !r.shared.initialized()) {
+                let Some(rebuild) = &r.rebuild else { continue };
+                let notice = replica_gc::control(&rebuild.desc, Control::Quarantined);
+                for p in rebuild.desc.replicas.iter().filter(|p| p.node_id != self.node_id) {
+                    self.transport.send_control(p.node_id, notice.clone());
+                }
             }
         }
     }
@@ -370,6 +418,9 @@ impl Store {
         wake(r);
         if msg.from == r.raw.raft.leader_id {
             r.shared.leader_contact_ms.store(crate::hlc::wall_now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+        if r.rebuild.is_some() && quarantine::withheld(msg.get_msg_type()) {
+            return; // it may lack entries it once acknowledged: no vote, no campaign
         }
         if crate::peer::cap_heartbeat_commit(&mut msg, &r.raw.raft.raft_log) {
             tracing::warn!(
@@ -458,12 +509,25 @@ impl Store {
     }
 
     fn handle_control(&mut self, from_node: u64, env: &RaftEnvelope) {
-        let Some(r) = self.replicas.get(&env.range_id) else { return };
+        let control = Control::try_from(env.control);
+        let Some(r) = self.replicas.get_mut(&env.range_id) else { return };
         let (desc, initialized) = (&r.raw.store().desc, r.raw.store().initialized);
-        match Control::try_from(env.control) {
-            Ok(Control::StaleCheck) => {
+        match control {
+            Ok(Control::StaleCheck | Control::Quarantined) => {
                 if initialized && replica_gc::sender_was_removed(desc, from_node, env.conf_ver) {
                     self.transport.send_control(from_node, replica_gc::control(desc, Control::Removed));
+                } else if control == Ok(Control::Quarantined) && r.is_leader() {
+                    // The replica there lost its log: whatever it acknowledged is gone, so
+                    // send it everything again (from a snapshot), even if the range is quiet.
+                    wake(r);
+                    if let Some(pr) = r.raw.raft.mut_prs().get_mut(from_node) {
+                        if pr.matched > 0 {
+                            tracing::warn!(range_id = env.range_id, node = from_node, "replica there is rebuilding");
+                            pr.matched = 0;
+                            pr.become_probe();
+                            r.raw.raft.send_append(from_node);
+                        }
+                    }
                 }
             }
             Ok(Control::Removed) => {
@@ -581,6 +645,14 @@ impl Store {
                 return;
             }
             admin_request::Op::TransferLeader(n) => {
+                // The target may be the node a pending change removes: leading it into its own
+                // removal is what `leave_before_own_removal` has to undo, so do not.
+                if r.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(errors::unavailable(format!(
+                        "range {range_id}: a membership change is still being applied; retry the transfer"
+                    ))));
+                    return;
+                }
                 if has(n).is_none_or(|x| x.learner) {
                     let _ = reply.send(Err(errors::invalid(format!("node {n} is not a voter of range {range_id}"))));
                     return;
@@ -682,7 +754,7 @@ impl Store {
             if !rd.entries().is_empty() {
                 let store = r.raw.store();
                 for e in rd.entries() {
-                    batch.put(Cf::RaftLog, &layout::log_key(*id, e.index), &e.encode_to_vec());
+                    batch.put(Cf::RaftLog, &layout::log_key(*id, e.index), &layout::encode_log_entry(e));
                 }
                 // Entries past the new last index were overwritten by a new leader.
                 if let Some(last) = rd.entries().last() {
@@ -786,6 +858,13 @@ impl Store {
             }
             r.was_leader = leader_now;
             maybe_compact_log(&self.engine, r, &self.cfg);
+            if r.rebuild.as_ref().is_some_and(|b| r.shared.initialized() && b.done(r.raw.store().last_index)) {
+                r.rebuild = None;
+                let mut b = self.engine.batch();
+                b.delete(Cf::RaftState, &layout::quarantine_key(id));
+                self.engine.commit(b, true);
+                tracing::info!(range_id = id, "replica rebuilt after its log was damaged");
+            }
             self.after_apply(id, outcome);
         }
     }
@@ -839,21 +918,49 @@ impl Store {
         let _guard = r.shared.data_lock.write();
         r.shared.mark_destroyed();
         let mut b = self.engine.batch();
-        let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
-        b.delete_range(Cf::Data, &lo, &hi);
-        let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
-        b.delete_range(Cf::Dedupe, &lo, &hi);
-        b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
-        let (slo, shi) = layout::range_state_bounds(id);
-        b.delete_range(Cf::RaftState, &slo, &shi);
+        purge_replica(&mut b, &desc, r.raw.raft.hard_state());
         b.put(Cf::RaftState, &layout::tombstone_key(id), &conf_ver.to_be_bytes());
-        // Peer ids are node ids: a replica re-created here later must not vote again in a
-        // term this one voted in, so its term and vote outlive it.
-        let mut hs = r.raw.raft.hard_state();
-        hs.commit = 0;
-        b.put(Cf::RaftState, &layout::hard_state_key(id), &hs.encode_to_vec());
         self.engine.commit(b, true);
         tracing::info!(range_id = id, "replica removed from this node");
+    }
+
+    /// Takes a replica whose log failed its checksum out of service and starts its
+    /// rebuild (see `quarantine`): its data and log are deleted, its term and vote
+    /// kept, and an empty replica takes its place that neither votes nor campaigns
+    /// until it holds the log up to the damaged one's last index again.
+    fn quarantine(&mut self, corrupt: CorruptLog) -> Rebuild {
+        let desc = corrupt.desc;
+        let id = desc.id;
+        tracing::error!(
+            range_id = id,
+            index = corrupt.index,
+            "raft log entry fails its checksum: replica quarantined and rebuilt from its peers \
+             (no votes until its log reaches index {})",
+            corrupt.last_index
+        );
+        metrics::counter!("cairn_replicas_quarantined_total").increment(1);
+        self.quarantined_at_open += 1;
+        let hs = self
+            .engine
+            .get(Cf::RaftState, &layout::hard_state_key(id))
+            .and_then(|b| raft::eraftpb::HardState::decode(b.as_slice()).ok())
+            .unwrap_or_default();
+        let rebuild = Rebuild { until_index: corrupt.last_index, desc: desc.clone() };
+        let mut b = self.engine.batch();
+        purge_replica(&mut b, &desc, hs);
+        b.put(Cf::RaftState, &layout::quarantine_key(id), &rebuild.encode());
+        self.engine.commit(b, true);
+        rebuild
+    }
+
+    /// How many replicas this store quarantined when it opened.
+    pub fn quarantined_at_open(&self) -> usize {
+        self.quarantined_at_open
+    }
+
+    /// Ranges whose replica here is being rebuilt.
+    pub fn rebuilding(&self) -> Vec<u64> {
+        self.replicas.values().filter(|r| r.rebuild.is_some()).map(|r| r.range_id()).collect()
     }
 }
 
@@ -928,7 +1035,7 @@ fn apply_entries(
             }
             EntryType::EntryConfChange => {
                 match ConfChange::decode(entry.data.as_slice()) {
-                    Ok(cc) if !entry.data.is_empty() => match r.raw.apply_conf_change(&cc) {
+                    Ok(cc) if !entry.data.is_empty() => match leave_before_own_removal(r, &cc, node_id) {
                         Ok(cs) => {
                             let mut replicas: Vec<ReplicaDesc> =
                                 cs.voters.iter().map(|&n| ReplicaDesc { node_id: n, learner: false }).collect();
@@ -1036,6 +1143,20 @@ fn admin_status(r: &Replica) -> AdminResponse {
     }
 }
 
+/// Applies a membership change; a leader that the change removes steps down first.
+/// raft-rs keeps a removed leader leading (an untested branch, its comments say)
+/// and then panics looking up its own progress. It can happen: a node becomes
+/// leader (by election) after its removal was proposed and before it applied it
+/// (found by the simulator, seed 110).
+fn leave_before_own_removal(r: &mut Replica, cc: &ConfChange, node_id: u64) -> raft::Result<raft::eraftpb::ConfState> {
+    if cc.node_id == node_id && cc.get_change_type() == ConfChangeType::RemoveNode && r.is_leader() {
+        let term = r.raw.raft.term;
+        r.raw.raft.become_follower(term, raft::INVALID_ID);
+        tracing::info!(range_id = r.range_id(), "leader applies its own removal: stepping down first");
+    }
+    r.raw.apply_conf_change(cc)
+}
+
 fn observe(observer: &mut Option<ApplyObserver>, range_id: u64, committed: &[Entry]) {
     if let Some(f) = observer.as_mut() {
         for e in committed {
@@ -1122,6 +1243,22 @@ fn maybe_compact_log(engine: &Engine, r: &mut Replica, cfg: &RaftConfig) {
     r.raw.mut_store().apply = next;
     r.raw.mut_store().cache_evict_to(compact_to);
     metrics::counter!("cairn_raft_log_compactions_total").increment(1);
+}
+
+/// Deletes a replica's data, dedupe records, log and state, keeping only its term
+/// and vote: peer ids are node ids, so a replica created here later must not vote
+/// again in a term this one voted in.
+fn purge_replica(b: &mut crate::storage::Batch<'_>, desc: &RangeDescriptor, mut hs: raft::eraftpb::HardState) {
+    let id = desc.id;
+    let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
+    b.delete_range(Cf::Data, &lo, &hi);
+    let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
+    b.delete_range(Cf::Dedupe, &lo, &hi);
+    b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
+    let (slo, shi) = layout::range_state_bounds(id);
+    b.delete_range(Cf::RaftState, &slo, &shi);
+    hs.commit = 0;
+    b.put(Cf::RaftState, &layout::hard_state_key(id), &hs.encode_to_vec());
 }
 
 fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {

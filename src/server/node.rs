@@ -128,6 +128,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let data_dir = cfg.data_dir.clone().context("data_dir is required")?;
+    // Installed first, so what happens while the node starts (replicas quarantined
+    // when loaded, say) is counted too.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     crate::clock_fault::watch(data_dir.clone());
     let engine = Arc::new(Engine::open(&data_dir.join("db"))?);
     let grpc_listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -193,7 +196,6 @@ pub async fn run(
                 let _ = grpc_stop.changed().await;
             }),
     );
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     let app = http::router(HttpState { gw: gw.clone(), metrics });
     let mut http_stop = stop_rx.clone();
     tokio::spawn(async move {

@@ -114,7 +114,11 @@ pub fn convergence(nodes: &[SimNode]) -> Result<Converged, String> {
                 ));
             }
             if v.leader_id == 0 || leader.is_some_and(|l| l != v.leader_id) {
-                return Err(format!("range {range}: node {m} follows leader {} (others: {leader:?})", v.leader_id));
+                return Err(format!(
+                    "range {range}: node {m} follows leader {} (others: {leader:?}){}",
+                    v.leader_id,
+                    describe_range(nodes, *range)
+                ));
             }
             leader = Some(v.leader_id);
             if applied.is_some_and(|a| a != v.applied) {

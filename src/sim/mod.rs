@@ -91,6 +91,8 @@ pub struct SimReport {
     /// Counter: acknowledged ≤ observed ≤ attempted, and re-sent ids checked.
     pub counter: (i64, i64, i64),
     pub resends_checked: u64,
+    /// Replicas quarantined (log entry failed its checksum) and rebuilt.
+    pub quarantined: u64,
     pub committed_entries: usize,
     pub leader_terms: usize,
     pub packets: (u64, u64, u64),
@@ -118,6 +120,9 @@ impl fmt::Display for SimReport {
             "  client ops: {} ok, {} unknown, {} failed ({} retries); {} register ops on {} keys; {} unique writes acknowledged",
             self.ops.ok, self.ops.unknown, self.ops.failed, self.ops.retries, self.register_ops, self.register_keys, self.unique_acked
         )?;
+        if self.quarantined > 0 {
+            writeln!(f, "  {} replicas quarantined after a damaged log entry, and rebuilt", self.quarantined)?;
+        }
         let (acked, observed, attempted) = self.counter;
         writeln!(
             f,
@@ -191,6 +196,8 @@ struct World {
     next_change_ms: u64,
     pending: Vec<(&'static str, Pending)>,
     moving: Option<Move>,
+    /// A damaged log entry not yet repaired: the node may still be down, or rebuilding.
+    damage_outstanding: bool,
     next_range_id: u64,
     fingerprint: u64,
     report: SimReport,
@@ -208,7 +215,11 @@ fn fnv(h: u64, x: u64) -> u64 {
 /// Runs one simulation to the end. `Err` if any check failed.
 pub fn run(cfg: &SimConfig) -> Result<SimReport, Box<SimFailure>> {
     let mut world = World::new(cfg.clone());
-    let outcome = world.run_to_end();
+    // A panic in the node code (raft-rs asserts its invariants) fails this seed, not the soak.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run_to_end())).unwrap_or_else(|p| {
+        let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(format!("a node panicked: {}", what.unwrap_or_default()))
+    });
     world.report.fingerprint = world.fingerprint;
     world.report.simulated_ms = world.now_ms;
     world.report.packets = (world.wire.sent, world.wire.dropped, world.wire.duplicated);
@@ -253,6 +264,7 @@ impl World {
             next_change_ms: 1_500,
             pending: Vec::new(),
             moving: None,
+            damage_outstanding: false,
             next_range_id: 100,
             fingerprint: 0xcbf2_9ce4_8422_2325,
             report: SimReport { seed: cfg.seed, nodes: cfg.nodes, ..Default::default() },
@@ -316,7 +328,11 @@ impl World {
         let observer = Box::new(move |range: u64, e: &raft::eraftpb::Entry| committed.lock().record(id, range, e));
         self.nodes[i]
             .start(&self.raft, self.base, &self.clock_ms, self.now_ms, observer)
-            .map_err(|e| format!("node {id} failed to start: {e}"))
+            .map_err(|e| format!("node {id} failed to start: {e}"))?;
+        if let Some(r) = &self.nodes[i].running {
+            self.report.quarantined += r.store.quarantined_at_open() as u64;
+        }
+        Ok(())
     }
 
     fn at(&self) -> Instant {
@@ -421,6 +437,9 @@ impl World {
             }
             *until > now
         });
+        if self.damage_outstanding && self.nodes.iter().all(|n| n.is_up()) && self.rebuilding_ranges().is_empty() {
+            self.damage_outstanding = false;
+        }
         if self.fault_until.is_none() && self.now_ms >= self.next_fault_ms {
             let (fault, duration) = self.nemesis.next_fault();
             self.inject(fault, duration);
@@ -476,6 +495,35 @@ impl World {
                     }
                 }
             }
+            Fault::DamageLog { node, down_ms } => {
+                // One damaged replica at a time, and only in a range with three voters and no
+                // move under way: two voters, one of which lost its log, leave no quorum that
+                // may elect a leader (safe, but stuck until an operator steps in).
+                let rebuilding = self.damage_outstanding || !self.rebuilding_ranges().is_empty();
+                let sound: Vec<u64> = self
+                    .leader_views()
+                    .into_iter()
+                    .filter(|(_, v)| v.desc.replicas.len() >= 3 && v.desc.replicas.iter().all(|r| !r.learner))
+                    .filter(|(_, v)| self.moving.as_ref().is_none_or(|m| m.range_id != v.range_id))
+                    .map(|(_, v)| v.range_id)
+                    .collect();
+                let i = self.index_of(node);
+                if !rebuilding && self.nodes[i].is_up() {
+                    let range_of = |k: &[u8]| k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                    let keys: Vec<Vec<u8>> = self.nodes[i]
+                        .disk
+                        .keys(crate::storage::Cf::RaftLog)
+                        .into_iter()
+                        .filter(|k| range_of(k).is_some_and(|r| sound.contains(&r)))
+                        .collect();
+                    let keep = self.nemesis.flushed_prefix(self.nodes[i].disk.unsynced_batches());
+                    self.nodes[i].crash(keep, self.now_ms + down_ms);
+                    if !keys.is_empty() {
+                        let key = &keys[self.nemesis.pick(keys.len())];
+                        self.damage_outstanding = self.nodes[i].disk.damage(crate::storage::Cf::RaftLog, key);
+                    }
+                }
+            }
             Fault::SlowDisk { node, latency_ms } => {
                 let i = self.index_of(node);
                 self.nodes[i].disk.set_sync_latency_ms(latency_ms);
@@ -513,6 +561,11 @@ impl World {
             }
         }
         out
+    }
+
+    /// Ranges with a replica being rebuilt anywhere.
+    fn rebuilding_ranges(&self) -> Vec<u64> {
+        self.nodes.iter().filter_map(|n| n.running.as_ref()).flat_map(|r| r.store.rebuilding()).collect()
     }
 
     fn leader_of(&self, range_id: u64) -> Option<(usize, ReplicaView)> {
@@ -590,7 +643,10 @@ impl World {
                 }
             }
             Change::MoveReplica => {
-                if self.moving.is_some() {
+                // Taking a voter out of a range that is rebuilding a replica could leave it
+                // without a quorum of voting replicas.
+                if self.moving.is_some() || self.damage_outstanding || self.rebuilding_ranges().contains(&view.range_id)
+                {
                     return;
                 }
                 let members: Vec<u64> = view.desc.replicas.iter().map(|r| r.node_id).collect();

@@ -23,6 +23,9 @@ pub enum Fault {
     Crash { node: u64, down_ms: u64 },
     /// Power-cut every node at once.
     PowerCut { down_ms: u64 },
+    /// Power-cut one node and flip a bit of one stored Raft log entry on its disk;
+    /// it restarts after `down_ms` and must quarantine and rebuild that replica.
+    DamageLog { node: u64, down_ms: u64 },
     /// Each sync takes this long on one node.
     SlowDisk { node: u64, latency_ms: u64 },
     /// The node stops taking turns (SIGSTOP), its queue filling meanwhile.
@@ -40,6 +43,7 @@ impl Fault {
             Fault::Delay { .. } => "delay",
             Fault::Crash { .. } => "crash",
             Fault::PowerCut { .. } => "power-cut",
+            Fault::DamageLog { .. } => "damaged-log-entry",
             Fault::SlowDisk { .. } => "slow-disk",
             Fault::Pause { .. } => "pause",
         }
@@ -71,7 +75,7 @@ impl Nemesis {
     /// The next fault and how long it lasts (ms).
     pub fn next_fault(&mut self) -> (Fault, u64) {
         let duration = self.rng.random_range(300..2_500);
-        let fault = match self.rng.random_range(0..20) {
+        let fault = match self.rng.random_range(0..21) {
             0..=2 => {
                 let minority = (self.nodes.len() - 1) / 2;
                 let size = self.rng.random_range(1..=minority.max(1));
@@ -101,6 +105,7 @@ impl Nemesis {
             9 | 10 => Fault::Delay { extra_ms: self.rng.random_range(10..250) },
             11..=13 => Fault::Crash { node: self.node(), down_ms: self.rng.random_range(50..2_000) },
             14 => Fault::PowerCut { down_ms: self.rng.random_range(50..1_000) },
+            20 => Fault::DamageLog { node: self.node(), down_ms: self.rng.random_range(50..1_000) },
             15 | 16 => Fault::SlowDisk { node: self.node(), latency_ms: self.rng.random_range(5..150) },
             _ => Fault::Pause { node: self.node() },
         };

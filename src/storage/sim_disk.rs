@@ -129,6 +129,27 @@ impl SimDisk {
         s.owed_sync_ms = 0;
     }
 
+    /// Flips one bit of the stored value of `key`, as bit rot at rest would.
+    /// Returns false if there is no such key.
+    pub fn damage(&self, cf: Cf, key: &[u8]) -> bool {
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let i = cf_index(cf);
+        let mut found = false;
+        for tree in [&mut s.live[i], &mut s.durable[i]] {
+            if let Some(last) = tree.get_mut(key).and_then(|v| v.last_mut()) {
+                *last ^= 0x04;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Keys of a column family, in order (for picking what to damage).
+    pub fn keys(&self, cf: Cf) -> Vec<Vec<u8>> {
+        self.state.lock().durable[cf_index(cf)].keys().cloned().collect()
+    }
+
     /// Batches written since the last sync, which a crash may lose.
     pub fn unsynced_batches(&self) -> usize {
         self.state.lock().unsynced.len()
