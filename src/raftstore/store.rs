@@ -1266,3 +1266,44 @@ fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) ->
     let b_before_a_end = a_end.is_empty() || b_start < a_end;
     a_before_b_end && b_before_a_end
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim_disk::SimDisk;
+    use cairn_proto::internal::RangeEpoch;
+
+    /// A leader of range 7 (voters 1, 2, 3) on node 1, over a simulated disk.
+    fn leader_replica() -> Replica {
+        let engine = Arc::new(Engine::simulated(Arc::new(SimDisk::new())));
+        let desc = RangeDescriptor {
+            id: 7,
+            epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
+            replicas: (1..=3).map(|n| ReplicaDesc { node_id: n, learner: false }).collect(),
+            ..Default::default()
+        };
+        bootstrap_ranges(&engine, std::slice::from_ref(&desc));
+        let storage = RangeStorage::load(engine, 7).unwrap().unwrap();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut r = Replica::new(1, storage, &RaftConfig::default(), &logger).unwrap();
+        r.raw.raft.become_candidate();
+        r.raw.raft.become_leader();
+        r
+    }
+
+    /// Found by the simulator: raft-rs panics ("called `Option::unwrap()` on a `None`
+    /// value") when a leader that applied its own removal persists entries.
+    #[test]
+    fn a_leader_applying_its_own_removal_steps_down_instead_of_panicking() {
+        let mut r = leader_replica();
+        let rd = r.raw.ready(); // the new leader's empty entry, now "persisted" below
+        let last = rd.entries().last().cloned().expect("the leader's first entry");
+        let st = r.raw.mut_store();
+        st.cache_append(rd.entries());
+        (st.last_index, st.last_term) = (last.index, last.term);
+        let remove_me = ConfChange { change_type: ConfChangeType::RemoveNode as i32, node_id: 1, ..Default::default() };
+        leave_before_own_removal(&mut r, &remove_me, 1).unwrap();
+        let _ = r.raw.advance(rd);
+        assert!(!r.is_leader(), "it stepped down");
+    }
+}

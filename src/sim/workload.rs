@@ -38,6 +38,9 @@ pub const KEY_GENERATION_MS: u64 = 3_000;
 const KEYS_PER_GENERATION: u64 = 4;
 const ATTEMPT_TIMEOUT_MS: u64 = 1_000;
 const OP_DEADLINE_MS: u64 = 4_000;
+/// Some clients are impatient: a quarter of operations give up after this long,
+/// which leaves writes in doubt (unknown) for the checkers to reason about.
+const SHORT_DEADLINE_MS: u64 = 400;
 const RETRY_BACKOFF_MS: u64 = 25;
 
 pub fn encode_key(user_key: &str) -> Vec<u8> {
@@ -80,6 +83,7 @@ struct InFlight {
     key: String,
     kind: OpKind,
     invoke_ms: u64,
+    deadline_ms: u64,
     request_id: Vec<u8>,
     maybe_applied: bool,
     attempt: Attempt,
@@ -216,10 +220,12 @@ impl Workload {
             };
             (key, OpKind::Register(input))
         };
+        let patience = if self.rng.random_range(0..4) == 0 { SHORT_DEADLINE_MS } else { OP_DEADLINE_MS };
         c.op = Some(InFlight {
             key,
             kind,
             invoke_ms: now_ms,
+            deadline_ms: now_ms + patience,
             request_id,
             maybe_applied: false,
             attempt: Attempt::Backoff { until_ms: now_ms },
@@ -281,7 +287,7 @@ impl Workload {
             },
         };
         match step {
-            Step::Pending if now_ms > op.invoke_ms + OP_DEADLINE_MS => {
+            Step::Pending if now_ms > op.deadline_ms => {
                 let in_doubt = op.maybe_applied || matches!(op.attempt, Attempt::Write { .. });
                 self.finish(i, op, now_ms, if in_doubt { Outcome::Unknown } else { Outcome::Failed });
             }
@@ -290,7 +296,7 @@ impl Workload {
             Step::Retry { ambiguous } => {
                 op.maybe_applied |= ambiguous;
                 self.stats.retries += 1;
-                if now_ms > op.invoke_ms + OP_DEADLINE_MS {
+                if now_ms > op.deadline_ms {
                     let outcome = if op.maybe_applied { Outcome::Unknown } else { Outcome::Failed };
                     self.finish(i, op, now_ms, outcome);
                 } else {
