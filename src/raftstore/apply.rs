@@ -169,7 +169,7 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     let out = match &cmd.cmd {
         Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, w, version),
         Some(raft_command::Cmd::Split(s)) => {
-            let prior = ab.engine.get(Cf::RaftState, &layout::hard_state_key(s.new_range_id));
+            let prior = super::raft_storage::persisted_hard_state(ab.engine, s.new_range_id);
             apply_split(&mut ab.batch, t, s, prior)
         }
         Some(raft_command::Cmd::Clear(c)) => apply_clear(&mut ab.batch, t, c),
@@ -320,7 +320,7 @@ fn apply_split(
     batch: &mut Batch<'_>,
     t: &mut ApplyTarget<'_>,
     s: &SplitCommand,
-    prior_hard_state: Option<Vec<u8>>,
+    prior_hard_state: Option<raft::eraftpb::HardState>,
 ) -> Applied {
     let key = s.split_key.as_slice();
     if key == t.desc.start.as_slice() {
@@ -346,8 +346,7 @@ fn apply_split(
     t.desc.epoch = Some(epoch);
     batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
     write_initial_state(batch, &right, t.apply.last_version);
-    let prior = prior_hard_state.and_then(|b| raft::eraftpb::HardState::decode(b.as_slice()).ok());
-    if let Some(mut hs) = prior.filter(|hs| hs.term > super::RAFT_INIT_TERM) {
+    if let Some(mut hs) = prior_hard_state.filter(|hs| hs.term > super::RAFT_INIT_TERM) {
         // Keep the term and vote this node already promised in an election of the new range.
         hs.commit = super::RAFT_INIT_INDEX;
         batch.put(Cf::RaftState, &layout::hard_state_key(right.id), &hs.encode_to_vec());

@@ -48,8 +48,20 @@ pub fn conf_state_of(desc: &RangeDescriptor) -> ConfState {
     cs
 }
 
+/// The membership version of a descriptor (0 for a replica that has none yet).
+pub fn conf_ver_of(desc: &RangeDescriptor) -> u64 {
+    desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0)
+}
+
 fn other(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+/// The term and vote this node persisted for a range, if any (also for a range it
+/// has no replica of any more: a destroyed replica's term and vote outlive it).
+pub fn persisted_hard_state(engine: &Engine, range_id: u64) -> Option<HardState> {
+    let raw = engine.get(Cf::RaftState, &layout::hard_state_key(range_id))?;
+    HardState::decode(raw.as_slice()).ok()
 }
 
 /// A replica whose stored log failed its checksum when loaded: it must not run.
@@ -73,16 +85,15 @@ impl std::error::Error for CorruptLog {}
 /// Decodes a log entry read while the replica runs. Damage found here stops the
 /// node: raft-rs cannot continue without the entry, and on restart the load
 /// finds the damage and quarantines just this replica.
-fn decode_running(range_id: u64, key: &[u8], raw: &[u8]) -> raft::Result<Entry> {
+fn decode_running(range_id: u64, index: u64, raw: &[u8]) -> raft::Result<Entry> {
     match layout::decode_log_entry(raw) {
         Ok(e) => Ok(e),
-        Err(layout::LogEntryError::Checksum) => {
-            let index = layout::log_index_of(key).unwrap_or(0);
-            crate::storage::engine::fail_stop(
-                "a raft log read",
-                &format!("range {range_id}: the log entry at index {index} fails its checksum; restart to quarantine the replica"),
-            )
-        }
+        Err(layout::LogEntryError::Checksum) => crate::storage::engine::fail_stop(
+            "a raft log read",
+            &format!(
+                "range {range_id}: the log entry at index {index} fails its checksum; restart to quarantine the replica"
+            ),
+        ),
         Err(e) => Err(other(e)),
     }
 }
@@ -93,10 +104,7 @@ impl RangeStorage {
     /// (one created on a message before a restart, or destroyed since), so it can
     /// never vote twice in a term.
     pub fn uninitialized(engine: Arc<Engine>, range_id: u64) -> Self {
-        let mut hard_state = engine
-            .get(Cf::RaftState, &layout::hard_state_key(range_id))
-            .and_then(|b| HardState::decode(b.as_slice()).ok())
-            .unwrap_or_default();
+        let mut hard_state = persisted_hard_state(&engine, range_id).unwrap_or_default();
         hard_state.commit = 0; // an empty log commits nothing
         RangeStorage {
             engine,
@@ -222,7 +230,7 @@ impl RangeStorage {
             .engine
             .get(Cf::RaftLog, &layout::log_key(self.range_id, idx))
             .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        decode_running(self.range_id, &layout::log_key(self.range_id, idx), &raw)
+        decode_running(self.range_id, idx, &raw)
     }
 }
 
@@ -263,19 +271,21 @@ impl raft::Storage for RangeStorage {
         let mut size = 0u64;
         let mut failure = None;
         let (lo, hi) = (layout::log_key(self.range_id, low), layout::log_key(self.range_id, high));
-        self.engine.scan(Cf::RaftLog, &lo, &hi, |k, v| match decode_running(self.range_id, k, v) {
-            Ok(e) => {
-                size += v.len() as u64;
-                // raft-rs wants at least one entry even if it alone exceeds the limit.
-                if !out.is_empty() && size > max {
-                    return false;
+        self.engine.scan(Cf::RaftLog, &lo, &hi, |k, v| {
+            match decode_running(self.range_id, layout::log_index_of(k).unwrap_or(0), v) {
+                Ok(e) => {
+                    size += v.len() as u64;
+                    // raft-rs wants at least one entry even if it alone exceeds the limit.
+                    if !out.is_empty() && size > max {
+                        return false;
+                    }
+                    out.push(e);
+                    true
                 }
-                out.push(e);
-                true
-            }
-            Err(e) => {
-                failure = Some(other(e));
-                false
+                Err(e) => {
+                    failure = Some(other(e));
+                    false
+                }
             }
         });
         if let Some(e) = failure {

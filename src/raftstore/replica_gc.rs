@@ -16,23 +16,18 @@
 //!
 //! The decisions are pure; the store loop does the sending and the destroying.
 
-use super::raft_storage::RangeStorage;
-use cairn_proto::internal::raft_envelope::Control;
-use cairn_proto::internal::{RaftEnvelope, RangeDescriptor};
-
-pub fn conf_ver(desc: &RangeDescriptor) -> u64 {
-    desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0)
-}
+use super::raft_storage::{conf_ver_of, RangeStorage};
+use cairn_proto::internal::RangeDescriptor;
 
 /// Whether this node's (initialized) replica knows a membership newer than the
 /// sender's that leaves the sender out.
 pub fn sender_was_removed(desc: &RangeDescriptor, from_node: u64, their_conf_ver: u64) -> bool {
-    conf_ver(desc) > their_conf_ver && !desc.replicas.iter().any(|r| r.node_id == from_node)
+    conf_ver_of(desc) > their_conf_ver && !desc.replicas.iter().any(|r| r.node_id == from_node)
 }
 
 /// Whether a `REMOVED` answer condemns this node's replica.
 pub fn told_removed(desc: &RangeDescriptor, initialized: bool, their_conf_ver: u64) -> bool {
-    initialized && their_conf_ver > conf_ver(desc)
+    initialized && their_conf_ver > conf_ver_of(desc)
 }
 
 /// Whether the persisted log, past the applied index, holds a
@@ -59,18 +54,6 @@ pub fn may_be_added_back(storage: &RangeStorage, node_id: u64) -> bool {
         },
         EntryType::EntryConfChangeV2 => true, // never proposed by Cairn; be conservative
     })
-}
-
-/// A control envelope about `desc`'s range, as this node sees it.
-pub fn control(desc: &RangeDescriptor, control: Control) -> RaftEnvelope {
-    RaftEnvelope {
-        range_id: desc.id,
-        start: desc.start.clone(),
-        end: desc.end.clone(),
-        conf_ver: conf_ver(desc),
-        message: Vec::new(),
-        control: control as i32,
-    }
 }
 
 #[cfg(test)]

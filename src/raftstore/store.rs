@@ -13,12 +13,12 @@ use super::apply::{self, Applied, ApplyBatch, ApplyTarget};
 use super::errors;
 use super::msg::{StoreHandle, StoreMsg, STORE_QUEUE_CAPACITY};
 use super::quarantine::{self, Rebuild};
-use super::raft_storage::{conf_state_of, CorruptLog, RangeStorage};
+use super::raft_storage::{conf_state_of, conf_ver_of, CorruptLog, RangeStorage};
 use super::replica::{Proposal, ProposalReply, Replica};
 use super::replica_gc;
 use super::shared::ReplicaRegistry;
 use super::snapshot;
-use super::transport::RaftTransport;
+use super::transport::{control_envelope, RaftTransport};
 use super::RaftConfig;
 use crate::hlc::Hlc;
 use crate::storage::layout;
@@ -151,10 +151,9 @@ impl Store {
         let mut rebuilds = BTreeMap::new();
         let (lo, hi) = (0u64.to_be_bytes(), u64::MAX.to_be_bytes());
         engine.scan(Cf::RaftState, &lo, &hi, |k, v| {
-            let id = u64::from_be_bytes(k[..8.min(k.len())].try_into().unwrap_or_default());
-            match (k.len(), k.last()) {
-                (9, Some(0x03)) => ids.push(id),
-                (9, Some(0x05)) => {
+            match layout::parse_state_key(k) {
+                Some((id, layout::StateKey::Descriptor)) => ids.push(id),
+                Some((id, layout::StateKey::Quarantine)) => {
                     if let Some(r) = Rebuild::decode(v) {
                         rebuilds.insert(id, r);
                     }
@@ -291,10 +290,19 @@ impl Store {
         let mut silent = |n: u64| {
             *silence.entry(n).or_insert_with(|| transport.silent_for(n, now) > Duration::from_millis(election_ms))
         };
+        // Replicas waiting for the snapshot that rebuilds them remind their range, about
+        // twice per election timeout (a quiet leader would otherwise send nothing).
+        let remind = ticks.is_multiple_of(self.cfg.election_ticks.max(1) as u64 / 2 + 1);
         for r in self.replicas.values_mut() {
             for p in &r.raw.store().desc.replicas {
                 if p.node_id != self.node_id {
                     peers.insert(p.node_id);
+                }
+            }
+            if let Some(rebuild) = r.rebuild.as_ref().filter(|_| remind && !r.shared.initialized()) {
+                let notice = control_envelope(&rebuild.desc, Control::Quarantined);
+                for p in rebuild.desc.replicas.iter().filter(|p| p.node_id != self.node_id) {
+                    transport.send_control(p.node_id, notice.clone());
                 }
             }
             if r.hibernating {
@@ -327,17 +335,6 @@ impl Store {
         if ticks.is_multiple_of(self.cfg.heartbeat_ticks.max(1) as u64) {
             for p in peers {
                 self.transport.keepalive(p);
-            }
-        }
-        // Replicas waiting for the snapshot that rebuilds them remind their range, about
-        // twice per election timeout (a quiet leader would otherwise send nothing).
-        if ticks.is_multiple_of(self.cfg.election_ticks.max(1) as u64 / 2 + 1) {
-            for r in self.replicas.values().filter(|r| !r.shared.initialized()) {
-                let Some(rebuild) = &r.rebuild else { continue };
-                let notice = replica_gc::control(&rebuild.desc, Control::Quarantined);
-                for p in rebuild.desc.replicas.iter().filter(|p| p.node_id != self.node_id) {
-                    self.transport.send_control(p.node_id, notice.clone());
-                }
             }
         }
     }
@@ -401,14 +398,13 @@ impl Store {
         };
         let range_id = env.range_id;
         if let Some(r) = self.replicas.get(&range_id) {
-            let desc = &r.raw.store().desc;
-            if r.raw.store().initialized && replica_gc::sender_was_removed(desc, from_node, env.conf_ver) {
+            let store = r.raw.store();
+            if store.initialized && replica_gc::sender_was_removed(&store.desc, from_node, env.conf_ver) {
                 // Traffic from a replica that missed its removal: tell it, and keep it out of Raft.
-                self.transport.send_control(from_node, replica_gc::control(desc, Control::Removed));
+                self.transport.send_control(from_node, control_envelope(&store.desc, Control::Removed));
                 return;
             }
-        }
-        if !self.replicas.contains_key(&range_id) && !self.maybe_create(&env, &msg) {
+        } else if !self.maybe_create(&env, &msg) {
             return;
         }
         if is_snapshot && !self.snapshot_acceptable(range_id, &msg) {
@@ -499,7 +495,7 @@ impl Store {
             if !to.contains(&sender) {
                 to.push(sender);
             }
-            asks.push((to, replica_gc::control(&desc, Control::StaleCheck)));
+            asks.push((to, control_envelope(&desc, Control::StaleCheck)));
         }
         for (to, env) in asks {
             for n in to {
@@ -515,7 +511,7 @@ impl Store {
         match control {
             Ok(Control::StaleCheck | Control::Quarantined) => {
                 if initialized && replica_gc::sender_was_removed(desc, from_node, env.conf_ver) {
-                    self.transport.send_control(from_node, replica_gc::control(desc, Control::Removed));
+                    self.transport.send_control(from_node, control_envelope(desc, Control::Removed));
                 } else if control == Ok(Control::Quarantined) && r.is_leader() {
                     // The replica there lost its log: whatever it acknowledged is gone, so
                     // send it everything again (from a snapshot), even if the range is quiet.
@@ -880,17 +876,9 @@ impl Store {
 
     fn create_split_range(&mut self, left_id: u64, right: RangeDescriptor) {
         let left_is_leader = self.replicas.get(&left_id).is_some_and(|r| r.is_leader());
-        let prior_hs = self.replicas.remove(&right.id).map(|old| old.raw.raft.hard_state());
-        if let Some(hs) = &prior_hs {
-            if hs.term > super::RAFT_INIT_TERM {
-                // Keep what the uninitialized replica promised (term/vote) in an election.
-                let mut hs2 = hs.clone();
-                hs2.commit = super::RAFT_INIT_INDEX;
-                let mut b = self.engine.batch();
-                b.put(Cf::RaftState, &layout::hard_state_key(right.id), &hs2.encode_to_vec());
-                self.engine.commit(b, true);
-            }
-        }
+        // An uninitialized replica of the right range (created on a message) is replaced;
+        // the split's apply batch already kept the term and vote it persisted.
+        self.replicas.remove(&right.id);
         match RangeStorage::load(self.engine.clone(), right.id) {
             Ok(Some(storage)) => match Replica::new(self.node_id, storage, &self.cfg, &self.logger) {
                 Ok(mut r) => {
@@ -914,7 +902,7 @@ impl Store {
         self.registry.write().remove(&id);
         r.fail_pending();
         let desc = r.raw.store().desc.clone();
-        let conf_ver = desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0);
+        let conf_ver = conf_ver_of(&desc);
         let _guard = r.shared.data_lock.write();
         r.shared.mark_destroyed();
         let mut b = self.engine.batch();
@@ -940,11 +928,7 @@ impl Store {
         );
         metrics::counter!("cairn_replicas_quarantined_total").increment(1);
         self.quarantined_at_open += 1;
-        let hs = self
-            .engine
-            .get(Cf::RaftState, &layout::hard_state_key(id))
-            .and_then(|b| raft::eraftpb::HardState::decode(b.as_slice()).ok())
-            .unwrap_or_default();
+        let hs = super::raft_storage::persisted_hard_state(&self.engine, id).unwrap_or_default();
         let rebuild = Rebuild { until_index: corrupt.last_index, desc: desc.clone() };
         let mut b = self.engine.batch();
         purge_replica(&mut b, &desc, hs);

@@ -10,9 +10,10 @@
 
 use super::address_book::AddressBook;
 use super::msg::StoreMsg;
-use super::raft_storage::RangeStorage;
+use super::raft_storage::{conf_ver_of, RangeStorage};
 use cairn_proto::internal::internal_client::InternalClient;
-use cairn_proto::internal::{RaftBatch, RaftEnvelope, SnapshotChunk};
+use cairn_proto::internal::raft_envelope::Control;
+use cairn_proto::internal::{RaftBatch, RaftEnvelope, RangeDescriptor, SnapshotChunk};
 use parking_lot::Mutex;
 use prost011::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -50,13 +51,19 @@ pub trait RaftTransport: Send + Sync {
 /// Wraps one Raft message of a range for the wire, with what a node that has no
 /// replica yet needs to decide whether to create one.
 pub fn envelope(store: &RangeStorage, m: &Message) -> RaftEnvelope {
+    RaftEnvelope { message: m.encode_to_vec(), ..control_envelope(&store.desc, Control::None) }
+}
+
+/// An envelope about `desc`'s range as this node sees it, carrying `control`
+/// (replica garbage collection and rebuild) instead of a Raft message.
+pub fn control_envelope(desc: &RangeDescriptor, control: Control) -> RaftEnvelope {
     RaftEnvelope {
-        range_id: store.range_id,
-        start: store.desc.start.clone(),
-        end: store.desc.end.clone(),
-        conf_ver: store.desc.epoch.as_ref().map(|e| e.conf_ver).unwrap_or(0),
-        message: m.encode_to_vec(),
-        control: 0,
+        range_id: desc.id,
+        start: desc.start.clone(),
+        end: desc.end.clone(),
+        conf_ver: conf_ver_of(desc),
+        message: Vec::new(),
+        control: control as i32,
     }
 }
 

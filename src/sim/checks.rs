@@ -7,6 +7,7 @@
 
 use super::node::SimNode;
 use crate::storage::{mvcc, Cf};
+use cairn_proto::internal::RangeDescriptor;
 use parking_lot::Mutex;
 use raft::eraftpb::Entry;
 use std::collections::BTreeMap;
@@ -78,7 +79,7 @@ pub struct Converged {
 /// the cluster has had time to catch up. `Err` names the first disagreement.
 pub fn convergence(nodes: &[SimNode]) -> Result<Converged, String> {
     // The newest descriptor of each range, as any member reports it.
-    let mut newest: BTreeMap<u64, cairn_proto::internal::RangeDescriptor> = BTreeMap::new();
+    let mut newest: BTreeMap<u64, RangeDescriptor> = BTreeMap::new();
     let mut views = BTreeMap::new();
     for n in nodes {
         let running = n.running.as_ref().ok_or_else(|| format!("node {} is still down", n.id))?;
@@ -86,7 +87,7 @@ pub fn convergence(nodes: &[SimNode]) -> Result<Converged, String> {
             if !v.initialized {
                 continue;
             }
-            let ver = |d: &cairn_proto::internal::RangeDescriptor| d.epoch.map(|e| (e.version, e.conf_ver));
+            let ver = |d: &RangeDescriptor| d.epoch.map(|e| (e.version, e.conf_ver));
             if newest.get(&v.range_id).is_none_or(|d| ver(d) < ver(&v.desc)) {
                 newest.insert(v.range_id, v.desc.clone());
             }
@@ -160,26 +161,30 @@ pub fn convergence(nodes: &[SimNode]) -> Result<Converged, String> {
     Ok(out)
 }
 
-/// The keys of `acknowledged` that are not live on the leader of the range
-/// holding them (call after convergence, when every range has one).
-pub fn missing(nodes: &[SimNode], acknowledged: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let leaders: Vec<(Arc<crate::storage::Engine>, cairn_proto::internal::RangeDescriptor)> = nodes
+/// Every leader replica on a running node: its node's engine and its range.
+fn leaders(nodes: &[SimNode]) -> Vec<(Arc<crate::storage::Engine>, RangeDescriptor)> {
+    nodes
         .iter()
         .filter_map(|n| n.running.as_ref())
         .flat_map(|r| {
             r.store.replica_views().into_iter().filter(|v| v.is_leader).map(|v| (r.handle.engine.clone(), v.desc))
         })
-        .collect();
-    acknowledged
-        .iter()
-        .filter(|key| {
-            !leaders.iter().any(|(engine, d)| {
-                crate::keys::in_range(key, &d.start, &d.end)
-                    && mvcc::get_live(engine, key, crate::hlc::Version::MAX).is_some()
-            })
-        })
-        .cloned()
         .collect()
+}
+
+/// The live value of `key` on a leader of the range holding it: `None` if no
+/// leader holds the key's range, `Some(None)` if the key is absent there.
+fn read_at_leader(leaders: &[(Arc<crate::storage::Engine>, RangeDescriptor)], key: &[u8]) -> Option<Option<Vec<u8>>> {
+    let mut holders = leaders.iter().filter(|(_, d)| crate::keys::in_range(key, &d.start, &d.end)).peekable();
+    holders.peek()?;
+    Some(holders.find_map(|(engine, _)| mvcc::get_live(engine, key, crate::hlc::Version::MAX).map(|(v, _)| v)))
+}
+
+/// The keys of `acknowledged` that are not live on the leader of the range
+/// holding them (call after convergence, when every range has one).
+pub fn missing(nodes: &[SimNode], acknowledged: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let leaders = leaders(nodes);
+    acknowledged.iter().filter(|key| !matches!(read_at_leader(&leaders, key), Some(Some(_)))).cloned().collect()
 }
 
 /// Every node's view of one range, for failure messages.
@@ -212,18 +217,12 @@ pub fn describe_range(nodes: &[SimNode], range_id: u64) -> String {
 
 /// The counter's value on the leader of the range holding `key` (0 if absent).
 pub fn counter_value(nodes: &[SimNode], key: &[u8]) -> Result<i64, String> {
-    for r in nodes.iter().filter_map(|n| n.running.as_ref()) {
-        for v in r.store.replica_views().into_iter().filter(|v| v.is_leader) {
-            if crate::keys::in_range(key, &v.desc.start, &v.desc.end) {
-                return match mvcc::get_live(&r.handle.engine, key, crate::hlc::Version::MAX) {
-                    None => Ok(0),
-                    Some((raw, _)) => std::str::from_utf8(&raw)
-                        .ok()
-                        .and_then(|t| t.parse().ok())
-                        .ok_or_else(|| format!("the counter holds a non-integer: {raw:?}")),
-                };
-            }
-        }
+    match read_at_leader(&leaders(nodes), key) {
+        None => Err("no leader holds the counter's range".into()),
+        Some(None) => Ok(0),
+        Some(Some(raw)) => std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| format!("the counter holds a non-integer: {raw:?}")),
     }
-    Err("no leader holds the counter's range".into())
 }

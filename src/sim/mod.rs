@@ -24,6 +24,7 @@ use crate::raftstore::apply::Applied;
 use crate::raftstore::msg::StoreMsg;
 use crate::raftstore::store::{self, ReplicaView};
 use crate::raftstore::RaftConfig;
+use crate::storage::layout;
 use cairn_proto::internal::{
     admin_request, raft_command, AdminRequest, AdminResponse, RaftCommand, RangeDescriptor, RangeEpoch, RangeError,
     Replica, SplitCommand,
@@ -277,7 +278,7 @@ impl World {
         let fault_end = self.cfg.fault_ms;
         while self.now_ms < fault_end {
             self.step(true)?;
-            self.nemesis_step()?;
+            self.nemesis_step();
         }
         self.heal_all()?;
         // Clients keep going for a moment on the healed cluster, then drain.
@@ -392,17 +393,18 @@ impl World {
             return;
         };
         dest.transport.mark_seen(p.from, now);
-        let delivered = match p.payload {
-            Payload::Raft(env) => dest.handle.send(StoreMsg::Raft { from_node: p.from, envelopes: vec![env] }).is_ok(),
+        // A full queue drops the packet, as the real transport does; Raft retransmits.
+        match p.payload {
+            Payload::Raft(env) => {
+                let _ = dest.handle.send(StoreMsg::Raft { from_node: p.from, envelopes: vec![env] });
+            }
             Payload::Snapshot(env) => {
                 let range_id = env.range_id;
                 let ok = dest.handle.send(StoreMsg::Snapshot { from_node: p.from, envelope: env }).is_ok();
                 self.report_snapshot(p.from, range_id, p.to, ok);
-                ok
             }
-            Payload::Keepalive => true,
-        };
-        let _ = delivered;
+            Payload::Keepalive => {}
+        }
     }
 
     fn snapshot_failed(&self, p: &Packet) {
@@ -419,14 +421,11 @@ impl World {
 
     // ------------------------------------------------------------ faults
 
-    fn nemesis_step(&mut self) -> Result<(), String> {
+    fn nemesis_step(&mut self) {
+        // Process faults end by themselves (restart time, pause and slow-disk deadlines);
+        // wire faults end here.
         if self.fault_until.is_some_and(|t| t <= self.now_ms) {
             self.wire.faults = Default::default();
-            for n in self.nodes.iter_mut() {
-                if n.stalled_until_ms > self.now_ms + 10_000 {
-                    n.stalled_until_ms = self.now_ms; // a paused node resumes
-                }
-            }
             self.fault_until = None;
             self.next_fault_ms = self.now_ms + self.nemesis.gap();
         }
@@ -451,7 +450,6 @@ impl World {
             self.change(change);
         }
         self.poll_changes();
-        Ok(())
     }
 
     fn index_of(&self, node: u64) -> usize {
@@ -481,18 +479,11 @@ impl World {
             Fault::Duplicate { share } => self.wire.faults.duplicate = share,
             Fault::Delay { extra_ms } => self.wire.faults.extra_delay_ms = extra_ms,
             Fault::Crash { node, down_ms } => {
-                let i = self.index_of(node);
-                if self.nodes[i].is_up() {
-                    let keep = self.nemesis.flushed_prefix(self.nodes[i].disk.unsynced_batches());
-                    self.nodes[i].crash(keep, self.now_ms + down_ms);
-                }
+                self.power_cut(self.index_of(node), down_ms);
             }
             Fault::PowerCut { down_ms } => {
                 for i in 0..self.nodes.len() {
-                    if self.nodes[i].is_up() {
-                        let keep = self.nemesis.flushed_prefix(self.nodes[i].disk.unsynced_batches());
-                        self.nodes[i].crash(keep, self.now_ms + down_ms);
-                    }
+                    self.power_cut(i, down_ms);
                 }
             }
             Fault::DamageLog { node, down_ms } => {
@@ -509,15 +500,13 @@ impl World {
                     .collect();
                 let i = self.index_of(node);
                 if !rebuilding && self.nodes[i].is_up() {
-                    let range_of = |k: &[u8]| k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
                     let keys: Vec<Vec<u8>> = self.nodes[i]
                         .disk
                         .keys(crate::storage::Cf::RaftLog)
                         .into_iter()
-                        .filter(|k| range_of(k).is_some_and(|r| sound.contains(&r)))
+                        .filter(|k| layout::log_range_of(k).is_some_and(|r| sound.contains(&r)))
                         .collect();
-                    let keep = self.nemesis.flushed_prefix(self.nodes[i].disk.unsynced_batches());
-                    self.nodes[i].crash(keep, self.now_ms + down_ms);
+                    self.power_cut(i, down_ms);
                     if !keys.is_empty() {
                         let key = &keys[self.nemesis.pick(keys.len())];
                         self.damage_outstanding = self.nodes[i].disk.damage(crate::storage::Cf::RaftLog, key);
@@ -533,6 +522,15 @@ impl World {
                 let i = self.index_of(node);
                 self.nodes[i].stalled_until_ms = self.now_ms + duration;
             }
+        }
+    }
+
+    /// Cuts node `i`'s power (if it is up): it keeps what was synced plus a seeded
+    /// prefix of the rest, and restarts after `down_ms`.
+    fn power_cut(&mut self, i: usize, down_ms: u64) {
+        if self.nodes[i].is_up() {
+            let keep = self.nemesis.flushed_prefix(self.nodes[i].disk.unsynced_batches());
+            self.nodes[i].crash(keep, self.now_ms + down_ms);
         }
     }
 

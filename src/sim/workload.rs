@@ -289,16 +289,16 @@ impl Workload {
         match step {
             Step::Pending if now_ms > op.deadline_ms => {
                 let in_doubt = op.maybe_applied || matches!(op.attempt, Attempt::Write { .. });
-                self.finish(i, op, now_ms, if in_doubt { Outcome::Unknown } else { Outcome::Failed });
+                self.finish(i, op, now_ms, if in_doubt { Outcome::Unknown } else { Outcome::Failed }, 0);
             }
             Step::Pending => self.clients[i].op = Some(op),
-            Step::Done(outcome, counter) => self.finish_with(i, op, now_ms, outcome, counter),
+            Step::Done(outcome, counter) => self.finish(i, op, now_ms, outcome, counter),
             Step::Retry { ambiguous } => {
                 op.maybe_applied |= ambiguous;
                 self.stats.retries += 1;
                 if now_ms > op.deadline_ms {
                     let outcome = if op.maybe_applied { Outcome::Unknown } else { Outcome::Failed };
-                    self.finish(i, op, now_ms, outcome);
+                    self.finish(i, op, now_ms, outcome, 0);
                 } else {
                     op.attempt = Attempt::Backoff { until_ms: now_ms + RETRY_BACKOFF_MS };
                     self.clients[i].op = Some(op);
@@ -355,11 +355,8 @@ impl Workload {
         }
     }
 
-    fn finish(&mut self, i: usize, op: InFlight, now_ms: u64, outcome: Outcome) {
-        self.finish_with(i, op, now_ms, outcome, 0);
-    }
-
-    fn finish_with(&mut self, i: usize, op: InFlight, now_ms: u64, outcome: Outcome, counter: i64) {
+    /// Records how `op` ended; `counter` is the value an increment was answered with.
+    fn finish(&mut self, i: usize, op: InFlight, now_ms: u64, outcome: Outcome, counter: i64) {
         let c = &mut self.clients[i];
         c.next_op_ms = now_ms + 1 + self.rng.random_range(0..20);
         match outcome {

@@ -61,28 +61,21 @@ pub struct Batch<'a> {
 
 enum Writes {
     Rocks(WriteBatch),
-    Sim { ops: Vec<SimOp>, bytes: usize },
+    Sim(Vec<SimOp>),
 }
 
 impl Batch<'_> {
-    fn push(&mut self, op: SimOp) {
-        if let Writes::Sim { ops, bytes } = &mut self.writes {
-            *bytes += op.size();
-            ops.push(op);
-        }
-    }
-
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         match &mut self.writes {
             Writes::Rocks(wb) => wb.put_cf(self.engine.cf(cf), key, value),
-            Writes::Sim { .. } => self.push(SimOp::Put(cf, key.to_vec(), value.to_vec())),
+            Writes::Sim(ops) => ops.push(SimOp::Put(cf, key.to_vec(), value.to_vec())),
         }
     }
 
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
         match &mut self.writes {
             Writes::Rocks(wb) => wb.delete_cf(self.engine.cf(cf), key),
-            Writes::Sim { .. } => self.push(SimOp::Delete(cf, key.to_vec())),
+            Writes::Sim(ops) => ops.push(SimOp::Delete(cf, key.to_vec())),
         }
     }
 
@@ -90,25 +83,14 @@ impl Batch<'_> {
     pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
         match &mut self.writes {
             Writes::Rocks(wb) => wb.delete_range_cf(self.engine.cf(cf), start, end),
-            Writes::Sim { .. } => self.push(SimOp::DeleteRange(cf, start.to_vec(), end.to_vec())),
+            Writes::Sim(ops) => ops.push(SimOp::DeleteRange(cf, start.to_vec(), end.to_vec())),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn len(&self) -> usize {
         match &self.writes {
-            Writes::Rocks(wb) => wb.len(),
-            Writes::Sim { ops, .. } => ops.len(),
-        }
-    }
-
-    pub fn size_in_bytes(&self) -> usize {
-        match &self.writes {
-            Writes::Rocks(wb) => wb.size_in_bytes(),
-            Writes::Sim { bytes, .. } => *bytes,
+            Writes::Rocks(wb) => wb.is_empty(),
+            Writes::Sim(ops) => ops.is_empty(),
         }
     }
 }
@@ -193,7 +175,7 @@ impl Engine {
     pub fn batch(&self) -> Batch<'_> {
         let writes = match &self.backend {
             Backend::Rocks(_) => Writes::Rocks(WriteBatch::default()),
-            Backend::Sim { .. } => Writes::Sim { ops: Vec::new(), bytes: 0 },
+            Backend::Sim { .. } => Writes::Sim(Vec::new()),
         };
         Batch { engine: self, writes }
     }
@@ -215,7 +197,7 @@ impl Engine {
                     wo.set_sync(sync);
                     db.write_opt(wb, &wo).map_err(|e| e.to_string())
                 }
-                (Backend::Sim { disk, generation }, Writes::Sim { ops, .. }) => {
+                (Backend::Sim { disk, generation }, Writes::Sim(ops)) => {
                     // A crashed incarnation's write goes nowhere, as a dead process's would.
                     disk.write(*generation, ops, sync);
                     Ok(())

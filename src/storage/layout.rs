@@ -68,31 +68,60 @@ pub fn log_key(range_id: u64, index: u64) -> [u8; 16] {
     k
 }
 
+pub fn log_range_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(*key.first_chunk::<8>()?))
+}
+
 pub fn log_index_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
 }
 
-fn state_key(range_id: u64, suffix: u8) -> [u8; 9] {
+/// What a per-range `raft_state` key holds (its last byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKey {
+    HardState = 0x01,
+    ApplyState = 0x02,
+    Descriptor = 0x03,
+    Tombstone = 0x04,
+    Quarantine = 0x05,
+}
+
+fn state_key(range_id: u64, kind: StateKey) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[..8].copy_from_slice(&range_id.to_be_bytes());
-    k[8] = suffix;
+    k[8] = kind as u8;
     k
 }
 
+/// The range and kind of a per-range `raft_state` key (`None` for other keys,
+/// such as dedupe records old data dirs still keep there).
+pub fn parse_state_key(k: &[u8]) -> Option<(u64, StateKey)> {
+    let (range_id, kind) = k.split_first_chunk::<8>()?;
+    let kind = match kind {
+        [0x01] => StateKey::HardState,
+        [0x02] => StateKey::ApplyState,
+        [0x03] => StateKey::Descriptor,
+        [0x04] => StateKey::Tombstone,
+        [0x05] => StateKey::Quarantine,
+        _ => return None,
+    };
+    Some((u64::from_be_bytes(*range_id), kind))
+}
+
 pub fn hard_state_key(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x01)
+    state_key(range_id, StateKey::HardState)
 }
 pub fn apply_state_key(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x02)
+    state_key(range_id, StateKey::ApplyState)
 }
 pub fn descriptor_key(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x03)
+    state_key(range_id, StateKey::Descriptor)
 }
 pub fn tombstone_key(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x04)
+    state_key(range_id, StateKey::Tombstone)
 }
 pub fn quarantine_key(range_id: u64) -> [u8; 9] {
-    state_key(range_id, 0x05)
+    state_key(range_id, StateKey::Quarantine)
 }
 
 /// The first and one-past-last `raft_state` keys of a range.
@@ -180,6 +209,14 @@ mod tests {
         assert_eq!(decode_log_entry(&raw), Err(LogEntryError::Checksum));
         // Entries stored before checksums existed are still read.
         assert_eq!(decode_log_entry(&e.encode_to_vec()), Ok(e));
+    }
+
+    #[test]
+    fn state_keys_parse_back() {
+        assert_eq!(parse_state_key(&descriptor_key(7)), Some((7, StateKey::Descriptor)));
+        assert_eq!(parse_state_key(&quarantine_key(u64::MAX)), Some((u64::MAX, StateKey::Quarantine)));
+        assert_eq!(parse_state_key(&log_key(7, 3)), None, "not a state key");
+        assert_eq!(parse_state_key(&[0; 8]), None);
     }
 
     #[test]

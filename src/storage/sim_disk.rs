@@ -24,16 +24,6 @@ pub enum SimOp {
     DeleteRange(Cf, Vec<u8>, Vec<u8>),
 }
 
-impl SimOp {
-    pub fn size(&self) -> usize {
-        match self {
-            SimOp::Put(_, k, v) => k.len() + v.len(),
-            SimOp::Delete(_, k) => k.len(),
-            SimOp::DeleteRange(_, a, b) => a.len() + b.len(),
-        }
-    }
-}
-
 #[derive(Default)]
 struct DiskState {
     /// Bumped by every crash: an engine opened before it is a dead process.
@@ -43,7 +33,6 @@ struct DiskState {
     unsynced: Vec<Vec<SimOp>>,
     sync_latency_ms: u64,
     owed_sync_ms: u64,
-    syncs: u64,
 }
 
 /// A simulated disk shared by the successive incarnations of one node.
@@ -109,7 +98,6 @@ impl SimDisk {
             for batch in &pending {
                 apply(&mut s.durable, batch);
             }
-            s.syncs += 1;
             s.owed_sync_ms += s.sync_latency_ms;
         }
         true
@@ -153,10 +141,6 @@ impl SimDisk {
     /// Batches written since the last sync, which a crash may lose.
     pub fn unsynced_batches(&self) -> usize {
         self.state.lock().unsynced.len()
-    }
-
-    pub fn syncs(&self) -> u64 {
-        self.state.lock().syncs
     }
 
     /// Simulated milliseconds each sync takes from now on (0 = a fast disk).
