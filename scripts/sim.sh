@@ -1,35 +1,48 @@
 #!/usr/bin/env bash
-# Deterministic simulation of whole clusters in one process (see src/sim/).
+# Deterministic simulation in one process, from a seed.
 #
-#   scripts/sim.sh                    the fixed seeds the test suite runs
-#   scripts/sim.sh --seed N           replay seed N exactly and print its report
-#   scripts/sim.sh --soak K [--from S]
-#                                     run K seeds from S (default: a random start,
-#                                     printed first so the run can be repeated)
+#   scripts/sim.sh [--cluster]                    the fixed seeds the test suite runs
+#   scripts/sim.sh [--cluster] --seed N           replay seed N exactly and print its report
+#   scripts/sim.sh [--cluster] --soak K [--from S]
+#                                                 run K seeds from S (default: a random
+#                                                 start, printed first so the run can be repeated)
 #
-# Each seed simulates 20 s of faults plus up to 30 s of healing; a failure
-# prints the seed and the command that replays it.
+# Without --cluster: the store loops of 3 or 5 nodes (src/sim/), checked after
+# every simulated millisecond; 20 s of faults plus up to 30 s of healing per seed.
+# With --cluster: whole nodes (gRPC API, gateway, meta range, controller, gRPC
+# Raft transport, store loop) on a simulated network and clock
+# (tests/cluster_sim/); 20 s of faults, then healing and read-back.
+# A failure prints the seed and the command that replays it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
 
+prefix=CAIRN_SIM
+test_target=(--test simulation simulated_clusters_stay_correct_under_faults)
+if [ "${1:-}" = "--cluster" ]; then
+  prefix=CAIRN_CLUSTER_SIM
+  test_target=(--test cluster_simulation simulated_nodes_stay_correct_under_faults)
+  shift
+fi
+
 case "${1:-}" in
   --seed)
-    export CAIRN_SIM_SEED="${2:?--seed needs a number}"
+    export "${prefix}_SEED=${2:?--seed needs a number}"
     ;;
   --soak)
-    export CAIRN_SIM_SEEDS="${2:?--soak needs a count}"
+    count="${2:?--soak needs a count}"
     if [ "${3:-}" = "--from" ]; then
-      export CAIRN_SIM_FIRST_SEED="${4:?--from needs a number}"
+      first="${4:?--from needs a number}"
     else
-      export CAIRN_SIM_FIRST_SEED="$(( (RANDOM << 15 | RANDOM) ))"
+      first="$(( (RANDOM << 15 | RANDOM) ))"
     fi
-    echo "soak: $CAIRN_SIM_SEEDS seeds from $CAIRN_SIM_FIRST_SEED"
+    export "${prefix}_SEEDS=$count" "${prefix}_FIRST_SEED=$first"
+    echo "soak: $count seeds from $first"
     ;;
   "") ;;
   *)
-    echo "usage: scripts/sim.sh [--seed N | --soak K [--from S]]" >&2
+    echo "usage: scripts/sim.sh [--cluster] [--seed N | --soak K [--from S]]" >&2
     exit 2
     ;;
 esac
-exec cargo test --test simulation simulated_clusters_stay_correct_under_faults -- --nocapture
+exec cargo test "${test_target[@]}" -- --nocapture

@@ -23,6 +23,7 @@
 pub use cairn_core::{clock_fault, hlc, keys, limits, peer, request};
 
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod faults;
 pub mod frontend;

@@ -77,7 +77,20 @@ pub struct Hlc {
     physical_ns: Option<PhysicalClock>,
 }
 
+/// Where this process reads wall time from when not the system clock: set once,
+/// by a simulation that runs whole nodes on simulated time, so that versions,
+/// liveness stamps and TTLs follow that time.
+static WALL_CLOCK_NS: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
+
+/// Makes `wall_now_ns` read `clock` for the rest of the process. Only the first call counts.
+pub fn set_wall_clock(clock: fn() -> u64) {
+    let _ = WALL_CLOCK_NS.set(clock);
+}
+
 pub fn wall_now_ns() -> u64 {
+    if let Some(clock) = WALL_CLOCK_NS.get() {
+        return clock();
+    }
     let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     real.saturating_add_signed(crate::clock_fault::offset_ns())
 }

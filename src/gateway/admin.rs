@@ -9,7 +9,7 @@ use cairn_proto::internal::{
     admin_request, raft_command, range_request, AdminRequest, AdminResponse, ClearRangeCommand, RaftCommand,
     RangeDescriptor, RangeRecord, RangeRequest, SplitCommand,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Status;
 
 /// How long a new learner may take to catch up before promotion is abandoned.
@@ -127,7 +127,7 @@ pub async fn add_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<Admin
             report(gw, &a).await;
         }
     }
-    let started = Instant::now();
+    let started = crate::clock::now();
     loop {
         let s = status(gw, range_id).await?;
         let matched = s.progress.iter().find(|p| p.node_id == node).map(|p| p.matched).unwrap_or(0);
@@ -172,7 +172,7 @@ pub async fn remove_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<Ad
 
 /// Moves leadership to `node` and waits until it has it.
 pub async fn transfer_leader(gw: &Gateway, range_id: u64, node: u64) -> Result<AdminResponse, Status> {
-    let started = Instant::now();
+    let started = crate::clock::now();
     loop {
         let a = admin(gw, range_id, admin_request::Op::TransferLeader(node)).await?;
         if a.leader_node_id == node {

@@ -222,7 +222,7 @@ impl Gateway {
     /// Reads of the meta range itself never refresh, so this cannot recurse into itself.
     pub fn refresh_directory(&self) -> BoxFuture<'_, Result<(), Status>> {
         Box::pin(async move {
-            let asked = Instant::now();
+            let asked = crate::clock::now();
             let mut last = self.last_refresh.lock().await;
             // Someone else refreshed while we waited: their result is fresh enough.
             if last.is_some_and(|t| t >= asked) {
@@ -239,7 +239,7 @@ impl Gateway {
                 }
             }
             *self.dir.write() = fresh;
-            *last = Some(Instant::now());
+            *last = Some(crate::clock::now());
             Ok(())
         })
     }
@@ -292,8 +292,8 @@ impl Gateway {
         target: Target,
         mut build: impl FnMut(&RangeRecord) -> Result<RangeRequest, Status>,
     ) -> Result<RangeResponse, Status> {
-        let deadline = Instant::now() + Duration::from_millis(self.limits.request_deadline_ms);
-        let mut last_progress = Instant::now();
+        let deadline = crate::clock::now() + Duration::from_millis(self.limits.request_deadline_ms);
+        let mut last_progress = crate::clock::now();
         let mut failed_nodes: HashSet<u64> = HashSet::new();
         let mut maybe_applied = false;
         let mut last_error = String::from("no attempt made");
@@ -301,7 +301,7 @@ impl Gateway {
         // Whether this node's own replica may serve the request (cleared once it could not).
         let mut local_ok = true;
         loop {
-            let now = Instant::now();
+            let now = crate::clock::now();
             if now >= deadline || now.duration_since(last_progress) > self.fail_fast_window() {
                 let tail = if maybe_applied {
                     "; the write may or may not have been applied (retrying with the same request_id is safe)"
@@ -342,7 +342,7 @@ impl Gateway {
                 let pool = if healthy.is_empty() { &voters } else { &healthy };
                 pool[(attempt as usize) % pool.len()]
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(crate::clock::now());
             let resp = match self.send(node, req, remaining).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -368,7 +368,7 @@ impl Gateway {
                 Kind::NotLeader => {
                     self.dir.write().set_leader(desc.id, err.leader_hint);
                     if err.leader_hint != 0 {
-                        last_progress = Instant::now();
+                        last_progress = crate::clock::now();
                         failed_nodes.remove(&err.leader_hint);
                     }
                 }
@@ -380,7 +380,7 @@ impl Gateway {
                     }
                 }
                 Kind::EpochMismatch | Kind::KeyNotInRange => {
-                    last_progress = Instant::now();
+                    last_progress = crate::clock::now();
                     if let Some(d) = err.desc {
                         self.learn_route(RangeRecord { desc: Some(d), leader_node_id: node, approximate_bytes: 0 });
                     }
@@ -391,7 +391,7 @@ impl Gateway {
                 Kind::Ambiguous => {
                     // Leadership moved under the request: worth retrying (same request id).
                     maybe_applied = true;
-                    last_progress = Instant::now();
+                    last_progress = crate::clock::now();
                 }
                 Kind::Unavailable => {}
                 Kind::Invalid => return Err(Status::invalid_argument(err.message)),

@@ -14,7 +14,7 @@ use crate::raftstore::errors;
 use cairn_proto::internal::range_error::Kind;
 use cairn_proto::internal::{RangeRecord, RangeScanRequest, ScannedPair};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -51,7 +51,7 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
     let mut cursor = p.start.clone();
     let mut remaining = if p.limit == 0 { usize::MAX } else { p.limit };
     let mut range_version = p.resume_version;
-    let mut last_progress = Instant::now();
+    let mut last_progress = crate::clock::now();
     let mut attempt = 0u64;
     loop {
         if !p.end.is_empty() && cursor >= p.end {
@@ -139,7 +139,7 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
                 failed = true;
                 break;
             }
-            last_progress = Instant::now();
+            last_progress = crate::clock::now();
             attempt = 0;
             let version = page.read_version.as_ref().map(Version::from).unwrap_or_default();
             range_version = Some(version);

@@ -63,7 +63,7 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
                 Ok(read_keys(store, range_id, epoch, &r.keys, r.stale))
             } else {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || read_keys(&store, range_id, epoch, &r.keys, r.stale)).await
+                crate::clock::blocking(move || read_keys(&store, range_id, epoch, &r.keys, r.stale)).await
             };
             match res {
                 Ok(Ok(reads)) => RangeResponse { reads, ..Default::default() },
@@ -175,10 +175,9 @@ pub async fn scan_range(
         let st = store.clone();
         let (epoch, end, keys_only, cur) = (req.epoch, req.end.clone(), req.keys_only, cursor.clone());
         let want = page_keys.min(remaining);
-        let page = tokio::task::spawn_blocking(move || {
-            scan_page(&st, range_id, epoch, &cur, &end, read_version, want, keys_only)
-        })
-        .await;
+        let page =
+            crate::clock::blocking(move || scan_page(&st, range_id, epoch, &cur, &end, read_version, want, keys_only))
+                .await;
         let (pairs, done) = match page {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {

@@ -37,8 +37,8 @@ pub struct RaftConfig {
     pub log_gc_threshold: u64,
     pub max_inflight_msgs: usize,
     pub max_size_per_msg: u64,
-    /// Simulation only: fixes each replica's election timeout from this seed
-    /// instead of raft-rs's unseeded random draw.
+    /// Simulation only: each replica draws its election timeouts from this seed
+    /// instead of from raft-rs's unseeded thread-local RNG.
     #[serde(skip)]
     pub election_seed: Option<u64>,
 }

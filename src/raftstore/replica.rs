@@ -51,27 +51,16 @@ pub struct Replica {
     pub last_stale_check: Option<Instant>,
     /// Set while the replica is rebuilt after its log failed its checksum.
     pub rebuild: Option<super::quarantine::Rebuild>,
+    /// Simulation only: where this replica's election timeouts come from instead
+    /// of raft-rs's unseeded draw, and the (term, role, draws) of the last one.
+    election_seed: Option<u64>,
+    last_election_draw: (u64, u8, u64),
 }
 
-pub fn raft_config(node_id: u64, range_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
-    // raft-rs draws each randomized election timeout from a thread-local RNG. A
-    // simulated run instead gives every replica its own fixed timeout in the same
-    // span, derived from the run's seed, so the run replays exactly.
-    let (min_election_tick, max_election_tick) = match cfg.election_seed {
-        Some(seed) => {
-            let mixed =
-                seed ^ node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ range_id.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-            let spread = cfg.election_ticks.max(1) as u64;
-            let t = cfg.election_ticks + (mixed.wrapping_mul(0xFF51_AFD7_ED55_8CCD) >> 32) as usize % spread as usize;
-            (t, t + 1)
-        }
-        None => (0, 0), // raft-rs's default: [election_tick, 2 × election_tick)
-    };
+pub fn raft_config(node_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
     raft::Config {
         id: node_id,
         election_tick: cfg.election_ticks,
-        min_election_tick,
-        max_election_tick,
         heartbeat_tick: cfg.heartbeat_ticks,
         applied,
         max_size_per_msg: cfg.max_size_per_msg,
@@ -87,7 +76,8 @@ impl Replica {
     pub fn new(node_id: u64, storage: RangeStorage, cfg: &RaftConfig, logger: &slog::Logger) -> anyhow::Result<Self> {
         let shared = Arc::new(ReplicaShared::new(storage.desc.clone(), storage.initialized));
         shared.set_applied(storage.apply.applied_index, storage.apply.last_version);
-        let rc = raft_config(node_id, storage.range_id, storage.apply.applied_index, cfg);
+        let rc = raft_config(node_id, storage.apply.applied_index, cfg);
+        let range_id = storage.range_id;
         let raw = RawNode::new(&rc, storage, logger)?;
         Ok(Replica {
             raw,
@@ -106,7 +96,34 @@ impl Replica {
             hibernating: false,
             last_stale_check: None,
             rebuild: None,
+            election_seed: cfg.election_seed.map(|seed| {
+                seed ^ node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ range_id.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            }),
+            last_election_draw: (0, 0, 0),
         })
+        .map(|mut r: Replica| {
+            r.draw_election_timeout();
+            r
+        })
+    }
+
+    /// In a simulated run, replaces raft-rs's election timeout (drawn from an
+    /// unseeded thread-local RNG) with one drawn from the run's seed, whenever
+    /// the replica's term or role has changed since the last draw, which is when
+    /// raft-rs draws a new one. A timeout fixed per replica would not do: two
+    /// replicas with the same one that start together split their votes forever.
+    pub fn draw_election_timeout(&mut self) {
+        let Some(seed) = self.election_seed else { return };
+        let (term, role) = (self.raw.raft.term, self.raw.raft.state as u8);
+        let (last_term, last_role, draws) = self.last_election_draw;
+        if draws > 0 && (term, role) == (last_term, last_role) {
+            return;
+        }
+        self.last_election_draw = (term, role, draws + 1);
+        let mixed = seed ^ term.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ (draws + 1).wrapping_mul(0xA076_1D64_78BD_642F);
+        let span = self.raw.raft.election_timeout().max(1);
+        let t = span + (mixed.wrapping_mul(0xFF51_AFD7_ED55_8CCD) >> 32) as usize % span;
+        self.raw.raft.set_randomized_election_timeout(t);
     }
 
     pub fn range_id(&self) -> u64 {

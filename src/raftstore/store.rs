@@ -103,7 +103,7 @@ pub fn start(
     transport: Arc<dyn RaftTransport>,
     hlc: Arc<Hlc>,
 ) -> anyhow::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
-    let (store, handle) = Store::open(node_id, engine, cfg, registry, transport, hlc, Instant::now())?;
+    let (store, handle) = Store::open(node_id, engine, cfg, registry, transport, hlc, crate::clock::now())?;
     let join = std::thread::Builder::new().name("raftstore".into()).spawn(move || {
         // raft-rs panics on broken invariants; a node without its Raft loop must not
         // keep answering as if it were healthy, so a panic here stops the process.
@@ -246,16 +246,28 @@ impl Store {
 
     fn run(mut self) {
         loop {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            let wait = self.next_tick.saturating_duration_since(crate::clock::now());
             match self.rx.recv_timeout(wait) {
                 Ok(m) => {
-                    self.now = Instant::now();
+                    self.now = crate::clock::now();
                     self.handle(m);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            self.turn(Instant::now());
+            self.turn(crate::clock::now());
+        }
+    }
+
+    /// Runs the loop as a task on the current runtime: a turn every millisecond
+    /// of the runtime's clock. For a simulation whose runtime has one thread and
+    /// simulated time; a real node runs the loop on its own thread (`start`).
+    pub async fn drive(mut self) {
+        let mut every_ms = tokio::time::interval(Duration::from_millis(1));
+        every_ms.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every_ms.tick().await;
+            self.turn(crate::clock::now());
         }
     }
 
@@ -277,6 +289,11 @@ impl Store {
         }
         self.submit_reads();
         self.process_ready();
+        if self.cfg.election_seed.is_some() {
+            for r in self.replicas.values_mut() {
+                r.draw_election_timeout();
+            }
+        }
     }
 
     // ------------------------------------------------------------------ ticking
@@ -773,7 +790,7 @@ impl Store {
         if readies.is_empty() {
             return;
         }
-        let started = Instant::now();
+        let started = crate::clock::now();
         self.engine.commit(batch, must_sync);
         if must_sync {
             metrics::histogram!("cairn_raft_persist_seconds").record(started.elapsed().as_secs_f64());

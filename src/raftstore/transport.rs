@@ -85,11 +85,36 @@ pub struct Transport {
 }
 
 pub fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+        // A connection that went dead without a reset (its packets black-holed, as
+        // when a partition drops them) is noticed within about five seconds and
+        // replaced, instead of silently holding a peer's Raft traffic for longer.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok(match CONNECTOR.get() {
+        Some(connect) => connect(endpoint),
+        None => endpoint.connect_lazy(),
+    })
+}
+
+/// How often node-to-node connections are pinged, and how long a ping may go
+/// unanswered before the connection is dropped (by both ends).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Opens a (lazy) channel on an endpoint some other way than over the OS's TCP.
+pub type Connector = fn(Endpoint) -> Channel;
+
+/// How this process reaches other nodes when not over TCP: set once, by a
+/// simulation that runs whole nodes on a simulated network.
+static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+
+/// Makes every node-to-node channel of this process go through `connect`. Only the first call counts.
+pub fn set_connector(connect: Connector) {
+    let _ = CONNECTOR.set(connect);
 }
 
 impl Transport {
@@ -107,7 +132,7 @@ impl Transport {
             book,
             peers: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
-            started: Instant::now(),
+            started: crate::clock::now(),
             store_tx: OnceLock::new(),
             rt,
         }
@@ -123,7 +148,7 @@ impl Transport {
 
     /// Records that `node_id` was heard from (any inbound batch, keepalives included).
     pub fn mark_seen(&self, node_id: u64) {
-        self.last_seen.lock().insert(node_id, Instant::now());
+        self.last_seen.lock().insert(node_id, crate::clock::now());
     }
 
     fn report(&self, msg: StoreMsg) {

@@ -138,7 +138,61 @@ pub async fn run(
         TcpListener::bind(&cfg.http_listen).await.with_context(|| format!("binding {}", cfg.http_listen))?;
     let grpc_addr = cfg.advertise.clone().unwrap_or(grpc_listener.local_addr()?.to_string());
     let http_addr = http_listener.local_addr()?.to_string();
+    let incoming = listener::incoming(grpc_listener, cfg.max_connections);
+    let io = NodeIo {
+        engine,
+        grpc_incoming: incoming,
+        grpc_addr,
+        http: Some((http_listener, metrics)),
+        http_addr,
+        store_driver: StoreDriver::Thread,
+    };
+    let ready = move |endpoints: NodeEndpoints| -> Result<()> {
+        std::fs::write(data_dir.join("node.json"), serde_json::to_vec_pretty(&endpoints)?)?;
+        if let Some(r) = ready {
+            let _ = r.send(endpoints);
+        }
+        Ok(())
+    };
+    serve(cfg, io, ready, shutdown).await
+}
 
+/// How the store loop runs.
+pub enum StoreDriver {
+    /// On its own OS thread, as in a real node.
+    Thread,
+    /// As a task on the current runtime, one turn per millisecond of the runtime's
+    /// clock: what a simulation on a single-threaded, simulated-time runtime needs.
+    Task,
+}
+
+/// What a node is served over: its storage, how connections reach it, and the
+/// addresses it gives out. A real node gets RocksDB and TCP; a simulation, its
+/// simulated disk and network.
+pub struct NodeIo<S> {
+    pub engine: Arc<Engine>,
+    pub grpc_incoming: S,
+    pub grpc_addr: String,
+    /// The HTTP admin listener and the metrics handle it exports (none in a simulation).
+    pub http: Option<(TcpListener, Option<metrics_exporter_prometheus::PrometheusHandle>)>,
+    pub http_addr: String,
+    pub store_driver: StoreDriver,
+}
+
+/// Establishes the node's identity, starts its layers over `io`, calls `ready`
+/// once it serves, and runs until `shutdown` resolves (or, when the store loop
+/// runs as a task, until that loop stops, which is an error).
+pub async fn serve<S, C>(
+    cfg: ServerConfig,
+    io: NodeIo<S>,
+    ready: impl FnOnce(NodeEndpoints) -> Result<()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()>
+where
+    S: tokio_stream::Stream<Item = std::io::Result<C>> + Send + 'static,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
+    let NodeIo { engine, grpc_incoming, grpc_addr, http, http_addr, store_driver } = io;
     let book = Arc::new(AddressBook::load(engine.clone()));
     let (cluster_id, node_id) = match read_ident(&engine) {
         Some(ident) => ident,
@@ -163,8 +217,25 @@ pub async fn run(
         tokio::runtime::Handle::current(),
     ));
     let registry: ReplicaRegistry = Default::default();
-    let (store_handle, _store_thread) =
-        store::start(node_id, engine.clone(), cfg.raft.clone(), registry, transport.clone(), hlc.clone())?;
+    let (store_handle, store_task) = match store_driver {
+        StoreDriver::Thread => {
+            let (handle, _thread) =
+                store::start(node_id, engine.clone(), cfg.raft.clone(), registry, transport.clone(), hlc.clone())?;
+            (handle, None)
+        }
+        StoreDriver::Task => {
+            let (loop_, handle) = store::Store::open(
+                node_id,
+                engine.clone(),
+                cfg.raft.clone(),
+                registry,
+                transport.clone(),
+                hlc.clone(),
+                crate::clock::now(),
+            )?;
+            (handle, Some(tokio::spawn(loop_.drive())))
+        }
+    };
     transport.set_store(store_handle.tx.clone());
     let gw = Arc::new(Gateway::new(
         node_id,
@@ -184,36 +255,44 @@ pub async fn run(
         .max_decoding_message_size(max_msg * 2)
         .max_encoding_message_size(max_msg * 2);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let incoming = listener::incoming(grpc_listener, cfg.max_connections);
     let mut grpc_stop = stop_rx.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(1024)
             .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(transport::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(transport::KEEPALIVE_TIMEOUT))
             .add_service(kv)
             .add_service(internal)
-            .serve_with_incoming_shutdown(incoming, async move {
+            .serve_with_incoming_shutdown(grpc_incoming, async move {
                 let _ = grpc_stop.changed().await;
             }),
     );
-    let app = http::router(HttpState { gw: gw.clone(), metrics });
-    let mut http_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await;
-    });
+    if let Some((http_listener, metrics)) = http {
+        let app = http::router(HttpState { gw: gw.clone(), metrics });
+        let mut http_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.changed().await;
+                })
+                .await;
+        });
+    }
     tasks::spawn_all(gw.clone(), &cfg, grpc_addr.clone(), http_addr.clone(), stop_rx);
 
     let endpoints = NodeEndpoints { node_id, cluster_id, grpc: grpc_addr, http: http_addr };
-    std::fs::write(data_dir.join("node.json"), serde_json::to_vec_pretty(&endpoints)?)?;
     tracing::info!(node_id, grpc = %endpoints.grpc, http = %endpoints.http, "node ready");
-    if let Some(r) = ready {
-        let _ = r.send(endpoints);
+    ready(endpoints)?;
+    match store_task {
+        None => shutdown.await,
+        Some(store_task) => {
+            tokio::select! {
+                _ = shutdown => {}
+                stopped = store_task => bail!("node {node_id}: the raft loop stopped: {stopped:?}"),
+            }
+        }
     }
-    shutdown.await;
     tracing::info!(node_id, "shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;

@@ -118,7 +118,7 @@ async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMa
                 None => true,
             };
             if stale {
-                last.insert(r.range_id, (rec.clone(), Instant::now()));
+                last.insert(r.range_id, (rec.clone(), crate::clock::now()));
                 changed.push(rec);
             }
         }
@@ -178,7 +178,7 @@ async fn split_check(gw: Arc<Gateway>, threshold: u64) {
         }
         let engine = gw.store.engine.clone();
         let d = desc.clone();
-        let pairs = tokio::task::spawn_blocking(move || {
+        let pairs = crate::clock::blocking(move || {
             let mut per_key: Vec<(Vec<u8>, u64)> = Vec::new();
             mvcc::scan_raw(&engine, &d.start, &d.end, |k, v| {
                 if let Some((key, _)) = crate::keys::mvcc::decode(k) {

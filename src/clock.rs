@@ -1,0 +1,25 @@
+//! Monotonic time for the node's own logic (deadlines, leases, ticks, backoff).
+//!
+//! It is the async runtime's clock rather than the OS clock: the two are the
+//! same in a real node, and in a simulation whose runtime runs on a paused,
+//! simulated clock, every deadline and lease then follows simulated time.
+
+use std::time::Instant;
+
+/// Now, by the runtime's clock (the OS clock outside a runtime).
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Runs a blocking job (a RocksDB scan, say) off the async workers. On a
+/// single-threaded runtime, which is what a simulation drives, it runs inline
+/// instead, so that its timing stays part of the simulated run.
+pub async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let single_threaded = tokio::runtime::Handle::try_current()
+        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+        .unwrap_or(true);
+    if single_threaded {
+        return Ok(job());
+    }
+    tokio::task::spawn_blocking(job).await.map_err(|e| e.to_string())
+}

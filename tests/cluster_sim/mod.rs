@@ -1,0 +1,407 @@
+//! Whole-node deterministic simulation: real Cairn nodes (gRPC front end,
+//! gateway, meta range, controller, periodic tasks, gRPC Raft transport and
+//! the store loop) run as turmoil hosts in one thread, on turmoil's simulated
+//! TCP and clock, each over a simulated disk that loses unsynced writes when
+//! its host crashes. Clients use the public gRPC API. One seed fixes the
+//! network's latencies, the fault schedule and every client's choices.
+//!
+//! Where `cairn::sim` drives the store loops alone (and so can check Raft's
+//! internals after every step), this drives everything a request touches, and
+//! checks what clients can see: linearizable histories, no acknowledged write
+//! lost, counter bounds, no retried request applied twice, and routing that
+//! converges once the faults heal.
+
+pub mod net;
+pub mod workload;
+
+use cairn::server::node::{serve, NodeIo, StoreDriver};
+use cairn::server::ServerConfig;
+use cairn::storage::sim_disk::SimDisk;
+use cairn::storage::Engine;
+use cairn_check::Outcome;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Once the faults heal, every node must route to every range within this long:
+/// a few election timeouts and connection keepalives (worst seen: about 5 s).
+const CONVERGENCE_BOUND_MS: u64 = 15_000;
+
+/// Where the simulated clocks start: a fixed instant, so versions replay exactly.
+const EPOCH_SECS: u64 = 1_700_000_000;
+
+#[derive(Clone, Debug)]
+pub struct ClusterSimConfig {
+    pub seed: u64,
+    pub nodes: u64,
+    /// How long the workload and the faults run, in simulated milliseconds.
+    pub fault_ms: u64,
+}
+
+impl ClusterSimConfig {
+    pub fn for_seed(seed: u64) -> Self {
+        // One seed in four runs four nodes: a replica the operator removes is then
+        // replaced on whichever node the controller picks, a real move.
+        let nodes = if seed % 4 == 3 { 4 } else { 3 };
+        ClusterSimConfig { seed, nodes, fault_ms: 20_000 }
+    }
+}
+
+/// Where the run is; the client host and the step loop both move it on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Setup,
+    Faults {
+        started_ms: u64,
+    },
+    /// The faults are over and every node is up and reachable again.
+    Healed,
+    Done,
+}
+
+/// What the clients saw, shared (in the one simulation thread) with the step loop.
+pub struct Shared {
+    pub phase: Phase,
+    pub history: Vec<cairn_check::Operation>,
+    pub acked_unique: Vec<String>,
+    /// (acknowledged, attempted, observed at the end)
+    pub counter: (i64, i64, i64),
+    pub duplicates: Vec<String>,
+    pub lost: Vec<String>,
+    pub operations: BTreeMap<&'static str, u64>,
+    pub convergence: Option<String>,
+    pub converged_at_ms: u64,
+    pub healed_at_ms: u64,
+    pub problems: Vec<String>,
+    /// What the client host is doing, for a run that never finishes.
+    pub progress: String,
+}
+
+/// What a passing run did, and a digest of everything the clients saw.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub operations: BTreeMap<&'static str, u64>,
+    pub ops_ok: usize,
+    pub ops_unknown: usize,
+    pub ops_failed: usize,
+    pub acked_unique: usize,
+    pub counter: (i64, i64, i64),
+    pub linearizability: String,
+    pub sim_secs: f64,
+    /// Simulated seconds from healing until every node routed to every range.
+    pub converged_after_secs: f64,
+    pub fingerprint: u64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {}: passed in {:.1} simulated s", self.seed, self.sim_secs)?;
+        writeln!(f, "  faults: {:?}", self.faults)?;
+        writeln!(f, "  operator: {:?}", self.operations)?;
+        writeln!(
+            f,
+            "  register ops: {} ok, {} unknown, {} failed; {}",
+            self.ops_ok, self.ops_unknown, self.ops_failed, self.linearizability
+        )?;
+        writeln!(f, "  unique writes acknowledged and read back: {}", self.acked_unique)?;
+        writeln!(f, "  routing converged {:.1} s after healing", self.converged_after_secs)?;
+        let (acked, attempted, observed) = self.counter;
+        write!(
+            f,
+            "  counter: {acked} acknowledged <= {observed} read <= {attempted} attempted; fingerprint {:016x}",
+            self.fingerprint
+        )
+    }
+}
+
+fn sim_wall_ns() -> u64 {
+    turmoil::since_epoch().map_or(EPOCH_SECS * 1_000_000_000, |d| d.as_nanos() as u64)
+}
+
+fn node_config(node: u64, seed: u64) -> ServerConfig {
+    let mut cfg = ServerConfig {
+        listen: format!("0.0.0.0:{}", net::GRPC_PORT),
+        advertise: Some(net::node_addr(node)),
+        join: if node == 1 { vec![] } else { vec![net::node_addr(1)] },
+        // Small, so that the workload's few hundred KiB split ranges on their own too.
+        split_threshold_bytes: 48 << 10,
+        split_check_interval_ms: 2_000,
+        ..ServerConfig::default()
+    };
+    cfg.raft.election_seed = Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ node);
+    cfg
+}
+
+/// A node's software: what turmoil runs when the host starts and after each restart.
+async fn node_software(node: u64, disk: Arc<SimDisk>, seed: u64) -> turmoil::Result {
+    let engine = Arc::new(Engine::simulated(disk));
+    let io = NodeIo {
+        engine,
+        grpc_incoming: net::incoming().await?,
+        grpc_addr: net::node_addr(node),
+        http: None,
+        http_addr: String::new(),
+        store_driver: StoreDriver::Task,
+    };
+    serve(node_config(node, seed), io, |_| Ok(()), std::future::pending())
+        .await
+        .map_err(|e| format!("node {node}: {e:#}").into())
+}
+
+/// One fault, held for a while and then undone.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Messages between a node and the others are held (TCP keeps retrying), then delivered.
+    Stall(u64),
+    /// A node is cut off: its segments are dropped, so open connections stay broken
+    /// until keepalives notice.
+    Isolate(u64),
+    /// One direction only: `from` cannot reach `to`.
+    OneWay { from: u64, to: u64 },
+    /// A power cut: the host stops at once and its disk keeps what was synced plus
+    /// some of what was not; it restarts when the fault ends.
+    Crash(u64),
+    /// Every node loses power at once.
+    CrashAll,
+}
+
+impl Fault {
+    fn name(&self) -> &'static str {
+        match self {
+            Fault::Stall(_) => "stall",
+            Fault::Isolate(_) => "isolate",
+            Fault::OneWay { .. } => "one-way partition",
+            Fault::Crash(_) => "crash",
+            Fault::CrashAll => "crash all",
+        }
+    }
+}
+
+/// The fault schedule: (start ms after the faults begin, fault, duration ms). Pure.
+fn schedule(seed: u64, nodes: u64, fault_ms: u64) -> Vec<(u64, Fault, u64)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17);
+    let mut at = rng.random_range(500..1_500);
+    let mut out = Vec::new();
+    while at < fault_ms {
+        let node = rng.random_range(1..=nodes);
+        let fault = match rng.random_range(0..20) {
+            0..6 => Fault::Stall(node),
+            6..11 => Fault::Isolate(node),
+            11..14 => {
+                let to = (node % nodes) + 1;
+                Fault::OneWay { from: node, to }
+            }
+            14..19 => Fault::Crash(node),
+            _ => Fault::CrashAll,
+        };
+        let duration = rng.random_range(300..4_000);
+        out.push((at, fault, duration));
+        // One fault at a time, with some quiet in between for progress.
+        at += duration + rng.random_range(200..2_000);
+    }
+    out
+}
+
+fn others(node: u64, nodes: u64) -> Vec<String> {
+    (1..=nodes).filter(|n| *n != node).map(net::host_name).collect()
+}
+
+struct Nemesis {
+    nodes: u64,
+    disks: Vec<Arc<SimDisk>>,
+    rng: StdRng,
+    count: BTreeMap<&'static str, u64>,
+}
+
+impl Nemesis {
+    fn start(&mut self, sim: &mut turmoil::Sim, fault: Fault) {
+        *self.count.entry(fault.name()).or_default() += 1;
+        match fault {
+            Fault::Stall(n) => {
+                for o in others(n, self.nodes) {
+                    sim.hold(net::host_name(n), o);
+                }
+            }
+            Fault::Isolate(n) => {
+                for o in others(n, self.nodes) {
+                    sim.partition(net::host_name(n), o);
+                }
+            }
+            Fault::OneWay { from, to } => sim.partition_oneway(net::host_name(from), net::host_name(to)),
+            Fault::Crash(n) => self.crash(sim, n),
+            Fault::CrashAll => (1..=self.nodes).for_each(|n| self.crash(sim, n)),
+        }
+    }
+
+    fn crash(&mut self, sim: &mut turmoil::Sim, node: u64) {
+        sim.crash(net::host_name(node));
+        let keep = self.rng.random_range(0..3);
+        self.disks[node as usize - 1].crash(keep);
+    }
+
+    fn end(&mut self, sim: &mut turmoil::Sim, fault: Fault) {
+        match fault {
+            Fault::Stall(n) => {
+                for o in others(n, self.nodes) {
+                    sim.release(net::host_name(n), o);
+                }
+            }
+            Fault::Isolate(n) => {
+                for o in others(n, self.nodes) {
+                    sim.repair(net::host_name(n), o);
+                }
+            }
+            Fault::OneWay { from, to } => sim.repair_oneway(net::host_name(from), net::host_name(to)),
+            Fault::Crash(n) => sim.bounce(net::host_name(n)),
+            Fault::CrashAll => (1..=self.nodes).for_each(|n| sim.bounce(net::host_name(n))),
+        }
+    }
+}
+
+/// Runs one seed. `Err` carries what broke and the command that replays it.
+pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
+    cairn::hlc::set_wall_clock(sim_wall_ns);
+    cairn::raftstore::transport::set_connector(net::connect);
+    let replay = format!("CAIRN_CLUSTER_SIM_SEED={} cargo test --test cluster_simulation", cfg.seed);
+    let fail = |what: String| format!("seed {}: {what}\n  replay: {replay}", cfg.seed);
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(cfg.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(Duration::from_secs(600))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(4))
+        .tcp_capacity(4096)
+        .build();
+    let disks: Vec<Arc<SimDisk>> = (0..cfg.nodes).map(|_| Arc::new(SimDisk::new())).collect();
+    for node in 1..=cfg.nodes {
+        let disk = disks[node as usize - 1].clone();
+        let seed = cfg.seed;
+        sim.host(net::host_name(node), move || node_software(node, disk.clone(), seed));
+    }
+    let shared = Rc::new(RefCell::new(Shared {
+        phase: Phase::Setup,
+        history: Vec::new(),
+        acked_unique: Vec::new(),
+        counter: (0, 0, 0),
+        duplicates: Vec::new(),
+        lost: Vec::new(),
+        operations: BTreeMap::new(),
+        convergence: None,
+        converged_at_ms: 0,
+        healed_at_ms: 0,
+        problems: Vec::new(),
+        progress: String::new(),
+    }));
+    sim.client("clients", workload::run(shared.clone(), cfg.seed, cfg.nodes, cfg.fault_ms));
+
+    let plan = schedule(cfg.seed, cfg.nodes, cfg.fault_ms);
+    let mut nemesis =
+        Nemesis { nodes: cfg.nodes, disks, rng: StdRng::seed_from_u64(cfg.seed ^ 0xC4A5), count: BTreeMap::new() };
+    let mut next = 0;
+    let mut active: Option<(u64, Fault)> = None;
+    loop {
+        let finished = sim.step().map_err(|e| {
+            let sh = shared.borrow();
+            fail(format!("the simulation stopped: {e} (clients in phase {:?}, {})", sh.phase, sh.progress))
+        })?;
+        if finished {
+            break;
+        }
+        let now_ms = sim.elapsed().as_millis() as u64;
+        let phase = shared.borrow().phase;
+        let Phase::Faults { started_ms } = phase else { continue };
+        let t = now_ms - started_ms;
+        if let Some((until, fault)) = active {
+            if t >= until {
+                nemesis.end(&mut sim, fault);
+                active = None;
+            }
+        }
+        if active.is_none() && next < plan.len() && t >= plan[next].0 && t < cfg.fault_ms {
+            let (_, fault, duration) = plan[next];
+            nemesis.start(&mut sim, fault);
+            active = Some((t + duration, fault));
+            next += 1;
+        }
+        if t >= cfg.fault_ms && active.is_none() {
+            let mut sh = shared.borrow_mut();
+            sh.phase = Phase::Healed;
+            sh.healed_at_ms = now_ms;
+        }
+    }
+    let sim_secs = sim.elapsed().as_secs_f64();
+    let sh = shared.borrow();
+    check(cfg, &sh, nemesis.count, sim_secs).map_err(fail)
+}
+
+fn check(
+    cfg: &ClusterSimConfig,
+    sh: &Shared,
+    faults: BTreeMap<&'static str, u64>,
+    sim_secs: f64,
+) -> Result<Report, String> {
+    let mut problems = sh.problems.clone();
+    if sh.phase != Phase::Done {
+        problems.push(format!("the clients stopped in phase {:?}", sh.phase));
+    }
+    if let Some(c) = &sh.convergence {
+        problems.push(c.clone());
+    } else if sh.converged_at_ms.saturating_sub(sh.healed_at_ms) > CONVERGENCE_BOUND_MS {
+        problems.push(format!(
+            "routing took {} ms to converge after healing (bound: {CONVERGENCE_BOUND_MS} ms)",
+            sh.converged_at_ms - sh.healed_at_ms
+        ));
+    }
+    if !sh.lost.is_empty() {
+        problems.push(format!(
+            "{} acknowledged unique writes lost, first {:?}",
+            sh.lost.len(),
+            &sh.lost[..sh.lost.len().min(5)]
+        ));
+    }
+    if !sh.duplicates.is_empty() {
+        problems.push(format!("retried requests applied twice: {:?}", sh.duplicates));
+    }
+    let (acknowledged, attempted, observed) = sh.counter;
+    if let Err(e) = (cairn_check::CounterCheck { acknowledged, attempted, observed }).verdict() {
+        problems.push(format!("counter: {e}"));
+    }
+    let lin = cairn_check::check(&sh.history, Duration::from_secs(60));
+    if !lin.is_ok() {
+        problems.push(lin.to_string());
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n  "));
+    }
+    let count = |f: fn(&Outcome) -> bool| sh.history.iter().filter(|o| f(&o.outcome)).count();
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
+    for op in &sh.history {
+        op.hash(&mut digest);
+    }
+    sh.acked_unique.hash(&mut digest);
+    sh.counter.hash(&mut digest);
+    Ok(Report {
+        seed: cfg.seed,
+        faults,
+        operations: sh.operations.clone(),
+        ops_ok: count(|o| matches!(o, Outcome::Ok(_))),
+        ops_unknown: count(|o| matches!(o, Outcome::Unknown)),
+        ops_failed: count(|o| matches!(o, Outcome::Failed)),
+        acked_unique: sh.acked_unique.len(),
+        counter: sh.counter,
+        linearizability: lin.to_string(),
+        sim_secs,
+        converged_after_secs: sh.converged_at_ms.saturating_sub(sh.healed_at_ms) as f64 / 1000.0,
+        fingerprint: digest.finish(),
+    })
+}

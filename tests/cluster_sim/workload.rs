@@ -1,0 +1,444 @@
+//! The clients of a whole-node simulation, all in one simulated client host:
+//! register clients (every kind of single-key operation, for the
+//! linearizability check), unique writers (for the lost-write check), a
+//! counter client that re-sends request ids (counter bounds, no duplicate
+//! applications), and an operator who splits ranges, moves leaders and removes
+//! replicas (which the controller must then replace). After the faults, the
+//! final phase checks that routing converged and reads everything back.
+
+use super::net::channel_to;
+use super::{Phase, Shared};
+use cairn_check::{Input, Operation, Outcome, Output};
+use cairn_proto::kv::cairn_client::CairnClient;
+use cairn_proto::kv::{
+    condition, ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse, Condition, CreateTableRequest,
+    DeleteRequest, GetRequest, IncrementRequest, Partitioning, PutRequest, ScanRequest, SplitRangeRequest,
+    TransferLeaderRequest,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+pub const TABLE: &str = "sim";
+/// Per-request patience of the clients: beyond it, a write's outcome is unknown.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Register keys rotate every generation, which keeps each key's history short
+/// enough for the exhaustive linearizability search.
+const GENERATION_MS: u64 = 3_000;
+const REGISTER_SLOTS: u64 = 3;
+/// How long setup and the final checks keep trying before they call it a failure.
+const SETUP_PATIENCE: Duration = Duration::from_secs(90);
+const CONVERGENCE_PATIENCE: Duration = Duration::from_secs(90);
+
+type Client = CairnClient<Channel>;
+
+fn sim_ns() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn client(node: u64) -> Client {
+    CairnClient::new(channel_to(node))
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err(format!("timed out after {OP_TIMEOUT:?}")),
+    }
+}
+
+/// The whole client side of one run; what it saw goes into `shared`.
+pub async fn run(shared: Rc<RefCell<Shared>>, seed: u64, nodes: u64, fault_ms: u64) -> turmoil::Result {
+    shared.borrow_mut().progress = "setup".into();
+    setup(nodes).await.map_err(|e| format!("setup: {e}"))?;
+    shared.borrow_mut().progress = "workload".into();
+    let started_ns = sim_ns();
+    shared.borrow_mut().phase = Phase::Faults { started_ms: started_ns / 1_000_000 };
+
+    let stop_at_ns = started_ns + fault_ms * 1_000_000;
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let node = w % nodes + 1;
+        workers.push(tokio::task::spawn_local(register_worker(shared.clone(), node, w, seed, started_ns, stop_at_ns)));
+    }
+    for w in 0..2u64 {
+        workers.push(tokio::task::spawn_local(unique_writer(shared.clone(), (w + 1) % nodes + 1, w, stop_at_ns)));
+    }
+    workers.push(tokio::task::spawn_local(counter_worker(shared.clone(), nodes, seed, stop_at_ns)));
+    workers.push(tokio::task::spawn_local(operator(shared.clone(), nodes, seed, stop_at_ns)));
+    for w in workers {
+        w.await.map_err(|e| format!("a client task failed: {e}"))?;
+    }
+    shared.borrow_mut().progress = "waiting for the faults to heal".into();
+    // The step loop heals the cluster once the fault window is over.
+    while !matches!(shared.borrow().phase, Phase::Healed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    final_checks(&shared, nodes).await;
+    shared.borrow_mut().phase = Phase::Done;
+    Ok(())
+}
+
+/// Creates the table (pre-split so the workloads' keys start on different
+/// ranges) and waits until every range of it has all its replicas.
+async fn setup(nodes: u64) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let create = CreateTableRequest {
+        name: TABLE.into(),
+        partitioning: Partitioning::Range as i32,
+        split_keys: vec![b"r/".to_vec(), b"u/".to_vec()],
+        hash_ranges: 0,
+    };
+    let mut last = String::new();
+    let mut created = false;
+    while tokio::time::Instant::now() < deadline {
+        let mut c = client(1);
+        if !created {
+            match timed(c.create_table(create.clone())).await {
+                Ok(_) => created = true,
+                Err(e) if e.starts_with("AlreadyExists") => created = true,
+                Err(e) => last = e,
+            }
+        }
+        if created {
+            match timed(c.cluster_status(ClusterStatusRequest {})).await {
+                Ok(s) => match fully_replicated(&s, nodes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                },
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last)
+}
+
+/// Every range of the table has a leader and `min(nodes, 3)` voters (the replication factor), and no learners.
+fn fully_replicated(s: &ClusterStatusResponse, nodes: u64) -> Result<(), String> {
+    let ranges: Vec<_> = s.ranges.iter().filter(|r| r.table == TABLE).collect();
+    if ranges.is_empty() {
+        return Err("no ranges of the table yet".into());
+    }
+    for r in ranges {
+        let voters = r.replicas.iter().filter(|x| !x.learner).count() as u64;
+        if voters != nodes.min(3) || voters as usize != r.replicas.len() || r.leader_node_id == 0 {
+            return Err(format!(
+                "range {} [{}, {}): replicas {:?}, leader {}",
+                r.id, r.start_display, r.end_display, r.replicas, r.leader_node_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_value(found: bool, v: &[u8]) -> Option<u64> {
+    found.then(|| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX))
+}
+
+fn value_cond(v: u64) -> Option<Condition> {
+    Some(Condition { kind: Some(condition::Kind::ValueEquals(v.to_string().into_bytes())) })
+}
+
+/// One register operation through the real client API, as the checker sees it.
+async fn register_op(c: &mut Client, key: &str, input: &Input) -> Outcome {
+    let table = TABLE.to_string();
+    let k = key.as_bytes().to_vec();
+    let put = |value: u64, condition| PutRequest {
+        table: table.clone(),
+        key: k.clone(),
+        value: value.to_string().into_bytes(),
+        condition,
+        request_id: vec![],
+    };
+    let del = |condition| DeleteRequest { table: table.clone(), key: k.clone(), condition, request_id: vec![] };
+    let res = match input {
+        Input::Get => timed(c.get(GetRequest { table: table.clone(), key: k.clone(), consistency: 0 }))
+            .await
+            .map(|r| Output::Value(parse_value(r.found, &r.value))),
+        Input::Put(v) => timed(c.put(put(*v, None))).await.map(|_| Output::Done),
+        Input::PutIfAbsent(v) => {
+            let cond = Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) });
+            timed(c.put(put(*v, cond))).await.map(|r| Output::Applied(r.succeeded))
+        }
+        Input::PutIfValue { expected, new } => {
+            timed(c.put(put(*new, value_cond(*expected)))).await.map(|r| Output::Applied(r.succeeded))
+        }
+        Input::Delete => timed(c.delete(del(None))).await.map(|r| Output::Deleted { existed: r.existed }),
+        Input::DeleteIfValue { expected } => {
+            timed(c.delete(del(value_cond(*expected)))).await.map(|r| Output::Applied(r.succeeded))
+        }
+    };
+    match res {
+        Ok(out) => Outcome::Ok(out),
+        // A read has no effect, so a failed one is simply left out.
+        Err(_) if matches!(input, Input::Get) => Outcome::Failed,
+        Err(e) if e.starts_with("InvalidArgument") => Outcome::Failed,
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+async fn register_worker(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, seed: u64, start_ns: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (worker << 24) ^ 0x5EED);
+    let mut c = client(node);
+    let mut process = worker;
+    let mut seq = 0u64;
+    let mut seen: Vec<Option<u64>> = vec![None; REGISTER_SLOTS as usize];
+    let mut current = u64::MAX;
+    while sim_ns() < stop_ns {
+        let generation = (sim_ns() - start_ns) / (GENERATION_MS * 1_000_000);
+        if generation != current {
+            current = generation;
+            seen = vec![None; REGISTER_SLOTS as usize];
+        }
+        let slot = rng.random_range(0..REGISTER_SLOTS) as usize;
+        let key = format!("r/{generation:04}/{slot}");
+        seq += 1;
+        let fresh = (worker + 1) * 1_000_000_000 + seq;
+        let expected = seen[slot].unwrap_or(fresh - 1);
+        let input = match rng.random_range(0..100) {
+            0..40 => Input::Get,
+            40..65 => Input::Put(fresh),
+            65..82 => Input::PutIfValue { expected, new: fresh },
+            82..90 => Input::PutIfAbsent(fresh),
+            90..96 => Input::Delete,
+            _ => Input::DeleteIfValue { expected },
+        };
+        let invoke_ns = sim_ns();
+        let outcome = register_op(&mut c, &key, &input).await;
+        if let Outcome::Ok(Output::Value(v)) = &outcome {
+            seen[slot] = *v;
+        }
+        let op = Operation { process, key, input, invoke_ns, complete_ns: sim_ns(), outcome };
+        shared.borrow_mut().history.push(op);
+        if matches!(outcome, Outcome::Unknown) {
+            // A process with an operation in doubt never issues another (Jepsen's rule).
+            process += 1 << 32;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// Writes keys that are never overwritten; every acknowledged one must survive.
+async fn unique_writer(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, stop_ns: u64) {
+    let mut c = client(node);
+    let mut n = 0u64;
+    while sim_ns() < stop_ns {
+        n += 1;
+        let key = format!("u/{worker}/{n:06}");
+        let req = PutRequest {
+            table: TABLE.into(),
+            key: key.clone().into_bytes(),
+            value: vec![b'x'; 64],
+            condition: None,
+            request_id: vec![],
+        };
+        match timed(c.put(req)).await {
+            Ok(_) => shared.borrow_mut().acked_unique.push(key),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Increments one counter, retrying in-doubt increments with the same request id,
+/// and now and then re-sending an acknowledged one, whose answer must not change.
+async fn counter_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xC0FFEE);
+    let mut n = 0u64;
+    let mut acked: Vec<(Vec<u8>, i64)> = Vec::new();
+    while sim_ns() < stop_ns {
+        n += 1;
+        let mut c = client(rng.random_range(1..=nodes));
+        let rid = format!("ctr-{n}").into_bytes();
+        let req = || IncrementRequest { table: TABLE.into(), key: b"c".to_vec(), delta: 1, request_id: rid.clone() };
+        let mut result = None;
+        let mut definite_failure = false;
+        for _ in 0..3 {
+            match timed(c.increment(req())).await {
+                Ok(r) => {
+                    result = Some(r.value);
+                    break;
+                }
+                Err(e) if e.starts_with("InvalidArgument") => {
+                    definite_failure = true;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        {
+            let mut sh = shared.borrow_mut();
+            if result.is_some() {
+                sh.counter.0 += 1;
+            }
+            if !definite_failure {
+                sh.counter.1 += 1;
+            }
+        }
+        if let Some(first) = result {
+            acked.push((rid, first));
+        }
+        if !acked.is_empty() && rng.random_range(0..4) == 0 {
+            let (rid, first) = acked[rng.random_range(0..acked.len())].clone();
+            let retry = IncrementRequest { table: TABLE.into(), key: b"c".to_vec(), delta: 1, request_id: rid.clone() };
+            if let Ok(again) = timed(c.increment(retry)).await {
+                if again.value != first {
+                    shared.borrow_mut().duplicates.push(format!(
+                        "request {} answered {first}, then {} when re-sent",
+                        String::from_utf8_lossy(&rid),
+                        again.value
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
+    }
+}
+
+/// Splits, leader transfers and replica removals while the faults run; a removed
+/// replica is put back by the controller (replication factor 3), not by us.
+async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0BE7A70E);
+    let mut splits = 0u64;
+    while sim_ns() < stop_ns {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_000))).await;
+        let mut c = client(rng.random_range(1..=nodes));
+        let action = rng.random_range(0..10);
+        let result = if action < 4 {
+            splits += 1;
+            // Right at the counter's key sometimes, else inside the register or unique keys.
+            let key = match rng.random_range(0..3) {
+                0 => "c".to_string(),
+                1 => format!("r/{:04}", rng.random_range(0..10)),
+                _ => format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..400)),
+            };
+            timed(c.split_range(SplitRangeRequest { table: TABLE.into(), key: key.into_bytes() }))
+                .await
+                .map(|_| "split")
+        } else {
+            let status = match timed(c.cluster_status(ClusterStatusRequest {})).await {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            let ranges: Vec<_> = status.ranges.iter().filter(|r| r.table == TABLE).collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            let r = ranges[rng.random_range(0..ranges.len())];
+            let node_id = rng.random_range(1..=nodes);
+            if action < 8 {
+                timed(c.transfer_leader(TransferLeaderRequest { range_id: r.id, node_id })).await.map(|_| "transfer")
+            } else {
+                timed(c.remove_replica(ChangeReplicaRequest { range_id: r.id, node_id })).await.map(|_| "remove")
+            }
+        };
+        let mut sh = shared.borrow_mut();
+        match result {
+            Ok(what) => *sh.operations.entry(what).or_default() += 1,
+            Err(_) => *sh.operations.entry("refused or failed").or_default() += 1,
+        }
+    }
+    let _ = splits;
+}
+
+/// After healing: every node routes to every range (each node's view of the
+/// ranges agrees and every range has its replicas and a leader), then every
+/// acknowledged unique write is read back and the counter read.
+async fn final_checks(shared: &Rc<RefCell<Shared>>, nodes: u64) {
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_PATIENCE;
+    let mut problem;
+    loop {
+        problem = converged(nodes).await.err();
+        shared.borrow_mut().progress = format!("converging: {problem:?}");
+        if problem.is_none() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let converged_at_ms = sim_ns() / 1_000_000;
+    shared.borrow_mut().convergence =
+        problem.map(|p| format!("not converged {CONVERGENCE_PATIENCE:?} after healing: {p}"));
+    shared.borrow_mut().converged_at_ms = converged_at_ms;
+
+    let mut c = client(1);
+    shared.borrow_mut().progress = "final scan".into();
+    let scanned = tokio::time::timeout(Duration::from_secs(30), scan_prefix(&mut c, b"u/"))
+        .await
+        .unwrap_or_else(|_| Err("timed out after 30s".into()));
+    match scanned {
+        Ok(keys) => {
+            if keys.windows(2).any(|w| w[0] >= w[1]) {
+                shared.borrow_mut().problems.push("the final scan returned keys out of order or twice".into());
+            }
+            let present: BTreeSet<String> = keys.into_iter().collect();
+            let acked = shared.borrow().acked_unique.clone();
+            shared.borrow_mut().lost = cairn_check::lost_writes(acked, &present);
+        }
+        Err(e) => shared.borrow_mut().problems.push(format!("final scan failed: {e}")),
+    }
+    match timed(c.get(GetRequest { table: TABLE.into(), key: b"c".to_vec(), consistency: 0 })).await {
+        Ok(r) => {
+            let observed = std::str::from_utf8(&r.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            shared.borrow_mut().counter.2 = observed;
+        }
+        Err(e) => shared.borrow_mut().problems.push(format!("final counter read failed: {e}")),
+    }
+}
+
+/// Whether every node sees the same ranges, each fully replicated with a leader,
+/// and answers a linearizable read routed through its own gateway.
+async fn converged(nodes: u64) -> Result<(), String> {
+    let mut views = Vec::new();
+    for node in 1..=nodes {
+        let mut c = client(node);
+        let status = timed(c.cluster_status(ClusterStatusRequest {})).await.map_err(|e| format!("node {node}: {e}"))?;
+        fully_replicated(&status, nodes).map_err(|e| format!("node {node} sees {e}"))?;
+        let mut bounds: Vec<_> =
+            status.ranges.iter().filter(|r| r.table == TABLE).map(|r| (r.start.clone(), r.end.clone())).collect();
+        bounds.sort();
+        views.push(bounds);
+        for key in ["c", "r/0000/0", "u/0/000001"] {
+            timed(c.get(GetRequest { table: TABLE.into(), key: key.as_bytes().to_vec(), consistency: 0 }))
+                .await
+                .map_err(|e| format!("node {node} cannot read {key:?}: {e}"))?;
+        }
+    }
+    if views.windows(2).any(|w| w[0] != w[1]) {
+        return Err("nodes disagree on the table's ranges".into());
+    }
+    Ok(())
+}
+
+async fn scan_prefix(c: &mut Client, prefix: &[u8]) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let req = ScanRequest {
+            table: TABLE.into(),
+            prefix: prefix.to_vec(),
+            page_token: token.clone(),
+            keys_only: true,
+            ..Default::default()
+        };
+        let mut stream = timed(c.scan(req)).await?;
+        let mut next = Vec::new();
+        while let Some(page) = stream.next().await {
+            let page = page.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            keys.extend(page.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()));
+            next = page.next_page_token;
+        }
+        if next.is_empty() {
+            return Ok(keys);
+        }
+        token = next;
+    }
+}

@@ -1,0 +1,83 @@
+//! The whole-node simulation can fail: against deliberately broken builds,
+//! seeded runs must report violations, and each case names the check that
+//! caught it. Unlike the store-level simulator, this one sends every request
+//! through the gateway, so it also sees a broken read path.
+//!
+//! A sabotage is chosen once per process, so each case runs the inner test in
+//! a child process of this test binary with `CAIRN_SABOTAGE` set.
+#![cfg(feature = "fault-injection")]
+
+mod cluster_sim;
+
+use cluster_sim::{run, ClusterSimConfig};
+use std::process::Command;
+
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=6;
+
+/// Runs the seeds under the sabotage named by `CAIRN_SABOTAGE` (only when a
+/// case below starts it) and prints one line per seed that caught it.
+#[test]
+#[ignore = "started by the cases below, in a child process"]
+fn sabotaged_cluster_seeds() {
+    let sabotage = std::env::var("CAIRN_SABOTAGE").expect("run by a case below");
+    for seed in SEEDS {
+        match run(&ClusterSimConfig::for_seed(seed)) {
+            Ok(_) => println!("seed {seed}: not caught"),
+            Err(failure) => {
+                // The first line names the seed; the next, the first check that failed.
+                let problem = failure.lines().take(2).collect::<Vec<_>>().join(" / ");
+                println!("CAUGHT seed {seed} ({sabotage}): {problem}");
+            }
+        }
+    }
+}
+
+/// The problems the seeds reported under `sabotage`.
+fn caught(sabotage: &str) -> Vec<String> {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args(["--ignored", "--exact", "sabotaged_cluster_seeds", "--nocapture", "--test-threads=1"])
+        .env("CAIRN_SABOTAGE", sabotage)
+        .output()
+        .expect("run the sabotaged seeds");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sabotaged run failed to run:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    let problems: Vec<String> = text.lines().filter(|l| l.starts_with("CAUGHT")).map(str::to_string).collect();
+    println!("{sabotage}: caught by {} of {} seeds", problems.len(), SEEDS.count());
+    for p in &problems {
+        println!("  {p}");
+    }
+    problems
+}
+
+/// Linearizable reads served by whichever replica a request reaches, without
+/// ReadIndex: a replica cut off from its group answers with old data. Caught
+/// by the linearizability check of the register clients' histories.
+#[test]
+fn the_cluster_simulation_catches_reads_served_without_read_index() {
+    let problems = caught("stale-local-read");
+    assert!(
+        problems.iter().any(|p| p.contains("NOT linearizable")),
+        "no seed caught a build that serves reads from any replica"
+    );
+}
+
+/// The dedupe table ignored: a re-sent increment is applied again. Caught by
+/// the re-sent-request check (or the counter's upper bound).
+#[test]
+fn the_cluster_simulation_catches_a_retry_applied_twice() {
+    let problems = caught("apply-retry-twice");
+    assert!(
+        problems.iter().any(|p| p.contains("applied twice") || p.contains("upper bound")),
+        "no seed caught a build that applies a retried request twice"
+    );
+}
+
+/// Raft writes acknowledged without a sync: power cuts lose acknowledged data.
+/// Caught as lost unique writes, a non-linearizable history, or a counter below
+/// its acknowledged increments.
+#[test]
+fn the_cluster_simulation_catches_acknowledging_before_fsync() {
+    let problems = caught("ack-before-fsync");
+    assert!(!problems.is_empty(), "no seed caught a build that acknowledges before fsync");
+}
