@@ -10,7 +10,9 @@
 mod cluster_sim;
 
 use cluster_sim::{run, ClusterSimConfig};
-use std::process::Command;
+
+#[path = "common/sabotaged.rs"]
+mod sabotaged;
 
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=6;
 
@@ -34,25 +36,9 @@ fn sabotaged_cluster_seeds() {
 
 /// The problems the seeds reported under `sabotage`.
 fn caught(sabotage: &str) -> Vec<String> {
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new(exe)
-        .args(["--ignored", "--exact", "sabotaged_cluster_seeds", "--nocapture", "--test-threads=1"])
-        .env("CAIRN_SABOTAGE", sabotage)
-        .output()
-        .expect("run the sabotaged seeds");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "sabotaged run failed to run:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-    let problems: Vec<String> = text.lines().filter(|l| l.starts_with("CAUGHT")).map(str::to_string).collect();
-    println!("{sabotage}: caught by {} of {} seeds", problems.len(), SEEDS.count());
-    for p in &problems {
-        println!("  {p}");
-    }
-    problems
+    sabotaged::caught("sabotaged_cluster_seeds", sabotage, SEEDS.count())
 }
 
-/// Linearizable reads served by whichever replica a request reaches, without
-/// ReadIndex: a replica cut off from its group answers with old data. Caught
-/// by the linearizability check of the register clients' histories.
 #[test]
 fn the_cluster_simulation_catches_reads_served_without_read_index() {
     let problems = caught("stale-local-read");

@@ -6,7 +6,9 @@
 #![cfg(feature = "fault-injection")]
 
 use cairn::sim::{run, SimConfig};
-use std::process::Command;
+
+#[path = "common/sabotaged.rs"]
+mod sabotaged;
 
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=12;
 
@@ -26,25 +28,9 @@ fn sabotaged_seeds() {
 
 /// The problems the seeds reported under `sabotage`.
 fn caught(sabotage: &str) -> Vec<String> {
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new(exe)
-        .args(["--ignored", "--exact", "sabotaged_seeds", "--nocapture", "--test-threads=1"])
-        .env("CAIRN_SABOTAGE", sabotage)
-        .output()
-        .expect("run the sabotaged seeds");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "sabotaged run failed to run:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-    let problems: Vec<String> = text.lines().filter(|l| l.starts_with("CAUGHT")).map(str::to_string).collect();
-    println!("{sabotage}: caught by {} of {} seeds", problems.len(), SEEDS.count());
-    for p in &problems {
-        println!("  {p}");
-    }
-    problems
+    sabotaged::caught("sabotaged_seeds", sabotage, SEEDS.count())
 }
 
-/// Raft writes acknowledged without a sync: a simulated power cut loses votes
-/// and log entries. Caught as two leaders in one term, or as a committed entry
-/// that changed.
 #[test]
 fn the_simulator_catches_acknowledging_before_fsync() {
     let problems = caught("ack-before-fsync");

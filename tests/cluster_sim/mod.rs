@@ -12,6 +12,8 @@
 //! converges once the faults heal.
 
 pub mod net;
+#[path = "../common/register.rs"]
+pub mod register;
 pub mod workload;
 
 use cairn::server::node::{serve, NodeIo, StoreDriver};

@@ -7,13 +7,13 @@
 //! final phase checks that routing converged and reads everything back.
 
 use super::net::channel_to;
+use super::register::{random_input, register_op};
 use super::{Phase, Shared};
-use cairn_check::{Input, Operation, Outcome, Output};
+use cairn_check::{Operation, Outcome, Output};
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::{
-    condition, ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse, Condition, CreateTableRequest,
-    DeleteRequest, GetRequest, IncrementRequest, Partitioning, PutRequest, ScanRequest, SplitRangeRequest,
-    TransferLeaderRequest,
+    ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse, CreateTableRequest, GetRequest,
+    IncrementRequest, Partitioning, PutRequest, ScanRequest, SplitRangeRequest, TransferLeaderRequest,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -140,52 +140,6 @@ fn fully_replicated(s: &ClusterStatusResponse, nodes: u64) -> Result<(), String>
     Ok(())
 }
 
-fn parse_value(found: bool, v: &[u8]) -> Option<u64> {
-    found.then(|| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX))
-}
-
-fn value_cond(v: u64) -> Option<Condition> {
-    Some(Condition { kind: Some(condition::Kind::ValueEquals(v.to_string().into_bytes())) })
-}
-
-/// One register operation through the real client API, as the checker sees it.
-async fn register_op(c: &mut Client, key: &str, input: &Input) -> Outcome {
-    let table = TABLE.to_string();
-    let k = key.as_bytes().to_vec();
-    let put = |value: u64, condition| PutRequest {
-        table: table.clone(),
-        key: k.clone(),
-        value: value.to_string().into_bytes(),
-        condition,
-        request_id: vec![],
-    };
-    let del = |condition| DeleteRequest { table: table.clone(), key: k.clone(), condition, request_id: vec![] };
-    let res = match input {
-        Input::Get => timed(c.get(GetRequest { table: table.clone(), key: k.clone(), consistency: 0 }))
-            .await
-            .map(|r| Output::Value(parse_value(r.found, &r.value))),
-        Input::Put(v) => timed(c.put(put(*v, None))).await.map(|_| Output::Done),
-        Input::PutIfAbsent(v) => {
-            let cond = Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) });
-            timed(c.put(put(*v, cond))).await.map(|r| Output::Applied(r.succeeded))
-        }
-        Input::PutIfValue { expected, new } => {
-            timed(c.put(put(*new, value_cond(*expected)))).await.map(|r| Output::Applied(r.succeeded))
-        }
-        Input::Delete => timed(c.delete(del(None))).await.map(|r| Output::Deleted { existed: r.existed }),
-        Input::DeleteIfValue { expected } => {
-            timed(c.delete(del(value_cond(*expected)))).await.map(|r| Output::Applied(r.succeeded))
-        }
-    };
-    match res {
-        Ok(out) => Outcome::Ok(out),
-        // A read has no effect, so a failed one is simply left out.
-        Err(_) if matches!(input, Input::Get) => Outcome::Failed,
-        Err(e) if e.starts_with("InvalidArgument") => Outcome::Failed,
-        Err(_) => Outcome::Unknown,
-    }
-}
-
 async fn register_worker(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, seed: u64, start_ns: u64, stop_ns: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ (worker << 24) ^ 0x5EED);
     let mut c = client(node);
@@ -204,16 +158,9 @@ async fn register_worker(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, se
         seq += 1;
         let fresh = (worker + 1) * 1_000_000_000 + seq;
         let expected = seen[slot].unwrap_or(fresh - 1);
-        let input = match rng.random_range(0..100) {
-            0..40 => Input::Get,
-            40..65 => Input::Put(fresh),
-            65..82 => Input::PutIfValue { expected, new: fresh },
-            82..90 => Input::PutIfAbsent(fresh),
-            90..96 => Input::Delete,
-            _ => Input::DeleteIfValue { expected },
-        };
+        let input = random_input(&mut rng, fresh, expected);
         let invoke_ns = sim_ns();
-        let outcome = register_op(&mut c, &key, &input).await;
+        let outcome = register_op(&mut c, TABLE, &key, &input, OP_TIMEOUT).await;
         if let Outcome::Ok(Output::Value(v)) = &outcome {
             seen[slot] = *v;
         }

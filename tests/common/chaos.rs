@@ -8,7 +8,6 @@
 
 use super::Cluster;
 use cairn_check::{CounterCheck, Input, Outcome, Output, Recorder};
-use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -16,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const TABLE: &str = "chaos";
 /// Longest a client waits for one attempt; past it the outcome is unknown.
@@ -178,62 +176,6 @@ fn reg_key(generation: u64, slot: usize) -> String {
     format!("r/{generation:04}/{slot}")
 }
 
-fn parse_value(found: bool, v: &[u8]) -> Option<u64> {
-    found.then(|| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX))
-}
-
-fn value_cond(v: u64) -> Option<Condition> {
-    Some(Condition { kind: Some(condition::Kind::ValueEquals(v.to_string().into_bytes())) })
-}
-
-/// One register operation against the cluster, mapped to its checker outcome.
-async fn register_op(c: &mut CairnClient<Channel>, key: &str, input: &Input) -> Outcome {
-    let table = TABLE.to_string();
-    let k = key.as_bytes().to_vec();
-    let put = |value: u64, condition| PutRequest {
-        table: table.clone(),
-        key: k.clone(),
-        value: value.to_string().into_bytes(),
-        condition,
-        request_id: vec![],
-    };
-    let del = |condition| DeleteRequest { table: table.clone(), key: k.clone(), condition, request_id: vec![] };
-    let res = match input {
-        Input::Get => {
-            tokio::time::timeout(OP_TIMEOUT, c.get(GetRequest { table: table.clone(), key: k.clone(), consistency: 0 }))
-                .await
-                .map(|r| r.map(|r| Output::Value(parse_value(r.get_ref().found, &r.get_ref().value))))
-        }
-        Input::Put(v) => tokio::time::timeout(OP_TIMEOUT, c.put(put(*v, None))).await.map(|r| r.map(|_| Output::Done)),
-        Input::PutIfAbsent(v) => {
-            let cond = Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) });
-            tokio::time::timeout(OP_TIMEOUT, c.put(put(*v, cond)))
-                .await
-                .map(|r| r.map(|r| Output::Applied(r.get_ref().succeeded)))
-        }
-        Input::PutIfValue { expected, new } => {
-            tokio::time::timeout(OP_TIMEOUT, c.put(put(*new, value_cond(*expected))))
-                .await
-                .map(|r| r.map(|r| Output::Applied(r.get_ref().succeeded)))
-        }
-        Input::Delete => tokio::time::timeout(OP_TIMEOUT, c.delete(del(None)))
-            .await
-            .map(|r| r.map(|r| Output::Deleted { existed: r.get_ref().existed })),
-        Input::DeleteIfValue { expected } => tokio::time::timeout(OP_TIMEOUT, c.delete(del(value_cond(*expected))))
-            .await
-            .map(|r| r.map(|r| Output::Applied(r.get_ref().succeeded))),
-    };
-    match res {
-        Ok(Ok(out)) => Outcome::Ok(out),
-        // A read has no effect, so a failed one is simply dropped from the history.
-        Ok(Err(_)) | Err(_) if matches!(input, Input::Get) => Outcome::Failed,
-        // Argument errors are refused before anything is proposed.
-        Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => Outcome::Failed,
-        // Anything else (unavailable, timeout) may or may not have taken effect.
-        _ => Outcome::Unknown,
-    }
-}
-
 struct Shared {
     start: Instant,
     rec: Recorder,
@@ -261,16 +203,9 @@ async fn register_worker(sh: Arc<Shared>, addr: String, worker: u64, keys: usize
         seq += 1;
         let fresh = (worker + 1) * 1_000_000_000 + seq;
         let expected = seen[k].unwrap_or(fresh - 1);
-        let input = match rng.random_range(0..100) {
-            0..40 => Input::Get,
-            40..65 => Input::Put(fresh),
-            65..82 => Input::PutIfValue { expected, new: fresh },
-            82..90 => Input::PutIfAbsent(fresh),
-            90..96 => Input::Delete,
-            _ => Input::DeleteIfValue { expected },
-        };
+        let input = super::register::random_input(&mut rng, fresh, expected);
         let pending = sh.rec.invoke(process, key.clone(), input);
-        let outcome = register_op(&mut c, &key, &input).await;
+        let outcome = super::register::register_op(&mut c, TABLE, &key, &input, OP_TIMEOUT).await;
         if let Outcome::Ok(Output::Value(v)) = &outcome {
             seen[k] = *v;
         }
@@ -644,7 +579,7 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     for g in 0..=generations {
         for k in 0..cfg.register_keys {
             let p = sh.rec.invoke(u64::MAX - k as u64, reg_key(g, k), Input::Get);
-            let out = register_op(&mut fin, &reg_key(g, k), &Input::Get).await;
+            let out = super::register::register_op(&mut fin, TABLE, &reg_key(g, k), &Input::Get, OP_TIMEOUT).await;
             sh.rec.complete(p, out);
         }
     }

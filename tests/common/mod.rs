@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod netlab;
+pub mod register;
 
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::*;
