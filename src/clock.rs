@@ -11,6 +11,12 @@ pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// How long ago `since` was, by the same clock. (`Instant::elapsed` would read
+/// the OS clock, which a simulation does not move.)
+pub fn elapsed(since: Instant) -> std::time::Duration {
+    now().saturating_duration_since(since)
+}
+
 /// Runs a blocking job (a RocksDB scan, say) off the async workers. On a
 /// single-threaded runtime, which is what a simulation drives, it runs inline
 /// instead, so that its timing stays part of the simulated run.

@@ -130,11 +130,18 @@ pub async fn add_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<Admin
     let started = crate::clock::now();
     loop {
         let s = status(gw, range_id).await?;
+        // Removed meanwhile (by an operator, say): waiting would only hold the range's
+        // slot in the controller until the timeout, leaving it under-replicated.
+        if !s.desc.as_ref().is_some_and(|d| d.replicas.iter().any(|r| r.node_id == node)) {
+            return Err(Status::aborted(format!(
+                "the learner on node {node} was removed from range {range_id} while catching up"
+            )));
+        }
         let matched = s.progress.iter().find(|p| p.node_id == node).map(|p| p.matched).unwrap_or(0);
         if matched >= s.commit_index.saturating_sub(1) && matched > 0 {
             break;
         }
-        if started.elapsed() > CATCH_UP_TIMEOUT {
+        if crate::clock::elapsed(started) > CATCH_UP_TIMEOUT {
             return Err(Status::deadline_exceeded(format!(
                 "learner on node {node} did not catch up on range {range_id} (matched {matched} of {})",
                 s.commit_index
@@ -187,7 +194,7 @@ pub async fn transfer_leader(gw: &Gateway, range_id: u64, node: u64) -> Result<A
                 return Ok(s);
             }
         }
-        if started.elapsed() > Duration::from_secs(10) {
+        if crate::clock::elapsed(started) > Duration::from_secs(10) {
             return Err(Status::unavailable(format!("leadership of range {range_id} did not move to node {node}")));
         }
     }

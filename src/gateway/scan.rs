@@ -60,7 +60,7 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
         if remaining == 0 {
             return Ok(());
         }
-        if last_progress.elapsed() > Duration::from_millis(deadline_ms) {
+        if crate::clock::elapsed(last_progress) > Duration::from_millis(deadline_ms) {
             return Err(Status::unavailable("scan made no progress within the request deadline"));
         }
         if attempt > 0 {

@@ -541,6 +541,14 @@ impl Store {
                             r.raw.raft.send_append(from_node);
                         }
                     }
+                } else if control == Ok(Control::Quarantined) && r.raw.raft.leader_id == from_node {
+                    // The leader this replica follows lost its log, and with it its leadership,
+                    // yet its node stays up, so a hibernating follower would trust it forever
+                    // (found by the simulator: the range never elected again). Forget it and
+                    // keep the election clock running, so the range elects a new leader.
+                    tracing::info!(range_id = env.range_id, node = from_node, "leader is rebuilding; electing anew");
+                    r.raw.raft.leader_id = raft::INVALID_ID;
+                    wake(r);
                 }
             }
             Ok(Control::Removed) => {
@@ -790,7 +798,8 @@ impl Store {
         if readies.is_empty() {
             return;
         }
-        let started = crate::clock::now();
+        // Real time, not the node clock: this measures the disk.
+        let started = std::time::Instant::now();
         self.engine.commit(batch, must_sync);
         if must_sync {
             metrics::histogram!("cairn_raft_persist_seconds").record(started.elapsed().as_secs_f64());

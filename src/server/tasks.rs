@@ -112,7 +112,7 @@ async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMa
                 Some((prev, at)) => {
                     prev.desc != rec.desc
                         || prev.leader_node_id != rec.leader_node_id
-                        || at.elapsed() > REPORT_REFRESH
+                        || crate::clock::elapsed(*at) > REPORT_REFRESH
                         || prev.approximate_bytes.abs_diff(size) > size / 10 + 4096
                 }
                 None => true,
