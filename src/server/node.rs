@@ -146,6 +146,7 @@ pub async fn run(
         http: Some((http_listener, metrics)),
         http_addr,
         store_driver: StoreDriver::Thread,
+        physical_clock: None,
     };
     let ready = move |endpoints: NodeEndpoints| -> Result<()> {
         std::fs::write(data_dir.join("node.json"), serde_json::to_vec_pretty(&endpoints)?)?;
@@ -177,6 +178,9 @@ pub struct NodeIo<S> {
     pub http: Option<(TcpListener, Option<metrics_exporter_prometheus::PrometheusHandle>)>,
     pub http_addr: String,
     pub store_driver: StoreDriver,
+    /// Where this node's HLC reads physical time (the wall clock when `None`): a
+    /// simulation gives each node its own, skewed and jumping.
+    pub physical_clock: Option<crate::hlc::PhysicalClock>,
 }
 
 /// Establishes the node's identity, starts its layers over `io`, calls `ready`
@@ -192,7 +196,7 @@ where
     S: tokio_stream::Stream<Item = std::io::Result<C>> + Send + 'static,
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
 {
-    let NodeIo { engine, grpc_incoming, grpc_addr, http, http_addr, store_driver } = io;
+    let NodeIo { engine, grpc_incoming, grpc_addr, http, http_addr, store_driver, physical_clock } = io;
     let book = Arc::new(AddressBook::load(engine.clone()));
     let (cluster_id, node_id) = match read_ident(&engine) {
         Some(ident) => ident,
@@ -208,7 +212,10 @@ where
         }
     };
     book.learn(node_id, &grpc_addr);
-    let hlc = Arc::new(Hlc::new(node_id as u32));
+    let hlc = Arc::new(match physical_clock {
+        Some(clock) => Hlc::with_physical_clock(node_id as u32, clock),
+        None => Hlc::new(node_id as u32),
+    });
     let transport = Arc::new(Transport::new(
         node_id,
         grpc_addr.clone(),

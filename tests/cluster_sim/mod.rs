@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -143,8 +144,12 @@ fn node_config(node: u64, seed: u64) -> ServerConfig {
 }
 
 /// A node's software: what turmoil runs when the host starts and after each restart.
-async fn node_software(node: u64, disk: Arc<SimDisk>, seed: u64) -> turmoil::Result {
+/// Its HLC reads simulated wall time shifted by the node's clock offset (ns), which
+/// starts skewed and jumps when the nemesis says so.
+async fn node_software(node: u64, disk: Arc<SimDisk>, offset_ns: Arc<AtomicI64>, seed: u64) -> turmoil::Result {
     let engine = Arc::new(Engine::simulated(disk));
+    let physical_clock: cairn::hlc::PhysicalClock =
+        Arc::new(move || sim_wall_ns().saturating_add_signed(offset_ns.load(Ordering::Relaxed)));
     let io = NodeIo {
         engine,
         grpc_incoming: net::incoming().await?,
@@ -152,6 +157,7 @@ async fn node_software(node: u64, disk: Arc<SimDisk>, seed: u64) -> turmoil::Res
         http: None,
         http_addr: String::new(),
         store_driver: StoreDriver::Task,
+        physical_clock: Some(physical_clock),
     };
     serve(node_config(node, seed), io, |_| Ok(()), std::future::pending())
         .await
@@ -173,6 +179,9 @@ enum Fault {
     Crash(u64),
     /// Every node loses power at once.
     CrashAll,
+    /// A node's clock steps by this many milliseconds (forwards or back), as NTP
+    /// stepping it would; it steps back when the fault ends.
+    ClockJump { node: u64, ms: i64 },
 }
 
 impl Fault {
@@ -183,6 +192,7 @@ impl Fault {
             Fault::OneWay { .. } => "one-way partition",
             Fault::Crash(_) => "crash",
             Fault::CrashAll => "crash all",
+            Fault::ClockJump { .. } => "clock jump",
         }
     }
 }
@@ -194,7 +204,7 @@ fn schedule(seed: u64, nodes: u64, fault_ms: u64) -> Vec<(u64, Fault, u64)> {
     let mut out = Vec::new();
     while at < fault_ms {
         let node = rng.random_range(1..=nodes);
-        let fault = match rng.random_range(0..20) {
+        let fault = match rng.random_range(0..22) {
             0..6 => Fault::Stall(node),
             6..11 => Fault::Isolate(node),
             11..14 => {
@@ -202,7 +212,8 @@ fn schedule(seed: u64, nodes: u64, fault_ms: u64) -> Vec<(u64, Fault, u64)> {
                 Fault::OneWay { from: node, to }
             }
             14..19 => Fault::Crash(node),
-            _ => Fault::CrashAll,
+            19 => Fault::CrashAll,
+            _ => Fault::ClockJump { node, ms: rng.random_range(-3_000..3_000) },
         };
         let duration = rng.random_range(300..4_000);
         out.push((at, fault, duration));
@@ -219,6 +230,7 @@ fn others(node: u64, nodes: u64) -> Vec<String> {
 struct Nemesis {
     nodes: u64,
     disks: Vec<Arc<SimDisk>>,
+    clock_offsets_ns: Vec<Arc<AtomicI64>>,
     rng: StdRng,
     count: BTreeMap<&'static str, u64>,
 }
@@ -240,7 +252,12 @@ impl Nemesis {
             Fault::OneWay { from, to } => sim.partition_oneway(net::host_name(from), net::host_name(to)),
             Fault::Crash(n) => self.crash(sim, n),
             Fault::CrashAll => (1..=self.nodes).for_each(|n| self.crash(sim, n)),
+            Fault::ClockJump { node, ms } => self.shift_clock(node, ms),
         }
+    }
+
+    fn shift_clock(&self, node: u64, ms: i64) {
+        self.clock_offsets_ns[node as usize - 1].fetch_add(ms * 1_000_000, Ordering::Relaxed);
     }
 
     fn crash(&mut self, sim: &mut turmoil::Sim, node: u64) {
@@ -264,6 +281,7 @@ impl Nemesis {
             Fault::OneWay { from, to } => sim.repair_oneway(net::host_name(from), net::host_name(to)),
             Fault::Crash(n) => sim.bounce(net::host_name(n)),
             Fault::CrashAll => (1..=self.nodes).for_each(|n| sim.bounce(net::host_name(n))),
+            Fault::ClockJump { node, ms } => self.shift_clock(node, -ms),
         }
     }
 }
@@ -285,10 +303,15 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         .tcp_capacity(4096)
         .build();
     let disks: Vec<Arc<SimDisk>> = (0..cfg.nodes).map(|_| Arc::new(SimDisk::new())).collect();
+    // Every node's clock starts up to half a second off; jumps come on top.
+    let mut skew = StdRng::seed_from_u64(cfg.seed ^ 0x5CE3);
+    let clock_offsets_ns: Vec<Arc<AtomicI64>> =
+        (0..cfg.nodes).map(|_| Arc::new(AtomicI64::new(skew.random_range(-500..=500) * 1_000_000))).collect();
     for node in 1..=cfg.nodes {
         let disk = disks[node as usize - 1].clone();
+        let offset = clock_offsets_ns[node as usize - 1].clone();
         let seed = cfg.seed;
-        sim.host(net::host_name(node), move || node_software(node, disk.clone(), seed));
+        sim.host(net::host_name(node), move || node_software(node, disk.clone(), offset.clone(), seed));
     }
     let shared = Rc::new(RefCell::new(Shared {
         phase: Phase::Setup,
@@ -307,8 +330,13 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
     sim.client("clients", workload::run(shared.clone(), cfg.seed, cfg.nodes, cfg.fault_ms));
 
     let plan = schedule(cfg.seed, cfg.nodes, cfg.fault_ms);
-    let mut nemesis =
-        Nemesis { nodes: cfg.nodes, disks, rng: StdRng::seed_from_u64(cfg.seed ^ 0xC4A5), count: BTreeMap::new() };
+    let mut nemesis = Nemesis {
+        nodes: cfg.nodes,
+        disks,
+        clock_offsets_ns,
+        rng: StdRng::seed_from_u64(cfg.seed ^ 0xC4A5),
+        count: BTreeMap::new(),
+    };
     let mut next = 0;
     let mut active: Option<(u64, Fault)> = None;
     loop {
