@@ -268,6 +268,11 @@ impl Store {
         loop {
             every_ms.tick().await;
             self.turn(crate::clock::now());
+            // A slow simulated disk: its syncs hold the loop, as a slow fsync holds the thread.
+            let owed = self.engine.take_owed_sync_ms();
+            if owed > 0 {
+                tokio::time::sleep(Duration::from_millis(owed)).await;
+            }
         }
     }
 

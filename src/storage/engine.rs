@@ -160,6 +160,15 @@ impl Engine {
         Engine { backend: Backend::Sim { disk, generation } }
     }
 
+    /// Simulated time the disk's syncs have cost since the last call (always 0 on
+    /// RocksDB, whose syncs take real time): a simulated node stalls its loop for it.
+    pub fn take_owed_sync_ms(&self) -> u64 {
+        match &self.backend {
+            Backend::Sim { disk, .. } => disk.take_owed_sync_ms(),
+            Backend::Rocks(_) => 0,
+        }
+    }
+
     fn db(&self) -> &DB {
         match &self.backend {
             Backend::Rocks(db) => db,

@@ -182,6 +182,8 @@ enum Fault {
     /// A node's clock steps by this many milliseconds (forwards or back), as NTP
     /// stepping it would; it steps back when the fault ends.
     ClockJump { node: u64, ms: i64 },
+    /// Each sync of a node's disk takes this long; its store loop waits it out.
+    SlowDisk { node: u64, latency_ms: u64 },
 }
 
 impl Fault {
@@ -193,6 +195,7 @@ impl Fault {
             Fault::Crash(_) => "crash",
             Fault::CrashAll => "crash all",
             Fault::ClockJump { .. } => "clock jump",
+            Fault::SlowDisk { .. } => "slow disk",
         }
     }
 }
@@ -204,7 +207,7 @@ fn schedule(seed: u64, nodes: u64, fault_ms: u64) -> Vec<(u64, Fault, u64)> {
     let mut out = Vec::new();
     while at < fault_ms {
         let node = rng.random_range(1..=nodes);
-        let fault = match rng.random_range(0..22) {
+        let fault = match rng.random_range(0..24) {
             0..6 => Fault::Stall(node),
             6..11 => Fault::Isolate(node),
             11..14 => {
@@ -213,7 +216,8 @@ fn schedule(seed: u64, nodes: u64, fault_ms: u64) -> Vec<(u64, Fault, u64)> {
             }
             14..19 => Fault::Crash(node),
             19 => Fault::CrashAll,
-            _ => Fault::ClockJump { node, ms: rng.random_range(-3_000..3_000) },
+            20 | 21 => Fault::ClockJump { node, ms: rng.random_range(-3_000..3_000) },
+            _ => Fault::SlowDisk { node, latency_ms: rng.random_range(5..60) },
         };
         let duration = rng.random_range(300..4_000);
         out.push((at, fault, duration));
@@ -253,6 +257,7 @@ impl Nemesis {
             Fault::Crash(n) => self.crash(sim, n),
             Fault::CrashAll => (1..=self.nodes).for_each(|n| self.crash(sim, n)),
             Fault::ClockJump { node, ms } => self.shift_clock(node, ms),
+            Fault::SlowDisk { node, latency_ms } => self.disks[node as usize - 1].set_sync_latency_ms(latency_ms),
         }
     }
 
@@ -282,6 +287,7 @@ impl Nemesis {
             Fault::Crash(n) => sim.bounce(net::host_name(n)),
             Fault::CrashAll => (1..=self.nodes).for_each(|n| sim.bounce(net::host_name(n))),
             Fault::ClockJump { node, ms } => self.shift_clock(node, -ms),
+            Fault::SlowDisk { node, .. } => self.disks[node as usize - 1].set_sync_latency_ms(0),
         }
     }
 }
