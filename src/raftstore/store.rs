@@ -804,8 +804,10 @@ impl Store {
             return;
         }
         // Real time, not the node clock: this measures the disk.
+        #[allow(clippy::disallowed_methods)]
         let started = std::time::Instant::now();
         self.engine.commit(batch, must_sync);
+        #[allow(clippy::disallowed_methods)]
         if must_sync {
             metrics::histogram!("cairn_raft_persist_seconds").record(started.elapsed().as_secs_f64());
         }

@@ -250,6 +250,8 @@ impl World {
         };
         World {
             raft,
+            // Only an anchor: simulated time is `base` plus the simulated milliseconds.
+            #[allow(clippy::disallowed_methods)]
             base: Instant::now(),
             clock_ms: Arc::new(AtomicU64::new(0)),
             now_ms: 0,
