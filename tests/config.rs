@@ -24,6 +24,10 @@ fn bad_configuration_exits_2_and_names_the_problem() {
     assert_eq!(code, 2);
     assert!(err.contains("replication_factor"), "{err}");
 
+    let (code, err) = server(&["--data-dir", d, "--worker-threads", "5000"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("worker_threads"), "{err}");
+
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "data_dir = \"x\"\nreplication_factr = 3\n").unwrap();
     let (code, err) = server(&["--config", cfg.to_str().unwrap()]);

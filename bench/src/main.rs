@@ -10,6 +10,9 @@
 // A load generator measures real time; the rule against reading the OS clock is for node code.
 #![allow(clippy::disallowed_methods)]
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod keygen;
 mod run;
 mod target;

@@ -32,6 +32,15 @@ pub struct DemoArgs {
     pub endpoints_file: Option<PathBuf>,
 }
 
+/// Runtime threads for each of `nodes` nodes sharing this machine: their share of the
+/// cores, at least one. A runtime per node with a thread per core would put several
+/// times more busy threads than cores on the machine, and the switching between them
+/// cost about a tenth of the write throughput on 2 cores (`scripts/bench-vs-etcd.sh`).
+fn share_of_cores(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / nodes.max(1)).max(1)
+}
+
 fn ports_free(base: u16, n: usize) -> bool {
     (0..n as u16).all(|i| {
         let g = std::net::TcpListener::bind(("127.0.0.1", base.saturating_add(i))).is_ok();
@@ -118,6 +127,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the cairn binary")?;
     let mut children: Vec<Child> = Vec::new();
     let mut endpoints: Vec<NodeEndpoints> = Vec::new();
+    let worker_threads = share_of_cores(args.nodes);
     let result: Result<()> = async {
         for i in 0..args.nodes {
             let dir = root.join(format!("node{}", i + 1));
@@ -135,6 +145,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 .arg(args.replication_factor.to_string())
                 .arg("--zone")
                 .arg(format!("zone-{}", i + 1))
+                .arg("--worker-threads")
+                .arg(worker_threads.to_string())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);

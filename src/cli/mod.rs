@@ -31,7 +31,7 @@ pub enum Command {
     Client(client::ClientCommand),
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct ServerArgs {
     /// TOML config file; flags override its values.
     #[arg(long)]
@@ -61,6 +61,9 @@ pub struct ServerArgs {
     /// Drop the oldest half of a range's Raft log once it holds this many applied entries.
     #[arg(long)]
     pub raft_log_gc_threshold: Option<u64>,
+    /// Threads of the node's async runtime; 0 means one per CPU core.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 impl ServerArgs {
@@ -100,6 +103,9 @@ impl ServerArgs {
         if let Some(v) = self.raft_log_gc_threshold {
             c.raft.log_gc_threshold = v;
         }
+        if let Some(v) = self.worker_threads {
+            c.worker_threads = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -124,7 +130,22 @@ pub async fn stop_signal() {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A server's configuration sizes its runtime, so it is read first.
+    let server_config = match &cli.command {
+        Command::Server(args) => match args.clone().into_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("cairn server: configuration error: {e}");
+                return 2;
+            }
+        },
+        _ => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = server_config.as_ref().map(|c| c.worker_threads).filter(|n| *n > 0) {
+        runtime.worker_threads(threads);
+    }
+    let rt = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");
@@ -132,15 +153,9 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Server(args) => {
+        Command::Server(_) => {
             init_logging();
-            let cfg = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("cairn server: configuration error: {e}");
-                    return 2;
-                }
-            };
+            let Some(cfg) = server_config else { return 2 };
             match rt.block_on(node::run(cfg, None, stop_signal())) {
                 Ok(()) => 0,
                 Err(e) => {

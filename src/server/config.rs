@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub split_threshold_bytes: u64,
     pub split_check_interval_ms: u64,
     pub max_connections: usize,
+    /// Threads of the node's async runtime (gRPC, gateway, transport); 0 means one per CPU
+    /// core. Nodes sharing a machine (`cairn demo`) each take their share of the cores.
+    pub worker_threads: usize,
     pub raft: RaftConfig,
     pub limits: Limits,
 }
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             split_threshold_bytes: 64 << 20,
             split_check_interval_ms: 5_000,
             max_connections: 4096,
+            worker_threads: 0,
             raft: RaftConfig::default(),
             limits: Limits::default(),
         }
@@ -71,6 +75,9 @@ impl ServerConfig {
         }
         if !(1..=7).contains(&self.replication_factor) {
             return Err(format!("replication_factor must be 1 to 7, got {}", self.replication_factor));
+        }
+        if self.worker_threads > 1024 {
+            return Err(format!("worker_threads must be 0 (one per core) to 1024, got {}", self.worker_threads));
         }
         if self.split_threshold_bytes < 4096 {
             return Err("split_threshold_bytes must be at least 4096".into());
