@@ -18,6 +18,10 @@ pub enum Sabotage {
     /// `apply-retry-twice`: the dedupe table is never consulted, so a retried
     /// request id is applied again.
     ApplyRetryTwice,
+    /// `skip-epoch-check`: a write is proposed whatever epoch its sender saw, and
+    /// applied even when a split has since moved its keys to another range, so a
+    /// client with a stale route writes past the range that now owns the key.
+    SkipEpochCheck,
 }
 
 impl Sabotage {
@@ -26,6 +30,7 @@ impl Sabotage {
             "ack-before-fsync" => Some(Sabotage::AckBeforeFsync),
             "stale-local-read" => Some(Sabotage::StaleLocalRead),
             "apply-retry-twice" => Some(Sabotage::ApplyRetryTwice),
+            "skip-epoch-check" => Some(Sabotage::SkipEpochCheck),
             _ => None,
         }
     }

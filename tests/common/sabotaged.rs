@@ -4,14 +4,20 @@
 
 use std::process::Command;
 
-/// Runs the ignored test `inner` of this test binary under `sabotage`, and
-/// returns the lines it printed starting with `CAUGHT` (one per seed that
-/// caught the sabotage), after printing them with a count out of `seeds`.
-pub fn caught(inner: &str, sabotage: &str, seeds: usize) -> Vec<String> {
+/// Seeds 1 to this many: how many the inner test runs (set by `caught`).
+pub fn seed_count() -> u64 {
+    std::env::var("CAIRN_SABOTAGE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
+
+/// Runs the ignored test `inner` of this test binary under `sabotage` on seeds
+/// 1 to `seeds`, and returns the lines it printed starting with `CAUGHT` (one
+/// per seed that caught the sabotage), after printing them with a count.
+pub fn caught(inner: &str, sabotage: &str, seeds: u64) -> Vec<String> {
     let exe = std::env::current_exe().expect("test binary path");
     let out = Command::new(exe)
         .args(["--ignored", "--exact", inner, "--nocapture", "--test-threads=1"])
         .env("CAIRN_SABOTAGE", sabotage)
+        .env("CAIRN_SABOTAGE_SEEDS", seeds.to_string())
         .output()
         .expect("run the sabotaged seeds");
     let text = String::from_utf8_lossy(&out.stdout);
