@@ -1,4 +1,5 @@
-//! Pure placement decisions: which replicas to add where.
+//! Pure placement decisions: which replicas to add where, and which extra
+//! replicas to remove.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -20,13 +21,27 @@ pub struct RangeView {
 pub enum Action {
     /// Add (or finish adding: promote a learner on) a replica of `range` on `node`.
     AddReplica { range: u64, node: u64 },
+    /// Remove the replica of `range` on `node`: the range has more voters than it should.
+    RemoveReplica { range: u64, node: u64 },
+}
+
+impl Action {
+    pub fn range(&self) -> u64 {
+        match self {
+            Action::AddReplica { range, .. } | Action::RemoveReplica { range, .. } => *range,
+        }
+    }
 }
 
 /// Up-replicates ranges below `rf` (capped at the number of live nodes),
 /// placing each new replica on the live node that (1) is in a zone the range
 /// does not use yet, then (2) holds the fewest replicas, then (3) has the
 /// lowest id. Learners left behind by an interrupted add are finished first.
-/// At most `max_actions` actions are returned.
+/// A range with more than `rf` voters, all on live nodes, loses one: the one
+/// whose zone the range uses twice, then on the most loaded node, then the
+/// highest id. (Adds decided on a directory that lagged the range can leave
+/// one too many; a replica on a dead node is left alone, as its node may
+/// come back.) At most `max_actions` actions are returned.
 pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: usize) -> Vec<Action> {
     let live: Vec<&NodeView> = nodes.iter().filter(|n| n.live).collect();
     let target = rf.min(live.len());
@@ -46,6 +61,23 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
         }
         if let Some((n, _)) = r.replicas.iter().find(|(n, learner)| *learner && load.contains_key(n)) {
             actions.push(Action::AddReplica { range: r.id, node: *n });
+            continue;
+        }
+        let voters = r.replicas.iter().filter(|(_, learner)| !learner).count();
+        if voters > rf && r.replicas.iter().all(|(n, _)| load.contains_key(n)) {
+            let zones: Vec<String> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
+            let shares_zone = |n: u64| zones.iter().filter(|z| **z == zone_of(n)).count() > 1;
+            let extra = r
+                .replicas
+                .iter()
+                .map(|(n, _)| *n)
+                .max_by_key(|n| (shares_zone(*n), load.get(n).copied().unwrap_or(0), *n));
+            if let Some(n) = extra {
+                actions.push(Action::RemoveReplica { range: r.id, node: n });
+                if let Some(c) = load.get_mut(&n) {
+                    *c -= 1;
+                }
+            }
             continue;
         }
         if r.replicas.len() >= target {
@@ -101,7 +133,32 @@ mod tests {
         let ranges: Vec<_> = (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)] }).collect();
         let acts = plan(&nodes, &ranges, 2, 3);
         assert_eq!(acts.len(), 3);
-        let targets: HashSet<u64> = acts.iter().map(|Action::AddReplica { node, .. }| *node).collect();
+        let targets: HashSet<u64> = acts
+            .iter()
+            .map(|a| match a {
+                Action::AddReplica { node, .. } => *node,
+                Action::RemoveReplica { .. } => panic!("unexpected removal: {a:?}"),
+            })
+            .collect();
         assert_eq!(targets.len(), 3, "each new replica goes to the least-loaded node");
+    }
+
+    #[test]
+    fn removes_the_extra_voter_from_a_shared_zone_then_the_busiest_node() {
+        let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "a")];
+        let ranges = vec![
+            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)] },
+            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)] },
+        ];
+        // Nodes 1 and 4 share zone a; node 1 holds more replicas.
+        assert_eq!(plan(&nodes, &ranges, 3, 10), vec![Action::RemoveReplica { range: 1, node: 1 }]);
+    }
+
+    #[test]
+    fn leaves_an_over_replicated_range_alone_while_a_replica_node_is_down() {
+        let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        nodes.push(NodeView { id: 4, live: false, zone: String::new() });
+        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)] }];
+        assert_eq!(plan(&nodes, &ranges, 3, 10), vec![]);
     }
 }

@@ -1,7 +1,7 @@
 //! Runs the controller on the node that leads the meta range: reads the
 //! cluster view, asks `plan` for actions, and executes them (bounded in
-//! number, never two on the same range at once). Every decision is logged and
-//! counted.
+//! number, never two on the same range at once, each re-checked against the
+//! range's leader first). Every decision is logged and counted.
 
 use super::plan::{self, Action, NodeView, RangeView};
 use crate::gateway::{admin, Gateway};
@@ -17,11 +17,15 @@ pub struct Controller {
     gw: Arc<Gateway>,
     rf: usize,
     in_flight: Arc<Mutex<HashSet<u64>>>,
+    /// Ranges the last tick found with a voter too many. An extra voter is removed
+    /// only when two ticks in a row see it, so that an operator moving a replica
+    /// by hand (add, then remove) is not raced.
+    over_replicated: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Controller {
     pub fn new(gw: Arc<Gateway>, rf: usize) -> Self {
-        Controller { gw, rf, in_flight: Default::default() }
+        Controller { gw, rf, in_flight: Default::default(), over_replicated: Default::default() }
     }
 
     fn leads_meta(&self) -> bool {
@@ -49,18 +53,61 @@ impl Controller {
             .map(|d| RangeView { id: d.id, replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect() })
             .collect();
         let room = MAX_CONCURRENT_ACTIONS.saturating_sub(busy.len());
-        for action in plan::plan(&nodes, &ranges, self.rf, room) {
-            let Action::AddReplica { range, node } = action;
+        let actions = plan::plan(&nodes, &ranges, self.rf, room);
+        let seen_before = std::mem::replace(
+            &mut *self.over_replicated.lock(),
+            actions.iter().filter(|a| matches!(a, Action::RemoveReplica { .. })).map(Action::range).collect(),
+        );
+        for action in actions {
+            let range = action.range();
+            if matches!(action, Action::RemoveReplica { .. }) && !seen_before.contains(&range) {
+                continue;
+            }
             self.in_flight.lock().insert(range);
-            tracing::info!(range, node, "controller: add replica");
-            metrics::counter!("cairn_controller_decisions_total", "kind" => "add_replica").increment(1);
             let me = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = admin::add_replica(&me.gw, range, node).await {
-                    tracing::warn!(range, node, "controller: add replica failed: {}", e.message());
-                }
+                me.execute(action).await;
                 me.in_flight.lock().remove(&range);
             });
+        }
+    }
+
+    /// Carries out `action` if the range's leader still agrees it is needed: the
+    /// directory the plan read is written by range leaders and can lag a
+    /// membership change, and acting on a stale count adds a replica too many
+    /// (or removes one too many).
+    async fn execute(&self, action: Action) {
+        let range = action.range();
+        let desc = match admin::status(&self.gw, range).await {
+            Ok(s) => s.desc.unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(range, "controller: cannot read range status: {}", e.message());
+                return;
+            }
+        };
+        let voters = desc.replicas.iter().filter(|r| !r.learner).count();
+        let result = match action {
+            Action::AddReplica { node, .. } => {
+                let finishing = desc.replicas.iter().any(|r| r.node_id == node && r.learner);
+                if !finishing && voters >= self.rf {
+                    tracing::info!(range, node, voters, "controller: add replica no longer needed");
+                    return;
+                }
+                tracing::info!(range, node, "controller: add replica");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "add_replica").increment(1);
+                admin::add_replica(&self.gw, range, node).await.map(|_| ())
+            }
+            Action::RemoveReplica { node, .. } => {
+                if voters <= self.rf || desc.replicas.iter().any(|r| r.learner) {
+                    return;
+                }
+                tracing::info!(range, node, voters, "controller: remove extra replica");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "remove_replica").increment(1);
+                admin::remove_replica(&self.gw, range, node).await.map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(range, ?action, "controller: action failed: {}", e.message());
         }
     }
 }
