@@ -17,6 +17,13 @@ pub fn elapsed(since: Instant) -> std::time::Duration {
     now().saturating_duration_since(since)
 }
 
+/// The OS's monotonic clock, for measuring the hardware (how long an fsync took),
+/// never for a decision: the one place node code may read it.
+#[allow(clippy::disallowed_methods)]
+pub fn os_now() -> Instant {
+    Instant::now()
+}
+
 /// Runs a blocking job (a RocksDB scan, say) off the async workers. On a
 /// single-threaded runtime, which is what a simulation drives, it runs inline
 /// instead, so that its timing stays part of the simulated run.

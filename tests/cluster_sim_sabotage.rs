@@ -22,17 +22,10 @@ const SEEDS: u64 = 6;
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_cluster_seeds() {
-    let sabotage = std::env::var("CAIRN_SABOTAGE").expect("run by a case below");
-    for seed in 1..=sabotaged::seed_count() {
-        match run(&ClusterSimConfig::for_seed(seed)) {
-            Ok(_) => println!("seed {seed}: not caught"),
-            Err(failure) => {
-                // The first line names the seed; the next, the first check that failed.
-                let problem = failure.lines().take(2).collect::<Vec<_>>().join(" / ");
-                println!("CAUGHT seed {seed} ({sabotage}): {problem}");
-            }
-        }
-    }
+    // A failure's first line names the seed; the next, the first check that failed.
+    sabotaged::report_seeds(|seed| {
+        run(&ClusterSimConfig::for_seed(seed)).err().map(|f| f.lines().take(2).collect::<Vec<_>>().join(" / "))
+    });
 }
 
 /// The problems the seeds reported under `sabotage`.
@@ -68,8 +61,8 @@ fn the_cluster_simulation_catches_a_retry_applied_twice() {
 /// the key before the split writes it, behind the back of the range that owns it
 /// now. Caught as lost unique writes (the owner's snapshots and replica moves
 /// never carry them), re-sent requests answered anew, or a non-linearizable
-/// history. It needs a split to meet a stale route, so it gets 12 seeds (5 of
-/// seeds 1-12 caught it when written; 16 of 1-40).
+/// history. It needs a split to meet a stale route, so it gets 12 seeds (4 of
+/// seeds 1-12 catch it since the controller fix; 5 did before it).
 #[test]
 fn the_cluster_simulation_catches_a_skipped_epoch_check() {
     let problems = caught_in("skip-epoch-check", 12);

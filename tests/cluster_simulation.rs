@@ -15,19 +15,13 @@ use cluster_sim::{run, ClusterSimConfig};
 
 const CI_SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+#[path = "common/seeds.rs"]
+mod seeds;
+
+use seeds::env_u64;
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = env_u64("CAIRN_CLUSTER_SIM_SEED") {
-        return vec![seed];
-    }
-    if let Some(count) = env_u64("CAIRN_CLUSTER_SIM_SEEDS") {
-        let first = env_u64("CAIRN_CLUSTER_SIM_FIRST_SEED").unwrap_or(1000);
-        return (first..first + count).collect();
-    }
-    CI_SEEDS.to_vec()
+    seeds::from_env("CAIRN_CLUSTER_SIM", &CI_SEEDS)
 }
 
 /// `CAIRN_CLUSTER_SIM_LOG=<filter>` (say `info`, or `cairn=debug`) prints the nodes' logs.

@@ -17,13 +17,9 @@ const SEEDS: u64 = 12;
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_seeds() {
-    let sabotage = std::env::var("CAIRN_SABOTAGE").expect("run by a case below");
-    for seed in 1..=sabotaged::seed_count() {
-        match run(&SimConfig::for_seed(seed)) {
-            Ok(_) => println!("seed {seed}: not caught"),
-            Err(f) => println!("CAUGHT seed {seed} ({sabotage}): {}", f.problem.lines().next().unwrap_or_default()),
-        }
-    }
+    sabotaged::report_seeds(|seed| {
+        run(&SimConfig::for_seed(seed)).err().map(|f| f.problem.lines().next().unwrap_or_default().to_string())
+    });
 }
 
 /// The problems the seeds reported under `sabotage`.

@@ -10,19 +10,13 @@ use cairn::sim::{run, SimConfig};
 /// The seeds every test run checks: both cluster sizes (seed % 3 == 2 gives 5 nodes).
 const CI_SEEDS: [u64; 8] = [1, 3, 5, 7, 8, 10, 11, 13];
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+#[path = "common/seeds.rs"]
+mod seeds;
+
+use seeds::env_u64;
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = env_u64("CAIRN_SIM_SEED") {
-        return vec![seed];
-    }
-    if let Some(count) = env_u64("CAIRN_SIM_SEEDS") {
-        let first = env_u64("CAIRN_SIM_FIRST_SEED").unwrap_or(1000);
-        return (first..first + count).collect();
-    }
-    CI_SEEDS.to_vec()
+    seeds::from_env("CAIRN_SIM", &CI_SEEDS)
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub enum Command {
     Client(client::ClientCommand),
 }
 
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Debug, Default)]
 pub struct ServerArgs {
     /// TOML config file; flags override its values.
     #[arg(long)]
@@ -130,32 +130,18 @@ pub async fn stop_signal() {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    // A server's configuration sizes its runtime, so it is read first.
-    let server_config = match &cli.command {
-        Command::Server(args) => match args.clone().into_config() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("cairn server: configuration error: {e}");
-                return 2;
-            }
-        },
-        _ => None,
-    };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = server_config.as_ref().map(|c| c.worker_threads).filter(|n| *n > 0) {
-        runtime.worker_threads(threads);
-    }
-    let rt = match runtime.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cairn: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
     match cli.command {
-        Command::Server(_) => {
+        Command::Server(args) => {
+            // A server's configuration sizes its runtime, so it is read first.
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cairn server: configuration error: {e}");
+                    return 2;
+                }
+            };
+            let Some(rt) = runtime(cfg.worker_threads) else { return 1 };
             init_logging();
-            let Some(cfg) = server_config else { return 2 };
             match rt.block_on(node::run(cfg, None, stop_signal())) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -165,6 +151,7 @@ pub fn main() -> i32 {
             }
         }
         Command::Demo(args) => {
+            let Some(rt) = runtime(0) else { return 1 };
             init_logging();
             match rt.block_on(demo::run(args)) {
                 Ok(()) => 0,
@@ -174,15 +161,33 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Client(cmd) => match rt.block_on(client::run(&cli.addr, cli.json, cmd)) {
-            Ok(()) => 0,
-            Err(e) => {
-                if !e.is::<client::Reported>() {
-                    eprintln!("error: {e:#}");
+        Command::Client(cmd) => {
+            let Some(rt) = runtime(0) else { return 1 };
+            match rt.block_on(client::run(&cli.addr, cli.json, cmd)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    if !e.is::<client::Reported>() {
+                        eprintln!("error: {e:#}");
+                    }
+                    1
                 }
-                1
             }
-        },
+        }
+    }
+}
+
+/// The async runtime, with `worker_threads` threads (0: one per CPU core).
+fn runtime(worker_threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            None
+        }
     }
 }
 

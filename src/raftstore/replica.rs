@@ -79,7 +79,7 @@ impl Replica {
         let rc = raft_config(node_id, storage.apply.applied_index, cfg);
         let range_id = storage.range_id;
         let raw = RawNode::new(&rc, storage, logger)?;
-        Ok(Replica {
+        let mut replica = Replica {
             raw,
             shared,
             proposals: VecDeque::new(),
@@ -100,11 +100,9 @@ impl Replica {
                 seed ^ node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ range_id.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
             }),
             last_election_draw: (0, 0, 0),
-        })
-        .map(|mut r: Replica| {
-            r.draw_election_timeout();
-            r
-        })
+        };
+        replica.draw_election_timeout();
+        Ok(replica)
     }
 
     /// In a simulated run, replaces raft-rs's election timeout (drawn from an

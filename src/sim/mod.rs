@@ -251,8 +251,7 @@ impl World {
         World {
             raft,
             // Only an anchor: simulated time is `base` plus the simulated milliseconds.
-            #[allow(clippy::disallowed_methods)]
-            base: Instant::now(),
+            base: crate::clock::os_now(),
             clock_ms: Arc::new(AtomicU64::new(0)),
             now_ms: 0,
             nodes: ids.iter().map(|id| SimNode::new(*id)).collect(),

@@ -255,13 +255,11 @@ async fn counter_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop
 /// replica is put back by the controller (replication factor 3), not by us.
 async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0BE7A70E);
-    let mut splits = 0u64;
     while sim_ns() < stop_ns {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_000))).await;
         let mut c = client(rng.random_range(1..=nodes));
         let action = rng.random_range(0..10);
         let result = if action < 4 {
-            splits += 1;
             // Right at the counter's key sometimes, else inside the register or unique keys.
             let key = match rng.random_range(0..3) {
                 0 => "c".to_string(),
@@ -294,7 +292,6 @@ async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u
             Err(_) => *sh.operations.entry("refused or failed").or_default() += 1,
         }
     }
-    let _ = splits;
 }
 
 /// After healing: every node routes to every range (each node's view of the

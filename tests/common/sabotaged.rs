@@ -4,9 +4,18 @@
 
 use std::process::Command;
 
-/// Seeds 1 to this many: how many the inner test runs (set by `caught`).
-pub fn seed_count() -> u64 {
-    std::env::var("CAIRN_SABOTAGE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+/// The inner test's body: runs seeds 1 to the count `caught` asked for under the
+/// sabotage it set, printing one `CAUGHT` line per seed whose run reported a
+/// problem (`run_seed` returns that problem, in a line or two).
+pub fn report_seeds(run_seed: impl Fn(u64) -> Option<String>) {
+    let sabotage = std::env::var("CAIRN_SABOTAGE").expect("started by `caught`");
+    let seeds: u64 = std::env::var("CAIRN_SABOTAGE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    for seed in 1..=seeds {
+        match run_seed(seed) {
+            None => println!("seed {seed}: not caught"),
+            Some(problem) => println!("CAUGHT seed {seed} ({sabotage}): {problem}"),
+        }
+    }
 }
 
 /// Runs the ignored test `inner` of this test binary under `sabotage` on seeds
