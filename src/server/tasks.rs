@@ -216,8 +216,16 @@ async fn split_check(gw: Arc<Gateway>, threshold: u64) {
             continue;
         }
         match admin::split_at(&gw, &key).await {
-            Ok(_) => {
-                r.written_bytes.store(0, Ordering::Relaxed);
+            Ok((_, right)) => {
+                // RocksDB's estimate leaves out the memtables, so both halves start from what
+                // the scan counted: zero would hide data not yet flushed, and a half that is
+                // still too big would never split again without further writes. (This
+                // node led the parent, so it campaigns for, and usually leads, the right half.)
+                let left_bytes: u64 = pairs.iter().filter(|(k, _)| *k < key).map(|(_, n)| n).sum();
+                r.written_bytes.store(left_bytes, Ordering::Relaxed);
+                if let Some(right) = right.and_then(|d| gw.store.registry.read().get(&d.id).cloned()) {
+                    right.written_bytes.store(exact - left_bytes, Ordering::Relaxed);
+                }
                 tracing::info!(range_id = desc.id, bytes = exact, "size-based split");
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "split").increment(1);
             }
