@@ -100,10 +100,11 @@ fn regression_an_add_interrupted_by_a_removal_does_not_stall_the_controller() {
 /// a range that had already regained its voters; nothing ever removed the extra
 /// one. Actions are now re-checked against the range's leader before they run,
 /// and a range with a voter too many (seen on two ticks in a row, all its nodes
-/// live) loses one. (Found as seeds 13243 and 13351 in a 500-seed soak.)
+/// live) loses one. (Found as seeds 13243 and 13351 in a 500-seed soak; since
+/// the split-check fix, 13351 is the one of 13000–13399 that fails without it.)
 #[test]
 fn regression_the_controller_does_not_leave_a_range_over_replicated() {
     init_logs();
-    let report = run(&ClusterSimConfig::for_seed(13243)).unwrap_or_else(|f| panic!("{f}"));
+    let report = run(&ClusterSimConfig::for_seed(13351)).unwrap_or_else(|f| panic!("{f}"));
     println!("{report}");
 }
