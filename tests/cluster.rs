@@ -410,3 +410,72 @@ async fn hibernating_ranges_fail_over_when_the_leader_node_dies() {
     assert!(started.elapsed() < Duration::from_secs(15), "failover took {:?}", started.elapsed());
     assert_eq!(get(&mut c, "hib", "a").await.unwrap(), Some("2".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_versions_are_garbage_collected_and_expired_scan_tokens_are_refused() {
+    let _g = serial().await;
+    // A one-second retention window and tiny memtables, so that compactions (which
+    // collect old versions) start after a few hundred KiB of writes.
+    let cl = Cluster::start(1, &["--mvcc-retention-secs", "1", "--memtable-bytes", "65536"]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "gc", &[]).await;
+    const KEYS: usize = 20;
+    for i in 0..KEYS {
+        put(&mut c, "gc", &format!("k{i:02}"), "v0").await.expect("put");
+    }
+    // A scan stopped after 5 keys: its token pins the table's version as of now.
+    let mut s = c
+        .scan(ScanRequest { table: "gc".into(), limit: 5, page_size: 5, ..Default::default() })
+        .await
+        .expect("scan")
+        .into_inner();
+    let mut token = Vec::new();
+    while let Some(page) = s.message().await.expect("scan page") {
+        token = page.next_page_token;
+    }
+    assert!(!token.is_empty(), "a scan stopped by its limit returns a token");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Overwrite every key until compactions have dropped old versions.
+    let metric = "cairn_mvcc_gc_versions_dropped_total";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut round = 0u64;
+    while cl.metric(0, metric).await == 0.0 {
+        assert!(Instant::now() < deadline, "no old version collected after {round} rounds of overwrites");
+        round += 1;
+        let mut tasks = Vec::new();
+        for i in 0..KEYS {
+            let mut c = c.clone();
+            let value = format!("v{round}-{}", "x".repeat(1000));
+            tasks.push(tokio::spawn(async move { put(&mut c, "gc", &format!("k{i:02}"), &value).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().expect("overwrite");
+        }
+    }
+    // Every key still reads its newest value, through a get and through a fresh scan.
+    let want = format!("v{round}-{}", "x".repeat(1000));
+    for i in 0..KEYS {
+        assert_eq!(get(&mut c, "gc", &format!("k{i:02}")).await.unwrap().as_deref(), Some(want.as_str()));
+    }
+    let all = scan_all(&mut c, "gc", 7).await.expect("fresh scan");
+    assert_eq!(all.len(), KEYS);
+    assert!(all.iter().all(|(_, v)| *v == want), "a fresh scan reads the newest versions");
+    // The old token's version is below what GC collected: refused, with the reason.
+    let resumed = c.scan(ScanRequest { table: "gc".into(), page_token: token, ..Default::default() }).await;
+    let err = match resumed {
+        Err(e) => e,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a scan resumed below the GC safe point was served"),
+                    Err(e) => break e,
+                }
+            }
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("retention window"), "the error names the cause: {err}");
+}

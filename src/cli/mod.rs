@@ -64,6 +64,12 @@ pub struct ServerArgs {
     /// Threads of the node's async runtime; 0 means one per CPU core.
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// How long old versions stay readable (scan page tokens) before compactions may drop them.
+    #[arg(long)]
+    pub mvcc_retention_secs: Option<u64>,
+    /// Size of one storage memtable, per column family.
+    #[arg(long)]
+    pub memtable_bytes: Option<u64>,
 }
 
 impl ServerArgs {
@@ -105,6 +111,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.worker_threads {
             c.worker_threads = v;
+        }
+        if let Some(v) = self.mvcc_retention_secs {
+            c.mvcc_retention_secs = v;
+        }
+        if let Some(v) = self.memtable_bytes {
+            c.memtable_bytes = v;
         }
         c.validate()?;
         Ok(c)

@@ -391,7 +391,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Engine, RangeDescriptor, ApplyState) {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), &Default::default()).unwrap();
         let desc = RangeDescriptor { id: 2, start: b"a".to_vec(), end: b"m".to_vec(), ..Default::default() };
         (dir, engine, desc, ApplyState::default())
     }

@@ -219,6 +219,8 @@ fn scan_page(
         return Err(errors::range_not_found(range_id));
     }
     check_epoch(&shared, &epoch)?;
+    // Before the iterator opens: compactions that finish after that cannot change what it reads.
+    store.engine.mvcc_gc().check_readable(at, shared.last_version()).map_err(errors::invalid)?;
     let desc = shared.desc();
     let lo = start.max(desc.start.as_slice()).to_vec();
     let hi = match (end.is_empty(), desc.end.is_empty()) {

@@ -28,6 +28,10 @@ pub struct ServerConfig {
     /// Threads of the node's async runtime (gRPC, gateway, transport); 0 means one per CPU
     /// core. Nodes sharing a machine (`cairn demo`) each take their share of the cores.
     pub worker_threads: usize,
+    /// Old MVCC versions stay readable this long; compactions may drop them after.
+    pub mvcc_retention_secs: u64,
+    /// Size of one storage memtable, per column family.
+    pub memtable_bytes: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
 }
@@ -46,13 +50,28 @@ impl Default for ServerConfig {
             split_check_interval_ms: 5_000,
             max_connections: 4096,
             worker_threads: 0,
+            mvcc_retention_secs: crate::storage::mvcc_gc::DEFAULT_RETENTION.as_secs(),
+            memtable_bytes: crate::storage::EngineConfig::default().memtable_bytes,
             raft: RaftConfig::default(),
             limits: Limits::default(),
         }
     }
 }
 
+const MAX_MVCC_RETENTION_SECS: u64 = 30 * 24 * 3600;
+const MIN_MEMTABLE_BYTES: u64 = 64 << 10;
+/// Five column families keep up to two memtables each: 1 GiB apiece is already 10 GiB.
+const MAX_MEMTABLE_BYTES: u64 = 1 << 30;
+
 impl ServerConfig {
+    /// What the storage engine is opened with.
+    pub fn engine_config(&self) -> crate::storage::EngineConfig {
+        crate::storage::EngineConfig {
+            mvcc_retention: std::time::Duration::from_secs(self.mvcc_retention_secs),
+            memtable_bytes: self.memtable_bytes,
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
@@ -78,6 +97,18 @@ impl ServerConfig {
         }
         if self.worker_threads > 1024 {
             return Err(format!("worker_threads must be 0 (one per core) to 1024, got {}", self.worker_threads));
+        }
+        if !(1..=MAX_MVCC_RETENTION_SECS).contains(&self.mvcc_retention_secs) {
+            return Err(format!(
+                "mvcc_retention_secs must be 1 to {MAX_MVCC_RETENTION_SECS} (30 days), got {}",
+                self.mvcc_retention_secs
+            ));
+        }
+        if !(MIN_MEMTABLE_BYTES..=MAX_MEMTABLE_BYTES).contains(&self.memtable_bytes) {
+            return Err(format!(
+                "memtable_bytes must be {MIN_MEMTABLE_BYTES} to {MAX_MEMTABLE_BYTES}, got {}",
+                self.memtable_bytes
+            ));
         }
         if self.split_threshold_bytes < 4096 {
             return Err("split_threshold_bytes must be at least 4096".into());
@@ -111,6 +142,12 @@ mod tests {
         assert!(c.validate().is_ok());
         c.listen = "nonsense".into();
         assert!(c.validate().unwrap_err().contains("listen"));
+        c.listen = ServerConfig::default().listen;
+        c.mvcc_retention_secs = 0;
+        assert!(c.validate().unwrap_err().contains("mvcc_retention_secs"));
+        c.mvcc_retention_secs = 60;
+        c.memtable_bytes = 1;
+        assert!(c.validate().unwrap_err().contains("memtable_bytes"));
         let bad: Result<ServerConfig, _> = toml::from_str("replication_factr = 3");
         assert!(bad.unwrap_err().to_string().contains("replication_factr"));
     }

@@ -132,7 +132,7 @@ pub async fn run(
     // when loaded, say) is counted too.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     crate::clock_fault::watch(data_dir.clone());
-    let engine = Arc::new(Engine::open(&data_dir.join("db"))?);
+    let engine = Arc::new(Engine::open(&data_dir.join("db"), &cfg.engine_config())?);
     let grpc_listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let http_listener =
         TcpListener::bind(&cfg.http_listen).await.with_context(|| format!("binding {}", cfg.http_listen))?;

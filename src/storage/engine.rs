@@ -6,6 +6,7 @@
 //! (fail-stop). Retrying an fsync after an error is unsafe (the kernel may have
 //! dropped the dirty pages), so we never do.
 
+use super::mvcc_gc::{GcWindow, PrunerFactory, DEFAULT_RETENTION};
 use super::sim_disk::{SimDisk, SimOp};
 use crate::sabotage::{self, Sabotage};
 use anyhow::{Context, Result};
@@ -15,6 +16,7 @@ use rocksdb::{
 };
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Column families.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -40,8 +42,25 @@ impl Cf {
     }
 }
 
+/// The engine's tunables (from the server configuration).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How long old MVCC versions stay readable before compactions may drop them.
+    pub mvcc_retention: Duration,
+    /// Size of one memtable (per column family, two at most).
+    pub memtable_bytes: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { mvcc_retention: DEFAULT_RETENTION, memtable_bytes: 32 << 20 }
+    }
+}
+
 pub struct Engine {
     backend: Backend,
+    /// MVCC garbage collection of the data column family (never runs on the simulator's disk).
+    gc: Arc<GcWindow>,
 }
 
 enum Backend {
@@ -103,15 +122,17 @@ pub fn fail_stop(what: &str, err: &dyn std::fmt::Display) -> ! {
 }
 
 impl Engine {
-    pub fn open(dir: &Path) -> Result<Engine> {
+    pub fn open(dir: &Path, config: &EngineConfig) -> Result<Engine> {
+        let gc = Arc::new(GcWindow::new(config.mvcc_retention));
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
-        // Bounded memory: 4 CFs × 2 × 32 MiB memtables at most.
-        opts.set_write_buffer_size(32 << 20);
+        // Bounded memory: 5 CFs × 2 memtables at most.
+        let memtable_bytes = usize::try_from(config.memtable_bytes).unwrap_or(usize::MAX);
+        opts.set_write_buffer_size(memtable_bytes);
         opts.set_max_write_buffer_number(2);
         opts.set_keep_log_file_num(4);
         if sabotage::active(Sabotage::AckBeforeFsync) {
@@ -123,7 +144,7 @@ impl Engine {
         table.set_bloom_filter(10.0, false);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
-            o.set_write_buffer_size(32 << 20);
+            o.set_write_buffer_size(memtable_bytes);
             o.set_max_write_buffer_number(2);
             o.set_block_based_table_factory(&table);
             // Point lookups that miss (dedupe checks, most of the time) are answered by a
@@ -132,6 +153,8 @@ impl Engine {
             o.set_memtable_whole_key_filtering(true);
             if *cf == Cf::Data {
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+                // Old versions are dropped as compactions rewrite them (`mvcc_gc`).
+                o.set_compaction_filter_factory(PrunerFactory { window: gc.clone() });
             }
             if *cf == Cf::Dedupe {
                 // Dedupe records expire lazily: compaction drops those past the TTL
@@ -150,14 +173,14 @@ impl Engine {
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB at {}", dir.display()))?;
-        Ok(Engine { backend: Backend::Rocks(db) })
+        Ok(Engine { backend: Backend::Rocks(db), gc })
     }
 
     /// An engine over the simulator's disk, for the incarnation of the node that
     /// starts now (writes from earlier incarnations are refused after a crash).
     pub fn simulated(disk: Arc<SimDisk>) -> Engine {
         let generation = disk.generation();
-        Engine { backend: Backend::Sim { disk, generation } }
+        Engine { backend: Backend::Sim { disk, generation }, gc: Arc::new(GcWindow::new(DEFAULT_RETENTION)) }
     }
 
     /// Simulated time the disk's syncs have cost since the last call (always 0 on
@@ -167,6 +190,11 @@ impl Engine {
             Backend::Sim { disk, .. } => disk.take_owed_sync_ms(),
             Backend::Rocks(_) => 0,
         }
+    }
+
+    /// The MVCC garbage collection state: what reads at old versions are checked against.
+    pub fn mvcc_gc(&self) -> &GcWindow {
+        &self.gc
     }
 
     fn db(&self) -> &DB {
@@ -253,6 +281,19 @@ impl Engine {
                 Err(e) => fail_stop("iteration", &e),
             }
         }
+    }
+
+    /// Flushes a column family's memtables and compacts all of it, so that its
+    /// compaction filters (MVCC GC, dedupe expiry) see every record now.
+    pub fn compact_all(&self, cf: Cf) {
+        if let Backend::Sim { .. } = &self.backend {
+            return;
+        }
+        let db = self.db();
+        if let Err(e) = db.flush_cf(self.cf(cf)) {
+            fail_stop("memtable flush", &e);
+        }
+        db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Approximate bytes in SST files for `[start, end)` of a CF (memtables not included;

@@ -6,6 +6,7 @@
 pub mod engine;
 pub mod layout;
 pub mod mvcc;
+pub mod mvcc_gc;
 pub mod sim_disk;
 
-pub use engine::{Batch, Cf, Engine};
+pub use engine::{Batch, Cf, Engine, EngineConfig};

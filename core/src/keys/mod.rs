@@ -4,6 +4,7 @@
 //! Table 0 is the system table that holds the meta range.
 
 pub mod mvcc;
+pub mod mvcc_gc;
 pub mod slot;
 
 pub use slot::{key_slot, SLOT_COUNT};

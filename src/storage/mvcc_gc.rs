@@ -1,0 +1,210 @@
+//! Garbage collection of old MVCC versions: the retention window, the safe
+//! point that compactions of the data column family drop versions below (through
+//! a RocksDB compaction filter; which versions go is `keys::mvcc_gc`), and the
+//! check that refuses a read at a version GC may already have thinned out.
+//!
+//! Every replica collects its own engine on its own clock; nothing is agreed on
+//! between nodes. That is safe because a read is always served from the engine
+//! of the replica that checks it: the check compares the read's version with the
+//! highest safe point this engine's compactions have used (`collected_below`),
+//! which only grows, so neither clock skew between nodes nor a clock stepping
+//! back can let a read see a thinned-out past.
+
+use crate::hlc::Version;
+use crate::keys::mvcc_gc::{Verdict, VersionPruner};
+use rocksdb::compaction_filter::{CompactionFilter, Decision};
+use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long old versions stay readable unless configured otherwise (TiKV's GC life time).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+
+/// The retention window of one engine and how far its compactions have collected.
+#[derive(Debug)]
+pub struct GcWindow {
+    retention_ns: u64,
+    /// The highest safe point (wall ns) any compaction of this engine has dropped
+    /// versions below. Raised before the compaction drops anything.
+    collected_below: AtomicU64,
+}
+
+impl GcWindow {
+    pub fn new(retention: Duration) -> Self {
+        GcWindow {
+            retention_ns: u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX),
+            collected_below: AtomicU64::new(0),
+        }
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_nanos(self.retention_ns)
+    }
+
+    /// The safe point for a compaction starting at wall time `now_ns`: the window's
+    /// start, never below what an earlier compaction used (a clock that steps back
+    /// must not make GC look younger than it is), published before it is used.
+    pub fn begin_pass(&self, now_ns: u64) -> u64 {
+        let wanted = now_ns.saturating_sub(self.retention_ns);
+        self.collected_below.fetch_max(wanted, Ordering::SeqCst).max(wanted)
+    }
+
+    pub fn collected_below(&self) -> u64 {
+        self.collected_below.load(Ordering::SeqCst)
+    }
+
+    /// Whether a read at `at` of a range whose newest version is `range_latest` still
+    /// sees exactly what it would have seen before any GC. A read at or above the
+    /// range's newest version always does (GC never drops a key's newest version);
+    /// an older one must be above every safe point used so far. Callers check
+    /// before they open the read's iterator: an open iterator is not affected by
+    /// compactions that finish after it was opened.
+    pub fn check_readable(&self, at: Version, range_latest: Version) -> Result<(), String> {
+        if at >= range_latest || at.wall_ns > self.collected_below() {
+            return Ok(());
+        }
+        Err(format!(
+            "read version {} ns is older than the MVCC retention window ({} s): its old versions may have been \
+             garbage-collected; start the scan again without a page token",
+            at.wall_ns,
+            self.retention().as_secs()
+        ))
+    }
+}
+
+/// Creates one [`VersionPruner`] per compaction of the data column family.
+pub struct PrunerFactory {
+    pub window: Arc<GcWindow>,
+}
+
+impl CompactionFilterFactory for PrunerFactory {
+    type Filter = PrunerFilter;
+
+    fn create(&mut self, _context: CompactionFilterContext) -> PrunerFilter {
+        let safe_point = self.window.begin_pass(crate::hlc::wall_now_ns());
+        PrunerFilter { pruner: VersionPruner::new(safe_point) }
+    }
+
+    fn name(&self) -> &CStr {
+        c"cairn-mvcc-gc"
+    }
+}
+
+/// The compaction filter of one compaction: adapts [`VersionPruner`] to RocksDB.
+pub struct PrunerFilter {
+    pruner: VersionPruner,
+}
+
+impl CompactionFilter for PrunerFilter {
+    fn filter(&mut self, _level: u32, key: &[u8], _value: &[u8]) -> Decision {
+        match self.pruner.decide(key) {
+            Verdict::Keep => Decision::Keep,
+            Verdict::Drop => Decision::Remove,
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        c"cairn-mvcc-gc"
+    }
+}
+
+impl Drop for PrunerFilter {
+    fn drop(&mut self) {
+        // Counted once per compaction rather than per record, off the hot loop.
+        metrics::counter!("cairn_mvcc_gc_versions_dropped_total").increment(self.pruner.dropped());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::mvcc;
+    use crate::storage::{Cf, EngineConfig};
+
+    fn v(wall_ns: u64) -> Version {
+        Version { wall_ns, logical: 0, node_id: 1 }
+    }
+
+    /// Versions of `key` in the engine, newest first.
+    fn versions(engine: &crate::storage::Engine, key: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        let (lo, hi) = (mvcc::bound(key), mvcc::bound(&crate::keys::next_key(key)));
+        engine.scan(Cf::Data, &lo, &hi, |k, _| {
+            out.extend(mvcc::decode(k).filter(|(user, _)| user == key).map(|(_, v)| v.wall_ns));
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn compactions_drop_shadowed_versions_older_than_the_window_and_nothing_a_read_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { mvcc_retention: Duration::from_secs(60), ..Default::default() };
+        let engine = crate::storage::Engine::open(dir.path(), &config).unwrap();
+        let now = crate::hlc::wall_now_ns();
+        let min = 60_000_000_000u64;
+        // "k": versions 5, 4, 3 and 2 minutes old, then one 10 s old; "gone": deleted 3 minutes ago;
+        // "fresh": only versions inside the window.
+        let mut b = engine.batch();
+        for age_min in [5, 4, 3, 2] {
+            let value = format!("k@{age_min}");
+            b.put(Cf::Data, &mvcc::encode(b"k", v(now - age_min * min)), &mvcc::encode_value(value.as_bytes()));
+        }
+        b.put(Cf::Data, &mvcc::encode(b"k", v(now - 10_000_000_000)), &mvcc::encode_value(b"k@new"));
+        b.put(Cf::Data, &mvcc::encode(b"gone", v(now - 4 * min)), &mvcc::encode_value(b"x"));
+        b.put(Cf::Data, &mvcc::encode(b"gone", v(now - 3 * min)), &mvcc::tombstone());
+        b.put(Cf::Data, &mvcc::encode(b"fresh", v(now - 20_000_000_000)), &mvcc::encode_value(b"f1"));
+        b.put(Cf::Data, &mvcc::encode(b"fresh", v(now - 10_000_000_000)), &mvcc::encode_value(b"f2"));
+        engine.commit(b, true);
+        let read_at_window_start = v(now - min + 1_000_000_000);
+        let before: Vec<_> = [b"k" as &[u8], b"gone", b"fresh"]
+            .iter()
+            .map(|k| crate::storage::mvcc::read_at(&engine, k, read_at_window_start))
+            .collect();
+
+        engine.compact_all(Cf::Data);
+
+        // "k" keeps its newest version outside the window (what a read at the window's start
+        // sees) and the one inside it; the three older ones are gone.
+        assert_eq!(versions(&engine, b"k"), vec![now - 10_000_000_000, now - 2 * min]);
+        // A deleted key keeps its tombstone and loses what it shadowed.
+        assert_eq!(versions(&engine, b"gone"), vec![now - 3 * min]);
+        assert_eq!(versions(&engine, b"fresh").len(), 2);
+        let after: Vec<_> = [b"k" as &[u8], b"gone", b"fresh"]
+            .iter()
+            .map(|k| crate::storage::mvcc::read_at(&engine, k, read_at_window_start))
+            .collect();
+        assert_eq!(before, after, "reads inside the window see what they saw before");
+        // Reads below what was collected are refused, unless nothing changed since.
+        let gc = engine.mvcc_gc();
+        assert!(gc.collected_below() >= now - min);
+        assert!(gc.check_readable(v(now - 3 * min), v(now)).is_err());
+        assert!(gc.check_readable(read_at_window_start, v(now)).is_ok());
+        assert!(gc.check_readable(v(now - 3 * min), v(now - 3 * min)).is_ok());
+    }
+
+    #[test]
+    fn safe_points_never_go_back() {
+        let w = GcWindow::new(Duration::from_nanos(100));
+        assert_eq!(w.begin_pass(1_000), 900);
+        // The clock stepped back: the pass keeps the higher safe point it already used.
+        assert_eq!(w.begin_pass(950), 900);
+        assert_eq!(w.collected_below(), 900);
+        assert_eq!(w.begin_pass(2_000), 1_900);
+    }
+
+    #[test]
+    fn old_reads_are_refused_only_once_collected_and_only_below_the_newest_version() {
+        let w = GcWindow::new(Duration::from_secs(1));
+        // Nothing collected yet: any version reads exactly.
+        assert!(w.check_readable(v(5), v(100)).is_ok());
+        w.begin_pass(1_000_000_050);
+        assert!(w.check_readable(v(51), v(100)).is_ok());
+        let e = w.check_readable(v(50), v(100)).unwrap_err();
+        assert!(e.contains("retention window (1 s)"), "{e}");
+        // A range that has not changed since the read version lost nothing it needs.
+        assert!(w.check_readable(v(50), v(50)).is_ok());
+    }
+}
