@@ -123,7 +123,7 @@ pub fn fail_stop(what: &str, err: &dyn std::fmt::Display) -> ! {
 
 impl Engine {
     pub fn open(dir: &Path, config: &EngineConfig) -> Result<Engine> {
-        let gc = Arc::new(GcWindow::new(config.mvcc_retention));
+        let gc = Arc::new(GcWindow::reopened(config.mvcc_retention, crate::hlc::wall_now_ns()));
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -180,6 +180,7 @@ impl Engine {
     /// starts now (writes from earlier incarnations are refused after a crash).
     pub fn simulated(disk: Arc<SimDisk>) -> Engine {
         let generation = disk.generation();
+        // The simulated disk never compacts, so nothing is ever collected.
         Engine { backend: Backend::Sim { disk, generation }, gc: Arc::new(GcWindow::new(DEFAULT_RETENTION)) }
     }
 

@@ -32,11 +32,21 @@ pub struct GcWindow {
 }
 
 impl GcWindow {
+    /// A window over an engine that has never been collected.
     pub fn new(retention: Duration) -> Self {
         GcWindow {
             retention_ns: u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX),
             collected_below: AtomicU64::new(0),
         }
+    }
+
+    /// A window over an engine reopened at wall time `now_ns`. What earlier runs of
+    /// the node collected is not recorded, so assume the most they could have: up
+    /// to the window's start now.
+    pub fn reopened(retention: Duration, now_ns: u64) -> Self {
+        let window = GcWindow::new(retention);
+        window.begin_pass(now_ns);
+        window
     }
 
     pub fn retention(&self) -> Duration {
@@ -183,6 +193,14 @@ mod tests {
         assert!(gc.check_readable(v(now - 3 * min), v(now)).is_err());
         assert!(gc.check_readable(read_at_window_start, v(now)).is_ok());
         assert!(gc.check_readable(v(now - 3 * min), v(now - 3 * min)).is_ok());
+    }
+
+    #[test]
+    fn a_reopened_engine_assumes_everything_before_the_window_was_collected() {
+        let w = GcWindow::reopened(Duration::from_nanos(100), 1_000);
+        assert_eq!(w.collected_below(), 900);
+        assert!(w.check_readable(v(900), v(1_000)).is_err());
+        assert!(w.check_readable(v(901), v(1_000)).is_ok());
     }
 
     #[test]
