@@ -28,6 +28,14 @@ fn bad_configuration_exits_2_and_names_the_problem() {
     assert_eq!(code, 2);
     assert!(err.contains("worker_threads"), "{err}");
 
+    let (code, err) = server(&["--data-dir", d, "--mvcc-retention-secs", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("mvcc_retention_secs"), "{err}");
+
+    let (code, err) = server(&["--data-dir", d, "--memtable-bytes", "1024"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("memtable_bytes"), "{err}");
+
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "data_dir = \"x\"\nreplication_factr = 3\n").unwrap();
     let (code, err) = server(&["--config", cfg.to_str().unwrap()]);
