@@ -479,3 +479,41 @@ async fn old_versions_are_garbage_collected_and_expired_scan_tokens_are_refused(
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     assert!(err.message().contains("retention window"), "the error names the cause: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_asked_to_stop_exits_promptly_and_resumes_from_its_data() {
+    let _g = serial().await;
+    let mut cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    create_table(&mut c, "stop", &[]).await;
+    put(&mut c, "stop", "a", "1").await.expect("put");
+    let asked = Instant::now();
+    cl.terminate(2);
+    let status = loop {
+        if let Some(s) = cl.exited(2) {
+            break s;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(30), "node 3 still running 30 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = asked.elapsed();
+    assert!(status.success(), "a requested stop exits cleanly: {status:?}");
+    // Peers' Raft streams into the node end when it stops, so the gRPC server's graceful
+    // shutdown does not wait out its 5 s limit for streams that would never end.
+    assert!(took < Duration::from_secs(3), "stopping took {took:?}");
+    put(&mut c, "stop", "b", "2").await.expect("the two other nodes keep a quorum");
+    cl.restart(2);
+    let mut c3 = cl.client(2).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match get(&mut c3, "stop", "b").await {
+            Ok(Some(v)) => {
+                assert_eq!(v, "2");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "restarted node 3 does not serve: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(&mut c3, "stop", "a").await.unwrap().as_deref(), Some("1"));
+}

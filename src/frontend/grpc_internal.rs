@@ -16,6 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct InternalService {
     pub gw: Arc<Gateway>,
     pub transport: Arc<Transport>,
+    /// Turns true when the node stops: peers' Raft streams end then, so the server's
+    /// graceful shutdown need not wait out its timeout for streams that never end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A snapshot stream that cannot be accepted: damaged data is DATA_LOSS (and
@@ -61,7 +64,13 @@ impl Internal for InternalService {
 
     async fn raft_stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftBatchResponse>, Status> {
         let mut stream = req.into_inner();
-        while let Some(b) = stream.message().await? {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m?,
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let Some(b) = next else { break };
             // An overloaded store drops the batch: Raft retransmits, and the stream stays up.
             if self.accept_batch(b)?.is_err() {
                 metrics::counter!("cairn_transport_dropped_total").increment(1);

@@ -258,10 +258,10 @@ where
     let kv = CairnServer::new(KvService { gw: gw.clone() })
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let internal = InternalServer::new(InternalService { gw: gw.clone(), transport })
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let internal = InternalServer::new(InternalService { gw: gw.clone(), transport, stopping: stop_rx.clone() })
         .max_decoding_message_size(max_msg * 2)
         .max_encoding_message_size(max_msg * 2);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()

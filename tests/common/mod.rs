@@ -195,6 +195,11 @@ impl Cluster {
         }
     }
 
+    /// Asks node `i` to stop (SIGTERM), as an operator or a service manager would.
+    pub fn terminate(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGTERM);
+    }
+
     pub fn pause(&self, i: usize) {
         self.signal(i, nix::sys::signal::Signal::SIGSTOP);
     }
