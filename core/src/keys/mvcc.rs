@@ -22,13 +22,17 @@ fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
     }
 }
 
+/// Every field bit-flipped: stored this way, newer versions sort first. Its own inverse.
+fn inverted(v: Version) -> Version {
+    Version { wall_ns: !v.wall_ns, logical: !v.logical, node_id: !v.node_id }
+}
+
 /// The stored key of `key` at `version`.
 pub fn encode(key: &[u8], version: Version) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 20);
     escape_into(&mut out, key);
     out.extend_from_slice(&TERMINATOR);
-    let inv = Version { wall_ns: !version.wall_ns, logical: !version.logical, node_id: !version.node_id };
-    out.extend_from_slice(&inv.to_bytes());
+    out.extend_from_slice(&inverted(version).to_bytes());
     out
 }
 
@@ -50,11 +54,7 @@ pub fn decode(stored: &[u8]) -> Option<(Vec<u8>, Version)> {
         if b == 0 {
             match stored.get(i + 1)? {
                 0xff => key.push(0),
-                0x01 => {
-                    let inv = Version::from_bytes(stored.get(i + 2..)?)?;
-                    let v = Version { wall_ns: !inv.wall_ns, logical: !inv.logical, node_id: !inv.node_id };
-                    return Some((key, v));
-                }
+                0x01 => return Some((key, inverted(Version::from_bytes(stored.get(i + 2..)?)?))),
                 _ => return None,
             }
             i += 2;
@@ -75,8 +75,7 @@ pub fn split_stored(stored: &[u8]) -> Option<(&[u8], Version)> {
     if !key_part.ends_with(&TERMINATOR) {
         return None;
     }
-    let inv = Version::from_bytes(inv)?;
-    Some((key_part, Version { wall_ns: !inv.wall_ns, logical: !inv.logical, node_id: !inv.node_id }))
+    Some((key_part, inverted(Version::from_bytes(inv)?)))
 }
 
 pub fn encode_value(value: &[u8]) -> Vec<u8> {
