@@ -140,10 +140,8 @@ mod tests {
     /// Versions of `key` in the engine, newest first.
     fn versions(engine: &crate::storage::Engine, key: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
-        let (lo, hi) = (mvcc::bound(key), mvcc::bound(&crate::keys::next_key(key)));
-        engine.scan(Cf::Data, &lo, &hi, |k, _| {
-            out.extend(mvcc::decode(k).filter(|(user, _)| user == key).map(|(_, v)| v.wall_ns));
-            true
+        crate::storage::mvcc::scan_raw(engine, key, &crate::keys::next_key(key), |k, _| {
+            out.extend(mvcc::decode(k).map(|(_, v)| v.wall_ns));
         });
         out
     }
