@@ -462,20 +462,13 @@ async fn old_versions_are_garbage_collected_and_expired_scan_tokens_are_refused(
     assert_eq!(all.len(), KEYS);
     assert!(all.iter().all(|(_, v)| *v == want), "a fresh scan reads the newest versions");
     // The old token's version is below what GC collected: refused, with the reason.
-    let resumed = c.scan(ScanRequest { table: "gc".into(), page_token: token, ..Default::default() }).await;
-    let err = match resumed {
-        Err(e) => e,
-        Ok(stream) => {
-            let mut stream = stream.into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => panic!("a scan resumed below the GC safe point was served"),
-                    Err(e) => break e,
-                }
-            }
-        }
+    let resumed = async {
+        let mut s =
+            c.scan(ScanRequest { table: "gc".into(), page_token: token, ..Default::default() }).await?.into_inner();
+        while s.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
     };
+    let err = resumed.await.expect_err("a scan resumed below the GC safe point was served");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     assert!(err.message().contains("retention window"), "the error names the cause: {err}");
 }

@@ -16,25 +16,17 @@ fn bad_configuration_exits_2_and_names_the_problem() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let (code, err) = server(&["--data-dir", d, "--listen", "not-an-address"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("listen"), "{err}");
-
-    let (code, err) = server(&["--data-dir", d, "--replication-factor", "0"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("replication_factor"), "{err}");
-
-    let (code, err) = server(&["--data-dir", d, "--worker-threads", "5000"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("worker_threads"), "{err}");
-
-    let (code, err) = server(&["--data-dir", d, "--mvcc-retention-secs", "0"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("mvcc_retention_secs"), "{err}");
-
-    let (code, err) = server(&["--data-dir", d, "--memtable-bytes", "1024"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("memtable_bytes"), "{err}");
+    for (flag, value, setting) in [
+        ("--listen", "not-an-address", "listen"),
+        ("--replication-factor", "0", "replication_factor"),
+        ("--worker-threads", "5000", "worker_threads"),
+        ("--mvcc-retention-secs", "0", "mvcc_retention_secs"),
+        ("--memtable-bytes", "1024", "memtable_bytes"),
+    ] {
+        let (code, err) = server(&["--data-dir", d, flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(setting), "{flag} {value} names {setting}: {err}");
+    }
 
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "data_dir = \"x\"\nreplication_factr = 3\n").unwrap();
