@@ -797,7 +797,9 @@ impl Store {
             }
             if let Some(hs) = rd.hs() {
                 batch.put(Cf::RaftState, &layout::hard_state_key(*id), &hs.encode_to_vec());
-                must_sync = true;
+                if hard_state_needs_sync(&r.raw.store().hard_state, hs) {
+                    must_sync = true;
+                }
             }
             readies.push((*id, rd));
         }
@@ -1216,6 +1218,15 @@ fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
 
 /// A ReadIndex context unique in the group: the leader keeps pending requests by
 /// context and ignores a duplicate, so followers must not reuse each other's.
+/// Whether persisting `new` over `known` must be synced before the Ready's messages
+/// leave. Term and vote must: a node that forgot its vote after a crash could vote
+/// twice in one term. A commit index alone need not, and most hard-state changes on a
+/// busy leader are just that: recovery takes the applied index as committed
+/// (`raft_storage`), and the leader tells a restarted node the rest again.
+fn hard_state_needs_sync(known: &raft::eraftpb::HardState, new: &raft::eraftpb::HardState) -> bool {
+    new.term != known.term || new.vote != known.vote
+}
+
 fn read_ctx(node_id: u64, seq: u64) -> Vec<u8> {
     let mut c = node_id.to_be_bytes().to_vec();
     c.extend_from_slice(&seq.to_be_bytes());
@@ -1322,5 +1333,87 @@ mod tests {
         leave_before_own_removal(&mut r, &remove_me, 1).unwrap();
         let _ = r.raw.advance(rd);
         assert!(!r.is_leader(), "it stepped down");
+    }
+
+    /// A transport that drops everything: these tests look at the disk only.
+    struct NoPeers;
+    impl RaftTransport for NoPeers {
+        fn send_all(&self, _: &RangeStorage, _: Vec<Message>) {}
+        fn send_control(&self, _: u64, _: RaftEnvelope) {}
+        fn keepalive(&self, _: u64) {}
+        fn silent_for(&self, _: u64, _: Instant) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    /// Node 1's store over a simulated disk that charges 1 ms per sync (so syncs can
+    /// be counted), holding range 7 (voters 1, 2, 3) as bootstrapped.
+    fn follower_store() -> (Store, Arc<SimDisk>, RangeDescriptor) {
+        let disk = Arc::new(SimDisk::new());
+        let engine = Arc::new(Engine::simulated(disk.clone()));
+        let desc = RangeDescriptor {
+            id: 7,
+            epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
+            replicas: (1..=3).map(|n| ReplicaDesc { node_id: n, learner: false }).collect(),
+            ..Default::default()
+        };
+        bootstrap_ranges(&engine, std::slice::from_ref(&desc));
+        let hlc = Arc::new(Hlc::new(1));
+        let (store, _handle) = Store::open(
+            1,
+            engine,
+            RaftConfig::default(),
+            Default::default(),
+            Arc::new(NoPeers),
+            hlc,
+            crate::clock::now(),
+        )
+        .unwrap();
+        disk.set_sync_latency_ms(1);
+        disk.take_owed_sync_ms();
+        (store, disk, desc)
+    }
+
+    /// Delivers `msg` from its sender and handles the Ready; returns the syncs it took.
+    fn deliver(store: &mut Store, disk: &SimDisk, desc: &RangeDescriptor, msg: Message) -> u64 {
+        let env = RaftEnvelope { message: msg.encode_to_vec(), ..control_envelope(desc, Control::None) };
+        store.handle(StoreMsg::Raft { from_node: msg.from, envelopes: vec![env] });
+        store.process_ready();
+        disk.take_owed_sync_ms()
+    }
+
+    #[test]
+    fn a_vote_is_synced_before_it_is_answered_and_a_commit_advance_alone_is_not() {
+        use super::super::{RAFT_INIT_INDEX as INDEX, RAFT_INIT_TERM as TERM};
+        let (mut store, disk, desc) = follower_store();
+        let base =
+            |t: MessageType, term: u64| Message { msg_type: t as i32, from: 2, to: 1, term, ..Default::default() };
+        let term = TERM + 1;
+        let vote = Message { log_term: TERM, index: INDEX, ..base(MessageType::MsgRequestVote, term) };
+        assert_eq!(deliver(&mut store, &disk, &desc, vote), 1, "the vote is synced before the reply leaves");
+        let hs = super::super::raft_storage::persisted_hard_state(&store.engine, 7).unwrap();
+        assert_eq!((hs.term, hs.vote), (term, 2), "node 1 voted for node 2");
+
+        // Node 2 won: one entry, then a heartbeat that only commits it.
+        let entry = Entry { term, index: INDEX + 1, ..Default::default() };
+        let append =
+            Message { log_term: TERM, index: INDEX, entries: vec![entry], ..base(MessageType::MsgAppend, term) };
+        assert_eq!(deliver(&mut store, &disk, &desc, append), 1, "appended entries are synced");
+        let commit = Message { commit: INDEX + 1, ..base(MessageType::MsgHeartbeat, term) };
+        assert_eq!(deliver(&mut store, &disk, &desc, commit), 0, "a commit advance alone is not synced");
+        assert_eq!(store.replicas[&7].raw.raft.raft_log.committed, INDEX + 1);
+        let hs = super::super::raft_storage::persisted_hard_state(&store.engine, 7).unwrap();
+        assert_eq!(hs.commit, INDEX + 1, "but it is written");
+    }
+
+    #[test]
+    fn only_term_and_vote_changes_force_a_sync() {
+        use raft::eraftpb::HardState;
+        let known = HardState { term: 5, vote: 2, commit: 40 };
+        let with = |term, vote, commit| HardState { term, vote, commit };
+        assert!(!hard_state_needs_sync(&known, &with(5, 2, 41)), "a commit advance alone");
+        assert!(hard_state_needs_sync(&known, &with(6, 0, 40)), "a new term");
+        assert!(hard_state_needs_sync(&known, &with(5, 3, 40)), "a new vote");
+        assert!(hard_state_needs_sync(&known, &with(6, 6, 45)), "a campaign with a commit advance");
     }
 }
