@@ -11,8 +11,8 @@ use super::sim_disk::{SimDisk, SimOp};
 use crate::sabotage::{self, Sabotage};
 use anyhow::{Context, Result};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    SliceTransform, WriteBatch, WriteOptions, DB,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -139,9 +139,16 @@ impl Engine {
             // Keeps the WAL in process memory so that kill -9 behaves like a power cut.
             opts.set_manual_wal_flush(true);
         }
+        let cache = rocksdb::Cache::new_lru_cache(64 << 20);
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
+        table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
+        // Data records are filtered by key part (a stored key minus its version), so a
+        // point read seeks only the memtables and files that hold some version of its key.
+        let mut data_table = BlockBasedOptions::default();
+        data_table.set_block_cache(&cache);
+        data_table.set_bloom_filter(10.0, false);
+        data_table.set_whole_key_filtering(false);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
             o.set_write_buffer_size(memtable_bytes);
@@ -152,6 +159,13 @@ impl Engine {
             o.set_memtable_prefix_bloom_ratio(0.05);
             o.set_memtable_whole_key_filtering(true);
             if *cf == Cf::Data {
+                o.set_block_based_table_factory(&data_table);
+                o.set_prefix_extractor(SliceTransform::create(
+                    "cairn.mvcc-key-part",
+                    |k| crate::keys::mvcc::key_part(k).unwrap_or(k),
+                    Some(|k| crate::keys::mvcc::key_part(k).is_some()),
+                ));
+                o.set_memtable_whole_key_filtering(false);
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
                 // Old versions are dropped as compactions rewrite them (`mvcc_gc`).
                 o.set_compaction_filter_factory(PrunerFactory { window: gc.clone() });
@@ -262,13 +276,30 @@ impl Engine {
 
     /// Iterates `[start, end)` (empty `end` = to the end of the CF), calling `f`
     /// until it returns false.
-    pub fn scan(&self, cf: Cf, start: &[u8], end: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+    pub fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) {
+        self.iterate(cf, start, end, false, f)
+    }
+
+    /// Iterates the data records in `[start, end)` that share the key part of `start`
+    /// (a stored MVCC key): versions of one key, found through the key-part filters,
+    /// so memtables and files without that key are never searched.
+    pub fn scan_versions(&self, start: &[u8], end: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) {
+        self.iterate(Cf::Data, start, end, true, f)
+    }
+
+    fn iterate(&self, cf: Cf, start: &[u8], end: &[u8], one_key: bool, mut f: impl FnMut(&[u8], &[u8]) -> bool) {
         if let Backend::Sim { disk, .. } = &self.backend {
             return disk.scan(cf, start, end, f);
         }
         let mut ro = ReadOptions::default();
         if !end.is_empty() {
             ro.set_iterate_upper_bound(end.to_vec());
+        }
+        if one_key {
+            ro.set_prefix_same_as_start(true);
+        } else {
+            // Key-part filters must not cut a scan short at the first key.
+            ro.set_total_order_seek(true);
         }
         ro.fill_cache(true);
         let it = self.db().iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(start, Direction::Forward));

@@ -17,7 +17,7 @@ pub fn read_at(engine: &Engine, key: &[u8], at: Version) -> Option<Stored> {
     let start = mvcc::encode(key, at);
     let end = mvcc::bound(&crate::keys::next_key(key));
     let mut found = None;
-    engine.scan(Cf::Data, &start, &end, |k, v| {
+    engine.scan_versions(&start, &end, |k, v| {
         if let Some((user, version)) = mvcc::decode(k) {
             if user == key {
                 found = Some(Stored { value: mvcc::decode_value(v).map(<[u8]>::to_vec), version });

@@ -66,6 +66,13 @@ pub fn decode(stored: &[u8]) -> Option<(Vec<u8>, Version)> {
     None
 }
 
+/// The key part of a stored key (escaped key ++ terminator): every version of one
+/// key shares it, which makes it the storage engine's prefix for point-read filters.
+/// `None` if the record is not a well-formed stored key.
+pub fn key_part(stored: &[u8]) -> Option<&[u8]> {
+    split_stored(stored).map(|(key_part, _)| key_part)
+}
+
 /// Splits a stored key into its key part (escaped key ++ terminator, compared
 /// as bytes) and its version, without unescaping: the cheap form for passes over
 /// many records. `None` if the record is not a well-formed stored key.
@@ -121,11 +128,13 @@ mod tests {
     #[test]
     fn split_stored_agrees_with_decode() {
         let s = encode(b"a\x00b", v(7));
-        let (key_part, version) = split_stored(&s).unwrap();
+        let (part, version) = split_stored(&s).unwrap();
         assert_eq!(version, v(7));
-        assert_eq!(key_part, bound(b"a\x00b").as_slice());
+        assert_eq!(part, bound(b"a\x00b").as_slice());
         assert_eq!(split_stored(b"short"), None);
         assert_eq!(split_stored(&[7u8; 20]), None);
+        assert_eq!(key_part(&s), Some(bound(b"a\x00b").as_slice()));
+        assert_eq!(key_part(b"short"), None);
     }
 
     #[test]
