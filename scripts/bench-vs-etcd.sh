@@ -9,7 +9,8 @@
 # after on etcd, so both see the same machine state. Same settings for both:
 # 64 closed-loop clients spread over the 3 nodes, 10k records, 256-byte values,
 # linearizable reads, default fsync. Ends with a table of ops/s and p99 and the
-# Cairn/etcd ratios. Everything started here is stopped by PID on exit.
+# Cairn/etcd ratios, then one of CPU time per operation, servers and load
+# generator apart. Everything started here is stopped by PID on exit.
 set -euo pipefail
 
 SECS=${1:-20}
@@ -98,20 +99,25 @@ done
 sleep 0.5
 CAIRN_ENDPOINTS=$(tr -d '[:space:]' <"$WORK/cairn/endpoints")
 [ -n "$CAIRN_ENDPOINTS" ] || die "empty Cairn endpoints file"
+# Server CPU per operation is charged to these: the demo's node processes, and the
+# etcd members.
+CAIRN_PIDS=$(pgrep -P "$CAIRN_PID" | paste -sd, -)
+ETCD_PIDS=$(paste -sd, - <"$WORK/etcd/pids")
+[ -n "$CAIRN_PIDS" ] || die "no node processes under the cairn demo (PID $CAIRN_PID)"
 echo "== cairn at $CAIRN_ENDPOINTS (PID $CAIRN_PID)" >&2
 echo "== etcd  at $ETCD_ENDPOINTS" >&2
 
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 run_bench() {
-    local target=$1 endpoints=$2 workload=$3
+    local target=$1 endpoints=$2 workload=$3 pids=$4
     echo "== $target $workload: $CLIENTS clients, ${WARMUP}s warmup + ${SECS}s" >&2
     # In the background and waited for, so that a TERM to this script runs the
     # cleanup at once instead of after the run (bash defers traps while a
     # foreground child runs).
     "$BENCH" --target "$target" --endpoints "$endpoints" --workload "$workload" \
         --clients "$CLIENTS" --keys "$KEYS" --value-size "$VALUE_SIZE" \
-        --duration "$SECS" --warmup "$WARMUP" --json >>"$RESULTS" &
+        --duration "$SECS" --warmup "$WARMUP" --server-pids "$pids" --json >>"$RESULTS" &
     BENCH_PID=$!
     # A failed run is recorded and the comparison goes on with the next one.
     local status=0
@@ -124,8 +130,8 @@ run_bench() {
 }
 
 for workload in "${WORKLOADS[@]}"; do
-    run_bench cairn "$CAIRN_ENDPOINTS" "$workload"
-    run_bench etcd "$ETCD_ENDPOINTS" "$workload"
+    run_bench cairn "$CAIRN_ENDPOINTS" "$workload" "$CAIRN_PIDS"
+    run_bench etcd "$ETCD_ENDPOINTS" "$workload" "$ETCD_PIDS"
 done
 
 echo
@@ -170,4 +176,17 @@ for w in workloads:
     print(f"{w:<9} {fmt(c_ops, '12.1f')} {fmt(e_ops, '12.1f')} {fmt(ratio(c_ops, e_ops), '7.2f')}   "
           f"{fmt(c_p99, '12.3f')} {fmt(e_p99, '12.3f')} {fmt(ratio(c_p99, e_p99), '7.2f')}   {errs:>11}")
 print("ratio = Cairn / etcd: above 1 is better for Cairn on ops/s, below 1 is better on p99.")
+print()
+print("CPU per operation, in microseconds of CPU time (user + system, all threads), over the")
+print("measured window: 'servers' sums the 3 nodes or members, 'client' is the load generator.")
+header = (f"{'workload':<9} {'cairn servers':>13} {'etcd servers':>13} {'etcd/cairn':>10}   "
+          f"{'cairn client':>12} {'etcd client':>12}")
+print(header)
+print("-" * len(header))
+for w in workloads:
+    c_srv, e_srv = get("cairn", w, "server_cpu_us_per_op"), get("etcd", w, "server_cpu_us_per_op")
+    c_cli, e_cli = get("cairn", w, "client_cpu_us_per_op"), get("etcd", w, "client_cpu_us_per_op")
+    print(f"{w:<9} {fmt(c_srv, '13.1f')} {fmt(e_srv, '13.1f')} {fmt(ratio(e_srv, c_srv), '10.2f')}   "
+          f"{fmt(c_cli, '12.1f')} {fmt(e_cli, '12.1f')}")
+print("etcd/cairn above 1: Cairn's servers spend less CPU per operation than etcd's.")
 EOF

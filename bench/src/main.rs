@@ -13,6 +13,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cpu;
 mod keygen;
 mod run;
 mod target;
@@ -77,6 +78,10 @@ struct Args {
     /// Print one JSON object per run on stdout.
     #[arg(long)]
     json: bool,
+    /// Comma-separated PIDs of the server processes (Linux): each run then also
+    /// reports their CPU time per operation, summed, next to this tool's own.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
 }
 
 fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration> {
@@ -119,6 +124,7 @@ async fn session(args: Args) -> Result<()> {
         bail!("--endpoints is empty");
     }
 
+    let cpu = cpu::CpuMeter::new(args.server_pids.clone())?;
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let clients = target::connect(args.target, &endpoints, &args.table, timeout).await?;
     target::prepare(&clients, args.keys, args.ranges).await?;
@@ -147,6 +153,7 @@ async fn session(args: Args) -> Result<()> {
             value_size: args.value_size,
             warmup,
             duration,
+            cpu: cpu.clone(),
         };
         let result = run::run(&clients, &cfg, errors.clone()).await?;
         report(&args, clients.len(), workload, &result);
@@ -166,8 +173,13 @@ fn report(args: &Args, endpoints: usize, workload: Workload, r: &RunResult) {
     let pct = |q: f64| (r.ops > 0).then(|| round(r.latency_us.value_at_quantile(q) as f64 / 1000.0, 3));
     let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
     let ms = |p: Option<f64>| p.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}ms"));
+    let us = |c: Option<f64>| c.map_or_else(|| "n/a".to_string(), |v| format!("{v:.1}us"));
+    let servers_cpu = match r.server_cpu_us_per_op {
+        Some(v) => format!(" servers={v:.1}us"),
+        None => String::new(),
+    };
     let summary = format!(
-        "{:<5} {:<7} clients={} ops={} ops/s={:.1} errors={} p50={} p99={} p99.9={} ({:.2}s{})",
+        "{:<5} {:<7} clients={} ops={} ops/s={:.1} errors={} p50={} p99={} p99.9={} cpu/op: client={}{} ({:.2}s{})",
         args.target.name(),
         workload.name(),
         args.clients,
@@ -177,12 +189,15 @@ fn report(args: &Args, endpoints: usize, workload: Workload, r: &RunResult) {
         ms(p50),
         ms(p99),
         ms(p999),
+        us(r.client_cpu_us_per_op),
+        servers_cpu,
         secs,
         if r.not_found > 0 { format!(", {} reads found nothing", r.not_found) } else { String::new() },
     );
     if args.json {
         eprintln!("{summary}");
-        let fields: [(&str, serde_json::Value); 15] = [
+        let cpu = |c: Option<f64>| c.map(|v| round(v, 1));
+        let fields: [(&str, serde_json::Value); 17] = [
             ("target", args.target.name().into()),
             ("workload", workload.name().into()),
             ("clients", args.clients.into()),
@@ -198,6 +213,8 @@ fn report(args: &Args, endpoints: usize, workload: Workload, r: &RunResult) {
             ("value_size", args.value_size.into()),
             ("distribution", args.distribution.name().into()),
             ("endpoints", endpoints.into()),
+            ("client_cpu_us_per_op", cpu(r.client_cpu_us_per_op).into()),
+            ("server_cpu_us_per_op", cpu(r.server_cpu_us_per_op).into()),
         ];
         // Joined by hand to keep the order above: serde_json's map sorts keys unless
         // its preserve_order feature is on, which would also change the server's maps.

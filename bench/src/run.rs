@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, RngCore, SeedableRng};
 use tokio::task::JoinSet;
 
+use crate::cpu::{self, CpuMeter};
 use crate::keygen::KeyChooser;
 use crate::target::Client;
 
@@ -169,6 +170,7 @@ pub struct RunConfig {
     pub value_size: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    pub cpu: CpuMeter,
 }
 
 /// What the measurement window saw, summed over all client tasks.
@@ -182,6 +184,10 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Latency of successful requests, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// CPU microseconds per measured operation spent by this process.
+    pub client_cpu_us_per_op: Option<f64>,
+    /// The same for the server processes given (`--server-pids`), all summed.
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 struct TaskResult {
@@ -207,6 +213,11 @@ pub async fn run(clients: &[Client], cfg: &RunConfig, errors: Arc<ErrorLog>) -> 
     let read_fraction = cfg.workload.read_fraction();
     let context = format!("{} run", cfg.workload.name());
 
+    let meter = cfg.cpu.clone();
+    let window_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_start.into()).await;
+        meter.sample()
+    });
     let mut tasks = JoinSet::new();
     for i in 0..cfg.clients {
         let mut client = clients[i % clients.len()].clone();
@@ -265,7 +276,15 @@ pub async fn run(clients: &[Client], cfg: &RunConfig, errors: Arc<ErrorLog>) -> 
         });
     }
 
-    let mut total = RunResult { ops: 0, errors: 0, not_found: 0, elapsed: cfg.duration, latency_us: new_histogram()? };
+    let mut total = RunResult {
+        ops: 0,
+        errors: 0,
+        not_found: 0,
+        elapsed: cfg.duration,
+        latency_us: new_histogram()?,
+        client_cpu_us_per_op: None,
+        server_cpu_us_per_op: None,
+    };
     let mut last_done = end;
     while let Some(joined) = tasks.join_next().await {
         let task = joined.map_err(|e| anyhow!("client task failed: {e}"))?;
@@ -278,5 +297,9 @@ pub async fn run(clients: &[Client], cfg: &RunConfig, errors: Arc<ErrorLog>) -> 
         }
     }
     total.elapsed = last_done.duration_since(measure_start);
+    // The window's CPU runs until every measured request has finished, as its ops do.
+    let window_end = cfg.cpu.sample();
+    let window_start = window_start.await.map_err(|e| anyhow!("CPU sampler failed: {e}"))?;
+    (total.client_cpu_us_per_op, total.server_cpu_us_per_op) = cpu::per_op_us(window_start, window_end, total.ops);
     Ok(total)
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use cairn_proto::kv::cairn_server::{Cairn, CairnServer};
 use cairn_proto::kv::*;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 /// (table, key) -> value.
@@ -129,7 +130,13 @@ async fn start_mock() -> (String, Arc<Mock>) {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            // As the real server does: without it, small replies wait out delayed ACKs.
+            .serve_with_incoming(TcpListenerStream::new(listener).map(|conn| {
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            }))
             .await
             .unwrap();
     });
@@ -147,6 +154,8 @@ async fn cairn_path_against_a_mock_server() {
     let (addr, mock) = start_mock().await;
     // Two "endpoints" that are the same server: exercises the round-robin spread.
     let endpoints = format!("{addr},http://{addr}");
+    // The mock serves from this process, so this process is the "server" charged.
+    let server_pid = std::process::id().to_string();
     let (ok, stdout) = bench(&[
         "--target",
         "cairn",
@@ -163,6 +172,8 @@ async fn cairn_path_against_a_mock_server() {
         "--ranges",
         "4",
         "--json",
+        "--server-pids",
+        &server_pid,
     ])
     .await;
     assert!(ok, "bench failed");
@@ -179,6 +190,10 @@ async fn cairn_path_against_a_mock_server() {
         assert!(run["ops_per_sec"].as_f64().unwrap() > 0.0);
         for field in ["duration_s", "p50_ms", "p99_ms", "p999_ms"] {
             assert!(run[field].as_f64().unwrap() > 0.0, "{field}");
+        }
+        // Both processes are busy for the whole run, so both are charged for it.
+        for field in ["client_cpu_us_per_op", "server_cpu_us_per_op"] {
+            assert!(run[field].as_f64().unwrap() > 0.0, "{workload} {field}");
         }
     }
 
@@ -214,4 +229,10 @@ async fn cairn_path_against_a_mock_server() {
     assert!(ok, "second run failed");
     assert!(stdout.contains("cairn write"), "human summary: {stdout}");
     assert!(stdout.contains("errors=0"), "human summary: {stdout}");
+    assert!(stdout.contains("cpu/op: client="), "human summary: {stdout}");
+    assert!(!stdout.contains("servers="), "no server PIDs, no server CPU: {stdout}");
+
+    let (ok, _) =
+        bench(&["--target", "cairn", "--endpoints", &addr, "--workload", "write", "--server-pids", "0"]).await;
+    assert!(!ok, "an unreadable server PID must fail the run up front");
 }
