@@ -163,29 +163,32 @@ def fmt(x, spec):
 def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
+def pair(workload, field):
+    return get("cairn", workload, field), get("etcd", workload, field)
+
+def table_header(header):
+    print(header)
+    print("-" * len(header))
+
 print(f"Cairn vs etcd: {clients} clients, {keys} keys, {value_size}-byte values, "
       f"{secs}s per run, 3 nodes each, one machine ({cpus} CPUs)")
-header = (f"{'workload':<9} {'cairn ops/s':>12} {'etcd ops/s':>12} {'ratio':>7}   "
-          f"{'cairn p99 ms':>12} {'etcd p99 ms':>12} {'ratio':>7}   {'errors c/e':>11}")
-print(header)
-print("-" * len(header))
+table_header(f"{'workload':<9} {'cairn ops/s':>12} {'etcd ops/s':>12} {'ratio':>7}   "
+             f"{'cairn p99 ms':>12} {'etcd p99 ms':>12} {'ratio':>7}   {'errors c/e':>11}")
 for w in workloads:
-    c_ops, e_ops = get("cairn", w, "ops_per_sec"), get("etcd", w, "ops_per_sec")
-    c_p99, e_p99 = get("cairn", w, "p99_ms"), get("etcd", w, "p99_ms")
-    errs = f"{fmt(get('cairn', w, 'errors'), 'd')}/{fmt(get('etcd', w, 'errors'), 'd')}"
+    c_ops, e_ops = pair(w, "ops_per_sec")
+    c_p99, e_p99 = pair(w, "p99_ms")
+    errs = "/".join(fmt(e, "d") for e in pair(w, "errors"))
     print(f"{w:<9} {fmt(c_ops, '12.1f')} {fmt(e_ops, '12.1f')} {fmt(ratio(c_ops, e_ops), '7.2f')}   "
           f"{fmt(c_p99, '12.3f')} {fmt(e_p99, '12.3f')} {fmt(ratio(c_p99, e_p99), '7.2f')}   {errs:>11}")
 print("ratio = Cairn / etcd: above 1 is better for Cairn on ops/s, below 1 is better on p99.")
 print()
 print("CPU per operation, in microseconds of CPU time (user + system, all threads), over the")
 print("measured window: 'servers' sums the 3 nodes or members, 'client' is the load generator.")
-header = (f"{'workload':<9} {'cairn servers':>13} {'etcd servers':>13} {'etcd/cairn':>10}   "
-          f"{'cairn client':>12} {'etcd client':>12}")
-print(header)
-print("-" * len(header))
+table_header(f"{'workload':<9} {'cairn servers':>13} {'etcd servers':>13} {'etcd/cairn':>10}   "
+             f"{'cairn client':>12} {'etcd client':>12}")
 for w in workloads:
-    c_srv, e_srv = get("cairn", w, "server_cpu_us_per_op"), get("etcd", w, "server_cpu_us_per_op")
-    c_cli, e_cli = get("cairn", w, "client_cpu_us_per_op"), get("etcd", w, "client_cpu_us_per_op")
+    c_srv, e_srv = pair(w, "server_cpu_us_per_op")
+    c_cli, e_cli = pair(w, "client_cpu_us_per_op")
     print(f"{w:<9} {fmt(c_srv, '13.1f')} {fmt(e_srv, '13.1f')} {fmt(ratio(e_srv, c_srv), '10.2f')}   "
           f"{fmt(c_cli, '12.1f')} {fmt(e_cli, '12.1f')}")
 print("etcd/cairn above 1: Cairn's servers spend less CPU per operation than etcd's.")

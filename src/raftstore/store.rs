@@ -1301,9 +1301,9 @@ mod tests {
     use crate::storage::sim_disk::SimDisk;
     use cairn_proto::internal::RangeEpoch;
 
-    /// A leader of range 7 (voters 1, 2, 3) on node 1, over a simulated disk.
-    fn leader_replica() -> Replica {
-        let engine = Arc::new(Engine::simulated(Arc::new(SimDisk::new())));
+    /// Range 7 (voters 1, 2, 3), bootstrapped on a simulated disk.
+    fn range_7_on(disk: &Arc<SimDisk>) -> (Arc<Engine>, RangeDescriptor) {
+        let engine = Arc::new(Engine::simulated(disk.clone()));
         let desc = RangeDescriptor {
             id: 7,
             epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
@@ -1311,6 +1311,12 @@ mod tests {
             ..Default::default()
         };
         bootstrap_ranges(&engine, std::slice::from_ref(&desc));
+        (engine, desc)
+    }
+
+    /// A leader of range 7 on node 1.
+    fn leader_replica() -> Replica {
+        let (engine, _) = range_7_on(&Arc::new(SimDisk::new()));
         let storage = RangeStorage::load(engine, 7).unwrap().unwrap();
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let mut r = Replica::new(1, storage, &RaftConfig::default(), &logger).unwrap();
@@ -1346,18 +1352,11 @@ mod tests {
         }
     }
 
-    /// Node 1's store over a simulated disk that charges 1 ms per sync (so syncs can
-    /// be counted), holding range 7 (voters 1, 2, 3) as bootstrapped.
+    /// Node 1's store holding range 7 as bootstrapped, over a simulated disk that
+    /// charges 1 ms per sync (so syncs can be counted).
     fn follower_store() -> (Store, Arc<SimDisk>, RangeDescriptor) {
         let disk = Arc::new(SimDisk::new());
-        let engine = Arc::new(Engine::simulated(disk.clone()));
-        let desc = RangeDescriptor {
-            id: 7,
-            epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
-            replicas: (1..=3).map(|n| ReplicaDesc { node_id: n, learner: false }).collect(),
-            ..Default::default()
-        };
-        bootstrap_ranges(&engine, std::slice::from_ref(&desc));
+        let (engine, desc) = range_7_on(&disk);
         let hlc = Arc::new(Hlc::new(1));
         let (store, _handle) = Store::open(
             1,
