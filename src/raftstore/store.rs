@@ -1216,8 +1216,6 @@ fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
     }
 }
 
-/// A ReadIndex context unique in the group: the leader keeps pending requests by
-/// context and ignores a duplicate, so followers must not reuse each other's.
 /// Whether persisting `new` over `known` must be synced before the Ready's messages
 /// leave. Term and vote must: a node that forgot its vote after a crash could vote
 /// twice in one term. A commit index alone need not, and most hard-state changes on a
@@ -1227,6 +1225,8 @@ fn hard_state_needs_sync(known: &raft::eraftpb::HardState, new: &raft::eraftpb::
     new.term != known.term || new.vote != known.vote
 }
 
+/// A ReadIndex context unique in the group: the leader keeps pending requests by
+/// context and ignores a duplicate, so followers must not reuse each other's.
 fn read_ctx(node_id: u64, seq: u64) -> Vec<u8> {
     let mut c = node_id.to_be_bytes().to_vec();
     c.extend_from_slice(&seq.to_be_bytes());
