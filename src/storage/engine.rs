@@ -140,32 +140,33 @@ impl Engine {
             opts.set_manual_wal_flush(true);
         }
         let cache = rocksdb::Cache::new_lru_cache(64 << 20);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        // Data records are filtered by key part (a stored key minus its version), so a
-        // point read seeks only the memtables and files that hold some version of its key.
-        let mut data_table = BlockBasedOptions::default();
-        data_table.set_block_cache(&cache);
-        data_table.set_bloom_filter(10.0, false);
-        data_table.set_whole_key_filtering(false);
+        let table = |whole_key_filtering: bool| {
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_bloom_filter(10.0, false);
+            t.set_whole_key_filtering(whole_key_filtering);
+            t
+        };
+        // Data records are filtered by key part (a stored key minus its version) instead
+        // of whole key, so a point read seeks only the memtables and files that hold some
+        // version of its key; every other column family is read by whole key.
+        let (data_table, other_table) = (table(false), table(true));
         let cfs = Cf::ALL.iter().map(|cf| {
+            let is_data = *cf == Cf::Data;
             let mut o = Options::default();
             o.set_write_buffer_size(memtable_bytes);
             o.set_max_write_buffer_number(2);
-            o.set_block_based_table_factory(&table);
+            o.set_block_based_table_factory(if is_data { &data_table } else { &other_table });
             // Point lookups that miss (dedupe checks, most of the time) are answered by a
             // memtable bloom filter instead of a skiplist search.
             o.set_memtable_prefix_bloom_ratio(0.05);
-            o.set_memtable_whole_key_filtering(true);
-            if *cf == Cf::Data {
-                o.set_block_based_table_factory(&data_table);
+            o.set_memtable_whole_key_filtering(!is_data);
+            if is_data {
                 o.set_prefix_extractor(SliceTransform::create(
                     "cairn.mvcc-key-part",
                     |k| crate::keys::mvcc::key_part(k).unwrap_or(k),
                     Some(|k| crate::keys::mvcc::key_part(k).is_some()),
                 ));
-                o.set_memtable_whole_key_filtering(false);
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
                 // Old versions are dropped as compactions rewrite them (`mvcc_gc`).
                 o.set_compaction_filter_factory(PrunerFactory { window: gc.clone() });
@@ -316,13 +317,10 @@ impl Engine {
     }
 
     /// Flushes a column family's memtables and compacts all of it, so that its
-    /// compaction filters (MVCC GC, dedupe expiry) see every record now. Tests only:
+    /// compaction filters (MVCC GC, dedupe expiry) see every record now. Tests on RocksDB only:
     /// nodes leave compaction to RocksDB.
     #[cfg(test)]
     pub fn compact_all(&self, cf: Cf) {
-        if let Backend::Sim { .. } = &self.backend {
-            return;
-        }
         let db = self.db();
         if let Err(e) = db.flush_cf(self.cf(cf)) {
             fail_stop("memtable flush", &e);
