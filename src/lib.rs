@@ -20,7 +20,7 @@
 
 // The pure building blocks live in their own crate (the fuzz targets build it
 // without RocksDB); re-exported so that `crate::keys` and friends read as before.
-pub use cairn_core::{clock_fault, hlc, keys, limits, peer, request};
+pub use cairn_core::{clock_fault, dedupe, hlc, keys, limits, outcome, peer, request};
 
 pub mod cli;
 pub mod clock;

@@ -22,6 +22,19 @@ pub enum Sabotage {
     /// applied even when a split has since moved its keys to another range, so a
     /// client with a stale route writes past the range that now owns the key.
     SkipEpochCheck,
+    /// `batch-ids-per-group`: each range's part of a BatchWrite is deduplicated
+    /// under its own id (the request id plus a hash of the part's first key), so a
+    /// retry that a split regrouped applies the keys that moved again.
+    BatchIdsPerGroup,
+    /// `batch-get-per-key`: a BatchGet reads each key on its own (one after
+    /// another), so it can see part of a single-range BatchWrite.
+    BatchGetPerKey,
+    /// `ignore-retired-tables`: ranges serve keys of a dropped table's id, so a
+    /// node whose table cache is stale writes and reads the dropped table.
+    IgnoreRetiredTables,
+    /// `never-sync-votes`: a new term or vote is written without a sync, so a
+    /// node that crashes right after voting may vote again in the same term.
+    NeverSyncVotes,
 }
 
 impl Sabotage {
@@ -31,6 +44,10 @@ impl Sabotage {
             "stale-local-read" => Some(Sabotage::StaleLocalRead),
             "apply-retry-twice" => Some(Sabotage::ApplyRetryTwice),
             "skip-epoch-check" => Some(Sabotage::SkipEpochCheck),
+            "batch-ids-per-group" => Some(Sabotage::BatchIdsPerGroup),
+            "batch-get-per-key" => Some(Sabotage::BatchGetPerKey),
+            "ignore-retired-tables" => Some(Sabotage::IgnoreRetiredTables),
+            "never-sync-votes" => Some(Sabotage::NeverSyncVotes),
             _ => None,
         }
     }

@@ -69,6 +69,39 @@ fn the_cluster_simulation_catches_a_skipped_epoch_check() {
     assert!(!problems.is_empty(), "no seed caught a build that skips the epoch check on a split");
 }
 
+/// Each range's part of a BatchWrite deduplicated under its own id: a batch the
+/// operator's split regrouped applies again when re-sent, overwriting newer values.
+#[test]
+fn the_cluster_simulation_catches_a_regrouped_batch_applied_twice() {
+    let problems = caught("batch-ids-per-group");
+    assert!(
+        problems.iter().any(|p| p.contains("applied twice") || p.contains("applied again")),
+        "no seed caught a build whose regrouped batches apply again"
+    );
+}
+
+/// A BatchGet that reads key by key sees part of a single-range BatchWrite.
+#[test]
+fn the_cluster_simulation_catches_a_batch_get_seeing_half_a_batch() {
+    let problems = caught("batch-get-per-key");
+    assert!(
+        problems.iter().any(|p| p.contains("half of a batch")),
+        "no seed caught a build whose BatchGet reads key by key"
+    );
+}
+
+/// Ranges that serve a dropped table's id: a node whose cache still maps the
+/// name to it acknowledges writes that the other nodes, reading the table
+/// created anew, never see.
+#[test]
+fn the_cluster_simulation_catches_a_stale_table_cache() {
+    let problems = caught("ignore-retired-tables");
+    assert!(
+        problems.iter().any(|p| p.contains("dropped and created again")),
+        "no seed caught a build that serves dropped tables"
+    );
+}
+
 /// Raft writes acknowledged without a sync: power cuts lose acknowledged data.
 /// Caught as lost unique writes, a non-linearizable history, or a counter below
 /// its acknowledged increments.

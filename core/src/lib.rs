@@ -3,8 +3,10 @@
 //! client requests and of peer traffic. Nothing here does I/O.
 
 pub mod clock_fault;
+pub mod dedupe;
 pub mod hlc;
 pub mod keys;
 pub mod limits;
+pub mod outcome;
 pub mod peer;
 pub mod request;

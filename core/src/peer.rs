@@ -40,15 +40,31 @@ pub fn check_batch(ours: &str, b: &RaftBatch) -> Result<(), String> {
 
 /// Decodes the Raft message of an envelope and checks that it is from the
 /// node that sent the batch and to this node.
+///
+/// One kind of message legitimately names another sender: a request raft-rs
+/// relays. A follower that receives a proposal or a ReadIndex request (sent to it
+/// by a peer that still believed it was the leader, as right after a partition
+/// heals) passes it on to the leader it now knows, keeping the originator in
+/// `from` so that the leader answers the originator directly. Only those two
+/// types may travel on a link that is not their sender's; every other message
+/// (votes, appends, their responses, heartbeats) must come from the link's node.
 pub fn decode_raft_message(local_node: u64, from_node: u64, env: &RaftEnvelope) -> Result<Message, String> {
     let msg = Message::decode(env.message.as_slice()).map_err(|e| format!("undecodable raft message: {e}"))?;
-    if msg.to != local_node || msg.from != from_node {
+    let relayed = msg.from != from_node && msg.from != 0 && is_relayable(msg.get_msg_type());
+    if msg.to != local_node || (msg.from != from_node && !relayed) {
         return Err(format!(
-            "misaddressed raft message: from {} to {} on a link from {from_node} to {local_node}",
-            msg.from, msg.to
+            "misaddressed raft message: {:?} from {} to {} on a link from {from_node} to {local_node}",
+            msg.get_msg_type(),
+            msg.from,
+            msg.to
         ));
     }
     Ok(msg)
+}
+
+/// The message types raft-rs passes on from a follower to its leader unchanged.
+fn is_relayable(t: raft::eraftpb::MessageType) -> bool {
+    matches!(t, raft::eraftpb::MessageType::MsgPropose | raft::eraftpb::MessageType::MsgReadIndex)
 }
 
 /// Keeps a heartbeat from committing past this replica's own log.
@@ -157,6 +173,61 @@ mod tests {
         assert!(decode_raft_message(2, 1, &envelope(1, 4)).unwrap_err().contains("misaddressed"));
         let junk = RaftEnvelope { message: vec![0xff; 9], ..Default::default() };
         assert!(decode_raft_message(2, 1, &junk).unwrap_err().contains("undecodable"));
+    }
+
+    fn typed(from: u64, to: u64, t: raft::eraftpb::MessageType) -> RaftEnvelope {
+        let mut msg = Message { from, to, ..Default::default() };
+        msg.set_msg_type(t);
+        RaftEnvelope { message: msg.encode_to_vec(), ..Default::default() }
+    }
+
+    /// Found by an outside partition test: right after healing, node 3 dropped
+    /// "a raft message from 2 to 3 on a link from 1 to 3". Node 2 had sent a
+    /// ReadIndex request to node 1, its leader before the partition; node 1, a
+    /// follower by then, relayed it to the new leader, node 3, as raft-rs does,
+    /// keeping node 2 as its sender. Relays of that kind are accepted; nothing
+    /// else may name another sender.
+    #[test]
+    fn a_follower_relays_a_peers_read_request_to_its_leader_and_the_leader_accepts_it() {
+        use raft::eraftpb::{Entry, MessageType};
+        use raft::storage::MemStorage;
+        let cfg = raft::Config { id: 1, ..Default::default() };
+        let storage = MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node1 = raft::RawNode::new(&cfg, storage, &logger).expect("raw node");
+        // Node 3 leads term 2: node 1 follows it.
+        let mut hb = Message { from: 3, to: 1, term: 2, ..Default::default() };
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        node1.step(hb).expect("heartbeat");
+        assert_eq!(node1.raft.leader_id, 3);
+        // Node 2 still thinks node 1 leads, and asks it for a read index (forwarded
+        // requests carry no term).
+        let mut ask = Message { from: 2, to: 1, ..Default::default() };
+        ask.set_msg_type(MessageType::MsgReadIndex);
+        ask.entries = vec![Entry { data: b"read-ctx".to_vec(), ..Default::default() }];
+        node1.step(ask).expect("read index");
+        // A follower's messages leave after its Ready is persisted.
+        let mut ready = node1.ready();
+        let mut relayed: Vec<Message> = ready.take_messages();
+        relayed.extend(ready.take_persisted_messages());
+        let relay = relayed.iter().find(|m| m.get_msg_type() == MessageType::MsgReadIndex).expect("relayed");
+        assert_eq!((relay.from, relay.to), (2, 3), "raft-rs relays with the originator as sender");
+        let env = RaftEnvelope { message: relay.encode_to_vec(), ..Default::default() };
+        // It arrives at node 3 on node 1's link.
+        assert!(decode_raft_message(3, 1, &env).is_ok(), "the leader accepts the relayed request");
+        assert!(decode_raft_message(3, 1, &typed(2, 3, MessageType::MsgPropose)).is_ok());
+        for t in [
+            MessageType::MsgAppendResponse,
+            MessageType::MsgRequestVote,
+            MessageType::MsgRequestVoteResponse,
+            MessageType::MsgHeartbeatResponse,
+            MessageType::MsgAppend,
+            MessageType::MsgReadIndexResp,
+        ] {
+            let err = decode_raft_message(3, 1, &typed(2, 3, t)).unwrap_err();
+            assert!(err.contains("misaddressed"), "{t:?} may not name another sender: {err}");
+        }
+        assert!(decode_raft_message(3, 1, &typed(2, 4, MessageType::MsgReadIndex)).is_err(), "still to this node");
     }
 
     fn chunk(data: &[u8]) -> SnapshotChunk {

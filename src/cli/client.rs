@@ -285,6 +285,36 @@ async fn call<T>(fut: impl Future<Output = Result<tonic::Response<T>, tonic::Sta
     }
 }
 
+/// Awaits a mutation like [`call`], and on failure also prints whether it may have
+/// been applied (the server's `cairn-write-outcome`; a deadline that expired here,
+/// or an unmarked error, is unknown) and, if so, how to retry it safely.
+async fn call_write<T>(
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    request_id: &str,
+) -> anyhow::Result<T> {
+    let status = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(resp)) => return Ok(resp.into_inner()),
+        Ok(Err(status)) => status,
+        Err(_) => deadline_exceeded(),
+    };
+    let outcome = status.metadata().get(crate::outcome::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let err = rpc_error(status);
+    if crate::outcome::maybe_applied(outcome.as_deref()) {
+        eprintln!(
+            "the write may or may not have been applied; retrying with --request-id {request_id} applies it at most once"
+        );
+    } else {
+        eprintln!("the write was not applied");
+    }
+    Err(err)
+}
+
+/// A request id for a mutation the user gave none for, so that a failure with an
+/// unknown outcome can be retried safely.
+fn new_request_id() -> String {
+    format!("cli-{:032x}", rand::random::<u128>())
+}
+
 fn deadline_exceeded() -> tonic::Status {
     tonic::Status::deadline_exceeded(format!("no response within {}s", REQUEST_TIMEOUT.as_secs()))
 }
@@ -499,14 +529,15 @@ fn condition_failed(out: &mut Out, json: bool, body: Value, version: Option<&kv:
 }
 
 async fn put(client: &mut Client, out: &mut Out, json: bool, args: PutArgs) -> anyhow::Result<()> {
+    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
     let req = kv::PutRequest {
         table: args.table,
         key: args.key.into_bytes(),
         value: args.value.into_bytes(),
         condition: args.condition.to_proto(),
-        request_id: args.request_id.map(String::into_bytes).unwrap_or_default(),
+        request_id: request_id.clone().into_bytes(),
     };
-    let resp = call(client.put(req)).await?;
+    let resp = call_write(client.put(req), &request_id).await?;
     let body = json!({
         "succeeded": resp.succeeded,
         "version": version_json(resp.version.as_ref()),
@@ -550,13 +581,14 @@ async fn get(client: &mut Client, out: &mut Out, json: bool, args: GetArgs) -> a
 }
 
 async fn delete(client: &mut Client, out: &mut Out, json: bool, args: DeleteArgs) -> anyhow::Result<()> {
+    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
     let req = kv::DeleteRequest {
         table: args.table,
         key: args.key.into_bytes(),
         condition: args.condition.to_proto(),
-        request_id: args.request_id.map(String::into_bytes).unwrap_or_default(),
+        request_id: request_id.clone().into_bytes(),
     };
-    let resp = call(client.delete(req)).await?;
+    let resp = call_write(client.delete(req), &request_id).await?;
     let body = json!({
         "succeeded": resp.succeeded,
         "existed": resp.existed,
@@ -578,13 +610,14 @@ async fn delete(client: &mut Client, out: &mut Out, json: bool, args: DeleteArgs
 }
 
 async fn incr(client: &mut Client, out: &mut Out, json: bool, args: IncrArgs) -> anyhow::Result<()> {
+    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
     let req = kv::IncrementRequest {
         table: args.table,
         key: args.key.into_bytes(),
         delta: args.by,
-        request_id: args.request_id.map(String::into_bytes).unwrap_or_default(),
+        request_id: request_id.clone().into_bytes(),
     };
-    let resp = call(client.increment(req)).await?;
+    let resp = call_write(client.increment(req), &request_id).await?;
     if json {
         print_json(out, &json!({ "value": resp.value, "version": version_json(resp.version.as_ref()) }))
     } else {

@@ -4,7 +4,8 @@
 //! range's leader first). Every decision is logged and counted.
 
 use super::plan::{self, Action, NodeView, RangeView};
-use crate::gateway::{admin, Gateway};
+use crate::gateway::Gateway;
+use crate::meta::admin;
 use crate::meta::{self, registry};
 use parking_lot::Mutex;
 use std::collections::HashSet;

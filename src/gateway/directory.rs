@@ -93,7 +93,7 @@ mod tests {
                 start: s.to_vec(),
                 end: e.to_vec(),
                 epoch: Some(RangeEpoch { version: v, conf_ver: 1 }),
-                replicas: vec![],
+                ..Default::default()
             }),
             leader_node_id: 0,
             approximate_bytes: 0,

@@ -6,13 +6,16 @@
 //! Writes always carry a request id (generated if the client gave none), so a
 //! retry after an ambiguous outcome is applied at most once.
 
-pub mod admin;
 pub mod directory;
 pub mod scan;
 
+#[cfg(test)]
+mod outcome_tests;
+
 use crate::hlc::Hlc;
+use crate::keys::meta;
 use crate::limits::Limits;
-use crate::meta;
+use crate::outcome;
 use crate::raftstore::address_book::AddressBook;
 use crate::raftstore::{errors, executor, transport, RaftConfig, StoreHandle};
 use crate::sabotage::{self, Sabotage};
@@ -59,10 +62,67 @@ pub fn new_request_id() -> Vec<u8> {
     id
 }
 
+/// Marks a failed write's status with its outcome (`outcome::HEADER`); a status
+/// already marked keeps the more cautious of the two.
+pub fn with_outcome(mut status: Status, maybe_applied: bool) -> Status {
+    let already_unknown =
+        status.metadata().get(outcome::HEADER).is_some_and(|v| v.to_str().ok() == Some(outcome::UNKNOWN));
+    let value = if maybe_applied || already_unknown { outcome::UNKNOWN } else { outcome::NOT_APPLIED };
+    status.metadata_mut().insert(outcome::HEADER, tonic::metadata::MetadataValue::from_static(value));
+    status
+}
+
+/// Whether a write's status says it may have been applied (unmarked counts as maybe).
+pub fn maybe_applied(status: &Status) -> bool {
+    outcome::maybe_applied(status.metadata().get(outcome::HEADER).and_then(|v| v.to_str().ok()))
+}
+
+/// Whether a failed call to another node certainly never delivered its request:
+/// the node's address is unknown, or the connection could not be opened. Any
+/// other failure (a reset, a timeout, a broken stream) may come after the request
+/// reached the node.
+fn never_delivered(e: &Status) -> bool {
+    if e.message().starts_with(NO_ADDRESS) {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable) {
+                return true;
+            }
+        }
+        let text = cause.to_string();
+        if text.contains("tcp connect error") || text.contains("error trying to connect") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The metadata key that marks a NOT_FOUND as "this table id was dropped" (the
+/// front end then looks the table's name up again).
+const TABLE_DROPPED: &str = "cairn-table-dropped";
+
+fn table_dropped(message: &str) -> Status {
+    let mut s = Status::not_found(format!("{message}; the table was dropped"));
+    s.metadata_mut().insert(TABLE_DROPPED, tonic::metadata::MetadataValue::from_static("1"));
+    s
+}
+
+/// Whether a range refused the request because its table id was dropped.
+pub fn is_table_dropped(s: &Status) -> bool {
+    s.code() == tonic::Code::NotFound && s.metadata().get(TABLE_DROPPED).is_some()
+}
+
+const NO_ADDRESS: &str = "no address known for node";
+
 /// Maps a replica's routing error to the client-facing status.
 pub fn status_of(e: &cairn_proto::internal::RangeError) -> Status {
     match errors::kind_of(e) {
         Kind::Invalid => Status::invalid_argument(e.message.clone()),
+        Kind::TableDropped => table_dropped(&e.message),
         _ => Status::unavailable(e.message.clone()),
     }
 }
@@ -97,8 +157,7 @@ impl Gateway {
     }
 
     fn client(&self, node: u64) -> Result<InternalClient<Channel>, Status> {
-        let addr =
-            self.book.get(node).ok_or_else(|| Status::unavailable(format!("no address known for node {node}")))?;
+        let addr = self.book.get(node).ok_or_else(|| Status::unavailable(format!("{NO_ADDRESS} {node}")))?;
         let mut clients = self.clients.lock();
         if let Some((a, c)) = clients.get(&node) {
             if *a == addr {
@@ -228,7 +287,7 @@ impl Gateway {
             if last.is_some_and(|t| t >= asked) {
                 return Ok(());
             }
-            let records = meta::load_directory(self).await?;
+            let records = self.load_directory().await?;
             let mut fresh = Directory::from_records(records);
             // Keep leader hints we learned more recently than the meta range.
             for r in self.dir.read().records() {
@@ -242,6 +301,14 @@ impl Gateway {
             *last = Some(crate::clock::now());
             Ok(())
         })
+    }
+
+    /// Every range record of the meta range's directory.
+    pub async fn load_directory(&self) -> Result<Vec<RangeRecord>, Status> {
+        use prost::Message as _;
+        let (start, end) = meta::prefix_bounds(meta::DIR_PREFIX);
+        let pairs = scan::collect(self, start, end).await?;
+        Ok(pairs.into_iter().filter_map(|p| RangeRecord::decode(p.value.as_slice()).ok()).collect())
     }
 
     pub fn dir_set_leader(&self, range_id: u64, leader: u64) {
@@ -287,6 +354,11 @@ impl Gateway {
     /// Routes a request and retries stale routes until it succeeds, fails for a
     /// reason retrying cannot fix, or the deadline passes. `build` makes the
     /// request for the route the gateway currently believes in (its error ends the call).
+    ///
+    /// A failed write's status carries its outcome (`outcome::HEADER`): unknown as
+    /// soon as any attempt may have reached a replica that proposed it (a timeout,
+    /// a connection lost after the request went out, leadership lost under it),
+    /// not-applied otherwise.
     pub async fn call(
         &self,
         target: Target,
@@ -296,19 +368,23 @@ impl Gateway {
         let mut last_progress = crate::clock::now();
         let mut failed_nodes: HashSet<u64> = HashSet::new();
         let mut maybe_applied = false;
+        let mut is_write = false;
         let mut last_error = String::from("no attempt made");
         let mut attempt: u64 = 0;
         // Whether this node's own replica may serve the request (cleared once it could not).
         let mut local_ok = true;
+        let finish = |status: Status, is_write: bool, maybe_applied: bool| {
+            if is_write {
+                with_outcome(status, maybe_applied)
+            } else {
+                status
+            }
+        };
         loop {
             let now = crate::clock::now();
             if now >= deadline || now.duration_since(last_progress) > self.fail_fast_window() {
-                let tail = if maybe_applied {
-                    "; the write may or may not have been applied (retrying with the same request_id is safe)"
-                } else {
-                    ""
-                };
-                return Err(Status::unavailable(format!("{last_error}{tail}")));
+                let tail = if maybe_applied { format!("; {}", outcome::UNKNOWN_TAIL) } else { String::new() };
+                return Err(finish(Status::unavailable(format!("{last_error}{tail}")), is_write, maybe_applied));
             }
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis((10 * attempt).min(200))).await;
@@ -327,8 +403,8 @@ impl Gateway {
                 last_error = format!("range {} has no voters", desc.id);
                 continue;
             }
-            let req = build(&rec)?;
-            let is_write = matches!(req.req, Some(cairn_proto::internal::range_request::Req::Command(_)));
+            let req = build(&rec).map_err(|e| finish(e, is_write, maybe_applied))?;
+            is_write |= matches!(req.req, Some(cairn_proto::internal::range_request::Req::Command(_)));
             let node = if local_ok && self.serves_locally(&req) {
                 self.node_id
             } else if let Some(leader) = self
@@ -346,7 +422,10 @@ impl Gateway {
             let resp = match self.send(node, req, remaining).await {
                 Ok(r) => r,
                 Err(e) => {
-                    if is_write && e.code() == tonic::Code::DeadlineExceeded {
+                    // Only a request that provably never left this node cannot have been
+                    // proposed: a reset, a timeout or a dropped stream after it went out may
+                    // come after the replica proposed it.
+                    if is_write && !never_delivered(&e) {
                         maybe_applied = true;
                     }
                     last_error = format!("node {node}: {}", e.message());
@@ -394,7 +473,10 @@ impl Gateway {
                     last_progress = crate::clock::now();
                 }
                 Kind::Unavailable => {}
-                Kind::Invalid => return Err(Status::invalid_argument(err.message)),
+                Kind::Invalid => {
+                    return Err(finish(Status::invalid_argument(err.message), is_write, maybe_applied));
+                }
+                Kind::TableDropped => return Err(finish(table_dropped(&err.message), is_write, maybe_applied)),
             }
         }
     }

@@ -9,7 +9,7 @@
 use super::{Gateway, Target};
 use crate::hlc::Version;
 use crate::keys;
-use crate::meta;
+use crate::keys::meta;
 use crate::raftstore::errors;
 use cairn_proto::internal::range_error::Kind;
 use cairn_proto::internal::{RangeRecord, RangeScanRequest, ScannedPair};
@@ -133,7 +133,7 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
                             let _ = gw.refresh_directory().await;
                         }
                     }
-                    Kind::Invalid => return Err(Status::invalid_argument(e.message)),
+                    Kind::Invalid | Kind::TableDropped => return Err(super::status_of(&e)),
                     _ => {}
                 }
                 failed = true;

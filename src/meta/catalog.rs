@@ -2,8 +2,9 @@
 //! splitting at its bounds and pre-split points), drop, list, and lookup with
 //! a per-node cache.
 
+use super::admin;
 use super::{scan_prefix, table_key, write, CTR_TABLE, TABLE_PREFIX};
-use crate::gateway::{admin, Gateway};
+use crate::gateway::Gateway;
 use crate::keys::{self, SLOT_COUNT};
 use cairn_proto::internal::{mutation, Mutation, TableInfo};
 use cairn_proto::kv::{condition, Condition, Partitioning};
@@ -116,7 +117,7 @@ pub async fn drop(gw: &Gateway, name: &str) -> Result<(), Status> {
     )
     .await?;
     gw.forget_table(name);
-    admin::clear_span(gw, &keys::table_prefix(t.id), &keys::table_end(t.id)).await?;
+    admin::clear_span(gw, &keys::table_prefix(t.id), &keys::table_end(t.id), Some(t.id)).await?;
     write(gw, vec![Mutation { key: table_key(name), condition: None, op: Some(mutation::Op::Delete(true)) }]).await?;
     gw.forget_table(name);
     tracing::info!(table = name, id = t.id, "table dropped");

@@ -1,74 +1,23 @@
 //! The meta range: a Raft-replicated system range (range 1, table 0) holding
-//! the catalog, the range directory, the node registry and id counters.
-//!
-//! Layout (user keys of table 0):
-//! - `cat/<table name>` → `TableInfo`
-//! - `dir/<range id BE>` → `RangeRecord` (written by range leaders; older epochs never overwrite newer)
-//! - `node/<node id BE>` → `NodeInfo`
-//! - `ctr/table`, `ctr/range`, `ctr/node` → decimal counters (atomic increments)
+//! the catalog, the range directory, the node registry and id counters; its key
+//! layout is `keys::meta`. This layer reads and writes it through the gateway,
+//! and administers ranges (`admin`), recording the results in the directory.
 
+pub mod admin;
 pub mod catalog;
 pub mod registry;
 
 use crate::gateway::{scan, Gateway, Target};
-use crate::keys::{self, SYSTEM_TABLE_ID};
+pub use crate::keys::meta::*;
 use cairn_proto::internal::{
     mutation, raft_command, range_request, Increment, Mutation, MutationResult, RaftCommand, RangeRecord, RangeRequest,
     ScannedPair, WriteBatch,
 };
-use prost::Message as _;
 use tonic::Status;
-
-pub const META_RANGE_ID: u64 = 1;
-/// The first range holding user tables, created at bootstrap.
-pub const FIRST_USER_RANGE_ID: u64 = 2;
-
-pub const TABLE_PREFIX: &[u8] = b"cat/";
-pub const DIR_PREFIX: &[u8] = b"dir/";
-pub const NODE_PREFIX: &[u8] = b"node/";
-pub const CTR_TABLE: &[u8] = b"ctr/table";
-pub const CTR_RANGE: &[u8] = b"ctr/range";
-pub const CTR_NODE: &[u8] = b"ctr/node";
-
-pub fn key(user: &[u8]) -> Vec<u8> {
-    keys::encode_range_key(SYSTEM_TABLE_ID, user)
-}
-
-pub fn is_meta_key(encoded: &[u8]) -> bool {
-    encoded < keys::table_prefix(keys::FIRST_USER_TABLE_ID).as_slice()
-}
-
-pub fn dir_key(range_id: u64) -> Vec<u8> {
-    let mut k = DIR_PREFIX.to_vec();
-    k.extend_from_slice(&range_id.to_be_bytes());
-    key(&k)
-}
-
-pub fn node_key(node_id: u64) -> Vec<u8> {
-    let mut k = NODE_PREFIX.to_vec();
-    k.extend_from_slice(&node_id.to_be_bytes());
-    key(&k)
-}
-
-pub fn table_key(name: &str) -> Vec<u8> {
-    let mut k = TABLE_PREFIX.to_vec();
-    k.extend_from_slice(name.as_bytes());
-    key(&k)
-}
-
-/// `[start, end)` of a range in the encoded keyspace.
-pub type Bounds = (Vec<u8>, Vec<u8>);
-
-/// Bounds of the meta range and of the first user range, as created at bootstrap.
-pub fn bootstrap_bounds() -> (Bounds, Bounds) {
-    let user_start = keys::table_prefix(keys::FIRST_USER_TABLE_ID);
-    ((Vec::new(), user_start.clone()), (user_start, Vec::new()))
-}
 
 /// Scans one meta key prefix.
 pub async fn scan_prefix(gw: &Gateway, prefix: &[u8]) -> Result<Vec<ScannedPair>, Status> {
-    let start = key(prefix);
-    let end = keys::prefix_end(&start);
+    let (start, end) = prefix_bounds(prefix);
     scan::collect(gw, start, end).await
 }
 
@@ -108,8 +57,7 @@ pub async fn next_id(gw: &Gateway, counter: &[u8]) -> Result<u64, Status> {
 
 /// Loads every range record.
 pub async fn load_directory(gw: &Gateway) -> Result<Vec<RangeRecord>, Status> {
-    let pairs = scan_prefix(gw, DIR_PREFIX).await?;
-    Ok(pairs.into_iter().filter_map(|p| RangeRecord::decode(p.value.as_slice()).ok()).collect())
+    gw.load_directory().await
 }
 
 /// Records range descriptors (a stale epoch never overwrites a newer one).

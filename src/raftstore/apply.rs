@@ -20,10 +20,6 @@ use prost::Message as _;
 use prost011::Message as _;
 use std::collections::HashMap;
 
-/// How long a request id is remembered for deduplication of retries. Expired
-/// records are dropped by a compaction filter (`storage::engine`), not by apply.
-pub const DEDUPE_TTL_MS: u64 = 10 * 60 * 1000;
-
 #[derive(Debug)]
 pub enum Applied {
     Write(WriteResponse),
@@ -33,7 +29,8 @@ pub enum Applied {
     },
     /// The split key already is this range's start: nothing to do.
     AlreadySplit(RangeDescriptor),
-    Cleared,
+    /// The span was cleared within this descriptor's bounds (the caller continues past its end).
+    Cleared(RangeDescriptor),
     Rejected(RangeError),
 }
 
@@ -87,7 +84,7 @@ impl<'a> ApplyBatch<'a> {
             None => self.engine.get(Cf::Dedupe, &record_key),
         }?;
         let ms = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
-        if ms + DEDUPE_TTL_MS < now.wall_ns / 1_000_000 {
+        if crate::dedupe::expired(ms, now.wall_ns) {
             return None;
         }
         raw.get(8..).and_then(|b| WriteResponse::decode(b).ok()).map(|r| r.results)
@@ -186,6 +183,25 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
 
 type Current = Option<(Vec<u8>, Version)>;
 
+fn retired(desc: &RangeDescriptor, table_id: u32) -> bool {
+    desc.retired_tables.binary_search(&table_id).is_ok()
+}
+
+/// Refuses keys of a table this range retired when it was dropped: the request was
+/// encoded with a cached table id that a drop (through another node) made stale.
+pub fn check_tables_live<'k>(
+    desc: &RangeDescriptor,
+    mut keys_: impl Iterator<Item = &'k [u8]>,
+) -> Result<(), RangeError> {
+    if desc.retired_tables.is_empty() || sabotage::active(Sabotage::IgnoreRetiredTables) {
+        return Ok(());
+    }
+    match keys_.find_map(|k| keys::decode_table(k).map(|(id, _)| id).filter(|id| retired(desc, *id))) {
+        Some(id) => Err(errors::table_dropped(id)),
+        None => Ok(()),
+    }
+}
+
 fn condition_holds(cond: &Option<Condition>, cur: &Current) -> bool {
     match cond.as_ref().and_then(|c| c.kind.as_ref()) {
         None => true,
@@ -206,6 +222,9 @@ fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch,
     let outside = w.mutations.iter().any(|m| !keys::in_range(&m.key, &t.desc.start, &t.desc.end));
     if outside && !sabotage::active(Sabotage::SkipEpochCheck) {
         return Applied::Rejected(errors::key_not_in_range(t.desc));
+    }
+    if let Err(e) = check_tables_live(t.desc, w.mutations.iter().map(|m| m.key.as_slice())) {
+        return Applied::Rejected(e);
     }
     let mut overlay: HashMap<&[u8], Current> = HashMap::new();
     let mut order: Vec<&[u8]> = Vec::new();
@@ -341,6 +360,7 @@ fn apply_split(
         end: t.desc.end.clone(),
         epoch: Some(epoch),
         replicas: t.desc.replicas.clone(),
+        retired_tables: t.desc.retired_tables.clone(),
     };
     t.desc.end = key.to_vec();
     t.desc.epoch = Some(epoch);
@@ -370,6 +390,15 @@ pub fn write_initial_state(batch: &mut Batch<'_>, desc: &RangeDescriptor, last_v
 }
 
 fn apply_clear(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, c: &ClearRangeCommand) -> Applied {
+    if c.retire_table != 0 && !retired(t.desc, c.retire_table) {
+        let (lo, hi) = (keys::table_prefix(c.retire_table), keys::table_end(c.retire_table));
+        let overlaps = (t.desc.end.is_empty() || lo < t.desc.end) && hi > t.desc.start;
+        if overlaps {
+            t.desc.retired_tables.push(c.retire_table);
+            t.desc.retired_tables.sort_unstable();
+            batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
+        }
+    }
     let start = c.start.as_slice().max(t.desc.start.as_slice()).to_vec();
     let end = match (c.end.is_empty(), t.desc.end.is_empty()) {
         (true, _) => t.desc.end.clone(),
@@ -377,16 +406,17 @@ fn apply_clear(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, c: &ClearRangeCom
         (false, false) => c.end.as_slice().min(t.desc.end.as_slice()).to_vec(),
     };
     if !end.is_empty() && start >= end {
-        return Applied::Cleared;
+        return Applied::Cleared(t.desc.clone());
     }
     let (lo, hi) = mvcc::data_span(&start, &end);
     batch.delete_range(Cf::Data, &lo, &hi);
-    Applied::Cleared
+    Applied::Cleared(t.desc.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dedupe::TTL_MS;
     use cairn_proto::internal::Increment;
 
     fn setup() -> (tempfile::TempDir, Engine, RangeDescriptor, ApplyState) {
@@ -485,12 +515,88 @@ mod tests {
             c
         };
         let Applied::Write(first) = run(&e, &mut desc, &mut st, &at(1_000)) else { panic!() };
-        let Applied::Write(within) = run(&e, &mut desc, &mut st, &at(1_000 + DEDUPE_TTL_MS - 1)) else { panic!() };
+        let Applied::Write(within) = run(&e, &mut desc, &mut st, &at(1_000 + TTL_MS - 1)) else { panic!() };
         assert_eq!(first, within, "a retry within the TTL gets the recorded answer");
-        let Applied::Write(after) = run(&e, &mut desc, &mut st, &at(1_000 + DEDUPE_TTL_MS + 10)) else { panic!() };
+        let Applied::Write(after) = run(&e, &mut desc, &mut st, &at(1_000 + TTL_MS + 10)) else { panic!() };
         assert!(!after.results[0].succeeded, "after the TTL the id is forgotten and the command runs again");
-        assert!(layout::is_expired_dedupe(&1_000u64.to_be_bytes(), 2_000));
-        assert!(!layout::is_expired_dedupe(&3_000u64.to_be_bytes(), 2_000));
+    }
+
+    /// The applied versions of one replica's only range, for its engine's dedupe expiry.
+    struct OneRange(std::sync::Arc<parking_lot::Mutex<Version>>);
+
+    impl crate::storage::dedupe_gc::AppliedVersions for OneRange {
+        fn spans(&self) -> Vec<crate::storage::dedupe_gc::DedupeSpan> {
+            let (lo, hi) = layout::dedupe_span(b"a", b"m");
+            vec![crate::storage::dedupe_gc::DedupeSpan { lo, hi, applied: *self.0.lock() }]
+        }
+    }
+
+    /// Defect: dedupe records were dropped by each node's wall clock. A replica that
+    /// applied a retry late (it lagged, say, through a partition) could find the record
+    /// already compacted away and run the increment again, while the replicas that
+    /// applied it in time answered from the record: the replicas diverged. Now a record
+    /// goes only once the range's applied version has passed its expiry.
+    #[test]
+    fn a_replica_applying_a_retry_late_answers_it_as_the_others_did() {
+        let ms = |ms: u64| Version { wall_ns: ms * 1_000_000, logical: 0, node_id: 1 };
+        // Log time: the first attempt was written 25 minutes ago, the retry proposed a minute later.
+        let now_ms = crate::hlc::wall_now_ms();
+        let first_ms = now_ms - 25 * 60 * 1000;
+        let incr = |at_ms: u64| {
+            let m = Mutation {
+                key: b"ctr".to_vec(),
+                condition: None,
+                op: Some(mutation::Op::Increment(cairn_proto::internal::Increment { delta: 1, min: None, max: None })),
+            };
+            let mut c = write(vec![m], b"claim-7");
+            c.proposed_version = Some(ms(at_ms).into());
+            c
+        };
+        let log = [incr(first_ms), incr(first_ms + 60_000)];
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let (dir, engine, desc, st) = setup();
+            let applied = std::sync::Arc::new(parking_lot::Mutex::new(Version::ZERO));
+            engine.dedupe_gc().set_source(std::sync::Arc::new(OneRange(applied.clone())));
+            replicas.push((dir, engine, desc, st, applied));
+        }
+        let mut answers = Vec::new();
+        for (i, (_, engine, desc, st, applied)) in replicas.iter_mut().enumerate() {
+            let _ = run(engine, desc, st, &log[0]);
+            *applied.lock() = st.last_version;
+            if i == 1 {
+                // The lagging replica compacts (on its own clock, 25 minutes after the
+                // record was written) before it applies the retry.
+                engine.compact_all(Cf::Dedupe);
+            }
+            let Applied::Write(w) = run(engine, desc, st, &log[1]) else { panic!("retry not applied") };
+            answers.push(w.results[0].counter);
+        }
+        assert_eq!(answers, vec![1, 1], "both replicas answer the retry from the record");
+        let values: Vec<_> = replicas.iter().map(|(_, e, ..)| mvcc::get_live(e, b"ctr", Version::MAX)).collect();
+        assert_eq!(values[0], values[1], "the replicas' states agree");
+    }
+
+    #[test]
+    fn dedupe_records_are_compacted_only_once_their_range_applied_past_their_expiry() {
+        let (_d, e, mut desc, mut st) = setup();
+        let applied = std::sync::Arc::new(parking_lot::Mutex::new(Version::ZERO));
+        e.dedupe_gc().set_source(std::sync::Arc::new(OneRange(applied.clone())));
+        let at = |ms: u64, rid: &[u8]| {
+            let mut c = write(vec![put(b"k", b"v", None)], rid);
+            c.proposed_version = Some(Version { wall_ns: ms * 1_000_000, logical: 0, node_id: 1 }.into());
+            c
+        };
+        let _ = run(&e, &mut desc, &mut st, &at(1_000, b"old"));
+        let record = layout::dedupe_key(b"k", b"old");
+        *applied.lock() = st.last_version;
+        e.compact_all(Cf::Dedupe);
+        assert!(e.get(Cf::Dedupe, &record).is_some(), "kept while the range has not applied past its expiry");
+        let _ = run(&e, &mut desc, &mut st, &at(1_000 + TTL_MS + 5, b"later"));
+        *applied.lock() = st.last_version;
+        e.compact_all(Cf::Dedupe);
+        assert!(e.get(Cf::Dedupe, &record).is_none(), "dropped once the range's applied version passed its expiry");
+        assert!(e.get(Cf::Dedupe, &layout::dedupe_key(b"k", b"later")).is_some(), "the newer record stays");
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub fn ambiguous(range_id: u64) -> RangeError {
     err(Kind::Ambiguous, format!("range {range_id}: leadership changed before the command's outcome was known"))
 }
 
+pub fn table_dropped(table_id: u32) -> RangeError {
+    err(Kind::TableDropped, format!("table id {table_id} was dropped"))
+}
+
 pub fn kind_of(e: &RangeError) -> Kind {
     Kind::try_from(e.kind).unwrap_or(Kind::Unavailable)
 }

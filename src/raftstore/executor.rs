@@ -15,7 +15,7 @@ use crate::sabotage::{self, Sabotage};
 use crate::storage::mvcc;
 use cairn_proto::internal::{
     range_request, AdminResponse, RangeEpoch, RangeError, RangeRequest, RangeResponse, RangeScanPage, RangeScanRequest,
-    ReadResult, ScannedPair,
+    ReadRequest, ReadResult, ScannedPair,
 };
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -48,7 +48,10 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
                     admin: Some(AdminResponse { desc: Some(desc), ..Default::default() }),
                     ..Default::default()
                 },
-                Ok(Applied::Cleared) => RangeResponse::default(),
+                Ok(Applied::Cleared(desc)) => RangeResponse {
+                    admin: Some(AdminResponse { desc: Some(desc), ..Default::default() }),
+                    ..Default::default()
+                },
                 Ok(Applied::Rejected(e)) | Err(e) => error_response(e),
             }
         }
@@ -60,10 +63,10 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
             }
             // A few point reads take microseconds: cheaper inline than a hop to the blocking pool.
             let res = if r.keys.len() <= INLINE_READ_KEYS {
-                Ok(read_keys(store, range_id, epoch, &r.keys, r.stale))
+                Ok(read_keys(store, range_id, epoch, &r))
             } else {
                 let store = store.clone();
-                crate::clock::blocking(move || read_keys(&store, range_id, epoch, &r.keys, r.stale)).await
+                crate::clock::blocking(move || read_keys(&store, range_id, epoch, &r)).await
             };
             match res {
                 Ok(Ok(reads)) => RangeResponse { reads, ..Default::default() },
@@ -105,32 +108,46 @@ fn check_stale_allowed(shared: &ReplicaShared) -> Result<(), RangeError> {
     Ok(())
 }
 
+/// Reads a range's keys, all at the replica's applied version when the read
+/// starts: versions grow with the log and an applied batch is in the engine before
+/// that version is published, so the read sees each applied batch whole or not at all.
+/// Stops with an error naming the bound as soon as the values read pass `max_reply_bytes`.
 pub fn read_keys(
     store: &StoreHandle,
     range_id: u64,
     epoch: Option<RangeEpoch>,
-    keys_: &[Vec<u8>],
-    stale: bool,
+    req: &ReadRequest,
 ) -> Result<Vec<ReadResult>, RangeError> {
     let shared = replica(store, range_id)?;
     let _guard = shared.data_lock.read();
     if shared.destroyed() {
         return Err(errors::range_not_found(range_id));
     }
-    if stale {
+    if req.stale {
         check_stale_allowed(&shared)?;
     }
     check_epoch(&shared, &epoch)?;
     let desc = shared.desc();
-    let mut out = Vec::with_capacity(keys_.len());
-    for k in keys_ {
-        if !keys::in_range(k, &desc.start, &desc.end) {
-            return Err(errors::key_not_in_range(&desc));
-        }
-        out.push(match mvcc::get_live(&store.engine, k, Version::MAX) {
+    if req.keys.iter().any(|k| !keys::in_range(k, &desc.start, &desc.end)) {
+        return Err(errors::key_not_in_range(&desc));
+    }
+    super::apply::check_tables_live(&desc, req.keys.iter().map(Vec::as_slice))?;
+    let at = shared.last_version();
+    let mut out = Vec::with_capacity(req.keys.len());
+    let mut bytes: u64 = 0;
+    for k in &req.keys {
+        let result = match mvcc::get_live(&store.engine, k, at) {
             Some((value, v)) => ReadResult { found: true, value, version: Some(v.into()) },
             None => ReadResult::default(),
-        });
+        };
+        bytes = bytes.saturating_add(result.value.len() as u64);
+        if req.max_reply_bytes > 0 && bytes > req.max_reply_bytes {
+            return Err(errors::invalid(format!(
+                "the values read pass {} bytes, the reply size limit (max_batch_bytes); read fewer keys per request",
+                req.max_reply_bytes
+            )));
+        }
+        out.push(result);
     }
     Ok(out)
 }
@@ -222,6 +239,7 @@ fn scan_page(
     // Before the iterator opens: compactions that finish after that cannot change what it reads.
     store.engine.mvcc_gc().check_readable(at, shared.last_version()).map_err(errors::invalid)?;
     let desc = shared.desc();
+    super::apply::check_tables_live(&desc, std::iter::once(start.max(desc.start.as_slice())))?;
     let lo = start.max(desc.start.as_slice()).to_vec();
     let hi = match (end.is_empty(), desc.end.is_empty()) {
         (true, _) => desc.end.clone(),

@@ -79,7 +79,11 @@ impl StoreHandle {
         self.send(make(tx))?;
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(errors::unavailable("the replica dropped the request (stopping or removed)")),
+            // The request was handed over, so a command in it may have been proposed.
+            Err(_) => Err(errors::err(
+                cairn_proto::internal::range_error::Kind::Ambiguous,
+                "the replica dropped the request (stopping or removed) after taking it; its outcome is unknown",
+            )),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! The store loop is the only writer.
 
 use crate::hlc::Version;
+use crate::storage::dedupe_gc::{AppliedVersions, DedupeSpan};
+use crate::storage::layout;
 use cairn_proto::internal::RangeDescriptor;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -28,6 +30,26 @@ pub struct ReplicaShared {
 }
 
 pub type ReplicaRegistry = Arc<RwLock<HashMap<u64, Arc<ReplicaShared>>>>;
+
+/// The registry as the engine's dedupe expiry sees it: each initialized replica's
+/// dedupe span and applied version.
+pub struct RegistryAppliedVersions(pub ReplicaRegistry);
+
+impl AppliedVersions for RegistryAppliedVersions {
+    fn spans(&self) -> Vec<DedupeSpan> {
+        let replicas: Vec<Arc<ReplicaShared>> = self.0.read().values().cloned().collect();
+        replicas
+            .iter()
+            .filter(|r| r.initialized() && !r.destroyed())
+            .map(|r| {
+                // The version first: a span read after it can only be newer, never wider.
+                let applied = r.last_version();
+                let (lo, hi) = r.with_desc(|d| layout::dedupe_span(&d.start, &d.end));
+                DedupeSpan { lo, hi, applied }
+            })
+            .collect()
+    }
+}
 
 impl ReplicaShared {
     pub fn new(desc: RangeDescriptor, initialized: bool) -> Self {

@@ -20,12 +20,23 @@ pub fn build(engine: &Engine, desc: &RangeDescriptor, apply: &ApplyState) -> Sna
         dedupe.push(MvccPair { key: k.to_vec(), value: v.to_vec() });
         true
     });
-    SnapshotData { desc: Some(desc.clone()), data, dedupe, last_version: Some(apply.last_version.into()) }
+    SnapshotData {
+        desc: Some(desc.clone()),
+        data,
+        dedupe,
+        last_version: Some(apply.last_version.into()),
+        gc_collected_below_ns: engine.mvcc_gc().collected_below(),
+    }
 }
 
 /// Replaces the replica's state machine with the snapshot's, in `batch`.
 /// Returns the new apply state. Log entries of the range are all dropped.
+///
+/// The engine's MVCC GC mark is raised to the sender's at once, before the batch
+/// makes the data readable: versions the sender's GC dropped are missing from it,
+/// so a read below that mark must be refused here as it would be there.
 pub fn install(
+    engine: &Engine,
     batch: &mut Batch<'_>,
     range_id: u64,
     old_desc: Option<&RangeDescriptor>,
@@ -33,6 +44,7 @@ pub fn install(
     index: u64,
     term: u64,
 ) -> ApplyState {
+    engine.mvcc_gc().raise_to(snap.gc_collected_below_ns);
     let desc = snap.desc.clone().unwrap_or_default();
     // Clear what the replica held before, under both the old and the new bounds.
     for d in old_desc.into_iter().chain(std::iter::once(&desc)) {
@@ -62,4 +74,51 @@ pub fn install(
     batch.put(Cf::RaftState, &layout::apply_state_key(range_id), &apply.encode());
     batch.put(Cf::RaftState, &layout::descriptor_key(range_id), &desc.encode_to_vec());
     apply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::mvcc as mvcc_keys;
+    use crate::storage::EngineConfig;
+    use std::time::Duration;
+
+    /// Defect: a replica built from a snapshot kept its own, lower GC mark, so a scan
+    /// resumed between the two marks was served from versions the sender had dropped.
+    #[test]
+    fn a_replica_built_from_a_snapshot_refuses_reads_below_the_senders_gc_mark() {
+        let config = EngineConfig { mvcc_retention: Duration::from_secs(60), ..Default::default() };
+        let (dir_r, dir_s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let receiver = Engine::open(dir_r.path(), &config).unwrap();
+        let receiver_mark = receiver.mvcc_gc().collected_below();
+        std::thread::sleep(Duration::from_millis(50));
+        let sender = Engine::open(dir_s.path(), &config).unwrap();
+        let v = |wall_ns| Version { wall_ns, logical: 0, node_id: 1 };
+        let now = crate::hlc::wall_now_ns();
+        let mut b = sender.batch();
+        for age_s in [120, 90, 5] {
+            let key = mvcc_keys::encode(b"k", v(now - age_s * 1_000_000_000));
+            b.put(Cf::Data, &key, &mvcc_keys::encode_value(format!("k@{age_s}").as_bytes()));
+        }
+        sender.commit(b, true);
+        sender.compact_all(Cf::Data);
+        let sender_mark = sender.mvcc_gc().collected_below();
+        assert!(sender_mark > receiver_mark + 10_000_000, "the sender collected later than the receiver opened");
+
+        let desc = RangeDescriptor { id: 5, start: b"a".to_vec(), end: b"z".to_vec(), ..Default::default() };
+        let apply = ApplyState { last_version: v(now), ..Default::default() };
+        let snap = build(&sender, &desc, &apply);
+        assert_eq!(snap.data.len(), 2, "the sender's GC dropped the version shadowed inside its window");
+        let mut batch = receiver.batch();
+        install(&receiver, &mut batch, 5, None, &snap, 10, 6);
+        receiver.commit(batch, true);
+
+        // A page token's version between the receiver's own mark and the sender's.
+        let resumed_at = v(receiver_mark + 5_000_000);
+        assert!(
+            receiver.mvcc_gc().check_readable(resumed_at, v(now)).is_err(),
+            "a read below the sender's GC mark was allowed on the snapshot's receiver"
+        );
+        assert!(receiver.mvcc_gc().check_readable(v(now), v(now)).is_ok(), "reads at the newest version stay allowed");
+    }
 }

@@ -129,6 +129,7 @@ impl Store {
         now: Instant,
     ) -> anyhow::Result<(Store, StoreHandle)> {
         let (tx, rx) = sync_channel(STORE_QUEUE_CAPACITY);
+        engine.dedupe_gc().set_source(Arc::new(super::shared::RegistryAppliedVersions(registry.clone())));
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         let tick = Duration::from_millis(cfg.tick_ms.max(1));
         let mut store = Store {
@@ -771,7 +772,15 @@ impl Store {
                     Ok(data) => {
                         let meta = snap.metadata.clone().unwrap_or_default();
                         let old = r.raw.store().initialized.then(|| r.raw.store().desc.clone());
-                        let apply = snapshot::install(&mut batch, *id, old.as_ref(), &data, meta.index, meta.term);
+                        let apply = snapshot::install(
+                            &self.engine,
+                            &mut batch,
+                            *id,
+                            old.as_ref(),
+                            &data,
+                            meta.index,
+                            meta.term,
+                        );
                         installed.insert(*id, (data, apply));
                         must_sync = true;
                     }
@@ -1222,7 +1231,7 @@ fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
 /// busy leader are just that: recovery takes the applied index as committed
 /// (`raft_storage`), and the leader tells a restarted node the rest again.
 fn hard_state_needs_sync(known: &raft::eraftpb::HardState, new: &raft::eraftpb::HardState) -> bool {
-    new.term != known.term || new.vote != known.vote
+    (new.term != known.term || new.vote != known.vote) && !sabotage::active(Sabotage::NeverSyncVotes)
 }
 
 /// A ReadIndex context unique in the group: the leader keeps pending requests by

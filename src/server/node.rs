@@ -55,8 +55,16 @@ fn bootstrap(engine: &Engine, grpc: &str, http: &str, zone: &str) -> String {
     let ((ms, me), (us, ue)) = meta::bootstrap_bounds();
     let replicas = vec![Replica { node_id: 1, learner: false }];
     let epoch = Some(RangeEpoch { version: 1, conf_ver: 1 });
-    let meta_desc = RangeDescriptor { id: meta::META_RANGE_ID, start: ms, end: me, epoch, replicas: replicas.clone() };
-    let user_desc = RangeDescriptor { id: meta::FIRST_USER_RANGE_ID, start: us, end: ue, epoch, replicas };
+    let meta_desc = RangeDescriptor {
+        id: meta::META_RANGE_ID,
+        start: ms,
+        end: me,
+        epoch,
+        replicas: replicas.clone(),
+        ..Default::default()
+    };
+    let user_desc =
+        RangeDescriptor { id: meta::FIRST_USER_RANGE_ID, start: us, end: ue, epoch, replicas, ..Default::default() };
     store::bootstrap_ranges(engine, &[meta_desc.clone(), user_desc.clone()]);
     let version = crate::hlc::Version { wall_ns: crate::hlc::wall_now_ns(), logical: 0, node_id: 1 };
     let node = NodeInfo {

@@ -4,8 +4,9 @@
 
 use super::ServerConfig;
 use crate::controller;
-use crate::gateway::{admin, Gateway};
+use crate::gateway::Gateway;
 use crate::keys::{self, SLOT_COUNT};
+use crate::meta::admin;
 use crate::meta::{self, catalog, registry};
 use crate::storage::{mvcc, Cf};
 use cairn_proto::internal::{NodeInfo, RangeDescriptor, RangeRecord};

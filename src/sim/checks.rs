@@ -2,6 +2,8 @@
 //! - at most one leader per range per term, checked after every turn;
 //! - a committed entry never changes: every node that applies index i of a
 //!   range applies the same term and bytes there;
+//! - a vote survives a crash: after a restart, every node's disk still holds,
+//!   for each range, the highest-term vote it was seen granting;
 //! - after healing, every range converges: one leader that all its members
 //!   follow, members agreeing on the descriptor, and identical data.
 
@@ -32,6 +34,47 @@ impl LeaderTerms {
 
     pub fn terms_seen(&self) -> usize {
         self.leaders.len()
+    }
+}
+
+/// The votes each node was seen granting, by (node, range): the highest term
+/// and the candidate. Raft's one-vote-per-term promise holds across crashes only
+/// if each of them is on disk before the answer leaves.
+#[derive(Default)]
+pub struct VoteLedger {
+    granted: BTreeMap<(u64, u64), (u64, u64)>,
+}
+
+impl VoteLedger {
+    /// Records `msg` if it grants a vote; returns whether it did.
+    pub fn observe(&mut self, node: u64, range: u64, msg: &raft::eraftpb::Message) -> bool {
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgRequestVoteResponse || msg.reject {
+            return false;
+        }
+        let last = self.granted.entry((node, range)).or_insert((0, 0));
+        if msg.term >= last.0 {
+            *last = (msg.term, msg.to);
+        }
+        true
+    }
+
+    pub fn votes_seen(&self) -> usize {
+        self.granted.len()
+    }
+
+    /// Whether node `node`'s disk, as it restarts, still holds every vote it granted.
+    pub fn check_durable(&self, node: u64, engine: &crate::storage::Engine) -> Result<(), String> {
+        for (&(_, range), &(term, candidate)) in self.granted.range((node, 0)..=(node, u64::MAX)) {
+            let hs = crate::raftstore::raft_storage::persisted_hard_state(engine, range).unwrap_or_default();
+            if hs.term < term || (hs.term == term && hs.vote != candidate) {
+                return Err(format!(
+                    "node {node} forgot its vote for node {candidate} in term {term} of range {range} across a crash \
+                     (its disk holds term {}, vote {}): it may vote twice in that term",
+                    hs.term, hs.vote
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ use cairn_proto::internal::{
     admin_request, raft_command, AdminRequest, AdminResponse, RaftCommand, RangeDescriptor, RangeEpoch, RangeError,
     Replica, SplitCommand,
 };
-use checks::{CommittedLog, LeaderTerms};
+use checks::{CommittedLog, LeaderTerms, VoteLedger};
 use nemesis::{Change, Fault, Nemesis};
 use network::{Packet, Payload, Wire};
 use node::SimNode;
@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub register_clients: u64,
     pub unique_clients: u64,
     pub counter_clients: u64,
+    /// During the fault window, power-cut a node right after it grants a vote (at
+    /// most one every 2 s), losing whatever it had not synced.
+    pub crash_after_vote: bool,
 }
 
 impl SimConfig {
@@ -70,6 +73,7 @@ impl SimConfig {
             register_clients: 6,
             unique_clients: 2,
             counter_clients: 2,
+            crash_after_vote: false,
         }
     }
 }
@@ -190,6 +194,10 @@ struct World {
     nemesis: Nemesis,
     workload: Workload,
     leaders: LeaderTerms,
+    /// Votes seen leaving each node, checked against its disk whenever it restarts.
+    votes: VoteLedger,
+    /// The earliest time the next crash-after-vote may strike.
+    next_vote_trap_ms: u64,
     committed: Arc<Mutex<CommittedLog>>,
     fault_until: Option<u64>,
     next_fault_ms: u64,
@@ -259,6 +267,8 @@ impl World {
             nemesis: Nemesis::new(stream(2), ids),
             workload: Workload::new(stream(3), cfg.register_clients, cfg.unique_clients, cfg.counter_clients),
             leaders: LeaderTerms::default(),
+            votes: VoteLedger::default(),
+            next_vote_trap_ms: 1_000,
             committed: CommittedLog::shared(),
             fault_until: None,
             next_fault_ms: 1_000,
@@ -313,6 +323,7 @@ impl World {
             end: Vec::new(),
             epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
             replicas: replicas.clone(),
+            ..Default::default()
         };
         for r in &replicas {
             let engine = crate::storage::Engine::simulated(self.nodes[(r.node_id - 1) as usize].disk.clone());
@@ -327,6 +338,7 @@ impl World {
     fn start_node(&mut self, i: usize) -> Result<(), String> {
         let committed = self.committed.clone();
         let id = self.nodes[i].id;
+        self.votes.check_durable(id, &crate::storage::Engine::simulated(self.nodes[i].disk.clone()))?;
         let observer = Box::new(move |range: u64, e: &raft::eraftpb::Entry| committed.lock().record(id, range, e));
         self.nodes[i]
             .start(&self.raft, self.base, &self.clock_ms, self.now_ms, observer)
@@ -359,7 +371,8 @@ impl World {
         }
         let now = self.at();
         let mut lost = Vec::new();
-        for n in self.nodes.iter_mut() {
+        let mut voted = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
             if n.stalled_until_ms > self.now_ms {
                 continue;
             }
@@ -367,9 +380,27 @@ impl World {
             running.store.turn(now);
             self.leaders.observe(n.id, &running.store.leader_terms())?;
             for p in running.transport.take_outbox() {
+                if let Payload::Raft(env) = &p.payload {
+                    if env.control == 0 {
+                        if let Ok(m) = <raft::eraftpb::Message as prost011::Message>::decode(env.message.as_slice()) {
+                            if self.votes.observe(n.id, env.range_id, &m) {
+                                voted.push(i);
+                            }
+                        }
+                    }
+                }
                 self.wire.send(self.now_ms, p, &mut lost);
             }
             n.stalled_until_ms = self.now_ms + n.disk.take_owed_sync_ms();
+        }
+        if self.cfg.crash_after_vote && self.now_ms >= self.next_vote_trap_ms && self.now_ms < self.cfg.fault_ms {
+            if let Some(&i) = voted.first() {
+                // The answer has left: the vote must already be on disk.
+                let down_ms = 100 + self.nemesis.pick(500) as u64;
+                self.nodes[i].crash(0, self.now_ms + down_ms);
+                *self.report.faults.entry("crash-after-vote").or_default() += 1;
+                self.next_vote_trap_ms = self.now_ms + 2_000;
+            }
         }
         for p in lost {
             if matches!(p.payload, Payload::Snapshot(_)) {

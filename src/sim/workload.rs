@@ -21,7 +21,9 @@ use crate::raftstore::msg::StoreMsg;
 use crate::raftstore::ReplicaShared;
 use cairn_check::{Input, Operation, Outcome, Output};
 use cairn_proto::internal::range_error::Kind;
-use cairn_proto::internal::{mutation, raft_command, Mutation, RaftCommand, RangeEpoch, RangeError, WriteBatch};
+use cairn_proto::internal::{
+    mutation, raft_command, Mutation, RaftCommand, RangeEpoch, RangeError, ReadRequest, WriteBatch,
+};
 use cairn_proto::kv::{condition, Condition};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -268,7 +270,8 @@ impl Workload {
                 Ok(Ok(())) => match nodes.get(*node).and_then(|n| n.running.as_ref()) {
                     Some(running) => {
                         let key = encode_key(&op.key);
-                        match executor::read_keys(&running.handle, *range_id, *epoch, &[key], false) {
+                        let req = ReadRequest { keys: vec![key], stale: false, max_reply_bytes: 0 };
+                        match executor::read_keys(&running.handle, *range_id, *epoch, &req) {
                             Ok(reads) => {
                                 let r = reads.into_iter().next().unwrap_or_default();
                                 let value = if r.found { parse_value(&r.value) } else { None };

@@ -6,6 +6,8 @@
 //! (fail-stop). Retrying an fsync after an error is unsafe (the kernel may have
 //! dropped the dirty pages), so we never do.
 
+pub use super::cf::Cf;
+use super::dedupe_gc::{DedupeGc, ExpiryFactory};
 use super::mvcc_gc::{GcWindow, PrunerFactory, DEFAULT_RETENTION};
 use super::sim_disk::{SimDisk, SimOp};
 use crate::sabotage::{self, Sabotage};
@@ -17,30 +19,6 @@ use rocksdb::{
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Column families.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Cf {
-    RaftLog,
-    RaftState,
-    Data,
-    Dedupe,
-    Local,
-}
-
-impl Cf {
-    pub const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftState, Cf::Data, Cf::Dedupe, Cf::Local];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cf::RaftLog => "raft_log",
-            Cf::RaftState => "raft_state",
-            Cf::Data => "data",
-            Cf::Dedupe => "dedupe",
-            Cf::Local => "local",
-        }
-    }
-}
 
 /// The engine's tunables (from the server configuration).
 #[derive(Clone, Debug)]
@@ -61,6 +39,8 @@ pub struct Engine {
     backend: Backend,
     /// MVCC garbage collection of the data column family (never runs on the simulator's disk).
     gc: Arc<GcWindow>,
+    /// Expiry of dedupe records by their ranges' applied versions (never on the simulator's disk).
+    dedupe_gc: Arc<DedupeGc>,
 }
 
 enum Backend {
@@ -124,6 +104,7 @@ pub fn fail_stop(what: &str, err: &dyn std::fmt::Display) -> ! {
 impl Engine {
     pub fn open(dir: &Path, config: &EngineConfig) -> Result<Engine> {
         let gc = Arc::new(GcWindow::reopened(config.mvcc_retention, crate::hlc::wall_now_ns()));
+        let dedupe_gc = Arc::new(DedupeGc::default());
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -172,23 +153,14 @@ impl Engine {
                 o.set_compaction_filter_factory(PrunerFactory { window: gc.clone() });
             }
             if *cf == Cf::Dedupe {
-                // Dedupe records expire lazily: compaction drops those past the TTL
-                // (apply already ignores them, so when this runs does not matter).
-                o.set_compaction_filter("cairn-dedupe-ttl", |_level, _key, value| {
-                    let ttl = crate::raftstore::apply::DEDUPE_TTL_MS;
-                    let cutoff = crate::hlc::wall_now_ms().saturating_sub(ttl * 2);
-                    if super::layout::is_expired_dedupe(value, cutoff) {
-                        rocksdb::compaction_filter::Decision::Remove
-                    } else {
-                        rocksdb::compaction_filter::Decision::Keep
-                    }
-                });
+                // Records expire by their range's applied version (`dedupe_gc`), never by this clock.
+                o.set_compaction_filter_factory(ExpiryFactory { gc: dedupe_gc.clone() });
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB at {}", dir.display()))?;
-        Ok(Engine { backend: Backend::Rocks(db), gc })
+        Ok(Engine { backend: Backend::Rocks(db), gc, dedupe_gc })
     }
 
     /// An engine over the simulator's disk, for the incarnation of the node that
@@ -196,7 +168,11 @@ impl Engine {
     pub fn simulated(disk: Arc<SimDisk>) -> Engine {
         let generation = disk.generation();
         // The simulated disk never compacts, so nothing is ever collected.
-        Engine { backend: Backend::Sim { disk, generation }, gc: Arc::new(GcWindow::new(DEFAULT_RETENTION)) }
+        Engine {
+            backend: Backend::Sim { disk, generation },
+            gc: Arc::new(GcWindow::new(DEFAULT_RETENTION)),
+            dedupe_gc: Arc::new(DedupeGc::default()),
+        }
     }
 
     /// Simulated time the disk's syncs have cost since the last call (always 0 on
@@ -206,6 +182,11 @@ impl Engine {
             Backend::Sim { disk, .. } => disk.take_owed_sync_ms(),
             Backend::Rocks(_) => 0,
         }
+    }
+
+    /// Dedupe record expiry: the multi-Raft driver installs where applied versions come from.
+    pub fn dedupe_gc(&self) -> &DedupeGc {
+        &self.dedupe_gc
     }
 
     /// The MVCC garbage collection state: what reads at old versions are checked against.

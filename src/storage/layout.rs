@@ -143,11 +143,6 @@ pub fn dedupe_span(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     super::mvcc::data_span(start, end)
 }
 
-/// Whether a dedupe record's wall-clock ms is before `cutoff_ms`.
-pub fn is_expired_dedupe(value: &[u8], cutoff_ms: u64) -> bool {
-    value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).is_some_and(|ms| ms < cutoff_ms)
-}
-
 /// Cluster identity of this node: `cluster_id\0node_id`.
 pub const LOCAL_IDENT: &[u8] = b"ident";
 /// Peer address book: `addr/<node id BE>` → address.

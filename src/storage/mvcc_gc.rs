@@ -61,6 +61,11 @@ impl GcWindow {
         self.collected_below.fetch_max(wanted, Ordering::SeqCst).max(wanted)
     }
 
+    /// Takes another engine's mark when data it collected arrives here (a snapshot).
+    pub fn raise_to(&self, collected_below_ns: u64) {
+        self.collected_below.fetch_max(collected_below_ns, Ordering::SeqCst);
+    }
+
     pub fn collected_below(&self) -> u64 {
         self.collected_below.load(Ordering::SeqCst)
     }

@@ -9,7 +9,7 @@
 //! earlier one. A slow disk is modelled as simulated time spent per sync, which
 //! the simulator charges to the node before letting it run again.
 
-use super::engine::Cf;
+use super::cf::Cf;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::Bound;

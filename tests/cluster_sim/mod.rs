@@ -83,6 +83,8 @@ pub struct Shared {
     pub converged_at_ms: u64,
     pub healed_at_ms: u64,
     pub problems: Vec<String>,
+    /// The key group the batch client writes now (the operator splits inside it).
+    pub batch_group: u64,
     /// What the client host is doing, for a run that never finishes.
     pub progress: String,
 }
@@ -332,6 +334,7 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         converged_at_ms: 0,
         healed_at_ms: 0,
         problems: Vec::new(),
+        batch_group: 0,
         progress: String::new(),
     }));
     sim.client("clients", workload::run(shared.clone(), cfg.seed, cfg.nodes, cfg.fault_ms));

@@ -2,9 +2,13 @@
 //! register clients (every kind of single-key operation, for the
 //! linearizability check), unique writers (for the lost-write check), a
 //! counter client that re-sends request ids (counter bounds, no duplicate
-//! applications), and an operator who splits ranges, moves leaders and removes
-//! replicas (which the controller must then replace). After the faults, the
-//! final phase checks that routing converged and reads everything back.
+//! applications), a batch client (BatchWrite groups that a BatchGet must never
+//! see half of, and acknowledged batches re-sent after splits, which must not
+//! apply again), and an operator who splits ranges, moves leaders, removes
+//! replicas (which the controller must then replace) and drops and re-creates a
+//! second table that every node has cached (a write through one node must then
+//! be visible through every other). After the faults, the final phase checks
+//! that routing converged and reads everything back.
 
 use super::net::channel_to;
 use super::register::{random_input, register_op};
@@ -12,8 +16,9 @@ use super::{Phase, Shared};
 use cairn_check::{Operation, Outcome, Output};
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::{
-    ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse, CreateTableRequest, GetRequest,
-    IncrementRequest, Partitioning, PutRequest, ScanRequest, SplitRangeRequest, TransferLeaderRequest,
+    write_op, BatchGetRequest, BatchWriteRequest, ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse,
+    CreateTableRequest, DropTableRequest, GetRequest, IncrementRequest, Partitioning, PutRequest, ScanRequest,
+    SplitRangeRequest, TransferLeaderRequest, WriteOp, WriteResult,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,6 +30,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 pub const TABLE: &str = "sim";
+/// The table the operator drops and creates anew while every node has it cached.
+pub const RECREATED_TABLE: &str = "again";
 /// Per-request patience of the clients: beyond it, a write's outcome is unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Register keys rotate every generation, which keeps each key's history short
@@ -73,6 +80,7 @@ pub async fn run(shared: Rc<RefCell<Shared>>, seed: u64, nodes: u64, fault_ms: u
         workers.push(tokio::task::spawn_local(unique_writer(shared.clone(), (w + 1) % nodes + 1, w, stop_at_ns)));
     }
     workers.push(tokio::task::spawn_local(counter_worker(shared.clone(), nodes, seed, stop_at_ns)));
+    workers.push(tokio::task::spawn_local(batch_worker(shared.clone(), nodes, seed, stop_at_ns)));
     workers.push(tokio::task::spawn_local(operator(shared.clone(), nodes, seed, stop_at_ns)));
     for w in workers {
         w.await.map_err(|e| format!("a client task failed: {e}"))?;
@@ -106,6 +114,9 @@ async fn setup(nodes: u64) -> Result<(), String> {
                 Ok(_) => created = true,
                 Err(e) if e.starts_with("AlreadyExists") => created = true,
                 Err(e) => last = e,
+            }
+            if created {
+                created = matches!(create_recreated_table(&mut c).await, Ok(()) | Err(Recreate::Exists));
             }
         }
         if created {
@@ -258,12 +269,17 @@ async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u
     while sim_ns() < stop_ns {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_000))).await;
         let mut c = client(rng.random_range(1..=nodes));
-        let action = rng.random_range(0..10);
-        let result = if action < 4 {
-            // Right at the counter's key sometimes, else inside the register or unique keys.
-            let key = match rng.random_range(0..3) {
+        let action = rng.random_range(0..11);
+        let result = if action == 10 {
+            recreate_table(&shared, &mut rng, nodes).await
+        } else if action < 4 {
+            // Right at the counter's key sometimes, else inside the register, unique or batch keys.
+            let key = match rng.random_range(0..4) {
                 0 => "c".to_string(),
                 1 => format!("r/{:04}", rng.random_range(0..10)),
+                // The batch client's current group: its start, or (mostly) its middle,
+                // between keys 1 and 2, which regroups the batches already written there.
+                2 => format!("b/{:04}{}", shared.borrow().batch_group, ["", "/2", "/2"][rng.random_range(0..3)]),
                 _ => format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..400)),
             };
             timed(c.split_range(SplitRangeRequest { table: TABLE.into(), key: key.into_bytes() }))
@@ -292,6 +308,167 @@ async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u
             Err(_) => *sh.operations.entry("refused or failed").or_default() += 1,
         }
     }
+}
+
+enum Recreate {
+    Exists,
+    Failed(String),
+}
+
+async fn create_recreated_table(c: &mut Client) -> Result<(), Recreate> {
+    let create = CreateTableRequest {
+        name: RECREATED_TABLE.into(),
+        partitioning: Partitioning::Range as i32,
+        split_keys: vec![],
+        hash_ranges: 0,
+    };
+    match timed(c.create_table(create)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.starts_with("AlreadyExists") => Err(Recreate::Exists),
+        Err(e) => Err(Recreate::Failed(e)),
+    }
+}
+
+/// Makes every node cache the second table, drops it and creates it anew through
+/// one node, then writes through each node in turn and reads through every other:
+/// a node whose cache still maps the name to the dropped table must not
+/// acknowledge a write that the others cannot see, nor serve the dropped table.
+/// A failure under faults is no finding (the operator just tries again later);
+/// a write acknowledged and then missing is.
+async fn recreate_table(shared: &Rc<RefCell<Shared>>, rng: &mut StdRng, nodes: u64) -> Result<&'static str, String> {
+    let round = rng.random_range(0..1_000_000u64);
+    let clients: Vec<Client> = (1..=nodes).map(client).collect();
+    for (i, c) in clients.iter().enumerate() {
+        let key = format!("warm/{round}/{i}").into_bytes();
+        timed(c.clone().get(GetRequest { table: RECREATED_TABLE.into(), key, consistency: 0 })).await?;
+    }
+    let mut admin = clients[rng.random_range(0..clients.len())].clone();
+    timed(admin.drop_table(DropTableRequest { name: RECREATED_TABLE.into() })).await?;
+    match create_recreated_table(&mut admin).await {
+        Ok(()) | Err(Recreate::Exists) => {}
+        Err(Recreate::Failed(e)) => return Err(e),
+    }
+    for (i, writer) in clients.iter().enumerate() {
+        let key = format!("after/{round}/{i}").into_bytes();
+        let put =
+            PutRequest { table: RECREATED_TABLE.into(), key: key.clone(), value: b"1".to_vec(), ..Default::default() };
+        if timed(writer.clone().put(put)).await.is_err() {
+            continue; // refused or in doubt: nothing to check
+        }
+        for (j, reader) in clients.iter().enumerate() {
+            let get = GetRequest { table: RECREATED_TABLE.into(), key: key.clone(), consistency: 0 };
+            match timed(reader.clone().get(get)).await {
+                Ok(r) if !r.found => shared.borrow_mut().problems.push(format!(
+                    "after the table was dropped and created again, a write acknowledged through node {} \
+                     is not visible through node {}",
+                    i + 1,
+                    j + 1
+                )),
+                _ => {}
+            }
+        }
+    }
+    Ok("drop and re-create")
+}
+
+fn batch_of(keys: &[Vec<u8>], value: u64) -> Vec<WriteOp> {
+    keys.iter()
+        .map(|k| WriteOp {
+            op: Some(write_op::Op::Put(PutRequest {
+                key: k.clone(),
+                value: value.to_string().into_bytes(),
+                ..Default::default()
+            })),
+        })
+        .collect()
+}
+
+/// BatchWrites of one value to a group of four keys, each checked by a BatchGet
+/// that must see all of one batch or none of it within each range (the operator
+/// splits only at a group's start or between its keys 1 and 2); now and then an
+/// acknowledged batch is re-sent with its request id: it must be answered with
+/// its first results and must not overwrite the newer values.
+async fn batch_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xBA7C4);
+    let mut n = 0u64;
+    let mut acked: Vec<(u64, Vec<u8>, Vec<WriteResult>)> = Vec::new();
+    let mut group = 0u64;
+    // A batch left in doubt may still apply later (a held proposal delivered after
+    // the next batch): until the group changes, its values prove nothing.
+    let mut in_doubt = false;
+    while sim_ns() < stop_ns {
+        n += 1;
+        if n.is_multiple_of(25) {
+            group = (group + 1) % 40;
+            shared.borrow_mut().batch_group = group;
+            acked.clear();
+            in_doubt = false;
+        }
+        let keys: Vec<Vec<u8>> = (0..4).map(|k| format!("b/{group:04}/{k}").into_bytes()).collect();
+        let mut c = client(rng.random_range(1..=nodes));
+        let rid = format!("bw-{n}").into_bytes();
+        let req = BatchWriteRequest { table: TABLE.into(), ops: batch_of(&keys, n), request_id: rid.clone() };
+        let write = async {
+            for _ in 0..3 {
+                match timed(c.clone().batch_write(req.clone())).await {
+                    Ok(r) => return Some(r.results),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            None
+        };
+        // A BatchGet racing the write: it must see the batch whole or not at all.
+        let (reader, delay_ms) = (client(rng.random_range(1..=nodes)), rng.random_range(0..6));
+        let racing_read = async {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            batch_get_checked(&shared, reader, &keys).await
+        };
+        let (wrote, _) = futures::join!(write, racing_read);
+        let Some(results) = wrote else {
+            in_doubt = true;
+            continue;
+        };
+        *shared.borrow_mut().operations.entry("batch write").or_default() += 1;
+        acked.push((n, rid, results));
+        if acked.len() > 1 && rng.random_range(0..3) == 0 {
+            let (old, rid, first) = acked[rng.random_range(0..acked.len() - 1)].clone();
+            let again = BatchWriteRequest { table: TABLE.into(), ops: batch_of(&keys, old), request_id: rid.clone() };
+            if let Ok(r) = timed(c.batch_write(again)).await {
+                if r.results != first {
+                    shared
+                        .borrow_mut()
+                        .duplicates
+                        .push(format!("batch {} answered differently when re-sent", String::from_utf8_lossy(&rid)));
+                }
+            }
+        }
+        let after = batch_get_checked(&shared, client(rng.random_range(1..=nodes)), &keys).await;
+        if let Some(values) = after.filter(|_| !in_doubt) {
+            if values.iter().any(|v| *v != n.to_string().as_bytes()) {
+                // This worker is the only writer of the group, and batch n is acknowledged.
+                let shown: Vec<String> = values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+                shared.borrow_mut().duplicates.push(format!(
+                    "group {group} reads {shown:?} after batch {n} was acknowledged (a re-sent batch applied again)"
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
+    }
+}
+
+/// Reads a batch group and checks that each of its two halves (keys 0-1 and 2-3,
+/// which always share a range: splits fall between groups or between keys 1
+/// and 2) holds one batch's value. Returns the values read.
+async fn batch_get_checked(shared: &Rc<RefCell<Shared>>, mut c: Client, keys: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    let get = BatchGetRequest { table: TABLE.into(), keys: keys.to_vec(), consistency: 0 };
+    let r = timed(c.batch_get(get)).await.ok()?;
+    *shared.borrow_mut().operations.entry("batch get").or_default() += 1;
+    let values: Vec<Vec<u8>> = r.results.into_iter().map(|x| x.value).collect();
+    if values[0] != values[1] || values[2] != values[3] {
+        let shown: Vec<String> = values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        shared.borrow_mut().problems.push(format!("a BatchGet saw half of a batch: {shown:?}"));
+    }
+    Some(values)
 }
 
 /// After healing: every node routes to every range (each node's view of the

@@ -32,6 +32,12 @@ fn value_cond(v: u64) -> Option<Condition> {
     Some(Condition { kind: Some(condition::Kind::ValueEquals(v.to_string().into_bytes())) })
 }
 
+/// Whether a failed write may have taken effect, as its status says (unmarked: maybe).
+pub fn write_may_have_applied(s: &tonic::Status) -> bool {
+    let outcome = s.metadata().get(cairn::outcome::HEADER).and_then(|v| v.to_str().ok());
+    cairn::outcome::maybe_applied(outcome)
+}
+
 /// Runs `input` on `key` of `table`, giving up after `timeout`.
 pub async fn register_op(
     c: &mut CairnClient<Channel>,
@@ -77,9 +83,9 @@ pub async fn register_op(
         Ok(Ok(out)) => Outcome::Ok(out),
         // A read has no effect, so a failed one is simply dropped from the history.
         Ok(Err(_)) | Err(_) if matches!(input, Input::Get) => Outcome::Failed,
-        // Argument errors are refused before anything is proposed.
-        Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => Outcome::Failed,
-        // Anything else (unavailable, timeout) may or may not have taken effect.
+        // The server says the write was not applied (`cairn-write-outcome`): it surely failed.
+        Ok(Err(s)) if !write_may_have_applied(&s) => Outcome::Failed,
+        // Anything else (an unknown outcome, a timeout here) may or may not have taken effect.
         _ => Outcome::Unknown,
     }
 }

@@ -3,6 +3,7 @@
 //! `table id (u32 BE) ++ [slot (u16 BE), hash tables only] ++ user key`.
 //! Table 0 is the system table that holds the meta range.
 
+pub mod meta;
 pub mod mvcc;
 pub mod mvcc_gc;
 pub mod slot;

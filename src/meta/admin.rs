@@ -3,7 +3,7 @@
 //! catch up, promote it; remove; transfer leadership). These are the
 //! primitives the controller and the CLI use.
 
-use super::{Gateway, Target};
+use crate::gateway::{self, Gateway, Target};
 use crate::meta;
 use cairn_proto::internal::{
     admin_request, raft_command, range_request, AdminRequest, AdminResponse, ClearRangeCommand, RaftCommand,
@@ -59,27 +59,39 @@ pub async fn split_at(gw: &Gateway, key: &[u8]) -> Result<(RangeDescriptor, Opti
     Ok((left, right))
 }
 
-/// Deletes all data in `[start, end)`, range by range.
-pub async fn clear_span(gw: &Gateway, start: &[u8], end: &[u8]) -> Result<(), Status> {
+/// Deletes all data in `[start, end)`, range by range. With `retire_table`, each
+/// range also retires that table id for good (its keys are refused from then on).
+/// Each step continues past the bounds of the range that applied it, so a split
+/// racing with the clear cannot make it skip a part.
+pub async fn clear_span(gw: &Gateway, start: &[u8], end: &[u8], retire_table: Option<u32>) -> Result<(), Status> {
     let mut cursor = start.to_vec();
     loop {
-        let rec = gw.locate(&Target::Key(cursor.clone())).await?;
         let cmd = RaftCommand {
-            request_id: super::new_request_id(),
+            request_id: gateway::new_request_id(),
             proposed_version: None,
-            cmd: Some(raft_command::Cmd::Clear(ClearRangeCommand { start: cursor.clone(), end: end.to_vec() })),
+            cmd: Some(raft_command::Cmd::Clear(ClearRangeCommand {
+                start: cursor.clone(),
+                end: end.to_vec(),
+                retire_table: retire_table.unwrap_or(0),
+            })),
         };
-        gw.call(Target::Key(cursor.clone()), |rec| {
-            Ok(RangeRequest {
-                range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
-                epoch: epoch_of(rec),
-                req: Some(range_request::Req::Command(cmd.clone())),
+        let resp = gw
+            .call(Target::Key(cursor.clone()), |rec| {
+                Ok(RangeRequest {
+                    range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
+                    epoch: epoch_of(rec),
+                    req: Some(range_request::Req::Command(cmd.clone())),
+                })
             })
-        })
-        .await?;
-        let range_end = rec.desc.map(|d| d.end).unwrap_or_default();
+            .await?;
+        let applied_by =
+            resp.admin.and_then(|a| a.desc).ok_or_else(|| Status::internal("a clear returned no descriptor"))?;
+        let range_end = applied_by.end;
         if range_end.is_empty() || (!end.is_empty() && range_end.as_slice() >= end) {
             return Ok(());
+        }
+        if range_end <= cursor {
+            return Err(Status::internal("a clear made no progress"));
         }
         cursor = range_end;
     }
