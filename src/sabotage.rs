@@ -35,6 +35,9 @@ pub enum Sabotage {
     /// `never-sync-votes`: a new term or vote is written without a sync, so a
     /// node that crashes right after voting may vote again in the same term.
     NeverSyncVotes,
+    /// `keep-removed-replica-data`: a replica removed from its node (or found
+    /// removed by replica GC) keeps its data, dedupe records and log on the disk.
+    KeepRemovedReplicaData,
 }
 
 impl Sabotage {
@@ -48,6 +51,7 @@ impl Sabotage {
             "batch-get-per-key" => Some(Sabotage::BatchGetPerKey),
             "ignore-retired-tables" => Some(Sabotage::IgnoreRetiredTables),
             "never-sync-votes" => Some(Sabotage::NeverSyncVotes),
+            "keep-removed-replica-data" => Some(Sabotage::KeepRemovedReplicaData),
             _ => None,
         }
     }

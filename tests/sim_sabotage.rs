@@ -45,6 +45,18 @@ fn the_simulator_catches_votes_that_are_not_synced() {
     );
 }
 
+/// A removed replica's data, dedupe records and log left on its node's disk:
+/// invisible to clients, caught by the placement check once the cluster settles
+/// (only 5-node seeds move replicas off a node for good).
+#[test]
+fn the_simulator_catches_a_removed_replica_left_on_disk() {
+    let problems = caught("keep-removed-replica-data");
+    assert!(
+        problems.iter().any(|p| p.contains("misplaced data")),
+        "no seed caught a build that leaves removed replicas' data on disk"
+    );
+}
+
 /// The problems the seeds reported under `sabotage`.
 fn caught(sabotage: &str) -> Vec<String> {
     sabotaged::caught("sabotaged_seeds", sabotage, SEEDS)

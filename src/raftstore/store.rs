@@ -1287,11 +1287,13 @@ fn maybe_compact_log(engine: &Engine, r: &mut Replica, cfg: &RaftConfig) {
 /// again in a term this one voted in.
 fn purge_replica(b: &mut crate::storage::Batch<'_>, desc: &RangeDescriptor, mut hs: raft::eraftpb::HardState) {
     let id = desc.id;
-    let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
-    b.delete_range(Cf::Data, &lo, &hi);
-    let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
-    b.delete_range(Cf::Dedupe, &lo, &hi);
-    b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
+    if !sabotage::active(Sabotage::KeepRemovedReplicaData) {
+        let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
+        b.delete_range(Cf::Data, &lo, &hi);
+        let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
+        b.delete_range(Cf::Dedupe, &lo, &hi);
+        b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
+    }
     let (slo, shi) = layout::range_state_bounds(id);
     b.delete_range(Cf::RaftState, &slo, &shi);
     hs.commit = 0;

@@ -18,6 +18,7 @@ pub mod checks;
 pub mod nemesis;
 pub mod network;
 pub mod node;
+pub mod placement;
 pub mod workload;
 
 use crate::raftstore::apply::Applied;
@@ -301,7 +302,7 @@ impl World {
             self.step(issuing)?;
             self.poll_changes();
             if !issuing && !self.workload.busy() && self.now_ms.is_multiple_of(100) {
-                converged = checks::convergence(&self.nodes);
+                converged = checks::convergence(&self.nodes).and_then(|c| self.placement().map(|()| c));
                 if converged.is_ok() {
                     break;
                 }
@@ -810,6 +811,18 @@ impl World {
     }
 
     // ------------------------------------------------------------ final checks
+
+    /// Every node's disk holds exactly the ranges it is a replica of (`placement`).
+    fn placement(&self) -> Result<(), String> {
+        let ranges: Vec<RangeDescriptor> = self.leader_views().into_iter().map(|(_, v)| v.desc).collect();
+        let problems: Vec<String> =
+            self.nodes.iter().flat_map(|n| placement::check_disk(n.id, &n.disk, &ranges)).take(6).collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("disks hold misplaced data:\n  {}", problems.join("\n  ")))
+        }
+    }
 
     fn final_checks(&mut self) -> Result<(), String> {
         let committed = self.committed.lock();

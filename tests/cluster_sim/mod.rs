@@ -85,6 +85,8 @@ pub struct Shared {
     pub problems: Vec<String>,
     /// The key group the batch client writes now (the operator splits inside it).
     pub batch_group: u64,
+    /// Every node's disk, for the final placement check.
+    pub disks: Vec<Arc<SimDisk>>,
     /// What the client host is doing, for a run that never finishes.
     pub progress: String,
 }
@@ -335,6 +337,7 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         healed_at_ms: 0,
         problems: Vec::new(),
         batch_group: 0,
+        disks: disks.clone(),
         progress: String::new(),
     }));
     sim.client("clients", workload::run(shared.clone(), cfg.seed, cfg.nodes, cfg.fault_ms));

@@ -13,7 +13,9 @@
 use super::net::channel_to;
 use super::register::{random_input, register_op};
 use super::{Phase, Shared};
+use cairn::sim::placement;
 use cairn_check::{Operation, Outcome, Output};
+use cairn_proto::internal::{RangeDescriptor, Replica};
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::{
     write_op, BatchGetRequest, BatchWriteRequest, ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse,
@@ -512,6 +514,56 @@ async fn final_checks(shared: &Rc<RefCell<Shared>>, nodes: u64) {
             shared.borrow_mut().counter.2 = observed;
         }
         Err(e) => shared.borrow_mut().problems.push(format!("final counter read failed: {e}")),
+    }
+    shared.borrow_mut().progress = "placement check".into();
+    let misplaced = placement_settled(shared).await;
+    shared.borrow_mut().problems.extend(misplaced);
+}
+
+/// Waits (up to `CONVERGENCE_PATIENCE`) until every node's disk holds exactly the
+/// ranges it is a replica of (`placement`); returns what is still wrong then.
+/// Membership changes that were under way when the faults healed finish first.
+async fn placement_settled(shared: &Rc<RefCell<Shared>>) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_PATIENCE;
+    loop {
+        let problems = match timed(client(1).cluster_status(ClusterStatusRequest {})).await {
+            Ok(status) => {
+                let ranges: Vec<RangeDescriptor> = status
+                    .ranges
+                    .iter()
+                    .map(|r| RangeDescriptor {
+                        id: r.id,
+                        start: r.start.clone(),
+                        end: r.end.clone(),
+                        replicas: r
+                            .replicas
+                            .iter()
+                            .map(|x| Replica { node_id: x.node_id, learner: x.learner })
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect();
+                let disks = shared.borrow().disks.clone();
+                // Node ids are allocated as nodes join, so a host's id is read from its disk.
+                disks
+                    .iter()
+                    .flat_map(|disk| match placement::node_id_of(disk) {
+                        Some(node) => placement::check_disk(node, disk, &ranges),
+                        None => vec!["a node's disk holds no identity".to_string()],
+                    })
+                    .collect()
+            }
+            Err(e) => vec![format!("cluster status for the placement check: {e}")],
+        };
+        if problems.is_empty() {
+            return problems;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut out = vec![format!("disks still hold misplaced data {CONVERGENCE_PATIENCE:?} after healing:")];
+            out.extend(problems.into_iter().take(8));
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
