@@ -22,6 +22,7 @@ fn bad_configuration_exits_2_and_names_the_problem() {
         ("--worker-threads", "5000", "worker_threads"),
         ("--mvcc-retention-secs", "0", "mvcc_retention_secs"),
         ("--memtable-bytes", "1024", "memtable_bytes"),
+        ("--max-clock-offset-ms", "0", "max_clock_offset_ms"),
     ] {
         let (code, err) = server(&["--data-dir", d, flag, value]);
         assert_eq!(code, 2, "{flag} {value}: {err}");

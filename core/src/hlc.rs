@@ -4,6 +4,12 @@
 //! goes backwards, even if the wall clock does, and it is pushed forward by every
 //! version the node observes, so versions issued after a leader change are above
 //! the ones the previous leader issued (the apply path also enforces this per range).
+//!
+//! How far a remote timestamp may push it is bounded: a version more than the
+//! maximum clock offset ahead of this node's own physical time is not adopted
+//! (CockroachDB's rule), so one node with a clock far in the future cannot drag
+//! every other node's versions there. Versions of one range still grow: apply
+//! stamps each command above the range's last version whatever the clock says.
 
 use cairn_proto::kv;
 use parking_lot::Mutex;
@@ -70,11 +76,23 @@ impl From<&kv::Version> for Version {
 /// Where a clock reads physical time from: the wall clock, or the simulator's.
 pub type PhysicalClock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// How far ahead of this node's physical time a remote timestamp may move its
+/// clock, unless configured otherwise.
+pub const DEFAULT_MAX_OFFSET_NS: u64 = 500_000_000;
+
 /// The node's clock.
 pub struct Hlc {
     node_id: u32,
     last: Mutex<Version>,
     physical_ns: Option<PhysicalClock>,
+    max_offset_ns: u64,
+}
+
+/// A remote timestamp the clock refused to adopt: it was this far ahead of the
+/// node's own physical time (more than the maximum offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooFarAhead {
+    pub ahead_ns: u64,
 }
 
 /// Where this process reads wall time from when not the system clock: set once,
@@ -103,18 +121,33 @@ pub fn wall_now_ms() -> u64 {
 
 impl Hlc {
     pub fn new(node_id: u32) -> Self {
-        Hlc { node_id, last: Mutex::new(Version::ZERO), physical_ns: None }
+        Hlc { node_id, last: Mutex::new(Version::ZERO), physical_ns: None, max_offset_ns: DEFAULT_MAX_OFFSET_NS }
     }
 
     /// A clock whose physical part comes from `physical_ns` (the simulator's time),
     /// so versions are reproducible.
     pub fn with_physical_clock(node_id: u32, physical_ns: PhysicalClock) -> Self {
-        Hlc { node_id, last: Mutex::new(Version::ZERO), physical_ns: Some(physical_ns) }
+        Hlc {
+            node_id,
+            last: Mutex::new(Version::ZERO),
+            physical_ns: Some(physical_ns),
+            max_offset_ns: DEFAULT_MAX_OFFSET_NS,
+        }
+    }
+
+    /// The same clock with another bound on how far a remote timestamp may move it.
+    pub fn with_max_offset_ns(mut self, max_offset_ns: u64) -> Self {
+        self.max_offset_ns = max_offset_ns;
+        self
+    }
+
+    fn physical_now(&self) -> u64 {
+        self.physical_ns.as_ref().map_or_else(wall_now_ns, |f| f())
     }
 
     /// A fresh version, above every version issued or observed so far.
     pub fn now(&self) -> Version {
-        let wall = self.physical_ns.as_ref().map_or_else(wall_now_ns, |f| f());
+        let wall = self.physical_now();
         let mut last = self.last.lock();
         let v = if wall > last.wall_ns {
             Version { wall_ns: wall, logical: 0, node_id: self.node_id }
@@ -126,12 +159,18 @@ impl Hlc {
         v
     }
 
-    /// Moves the clock past a version seen elsewhere (applied entries, peers).
-    pub fn observe(&self, v: Version) {
+    /// Moves the clock past a version seen elsewhere (applied entries, peers),
+    /// unless it is more than the maximum offset ahead of this node's physical time.
+    pub fn observe(&self, v: Version) -> Result<(), TooFarAhead> {
+        let limit = self.physical_now().saturating_add(self.max_offset_ns);
+        if v.wall_ns > limit {
+            return Err(TooFarAhead { ahead_ns: v.wall_ns - limit + self.max_offset_ns });
+        }
         let mut last = self.last.lock();
         if v > *last {
             *last = v;
         }
+        Ok(())
     }
 }
 
@@ -145,11 +184,31 @@ mod tests {
         let a = c.now();
         let b = c.now();
         assert!(b > a);
-        let future = Version { wall_ns: a.wall_ns + 3_600_000_000_000, logical: 7, node_id: 9 };
-        c.observe(future);
+        let near = Version { wall_ns: a.wall_ns + 300_000_000, logical: 7, node_id: 9 };
+        assert_eq!(c.observe(near), Ok(()));
         let d = c.now();
-        assert!(d > future);
+        assert!(d > near, "a timestamp within the maximum offset is adopted");
         assert_eq!(d.node_id, 3);
         assert_eq!(Version::from_bytes(&d.to_bytes()), Some(d));
+    }
+
+    /// One node's clock an hour ahead must not drag this node's versions an hour ahead.
+    #[test]
+    fn a_timestamp_beyond_the_maximum_offset_is_not_adopted() {
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_000_000_000_000));
+        let physical = now.clone();
+        let c = Hlc::with_physical_clock(
+            1,
+            std::sync::Arc::new(move || physical.load(std::sync::atomic::Ordering::SeqCst)),
+        )
+        .with_max_offset_ns(500_000_000);
+        let base = c.now();
+        let hour_ahead = Version { wall_ns: base.wall_ns + 3_600_000_000_000, logical: 0, node_id: 2 };
+        let refused = c.observe(hour_ahead).unwrap_err();
+        assert!(refused.ahead_ns >= 3_599_000_000_000, "{refused:?}");
+        assert!(c.now().wall_ns < base.wall_ns + 1_000_000_000, "the clock stayed near physical time");
+        // Once physical time catches up, the same timestamp is within the bound.
+        now.store(base.wall_ns + 3_600_000_000_000, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(c.observe(hour_ahead), Ok(()));
     }
 }

@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// Size of one storage memtable, per column family.
     #[arg(long)]
     pub memtable_bytes: Option<u64>,
+    /// How far ahead of this node's clock another node's timestamp may move its hybrid
+    /// logical clock (default 500).
+    #[arg(long)]
+    pub max_clock_offset_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -117,6 +121,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.memtable_bytes {
             c.memtable_bytes = v;
+        }
+        if let Some(v) = self.max_clock_offset_ms {
+            c.max_clock_offset_ms = v;
         }
         c.validate()?;
         Ok(c)

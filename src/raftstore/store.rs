@@ -167,7 +167,7 @@ impl Store {
         for id in ids {
             match RangeStorage::load(engine.clone(), id) {
                 Ok(Some(storage)) => {
-                    store.hlc.observe(storage.apply.last_version);
+                    observe_applied(&store.hlc, id, storage.apply.last_version);
                     store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
                 }
                 Ok(None) => {}
@@ -1123,7 +1123,7 @@ fn flush_applied(
             r.shared.set_desc(desc.clone());
         }
     }
-    hlc.observe(s.last_version);
+    observe_applied(hlc, id, s.last_version);
     r.shared.set_applied(s.applied_index, s.last_version);
     r.shared.written_bytes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
     for o in owed {
@@ -1152,6 +1152,27 @@ fn flush_applied(
                 }
                 None => {}
             },
+        }
+    }
+}
+
+/// Moves the node's clock past an applied version, unless that version is beyond
+/// the maximum clock offset (a leader whose clock runs far ahead wrote it): then
+/// the clock stays put, which is counted and logged at most once a minute.
+fn observe_applied(hlc: &Hlc, range_id: u64, v: crate::hlc::Version) {
+    static LAST_WARNED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Err(refused) = hlc.observe(v) {
+        metrics::counter!("cairn_hlc_remote_ahead_total").increment(1);
+        let now_ms = crate::hlc::wall_now_ms();
+        let last = LAST_WARNED_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= 60_000 {
+            LAST_WARNED_MS.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                range_id,
+                ahead_ms = refused.ahead_ns / 1_000_000,
+                "an applied version is ahead of this node's clock by more than max_clock_offset_ms: \
+                 the clock does not follow it (is another node's clock far ahead?)"
+            );
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub mvcc_retention_secs: u64,
     /// Size of one storage memtable, per column family.
     pub memtable_bytes: u64,
+    /// How far ahead of this node's clock a timestamp from another node may move its
+    /// hybrid logical clock.
+    pub max_clock_offset_ms: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
 }
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             worker_threads: 0,
             mvcc_retention_secs: crate::storage::mvcc_gc::DEFAULT_RETENTION.as_secs(),
             memtable_bytes: crate::storage::EngineConfig::default().memtable_bytes,
+            max_clock_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_NS / 1_000_000,
             raft: RaftConfig::default(),
             limits: Limits::default(),
         }
@@ -109,6 +113,9 @@ impl ServerConfig {
                 "memtable_bytes must be {MIN_MEMTABLE_BYTES} to {MAX_MEMTABLE_BYTES}, got {}",
                 self.memtable_bytes
             ));
+        }
+        if !(1..=60_000).contains(&self.max_clock_offset_ms) {
+            return Err(format!("max_clock_offset_ms must be 1 to 60000, got {}", self.max_clock_offset_ms));
         }
         if self.split_threshold_bytes < 4096 {
             return Err("split_threshold_bytes must be at least 4096".into());

@@ -220,10 +220,13 @@ where
         }
     };
     book.learn(node_id, &grpc_addr);
-    let hlc = Arc::new(match physical_clock {
-        Some(clock) => Hlc::with_physical_clock(node_id as u32, clock),
-        None => Hlc::new(node_id as u32),
-    });
+    let hlc = Arc::new(
+        match physical_clock {
+            Some(clock) => Hlc::with_physical_clock(node_id as u32, clock),
+            None => Hlc::new(node_id as u32),
+        }
+        .with_max_offset_ns(cfg.max_clock_offset_ms.saturating_mul(1_000_000)),
+    );
     let transport = Arc::new(Transport::new(
         node_id,
         grpc_addr.clone(),
