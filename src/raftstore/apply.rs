@@ -90,26 +90,24 @@ impl<'a> ApplyBatch<'a> {
         raw.get(8..).and_then(|b| WriteResponse::decode(b).ok()).map(|r| r.results)
     }
 
-    /// The first attempt's answer to a retried write. Records are kept per key, so
-    /// a retry finds them however its keys are grouped into ranges now (a split
-    /// between the attempts regroups them). A key without a record means the id
-    /// was reused for different keys: that is a new request, not a retry.
-    fn recorded(&self, muts: &[Mutation], request_id: &[u8], now: Version) -> Option<WriteResponse> {
+    /// The first attempt's answer to each mutation of a retried write, where its key
+    /// has one. Records are kept per key, so a retry finds them however its keys are
+    /// grouped into ranges now (a split between the attempts regroups them; a merge
+    /// can put keys that were applied in different ranges, at different times, into
+    /// one group, some with records and some without).
+    fn recorded(&self, muts: &[Mutation], request_id: &[u8], now: Version) -> Vec<Option<MutationResult>> {
         if sabotage::active(Sabotage::ApplyRetryTwice) {
-            return None;
+            return vec![None; muts.len()];
         }
         let mut per_key: HashMap<&[u8], std::collections::VecDeque<MutationResult>> = HashMap::new();
-        let mut results = Vec::with_capacity(muts.len());
-        for m in muts {
-            let queue = match per_key.entry(m.key.as_slice()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.recorded_for_key(&m.key, request_id, now)?.into())
-                }
-            };
-            results.push(queue.pop_front()?);
-        }
-        Some(WriteResponse { results })
+        muts.iter()
+            .map(|m| {
+                per_key
+                    .entry(m.key.as_slice())
+                    .or_insert_with(|| self.recorded_for_key(&m.key, request_id, now).unwrap_or_default().into())
+                    .pop_front()
+            })
+            .collect()
     }
 
     /// Records each key's results (in op order) under `request_id`.
@@ -158,12 +156,20 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
         }
         _ => None,
     };
-    if let Some(muts) = dedupe {
-        if let Some(resp) = ab.recorded(muts, &cmd.request_id, version) {
-            return Applied::Write(resp);
-        }
+    // Each mutation's recorded answer, where its key has one: a retry answered whole
+    // from records applies nothing; one answered in part applies only the rest.
+    let known = dedupe.map(|muts| ab.recorded(muts, &cmd.request_id, version)).unwrap_or_default();
+    if !known.is_empty() && known.iter().all(Option::is_some) {
+        return Applied::Write(WriteResponse { results: known.into_iter().flatten().collect() });
     }
+    let unanswered: Option<Vec<Mutation>> = dedupe
+        .filter(|_| known.iter().any(Option::is_some))
+        .map(|muts| muts.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(m, _)| m.clone()).collect());
     let out = match &cmd.cmd {
+        Some(raft_command::Cmd::Write(_)) if unanswered.is_some() => {
+            let rest = WriteBatch { mutations: unanswered.clone().unwrap_or_default() };
+            apply_write(ab, t, &rest, version)
+        }
         Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, w, version),
         Some(raft_command::Cmd::Split(s)) => {
             let prior = super::raft_storage::persisted_hard_state(ab.engine, s.new_range_id);
@@ -174,8 +180,15 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     };
     if let Applied::Write(resp) = &out {
         t.apply.last_version = version;
-        if let Some(muts) = dedupe {
-            ab.remember(muts, &cmd.request_id, version, resp);
+        match (&unanswered, dedupe) {
+            (Some(rest), _) => {
+                ab.remember(rest, &cmd.request_id, version, resp);
+                let mut fresh = resp.results.iter();
+                let results = known.into_iter().map(|k| k.or_else(|| fresh.next().copied()).unwrap_or_default());
+                return Applied::Write(WriteResponse { results: results.collect() });
+            }
+            (None, Some(muts)) => ab.remember(muts, &cmd.request_id, version, resp),
+            (None, None) => {}
         }
     }
     out
@@ -500,10 +513,21 @@ mod tests {
         let left = write(vec![put(b"b", b"1", None), put(b"b", b"3", None)], b"rid");
         let Applied::Write(again) = run(&e, &mut desc, &mut st, &left) else { panic!() };
         assert_eq!(again.results, vec![first.results[0], first.results[2]], "per-key order kept");
-        // The same id with a key it never wrote is a different request.
+        // Keys that have a record are answered from it, and only the others are applied
+        // (a retry whose first attempt was applied in other ranges, merged since).
         let other = write(vec![put(b"b", b"1", None), put(b"d", b"9", None)], b"rid");
-        let Applied::Write(fresh) = run(&e, &mut desc, &mut st, &other) else { panic!() };
-        assert_ne!(fresh.results[0].version, first.results[0].version, "applied as a new request");
+        let Applied::Write(mixed) = run(&e, &mut desc, &mut st, &other) else { panic!() };
+        assert_eq!(mixed.results[0], first.results[0], "b answered from its record");
+        let newer = |a: &Option<cairn_proto::kv::Version>, b: &Option<cairn_proto::kv::Version>| {
+            a.as_ref().map(Version::from) > b.as_ref().map(Version::from)
+        };
+        assert!(
+            mixed.results[1].succeeded && newer(&mixed.results[1].version, &first.results[0].version),
+            "d applied now"
+        );
+        assert_eq!(mvcc::get_live(&e, b"d", Version::MAX).map(|(v, _)| v), Some(b"9".to_vec()));
+        let Applied::Write(again) = run(&e, &mut desc, &mut st, &other) else { panic!() };
+        assert_eq!(again, mixed, "and the mixed retry, sent again, is answered whole from records");
     }
 
     #[test]
