@@ -43,6 +43,8 @@ pub enum InputError {
     ValueTooLarge { got: usize, limit: usize },
     #[error("batch is {got} bytes; the batch size limit is {limit} bytes (max_batch_bytes)")]
     BatchTooLarge { got: usize, limit: usize },
+    #[error("the values read pass {limit} bytes, the reply size limit (max_batch_bytes); read fewer keys per request")]
+    ReplyTooLarge { limit: u64 },
     #[error("batch has {got} operations; the limit is {limit} (max_batch_ops)")]
     TooManyOps { got: usize, limit: usize },
     #[error("request_id is {got} bytes; the limit is {limit} bytes")]

@@ -37,7 +37,7 @@ impl Controller {
         if !self.leads_meta() {
             return;
         }
-        let (nodes, records) = match (registry::list(&self.gw).await, meta::load_directory(&self.gw).await) {
+        let (nodes, records) = match (registry::list(&self.gw).await, self.gw.load_directory().await) {
             (Ok(n), Ok(r)) => (n, r),
             _ => return,
         };

@@ -5,7 +5,7 @@
 use crate::gateway::scan::{self, ScanParams};
 use crate::gateway::{self, new_request_id, Gateway, Target};
 use crate::keys;
-use crate::meta::{self, admin, catalog, registry};
+use crate::meta::{admin, catalog, registry};
 use crate::outcome;
 use crate::request;
 use crate::sabotage::{self, Sabotage};
@@ -270,11 +270,6 @@ impl KvService {
             )));
         }
         let limit = self.gw.limits.max_batch_bytes as u64;
-        let too_large = || {
-            invalid(format!(
-                "the values read pass {limit} bytes, the reply size limit (max_batch_bytes); read fewer keys per request"
-            ))
-        };
         let encoded: Vec<Vec<u8>> = user_keys.iter().map(|k| request::encode_key(t, k)).collect();
         let mut out = vec![GetResponse::default(); encoded.len()];
         let mut pending: Vec<usize> = (0..encoded.len()).collect();
@@ -327,7 +322,7 @@ impl KvService {
                 for (i, r) in idx.into_iter().zip(resp.reads) {
                     total = total.saturating_add(r.value.len() as u64);
                     if total > limit {
-                        return Err(too_large());
+                        return Err(invalid(crate::limits::InputError::ReplyTooLarge { limit }));
                     }
                     out[i] = GetResponse { found: r.found, value: r.value, version: r.version };
                 }
@@ -461,7 +456,7 @@ impl Cairn for KvService {
         let now = crate::hlc::wall_now_ms();
         let nodes = registry::list(&self.gw).await?;
         let tables = catalog::list(&self.gw).await.unwrap_or_default();
-        let mut records = meta::load_directory(&self.gw).await?;
+        let mut records = self.gw.load_directory().await?;
         records.sort_by(|a, b| {
             let ka = a.desc.as_ref().map(|d| d.start.clone()).unwrap_or_default();
             let kb = b.desc.as_ref().map(|d| d.start.clone()).unwrap_or_default();

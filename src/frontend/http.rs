@@ -2,7 +2,7 @@
 //! cluster view as JSON, and a small self-refreshing web console.
 
 use crate::gateway::Gateway;
-use crate::meta::{self, catalog, registry};
+use crate::meta::{catalog, registry};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -60,7 +60,7 @@ async fn node(State(s): State<HttpState>) -> Json<serde_json::Value> {
 async fn cluster(State(s): State<HttpState>) -> Response {
     let gw = &s.gw;
     let now = crate::hlc::wall_now_ms();
-    let (nodes, dir) = match (registry::list(gw).await, meta::load_directory(gw).await) {
+    let (nodes, dir) = match (registry::list(gw).await, gw.load_directory().await) {
         (Ok(n), Ok(d)) => (n, d),
         (Err(e), _) | (_, Err(e)) => {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("cluster view unavailable: {}", e.message()))

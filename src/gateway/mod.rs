@@ -473,10 +473,7 @@ impl Gateway {
                     last_progress = crate::clock::now();
                 }
                 Kind::Unavailable => {}
-                Kind::Invalid => {
-                    return Err(finish(Status::invalid_argument(err.message), is_write, maybe_applied));
-                }
-                Kind::TableDropped => return Err(finish(table_dropped(&err.message), is_write, maybe_applied)),
+                Kind::Invalid | Kind::TableDropped => return Err(finish(status_of(&err), is_write, maybe_applied)),
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::gateway::{self, Gateway, Target};
 use crate::meta;
 use cairn_proto::internal::{
     admin_request, raft_command, range_request, AdminRequest, AdminResponse, ClearRangeCommand, RaftCommand,
-    RangeDescriptor, RangeRecord, RangeRequest, SplitCommand,
+    RangeDescriptor, RangeRecord, RangeRequest, RangeResponse, SplitCommand,
 };
 use std::time::Duration;
 use tonic::Status;
@@ -17,6 +17,18 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn epoch_of(rec: &RangeRecord) -> Option<cairn_proto::internal::RangeEpoch> {
     rec.desc.as_ref().and_then(|d| d.epoch)
+}
+
+/// Runs `cmd` on the range that holds `key`, routed (and re-routed) by the gateway.
+async fn command_at(gw: &Gateway, key: &[u8], cmd: &RaftCommand) -> Result<RangeResponse, Status> {
+    gw.call(Target::Key(key.to_vec()), |rec| {
+        Ok(RangeRequest {
+            range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
+            epoch: epoch_of(rec),
+            req: Some(range_request::Req::Command(cmd.clone())),
+        })
+    })
+    .await
 }
 
 /// Splits the range containing `key` so that a range starts at `key`.
@@ -35,15 +47,7 @@ pub async fn split_at(gw: &Gateway, key: &[u8]) -> Result<(RangeDescriptor, Opti
         proposed_version: None,
         cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id })),
     };
-    let resp = gw
-        .call(Target::Key(key.to_vec()), |rec| {
-            Ok(RangeRequest {
-                range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
-                epoch: epoch_of(rec),
-                req: Some(range_request::Req::Command(cmd.clone())),
-            })
-        })
-        .await?;
+    let resp = command_at(gw, key, &cmd).await?;
     let admin = resp.admin.unwrap_or_default();
     let left = admin.desc.ok_or_else(|| Status::internal("split returned no descriptor"))?;
     let right = admin.right;
@@ -75,15 +79,7 @@ pub async fn clear_span(gw: &Gateway, start: &[u8], end: &[u8], retire_table: Op
                 retire_table: retire_table.unwrap_or(0),
             })),
         };
-        let resp = gw
-            .call(Target::Key(cursor.clone()), |rec| {
-                Ok(RangeRequest {
-                    range_id: rec.desc.as_ref().map(|d| d.id).unwrap_or(0),
-                    epoch: epoch_of(rec),
-                    req: Some(range_request::Req::Command(cmd.clone())),
-                })
-            })
-            .await?;
+        let resp = command_at(gw, &cursor, &cmd).await?;
         let applied_by =
             resp.admin.and_then(|a| a.desc).ok_or_else(|| Status::internal("a clear returned no descriptor"))?;
         let range_end = applied_by.end;

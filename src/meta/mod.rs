@@ -55,11 +55,6 @@ pub async fn next_id(gw: &Gateway, counter: &[u8]) -> Result<u64, Status> {
     }
 }
 
-/// Loads every range record.
-pub async fn load_directory(gw: &Gateway) -> Result<Vec<RangeRecord>, Status> {
-    gw.load_directory().await
-}
-
 /// Records range descriptors (a stale epoch never overwrites a newer one).
 pub async fn report_ranges(gw: &Gateway, records: Vec<RangeRecord>) -> Result<(), Status> {
     if records.is_empty() {

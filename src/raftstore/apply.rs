@@ -83,7 +83,7 @@ impl<'a> ApplyBatch<'a> {
             Some(v) => Some(v.clone()),
             None => self.engine.get(Cf::Dedupe, &record_key),
         }?;
-        let ms = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+        let ms = layout::dedupe_record_ms(&raw)?;
         if crate::dedupe::expired(ms, now.wall_ns) {
             return None;
         }
@@ -162,15 +162,11 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     if !known.is_empty() && known.iter().all(Option::is_some) {
         return Applied::Write(WriteResponse { results: known.into_iter().flatten().collect() });
     }
-    let unanswered: Option<Vec<Mutation>> = dedupe
-        .filter(|_| known.iter().any(Option::is_some))
-        .map(|muts| muts.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(m, _)| m.clone()).collect());
+    let unanswered: Option<WriteBatch> = dedupe.filter(|_| known.iter().any(Option::is_some)).map(|muts| WriteBatch {
+        mutations: muts.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(m, _)| m.clone()).collect(),
+    });
     let out = match &cmd.cmd {
-        Some(raft_command::Cmd::Write(_)) if unanswered.is_some() => {
-            let rest = WriteBatch { mutations: unanswered.clone().unwrap_or_default() };
-            apply_write(ab, t, &rest, version)
-        }
-        Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, w, version),
+        Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, unanswered.as_ref().unwrap_or(w), version),
         Some(raft_command::Cmd::Split(s)) => {
             let prior = super::raft_storage::persisted_hard_state(ab.engine, s.new_range_id);
             apply_split(&mut ab.batch, t, s, prior)
@@ -182,7 +178,7 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
         t.apply.last_version = version;
         match (&unanswered, dedupe) {
             (Some(rest), _) => {
-                ab.remember(rest, &cmd.request_id, version, resp);
+                ab.remember(&rest.mutations, &cmd.request_id, version, resp);
                 let mut fresh = resp.results.iter();
                 let results = known.into_iter().map(|k| k.or_else(|| fresh.next().copied()).unwrap_or_default());
                 return Applied::Write(WriteResponse { results: results.collect() });

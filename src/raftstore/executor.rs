@@ -11,6 +11,7 @@ use super::msg::{StoreHandle, StoreMsg};
 use super::shared::ReplicaShared;
 use crate::hlc::Version;
 use crate::keys;
+use crate::limits::InputError;
 use crate::sabotage::{self, Sabotage};
 use crate::storage::mvcc;
 use cairn_proto::internal::{
@@ -44,11 +45,7 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
                     admin: Some(AdminResponse { desc: Some(left), right: Some(right), ..Default::default() }),
                     ..Default::default()
                 },
-                Ok(Applied::AlreadySplit(desc)) => RangeResponse {
-                    admin: Some(AdminResponse { desc: Some(desc), ..Default::default() }),
-                    ..Default::default()
-                },
-                Ok(Applied::Cleared(desc)) => RangeResponse {
+                Ok(Applied::AlreadySplit(desc) | Applied::Cleared(desc)) => RangeResponse {
                     admin: Some(AdminResponse { desc: Some(desc), ..Default::default() }),
                     ..Default::default()
                 },
@@ -142,10 +139,7 @@ pub fn read_keys(
         };
         bytes = bytes.saturating_add(result.value.len() as u64);
         if req.max_reply_bytes > 0 && bytes > req.max_reply_bytes {
-            return Err(errors::invalid(format!(
-                "the values read pass {} bytes, the reply size limit (max_batch_bytes); read fewer keys per request",
-                req.max_reply_bytes
-            )));
+            return Err(errors::invalid(InputError::ReplyTooLarge { limit: req.max_reply_bytes }.to_string()));
         }
         out.push(result);
     }

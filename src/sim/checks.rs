@@ -58,10 +58,6 @@ impl VoteLedger {
         true
     }
 
-    pub fn votes_seen(&self) -> usize {
-        self.granted.len()
-    }
-
     /// Whether node `node`'s disk, as it restarts, still holds every vote it granted.
     pub fn check_durable(&self, node: u64, engine: &crate::storage::Engine) -> Result<(), String> {
         for (&(_, range), &(term, candidate)) in self.granted.range((node, 0)..=(node, u64::MAX)) {

@@ -51,9 +51,7 @@ impl DedupeGc {
 /// Whether the record at `key` (value: write time in ms ++ results) may be dropped,
 /// given the local replicas' spans sorted by start.
 pub fn collectable(spans: &[DedupeSpan], key: &[u8], value: &[u8]) -> bool {
-    let Some(record_ms) = value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
-        return false;
-    };
+    let Some(record_ms) = super::layout::dedupe_record_ms(value) else { return false };
     let after = spans.partition_point(|s| s.lo.as_slice() <= key);
     let Some(span) = after.checked_sub(1).map(|i| &spans[i]) else { return false };
     key < span.hi.as_slice() && crate::dedupe::collectable(record_ms, span.applied.wall_ns)

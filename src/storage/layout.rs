@@ -143,6 +143,11 @@ pub fn dedupe_span(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     super::mvcc::data_span(start, end)
 }
 
+/// The write time (ms, from the writing command's version) a dedupe record starts with.
+pub fn dedupe_record_ms(value: &[u8]) -> Option<u64> {
+    value.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
 /// Cluster identity of this node: `cluster_id\0node_id`.
 pub const LOCAL_IDENT: &[u8] = b"ident";
 /// Peer address book: `addr/<node id BE>` → address.
