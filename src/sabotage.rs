@@ -38,6 +38,10 @@ pub enum Sabotage {
     /// `keep-removed-replica-data`: a replica removed from its node (or found
     /// removed by replica GC) keeps its data, dedupe records and log on the disk.
     KeepRemovedReplicaData,
+    /// `reuse-replica-ids`: a node added back to a range gets its node id as
+    /// its peer id, which its earlier incarnation may have had, so the leader
+    /// can count the old replica's acknowledgements for the new one.
+    ReuseReplicaIds,
 }
 
 impl Sabotage {
@@ -52,6 +56,7 @@ impl Sabotage {
             "ignore-retired-tables" => Some(Sabotage::IgnoreRetiredTables),
             "never-sync-votes" => Some(Sabotage::NeverSyncVotes),
             "keep-removed-replica-data" => Some(Sabotage::KeepRemovedReplicaData),
+            "reuse-replica-ids" => Some(Sabotage::ReuseReplicaIds),
             _ => None,
         }
     }

@@ -89,3 +89,21 @@ fn the_simulator_catches_a_retry_applied_twice() {
         "no seed caught a build that applies retried requests twice"
     );
 }
+
+/// Runs the scripted re-addition under the sabotage named by `CAIRN_SABOTAGE`.
+#[test]
+#[ignore = "started by the case below, in a child process"]
+fn sabotaged_readd() {
+    sabotaged::report_seeds(|_| cairn::sim::scripted::readd_while_the_old_replica_lags().err());
+}
+
+/// A node added back with the peer id it had before: the scripted re-addition
+/// finds the leader crediting the new, empty replica with the old one's log.
+#[test]
+fn the_scripted_readd_catches_reused_peer_ids() {
+    let problems = sabotaged::caught("sabotaged_readd", "reuse-replica-ids", 1);
+    assert!(
+        problems.iter().any(|p| p.contains("credits node 3") || p.contains("never caught up")),
+        "the scripted re-addition did not catch a build that reuses peer ids: {problems:?}"
+    );
+}

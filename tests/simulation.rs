@@ -112,3 +112,15 @@ fn regression_a_vote_request_creates_the_missing_replica() {
 fn regression_followers_elect_anew_when_their_leader_lost_its_log() {
     replays_cleanly(20163);
 }
+
+/// Defect: peer ids were node ids, so a node added back to a range while its
+/// old replica still ran was the same Raft peer to the leader, which counted
+/// the old replica's acknowledgement for the new one and never caught the new
+/// one up (see `cairn::sim::scripted`). Scripted, so it happens every run.
+#[test]
+fn a_node_added_back_is_caught_up_as_a_new_peer() {
+    match cairn::sim::scripted::readd_while_the_old_replica_lags() {
+        Ok(what) => println!("{what}"),
+        Err(problem) => panic!("{problem}"),
+    }
+}

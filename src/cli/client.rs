@@ -887,7 +887,7 @@ fn range_json(r: &kv::RangeStatus) -> Value {
         "replicas": r
             .replicas
             .iter()
-            .map(|rep| json!({ "node_id": rep.node_id, "learner": rep.learner }))
+            .map(|rep| json!({ "node_id": rep.node_id, "learner": rep.learner, "replica_id": rep.replica_id }))
             .collect::<Vec<_>>(),
         "leader_node_id": if r.leader_node_id == 0 {
             Value::Null
@@ -1170,7 +1170,7 @@ mod tests {
 
     #[test]
     fn replicas() {
-        let r = |node_id, learner| kv::ReplicaStatus { node_id, learner };
+        let r = |node_id, learner| kv::ReplicaStatus { node_id, learner, replica_id: node_id };
         assert_eq!(replicas_display(&[r(1, false), r(2, false), r(4, true)]), "1,2,4(L)");
     }
 }

@@ -68,7 +68,11 @@ pub fn range_status(rec: &RangeRecord, tables: &[TableInfo]) -> RangeStatus {
         end: d.end,
         epoch_version: e.version,
         epoch_conf_ver: e.conf_ver,
-        replicas: d.replicas.iter().map(|r| ReplicaStatus { node_id: r.node_id, learner: r.learner }).collect(),
+        replicas: d
+            .replicas
+            .iter()
+            .map(|r| ReplicaStatus { node_id: r.node_id, learner: r.learner, replica_id: r.replica_id })
+            .collect(),
         leader_node_id: rec.leader_node_id,
         approximate_bytes: rec.approximate_bytes,
     }

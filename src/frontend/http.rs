@@ -82,7 +82,7 @@ async fn cluster(State(s): State<HttpState>) -> Response {
             let st = super::grpc_kv::range_status(r, &tables);
             json!({"id": st.id, "table": st.table, "start": st.start_display, "end": st.end_display,
                    "epoch": format!("{}.{}", st.epoch_version, st.epoch_conf_ver),
-                   "replicas": st.replicas.iter().map(|x| json!({"node": x.node_id, "learner": x.learner})).collect::<Vec<_>>(),
+                   "replicas": st.replicas.iter().map(|x| json!({"node": x.node_id, "learner": x.learner, "replica_id": x.replica_id})).collect::<Vec<_>>(),
                    "leader": st.leader_node_id, "approximate_bytes": st.approximate_bytes})
         })
         .collect();

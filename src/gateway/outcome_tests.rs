@@ -25,7 +25,7 @@ fn gateway_routing_to(peer: &str) -> Gateway {
         desc: Some(RangeDescriptor {
             id: 5,
             epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
-            replicas: vec![Replica { node_id: 2, learner: false }],
+            replicas: vec![Replica { node_id: 2, learner: false, replica_id: 2 }],
             ..Default::default()
         }),
         leader_node_id: 2,

@@ -368,8 +368,11 @@ fn apply_split(
         start: key.to_vec(),
         end: t.desc.end.clone(),
         epoch: Some(epoch),
+        // The same peer ids: the right range is a new Raft group, and its ids are
+        // unique in it as they were in the left.
         replicas: t.desc.replicas.clone(),
         retired_tables: t.desc.retired_tables.clone(),
+        next_replica_id: t.desc.next_replica_id,
     };
     t.desc.end = key.to_vec();
     t.desc.epoch = Some(epoch);

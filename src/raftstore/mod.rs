@@ -8,6 +8,7 @@ pub mod address_book;
 pub mod apply;
 pub mod errors;
 pub mod executor;
+pub mod membership;
 pub mod msg;
 pub mod quarantine;
 pub mod raft_storage;

@@ -34,15 +34,23 @@ pub struct RangeStorage {
     /// replicated everywhere, and bounded in bytes.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// Nodes of peers heard from that the descriptor does not name (an
+    /// uninitialized replica knows no members, yet must answer its leader).
+    /// Bounded: a replica has a handful of peers.
+    heard_peers: Vec<(u64, u64)>,
 }
 
+/// Bound on the peers (peer id, node) a replica remembers beyond its descriptor.
+const MAX_HEARD_PEERS: usize = 16;
+
+/// The Raft membership of a descriptor, by replica (peer) id.
 pub fn conf_state_of(desc: &RangeDescriptor) -> ConfState {
     let mut cs = ConfState::default();
     for r in &desc.replicas {
         if r.learner {
-            cs.learners.push(r.node_id);
+            cs.learners.push(r.replica_id);
         } else {
-            cs.voters.push(r.node_id);
+            cs.voters.push(r.replica_id);
         }
     }
     cs
@@ -118,6 +126,7 @@ impl RangeStorage {
             initialized: false,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            heard_peers: Vec::new(),
         }
     }
 
@@ -151,6 +160,7 @@ impl RangeStorage {
             initialized: true,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            heard_peers: Vec::new(),
         };
         // The last log entry, if the log holds any beyond the truncation point. Every
         // entry is read, so damage anywhere in the log is found before the replica runs.
@@ -176,6 +186,30 @@ impl RangeStorage {
             }
         }
         Ok(Some(s))
+    }
+
+    /// The node of Raft peer `peer_id`: from the descriptor, else as heard.
+    pub fn node_of(&self, peer_id: u64) -> Option<u64> {
+        super::membership::node_of(&self.desc, peer_id)
+            .or_else(|| self.heard_peers.iter().find(|(p, _)| *p == peer_id).map(|(_, n)| *n))
+    }
+
+    /// The Raft peer id of `node`'s replica: from the descriptor, else as heard.
+    pub fn peer_on(&self, node: u64) -> Option<u64> {
+        super::membership::replica_id_of(&self.desc, node)
+            .or_else(|| self.heard_peers.iter().rev().find(|(_, n)| *n == node).map(|(p, _)| *p))
+    }
+
+    /// Remembers that peer `peer_id` spoke from `node`, if the descriptor does not say.
+    pub fn heard_from(&mut self, peer_id: u64, node: u64) {
+        if peer_id == 0 || super::membership::node_of(&self.desc, peer_id).is_some() {
+            return;
+        }
+        self.heard_peers.retain(|(p, _)| *p != peer_id);
+        if self.heard_peers.len() >= MAX_HEARD_PEERS {
+            self.heard_peers.remove(0);
+        }
+        self.heard_peers.push((peer_id, node));
     }
 
     /// Records entries just persisted (they may replace a conflicting tail).

@@ -57,9 +57,9 @@ pub struct Replica {
     last_election_draw: (u64, u8, u64),
 }
 
-pub fn raft_config(node_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
+pub fn raft_config(peer_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config {
     raft::Config {
-        id: node_id,
+        id: peer_id,
         election_tick: cfg.election_ticks,
         heartbeat_tick: cfg.heartbeat_ticks,
         applied,
@@ -73,10 +73,18 @@ pub fn raft_config(node_id: u64, applied: u64, cfg: &RaftConfig) -> raft::Config
 }
 
 impl Replica {
-    pub fn new(node_id: u64, storage: RangeStorage, cfg: &RaftConfig, logger: &slog::Logger) -> anyhow::Result<Self> {
+    /// A replica of `storage`'s range on `node_id`, as Raft peer `peer_id`
+    /// (this incarnation's id; see `membership`).
+    pub fn new(
+        node_id: u64,
+        peer_id: u64,
+        storage: RangeStorage,
+        cfg: &RaftConfig,
+        logger: &slog::Logger,
+    ) -> anyhow::Result<Self> {
         let shared = Arc::new(ReplicaShared::new(storage.desc.clone(), storage.initialized));
         shared.set_applied(storage.apply.applied_index, storage.apply.last_version);
-        let rc = raft_config(node_id, storage.apply.applied_index, cfg);
+        let rc = raft_config(peer_id, storage.apply.applied_index, cfg);
         let range_id = storage.range_id;
         let raw = RawNode::new(&rc, storage, logger)?;
         let mut replica = Replica {
@@ -132,12 +140,25 @@ impl Replica {
         self.raw.raft.state == raft::StateRole::Leader
     }
 
+    /// This incarnation's Raft peer id.
+    pub fn peer_id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// The node of the leader this replica knows (0: none known).
+    pub fn leader_node(&self) -> u64 {
+        match self.raw.raft.leader_id {
+            raft::INVALID_ID => 0,
+            leader => self.raw.store().node_of(leader).unwrap_or(0),
+        }
+    }
+
     /// Fails everything waiting on this replica's leadership (it just lost it).
     /// Proposals may still commit under the next leader, so their outcome is
     /// ambiguous; the gateway retries them with the same request id.
     pub fn fail_pending(&mut self) {
         let id = self.range_id();
-        let leader = self.raw.raft.leader_id;
+        let leader = self.leader_node();
         for p in self.proposals.drain(..) {
             match p.reply {
                 ProposalReply::Command(r) => {
@@ -167,7 +188,7 @@ impl Replica {
         for (_, (_, reply)) in self.forwarded.drain() {
             let _ = reply.send(Err(errors::ambiguous(id)));
         }
-        let leader = self.raw.raft.leader_id;
+        let leader = self.leader_node();
         if !self.is_leader() {
             for (_, _, replies) in self.reads_inflight.drain(..) {
                 for r in replies {
@@ -206,7 +227,7 @@ impl Replica {
                 return Some(p.reply);
             }
             // Another entry took this proposal's slot: it was dropped, never applied.
-            let e = errors::not_leader(id, self.raw.raft.leader_id);
+            let e = errors::not_leader(id, self.leader_node());
             match p.reply {
                 ProposalReply::Command(r) => {
                     let _ = r.send(Err(e));

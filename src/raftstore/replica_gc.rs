@@ -12,11 +12,14 @@
 //!   hears Raft traffic from such a node, answers `REMOVED`;
 //! - the stale replica is destroyed (with a tombstone) only when told by a
 //!   membership strictly newer than its own, so a late or replayed answer can
-//!   never remove a replica that was added back since.
+//!   never remove a replica that was added back since. (A node added back is a
+//!   new peer, `membership`: its replica is created, and initialized, with a
+//!   membership that already names it, so it is never older than an answer
+//!   about an earlier incarnation.)
 //!
 //! The decisions are pure; the store loop does the sending and the destroying.
 
-use super::raft_storage::{conf_ver_of, RangeStorage};
+use super::raft_storage::conf_ver_of;
 use cairn_proto::internal::RangeDescriptor;
 
 /// Whether this node's (initialized) replica knows a membership newer than the
@@ -30,32 +33,6 @@ pub fn told_removed(desc: &RangeDescriptor, initialized: bool, their_conf_ver: u
     initialized && their_conf_ver > conf_ver_of(desc)
 }
 
-/// Whether the persisted log, past the applied index, holds a
-/// membership change that adds `node_id` back (after a restart, say, the log
-/// may hold the re-addition while the applied state predates the removal). A
-/// `REMOVED` answer then waits until the change is applied. The removal itself
-/// sitting unapplied in the log does not count: it only confirms the answer.
-pub fn may_be_added_back(storage: &RangeStorage, node_id: u64) -> bool {
-    use prost011::Message as _;
-    use raft::eraftpb::{ConfChange, ConfChangeType, EntryType};
-    let (first, last) = (storage.apply.applied_index + 1, storage.last_index);
-    if last < first {
-        return false;
-    }
-    let ctx = raft::GetEntriesContext::empty(false);
-    let Ok(entries) = raft::Storage::entries(storage, first, last + 1, None, ctx) else {
-        return true; // entries it cannot read: assume the worst and keep the replica
-    };
-    entries.iter().any(|e| match e.get_entry_type() {
-        EntryType::EntryNormal => false,
-        EntryType::EntryConfChange => match ConfChange::decode(e.data.as_slice()) {
-            Ok(cc) => cc.node_id == node_id && cc.get_change_type() != ConfChangeType::RemoveNode,
-            Err(_) => true,
-        },
-        EntryType::EntryConfChangeV2 => true, // never proposed by Cairn; be conservative
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,7 +42,7 @@ mod tests {
         RangeDescriptor {
             id: 7,
             epoch: Some(RangeEpoch { version: 1, conf_ver }),
-            replicas: members.iter().map(|n| Replica { node_id: *n, learner: false }).collect(),
+            replicas: members.iter().map(|n| Replica { node_id: *n, learner: false, replica_id: *n }).collect(),
             ..Default::default()
         }
     }
@@ -76,38 +53,6 @@ mod tests {
         assert!(!sender_was_removed(&desc(5, &[1, 2, 4]), 4, 4), "added back: still a member");
         assert!(!sender_was_removed(&desc(5, &[1, 2, 3]), 4, 5), "the sender is as new as we are");
         assert!(!sender_was_removed(&desc(5, &[1, 2, 3]), 4, 9), "the sender knows more than we do");
-    }
-
-    #[test]
-    fn only_an_unapplied_readdition_defers_the_removal() {
-        use crate::storage::{sim_disk::SimDisk, Engine};
-        use prost011::Message as _;
-        use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
-        use std::sync::Arc;
-        let conf_change = |index, change: ConfChangeType, node_id| Entry {
-            entry_type: EntryType::EntryConfChange as i32,
-            index,
-            term: 6,
-            data: ConfChange { change_type: change as i32, node_id, ..Default::default() }.encode_to_vec(),
-            ..Default::default()
-        };
-        let mut s = RangeStorage::uninitialized(Arc::new(Engine::simulated(Arc::new(SimDisk::new()))), 7);
-        s.apply.applied_index = 5;
-        s.apply.truncated_index = 5;
-        let log = [
-            Entry { index: 6, term: 6, ..Default::default() },
-            conf_change(7, ConfChangeType::RemoveNode, 3),
-            conf_change(8, ConfChangeType::AddLearnerNode, 3),
-        ];
-        s.cache_append(&log[..2]);
-        s.last_index = 7;
-        assert!(!may_be_added_back(&s, 3), "an unapplied removal only confirms it");
-        s.cache_append(&log[2..]);
-        s.last_index = 8;
-        assert!(may_be_added_back(&s, 3), "the re-addition must be applied first");
-        assert!(!may_be_added_back(&s, 4), "another node's change does not count");
-        s.apply.applied_index = 8;
-        assert!(!may_be_added_back(&s, 3), "nothing left unapplied");
     }
 
     #[test]

@@ -11,9 +11,10 @@
 
 use super::apply::{self, Applied, ApplyBatch, ApplyTarget};
 use super::errors;
+use super::membership::{self, Addressee, Tombstone};
 use super::msg::{StoreHandle, StoreMsg, STORE_QUEUE_CAPACITY};
 use super::quarantine::{self, Rebuild};
-use super::raft_storage::{conf_state_of, conf_ver_of, CorruptLog, RangeStorage};
+use super::raft_storage::{conf_state_of, CorruptLog, RangeStorage};
 use super::replica::{Proposal, ProposalReply, Replica};
 use super::replica_gc;
 use super::shared::ReplicaRegistry;
@@ -72,12 +73,16 @@ pub struct ReplicaView {
     pub range_id: u64,
     pub is_leader: bool,
     pub term: u64,
+    /// The node of the leader this replica knows (0: none).
     pub leader_id: u64,
+    /// This replica's Raft peer id.
+    pub peer_id: u64,
+    pub last_index: u64,
     pub commit: u64,
     pub applied: u64,
     pub initialized: bool,
     pub desc: RangeDescriptor,
-    /// On a leader: each replica's matched index.
+    /// On a leader: each replica's matched index, by node.
     pub matched: Vec<(u64, u64)>,
 }
 
@@ -168,7 +173,12 @@ impl Store {
             match RangeStorage::load(engine.clone(), id) {
                 Ok(Some(storage)) => {
                     observe_applied(&store.hlc, id, storage.apply.last_version);
-                    store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
+                    let Some(peer_id) = membership::replica_id_of(&storage.desc, node_id) else {
+                        // It applied its own removal and the node stopped before destroying it.
+                        store.bury(&storage.desc, 0, storage.hard_state.clone());
+                        continue;
+                    };
+                    store.insert_replica(Replica::new(node_id, peer_id, storage, &store.cfg, &store.logger)?);
                 }
                 Ok(None) => {}
                 Err(e) => match e.downcast::<CorruptLog>() {
@@ -184,8 +194,9 @@ impl Store {
         // was loaded above; one still waiting for its snapshot is created empty here.
         for (id, rebuild) in rebuilds {
             if !store.replicas.contains_key(&id) {
+                let Some(peer_id) = membership::replica_id_of(&rebuild.desc, node_id) else { continue };
                 let storage = RangeStorage::uninitialized(engine.clone(), id);
-                store.insert_replica(Replica::new(node_id, storage, &store.cfg, &store.logger)?);
+                store.insert_replica(Replica::new(node_id, peer_id, storage, &store.cfg, &store.logger)?);
             }
             if let Some(r) = store.replicas.get_mut(&id) {
                 r.rebuild = Some(rebuild);
@@ -205,6 +216,13 @@ impl Store {
         self.replicas.values().filter(|r| r.is_leader()).map(|r| (r.range_id(), r.raw.raft.term)).collect()
     }
 
+    /// Starts an election for this node's replica of `range_id` now (scripted runs).
+    pub fn campaign(&mut self, range_id: u64) {
+        if let Some(r) = self.replicas.get_mut(&range_id) {
+            let _ = r.raw.campaign();
+        }
+    }
+
     /// Every replica's Raft role and progress, in range order.
     pub fn replica_views(&self) -> Vec<ReplicaView> {
         self.replicas
@@ -213,13 +231,17 @@ impl Store {
                 range_id: r.range_id(),
                 is_leader: r.is_leader(),
                 term: r.raw.raft.term,
-                leader_id: r.raw.raft.leader_id,
+                leader_id: r.leader_node(),
+                peer_id: r.peer_id(),
+                last_index: r.raw.raft.raft_log.last_index(),
                 commit: r.raw.raft.raft_log.committed,
                 applied: r.raw.store().apply.applied_index,
                 initialized: r.shared.initialized(),
                 desc: r.shared.desc(),
                 matched: if r.is_leader() {
-                    let mut m: Vec<(u64, u64)> = r.raw.raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect();
+                    let store = r.raw.store();
+                    let mut m: Vec<(u64, u64)> =
+                        r.raw.raft.prs().iter().map(|(id, p)| (store.node_of(*id).unwrap_or(0), p.matched)).collect();
                     m.sort_unstable();
                     m
                 } else {
@@ -330,13 +352,22 @@ impl Store {
                 }
             }
             if r.hibernating {
-                let leader = r.raw.raft.leader_id;
                 // A follower wakes when its leader's node goes quiet (to elect a new one);
                 // a leader wakes when any voter's node does, so check-quorum can depose it
                 // if it is the one cut off.
-                let wake_up = if leader == self.node_id {
-                    r.raw.raft.prs().conf().voters().ids().iter().any(|n| n != self.node_id && silent(n))
+                let wake_up = if r.is_leader() {
+                    let me = r.peer_id();
+                    let store = r.raw.store();
+                    r.raw
+                        .raft
+                        .prs()
+                        .conf()
+                        .voters()
+                        .ids()
+                        .iter()
+                        .any(|p| p != me && store.node_of(p).is_none_or(&mut silent))
                 } else {
+                    let leader = r.leader_node();
                     leader == 0 || silent(leader)
                 };
                 if !wake_up {
@@ -380,7 +411,7 @@ impl Store {
                 }
                 // Followers serve linearizable reads too: raft-rs forwards their ReadIndex
                 // to the leader, which confirms its leadership and returns its commit index.
-                Some(r) if r.raw.raft.leader_id == 0 || !r.shared.initialized() => {
+                Some(r) if r.raw.raft.leader_id == raft::INVALID_ID || !r.shared.initialized() => {
                     let _ = reply.send(Err(errors::not_leader(range_id, 0)));
                 }
                 Some(r) => {
@@ -392,12 +423,16 @@ impl Store {
             StoreMsg::SnapshotStatus { range_id, to, ok } => {
                 if let Some(r) = self.replicas.get_mut(&range_id) {
                     let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
-                    r.raw.report_snapshot(to, status);
+                    if let Some(peer) = r.raw.store().peer_on(to) {
+                        r.raw.report_snapshot(peer, status);
+                    }
                 }
             }
             StoreMsg::Unreachable { range_id, to } => {
                 if let Some(r) = self.replicas.get_mut(&range_id) {
-                    r.raw.report_unreachable(to);
+                    if let Some(peer) = r.raw.store().peer_on(to) {
+                        r.raw.report_unreachable(peer);
+                    }
                 }
             }
             StoreMsg::Wake { range_id } => {
@@ -413,7 +448,7 @@ impl Store {
             self.handle_control(from_node, &env);
             return;
         }
-        let mut msg = match crate::peer::decode_raft_message(self.node_id, from_node, &env) {
+        let mut msg = match crate::peer::decode_raft_message(&env) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(from_node, "dropping {e}");
@@ -422,13 +457,45 @@ impl Store {
         };
         let range_id = env.range_id;
         if let Some(r) = self.replicas.get(&range_id) {
+            match membership::addressee(r.peer_id(), &r.raw.store().desc, msg.to) {
+                Addressee::This => {}
+                Addressee::Older | Addressee::Misaddressed => {
+                    metrics::counter!("cairn_raft_messages_to_other_incarnations_total").increment(1);
+                    tracing::debug!(
+                        range_id,
+                        from_node,
+                        to = msg.to,
+                        local = r.peer_id(),
+                        "dropping a message for another replica id"
+                    );
+                    return;
+                }
+                Addressee::Newer => {
+                    // The range added this node back as a new peer: the local replica missed
+                    // its own removal, and nothing it holds may answer for the new one.
+                    tracing::info!(
+                        range_id,
+                        stale = r.peer_id(),
+                        new = msg.to,
+                        "replacing a replica that missed its removal"
+                    );
+                    metrics::counter!("cairn_stale_replicas_destroyed_total").increment(1);
+                    self.destroy_replica(range_id);
+                }
+            }
+        }
+        if let Some(r) = self.replicas.get(&range_id) {
             let store = r.raw.store();
+            if let Err(e) = crate::peer::check_sender(&msg, store.node_of(msg.from), from_node) {
+                tracing::warn!(range_id, from_node, "dropping {e}");
+                return;
+            }
             if store.initialized && replica_gc::sender_was_removed(&store.desc, from_node, env.conf_ver) {
                 // Traffic from a replica that missed its removal: tell it, and keep it out of Raft.
                 self.transport.send_control(from_node, control_envelope(&store.desc, Control::Removed));
                 return;
             }
-        } else if !self.maybe_create(&env, &msg) {
+        } else if !self.maybe_create(from_node, &env, &msg) {
             return;
         }
         if is_snapshot && !self.snapshot_acceptable(range_id, &msg) {
@@ -436,6 +503,9 @@ impl Store {
         }
         let Some(r) = self.replicas.get_mut(&range_id) else { return };
         wake(r);
+        if crate::peer::names_its_link(&msg) {
+            r.raw.mut_store().heard_from(msg.from, from_node);
+        }
         if msg.from == r.raw.raft.leader_id {
             r.shared.leader_contact_ms.store(crate::hlc::wall_now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
@@ -455,7 +525,7 @@ impl Store {
     }
 
     /// Creates an empty replica for a range this node was just added to.
-    fn maybe_create(&mut self, env: &RaftEnvelope, msg: &Message) -> bool {
+    fn maybe_create(&mut self, from_node: u64, env: &RaftEnvelope, msg: &Message) -> bool {
         // Vote requests create a replica too (as in TiKV): a range with no leader, whose
         // other voters cannot reach a quorum without this node (found by the simulator:
         // a 2-voter range split off mid-move, on a node that then received its parent
@@ -473,9 +543,8 @@ impl Store {
             return false;
         }
         if let Some(raw) = self.engine.get(Cf::RaftState, &layout::tombstone_key(env.range_id)) {
-            let removed_at = raw.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
-            if env.conf_ver <= removed_at {
-                return false; // a message from before this node's replica was removed
+            if !Tombstone::decode(&raw).allows(msg.to) {
+                return false; // to an incarnation removed from this node
             }
         }
         // A range whose keys an initialized local replica still covers is one this
@@ -484,13 +553,13 @@ impl Store {
             r.shared.initialized() && r.shared.with_desc(|d| ranges_overlap(&d.start, &d.end, &env.start, &env.end))
         });
         if overlaps {
-            self.check_overlapping_replicas(msg.from, env);
+            self.check_overlapping_replicas(from_node, env);
             return false;
         }
         let storage = RangeStorage::uninitialized(self.engine.clone(), env.range_id);
-        match Replica::new(self.node_id, storage, &self.cfg, &self.logger) {
+        match Replica::new(self.node_id, msg.to, storage, &self.cfg, &self.logger) {
             Ok(r) => {
-                tracing::info!(range_id = env.range_id, "created replica on message from leader");
+                tracing::info!(range_id = env.range_id, peer_id = msg.to, "created replica on message from leader");
                 self.insert_replica(r);
                 true
             }
@@ -539,16 +608,17 @@ impl Store {
                 } else if control == Ok(Control::Quarantined) && r.is_leader() {
                     // The replica there lost its log: whatever it acknowledged is gone, so
                     // send it everything again (from a snapshot), even if the range is quiet.
+                    let peer = membership::replica_id_of(desc, from_node).unwrap_or(raft::INVALID_ID);
                     wake(r);
-                    if let Some(pr) = r.raw.raft.mut_prs().get_mut(from_node) {
+                    if let Some(pr) = r.raw.raft.mut_prs().get_mut(peer) {
                         if pr.matched > 0 {
                             tracing::warn!(range_id = env.range_id, node = from_node, "replica there is rebuilding");
                             pr.matched = 0;
                             pr.become_probe();
-                            r.raw.raft.send_append(from_node);
+                            r.raw.raft.send_append(peer);
                         }
                     }
-                } else if control == Ok(Control::Quarantined) && r.raw.raft.leader_id == from_node {
+                } else if control == Ok(Control::Quarantined) && r.leader_node() == from_node {
                     // The leader this replica follows lost its log, and with it its leadership,
                     // yet its node stays up, so a hibernating follower would trust it forever
                     // (found by the simulator: the range never elected again). Forget it and
@@ -559,10 +629,7 @@ impl Store {
                 }
             }
             Ok(Control::Removed) => {
-                // A re-addition in the log but not yet applied (after a restart, say) must be
-                // applied first; if the replica is still stale then, it asks again.
-                let may_return = replica_gc::may_be_added_back(r.raw.store(), self.node_id);
-                if replica_gc::told_removed(desc, initialized, env.conf_ver) && !may_return {
+                if replica_gc::told_removed(desc, initialized, env.conf_ver) {
                     tracing::info!(
                         range_id = env.range_id,
                         from_node,
@@ -612,11 +679,11 @@ impl Store {
         let forward = !r.is_leader();
         let forwardable = !cmd.request_id.is_empty()
             && matches!(cmd.cmd, Some(cairn_proto::internal::raft_command::Cmd::Write(_)))
-            && r.raw.raft.leader_id != 0
+            && r.raw.raft.leader_id != raft::INVALID_ID
             && r.shared.initialized()
             && r.forwarded.len() < super::replica::MAX_FORWARDED;
         if forward && !forwardable {
-            let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
+            let _ = reply.send(Err(errors::not_leader(range_id, r.leader_node())));
             return;
         }
         let desc = r.shared.desc();
@@ -661,13 +728,14 @@ impl Store {
             return;
         };
         if !r.is_leader() {
-            let _ = reply.send(Err(errors::not_leader(range_id, r.raw.raft.leader_id)));
+            let _ = reply.send(Err(errors::not_leader(range_id, r.leader_node())));
             return;
         }
         wake(r);
         let desc = r.shared.desc();
         let has = |n: u64| desc.replicas.iter().find(|x| x.node_id == n).cloned();
-        let (change, node) = match op {
+        // Requests name nodes; Raft names replica incarnations (`membership`).
+        let (change, replica) = match op {
             admin_request::Op::Status(_) => {
                 let _ = reply.send(Ok(admin_status(r)));
                 return;
@@ -681,11 +749,11 @@ impl Store {
                     ))));
                     return;
                 }
-                if has(n).is_none_or(|x| x.learner) {
+                let Some(target) = has(n).filter(|x| !x.learner) else {
                     let _ = reply.send(Err(errors::invalid(format!("node {n} is not a voter of range {range_id}"))));
                     return;
-                }
-                r.raw.transfer_leader(n);
+                };
+                r.raw.transfer_leader(target.replica_id);
                 let _ = reply.send(Ok(admin_status(r)));
                 return;
             }
@@ -695,34 +763,44 @@ impl Store {
                         reply.send(Err(errors::invalid(format!("node {n} already has a replica of range {range_id}"))));
                     return;
                 }
-                (ConfChangeType::AddLearnerNode, n)
+                let replica_id = if sabotage::active(Sabotage::ReuseReplicaIds) {
+                    n // the node's id, as every incarnation's peer id
+                } else {
+                    membership::next_replica_id(&desc)
+                };
+                (ConfChangeType::AddLearnerNode, ReplicaDesc { node_id: n, learner: true, replica_id })
             }
             admin_request::Op::PromoteLearner(n) => {
-                if !has(n).is_some_and(|x| x.learner) {
+                let Some(learner) = has(n).filter(|x| x.learner) else {
                     let _ = reply.send(Err(errors::invalid(format!("node {n} is not a learner of range {range_id}"))));
                     return;
-                }
-                (ConfChangeType::AddNode, n)
+                };
+                (ConfChangeType::AddNode, ReplicaDesc { learner: false, ..learner })
             }
             admin_request::Op::RemoveReplica(n) => {
-                if has(n).is_none() {
+                let Some(member) = has(n) else {
                     let _ = reply.send(Err(errors::invalid(format!("node {n} has no replica of range {range_id}"))));
                     return;
-                }
+                };
                 if n == me {
                     let _ = reply.send(Err(errors::invalid(
                         "cannot remove the leader's own replica; transfer leadership first",
                     )));
                     return;
                 }
-                (ConfChangeType::RemoveNode, n)
+                (ConfChangeType::RemoveNode, member)
             }
             admin_request::Op::SplitKey(_) => {
                 let _ = reply.send(Err(errors::invalid("split is proposed as a command")));
                 return;
             }
         };
-        let cc = ConfChange { change_type: change as i32, node_id: node, ..Default::default() };
+        let cc = ConfChange {
+            change_type: change as i32,
+            node_id: replica.replica_id,
+            context: membership::change_context(replica.node_id, replica.replica_id, replica.learner),
+            ..Default::default()
+        };
         let before = r.raw.raft.raft_log.last_index();
         if let Err(e) = r.raw.propose_conf_change(vec![], cc) {
             let _ = reply.send(Err(errors::unavailable(format!("conf change rejected: {e}"))));
@@ -852,7 +930,7 @@ impl Store {
                 }
             }
             if let Some(ss) = rd.ss() {
-                r.shared.set_leader(ss.leader_id, self.node_id);
+                r.shared.set_leader(r.leader_node(), self.node_id);
                 if ss.leader_id != r.last_leader {
                     r.last_leader = ss.leader_id;
                     r.fail_forwarded();
@@ -880,7 +958,7 @@ impl Store {
             let committed = rd.take_committed_entries();
             observe(&mut self.observer, id, &committed);
             let mut outcome = ApplyOutcome::default();
-            apply_entries(&self.engine, &self.hlc, self.node_id, r, committed, &mut outcome);
+            apply_entries(&self.engine, &self.hlc, r, committed, &mut outcome);
             let mut light = r.raw.advance(rd);
             if let Some(c) = light.commit_index() {
                 r.raw.mut_store().hard_state.commit = c;
@@ -888,7 +966,7 @@ impl Store {
             self.transport.send_all(r.raw.store(), light.take_messages());
             let committed = light.take_committed_entries();
             observe(&mut self.observer, id, &committed);
-            apply_entries(&self.engine, &self.hlc, self.node_id, r, committed, &mut outcome);
+            apply_entries(&self.engine, &self.hlc, r, committed, &mut outcome);
             r.raw.advance_apply();
             evict_entry_cache(r);
             r.release_reads();
@@ -923,8 +1001,12 @@ impl Store {
         // An uninitialized replica of the right range (created on a message) is replaced;
         // the split's apply batch already kept the term and vote it persisted.
         self.replicas.remove(&right.id);
+        let Some(peer_id) = membership::replica_id_of(&right, self.node_id) else {
+            tracing::error!(range_id = right.id, "split range does not name this node");
+            return;
+        };
         match RangeStorage::load(self.engine.clone(), right.id) {
-            Ok(Some(storage)) => match Replica::new(self.node_id, storage, &self.cfg, &self.logger) {
+            Ok(Some(storage)) => match Replica::new(self.node_id, peer_id, storage, &self.cfg, &self.logger) {
                 Ok(mut r) => {
                     if left_is_leader {
                         // The left's leader is the natural leader of the right: skip a timeout.
@@ -946,14 +1028,20 @@ impl Store {
         self.registry.write().remove(&id);
         r.fail_pending();
         let desc = r.raw.store().desc.clone();
-        let conf_ver = conf_ver_of(&desc);
         let _guard = r.shared.data_lock.write();
         r.shared.mark_destroyed();
+        self.bury(&desc, r.peer_id(), r.raw.raft.hard_state());
+        tracing::info!(range_id = id, peer_id = r.peer_id(), "replica removed from this node");
+    }
+
+    /// Deletes a removed replica's data and state and leaves its tombstone: no
+    /// message to it, or to any earlier incarnation, creates a replica here again.
+    fn bury(&self, desc: &RangeDescriptor, peer_id: u64, hs: raft::eraftpb::HardState) {
         let mut b = self.engine.batch();
-        purge_replica(&mut b, &desc, r.raw.raft.hard_state());
-        b.put(Cf::RaftState, &layout::tombstone_key(id), &conf_ver.to_be_bytes());
+        purge_replica(&mut b, desc, hs);
+        let tombstone = Tombstone::of(desc, peer_id);
+        b.put(Cf::RaftState, &layout::tombstone_key(desc.id), &tombstone.encode());
         self.engine.commit(b, true);
-        tracing::info!(range_id = id, "replica removed from this node");
     }
 
     /// Takes a replica whose log failed its checksum out of service and starts its
@@ -1014,14 +1102,7 @@ enum Owed {
     },
 }
 
-fn apply_entries(
-    engine: &Engine,
-    hlc: &Hlc,
-    node_id: u64,
-    r: &mut Replica,
-    entries: Vec<Entry>,
-    outcome: &mut ApplyOutcome,
-) {
+fn apply_entries(engine: &Engine, hlc: &Hlc, r: &mut Replica, entries: Vec<Entry>, outcome: &mut ApplyOutcome) {
     let id = r.range_id();
     let mut s = r.raw.store().apply;
     let mut desc = r.raw.store().desc.clone();
@@ -1063,25 +1144,34 @@ fn apply_entries(
             }
             EntryType::EntryConfChange => {
                 match ConfChange::decode(entry.data.as_slice()) {
-                    Ok(cc) if !entry.data.is_empty() => match leave_before_own_removal(r, &cc, node_id) {
-                        Ok(cs) => {
-                            let mut replicas: Vec<ReplicaDesc> =
-                                cs.voters.iter().map(|&n| ReplicaDesc { node_id: n, learner: false }).collect();
-                            replicas.extend(cs.learners.iter().map(|&n| ReplicaDesc { node_id: n, learner: true }));
-                            replicas.sort_by_key(|x| x.node_id);
-                            desc.replicas = replicas;
-                            desc.epoch.get_or_insert_with(Default::default).conf_ver += 1;
-                            ab.batch.put(Cf::RaftState, &layout::descriptor_key(id), &desc.encode_to_vec());
-                            r.raw.mut_store().conf_state = cs;
-                            // Only the last change naming this node counts: a replica that lagged
-                            // through its removal and its re-addition is a member again.
-                            if cc.node_id == node_id {
-                                outcome.removed_self = cc.get_change_type() == ConfChangeType::RemoveNode;
+                    Ok(cc) if !entry.data.is_empty() => {
+                        let subject = membership::changed_replica(cc.node_id, &cc.context);
+                        let mut changed = desc.clone();
+                        let described =
+                            membership::apply_change(&mut changed, cc.get_change_type(), cc.node_id, subject.as_ref());
+                        match described
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| leave_before_own_removal(r, &cc).map_err(|e| e.to_string()))
+                        {
+                            Ok(cs) => {
+                                desc = changed;
+                                ab.batch.put(Cf::RaftState, &layout::descriptor_key(id), &desc.encode_to_vec());
+                                r.raw.mut_store().conf_state = cs;
+                                // Peer ids are never reused, so a removal of this replica's id is final.
+                                if cc.node_id == r.peer_id() && cc.get_change_type() == ConfChangeType::RemoveNode {
+                                    outcome.removed_self = true;
+                                }
+                                tracing::info!(
+                                    range_id = id,
+                                    change = ?cc.get_change_type(),
+                                    peer = cc.node_id,
+                                    node = membership::node_of(&desc, cc.node_id).or(subject.map(|s| s.node_id)),
+                                    "membership changed"
+                                );
                             }
-                            tracing::info!(range_id = id, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
+                            Err(e) => tracing::error!(range_id = id, "conf change not applied: {e}"),
                         }
-                        Err(e) => tracing::warn!(range_id = id, "conf change not applied: {e}"),
-                    },
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::error!(range_id = id, "undecodable conf change skipped: {e}"),
                 }
@@ -1179,13 +1269,19 @@ fn observe_applied(hlc: &Hlc, range_id: u64, v: crate::hlc::Version) {
 
 fn admin_status(r: &Replica) -> AdminResponse {
     let progress = if r.is_leader() {
-        r.raw.raft.prs().iter().map(|(id, p)| ReplicaProgress { node_id: *id, matched: p.matched }).collect()
+        let store = r.raw.store();
+        r.raw
+            .raft
+            .prs()
+            .iter()
+            .filter_map(|(id, p)| Some(ReplicaProgress { node_id: store.node_of(*id)?, matched: p.matched }))
+            .collect()
     } else {
         Vec::new()
     };
     AdminResponse {
         desc: Some(r.shared.desc()),
-        leader_node_id: r.raw.raft.leader_id,
+        leader_node_id: r.leader_node(),
         commit_index: r.raw.raft.raft_log.committed,
         progress,
         right: None,
@@ -1197,8 +1293,8 @@ fn admin_status(r: &Replica) -> AdminResponse {
 /// and then panics looking up its own progress. It can happen: a node becomes
 /// leader (by election) after its removal was proposed and before it applied it
 /// (found by the simulator, seed 110).
-fn leave_before_own_removal(r: &mut Replica, cc: &ConfChange, node_id: u64) -> raft::Result<raft::eraftpb::ConfState> {
-    if cc.node_id == node_id && cc.get_change_type() == ConfChangeType::RemoveNode && r.is_leader() {
+fn leave_before_own_removal(r: &mut Replica, cc: &ConfChange) -> raft::Result<raft::eraftpb::ConfState> {
+    if cc.node_id == r.peer_id() && cc.get_change_type() == ConfChangeType::RemoveNode && r.is_leader() {
         let term = r.raw.raft.term;
         r.raw.raft.become_follower(term, raft::INVALID_ID);
         tracing::info!(range_id = r.range_id(), "leader applies its own removal: stepping down first");
@@ -1227,7 +1323,7 @@ fn maybe_hibernate(r: &mut Replica, cfg: &RaftConfig) {
         || !r.reads_inflight.is_empty()
         || !r.reads_waiting_apply.is_empty()
         || !r.reads_to_submit.is_empty();
-    if busy || r.raw.raft.leader_id == 0 {
+    if busy || r.raw.raft.leader_id == raft::INVALID_ID {
         return;
     }
     match r.raw.raft.state {
@@ -1304,8 +1400,9 @@ fn maybe_compact_log(engine: &Engine, r: &mut Replica, cfg: &RaftConfig) {
 }
 
 /// Deletes a replica's data, dedupe records, log and state, keeping only its term
-/// and vote: peer ids are node ids, so a replica created here later must not vote
-/// again in a term this one voted in.
+/// and vote. A later incarnation has a peer id of its own, so this is not what
+/// keeps it from double voting; it keeps the node's term for the range from ever
+/// going back, which costs nothing.
 fn purge_replica(b: &mut crate::storage::Batch<'_>, desc: &RangeDescriptor, mut hs: raft::eraftpb::HardState) {
     let id = desc.id;
     if !sabotage::active(Sabotage::KeepRemovedReplicaData) {
@@ -1339,7 +1436,8 @@ mod tests {
         let desc = RangeDescriptor {
             id: 7,
             epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
-            replicas: (1..=3).map(|n| ReplicaDesc { node_id: n, learner: false }).collect(),
+            replicas: (1..=3).map(|n| ReplicaDesc { node_id: n, learner: false, replica_id: n }).collect(),
+            next_replica_id: 4,
             ..Default::default()
         };
         bootstrap_ranges(&engine, std::slice::from_ref(&desc));
@@ -1351,7 +1449,7 @@ mod tests {
         let (engine, _) = range_7_on(&Arc::new(SimDisk::new()));
         let storage = RangeStorage::load(engine, 7).unwrap().unwrap();
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let mut r = Replica::new(1, storage, &RaftConfig::default(), &logger).unwrap();
+        let mut r = Replica::new(1, 1, storage, &RaftConfig::default(), &logger).unwrap();
         r.raw.raft.become_candidate();
         r.raw.raft.become_leader();
         r
@@ -1368,7 +1466,7 @@ mod tests {
         st.cache_append(rd.entries());
         (st.last_index, st.last_term) = (last.index, last.term);
         let remove_me = ConfChange { change_type: ConfChangeType::RemoveNode as i32, node_id: 1, ..Default::default() };
-        leave_before_own_removal(&mut r, &remove_me, 1).unwrap();
+        leave_before_own_removal(&mut r, &remove_me).unwrap();
         let _ = r.raw.advance(rd);
         assert!(!r.is_leader(), "it stepped down");
     }

@@ -48,6 +48,18 @@ pub trait RaftTransport: Send + Sync {
     fn silent_for(&self, node_id: u64, now: Instant) -> Duration;
 }
 
+/// The node hosting the peer a Raft message is addressed to. `None` (the
+/// message is dropped; Raft retransmits) for a peer the replica cannot place,
+/// which only a replica that has not learnt its range's members yet can meet.
+pub fn destination(store: &RangeStorage, m: &Message) -> Option<u64> {
+    let node = store.node_of(m.to);
+    if node.is_none() {
+        metrics::counter!("cairn_raft_messages_unroutable_total").increment(1);
+        tracing::debug!(range_id = store.range_id, to = m.to, "no node known for raft peer; message dropped");
+    }
+    node
+}
+
 /// Wraps one Raft message of a range for the wire, with what a node that has no
 /// replica yet needs to decide whether to create one.
 pub fn envelope(store: &RangeStorage, m: &Message) -> RaftEnvelope {
@@ -161,11 +173,12 @@ impl Transport {
 impl RaftTransport for Transport {
     fn send_all(&self, store: &RangeStorage, msgs: Vec<Message>) {
         for m in msgs {
+            let Some(to) = destination(store, &m) else { continue };
             let env = envelope(store, &m);
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.send_snapshot(m.to, env);
+                self.send_snapshot(to, env);
             } else {
-                self.enqueue(m.to, Outbound::Envelope(env));
+                self.enqueue(to, Outbound::Envelope(env));
             }
         }
     }

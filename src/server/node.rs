@@ -53,7 +53,7 @@ fn write_ident(engine: &Engine, cluster_id: &str, node_id: u64) {
 fn bootstrap(engine: &Engine, grpc: &str, http: &str, zone: &str) -> String {
     let cluster_id = format!("{:016x}", rand::random::<u64>());
     let ((ms, me), (us, ue)) = meta::bootstrap_bounds();
-    let replicas = vec![Replica { node_id: 1, learner: false }];
+    let replicas = vec![Replica { node_id: 1, learner: false, replica_id: 1 }];
     let epoch = Some(RangeEpoch { version: 1, conf_ver: 1 });
     let meta_desc = RangeDescriptor {
         id: meta::META_RANGE_ID,
@@ -61,10 +61,18 @@ fn bootstrap(engine: &Engine, grpc: &str, http: &str, zone: &str) -> String {
         end: me,
         epoch,
         replicas: replicas.clone(),
+        next_replica_id: 2,
         ..Default::default()
     };
-    let user_desc =
-        RangeDescriptor { id: meta::FIRST_USER_RANGE_ID, start: us, end: ue, epoch, replicas, ..Default::default() };
+    let user_desc = RangeDescriptor {
+        id: meta::FIRST_USER_RANGE_ID,
+        start: us,
+        end: ue,
+        epoch,
+        replicas,
+        next_replica_id: 2,
+        ..Default::default()
+    };
     store::bootstrap_ranges(engine, &[meta_desc.clone(), user_desc.clone()]);
     let version = crate::hlc::Version { wall_ns: crate::hlc::wall_now_ns(), logical: 0, node_id: 1 };
     let node = NodeInfo {

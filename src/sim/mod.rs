@@ -19,6 +19,7 @@ pub mod nemesis;
 pub mod network;
 pub mod node;
 pub mod placement;
+pub mod scripted;
 pub mod workload;
 
 use crate::raftstore::apply::Applied;
@@ -316,13 +317,14 @@ impl World {
 
     fn bootstrap(&mut self) -> Result<(), String> {
         let replicas: Vec<Replica> = (1..=self.cfg.replication.min(self.cfg.nodes) as u64)
-            .map(|n| Replica { node_id: n, learner: false })
+            .map(|n| Replica { node_id: n, learner: false, replica_id: n })
             .collect();
         let desc = RangeDescriptor {
             id: 1,
             start: Vec::new(),
             end: Vec::new(),
             epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
+            next_replica_id: replicas.len() as u64 + 1,
             replicas: replicas.clone(),
             ..Default::default()
         };

@@ -6,7 +6,7 @@
 //! is in flight still drops it on arrival, as a cut cable would.
 
 use crate::raftstore::raft_storage::RangeStorage;
-use crate::raftstore::transport::{envelope, RaftTransport};
+use crate::raftstore::transport::{destination, envelope, RaftTransport};
 use cairn_proto::internal::RaftEnvelope;
 use parking_lot::Mutex;
 use raft::eraftpb::{Message, MessageType};
@@ -72,10 +72,11 @@ impl RaftTransport for SimTransport {
     fn send_all(&self, store: &RangeStorage, msgs: Vec<Message>) {
         let mut out = self.outbox.lock();
         for m in msgs {
+            let Some(to) = destination(store, &m) else { continue };
             let env = envelope(store, &m);
             let payload =
                 if m.get_msg_type() == MessageType::MsgSnapshot { Payload::Snapshot(env) } else { Payload::Raft(env) };
-            out.push(Packet { from: self.node_id, to: m.to, payload });
+            out.push(Packet { from: self.node_id, to, payload });
         }
     }
 

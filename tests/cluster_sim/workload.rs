@@ -538,7 +538,7 @@ async fn placement_settled(shared: &Rc<RefCell<Shared>>) -> Vec<String> {
                         replicas: r
                             .replicas
                             .iter()
-                            .map(|x| Replica { node_id: x.node_id, learner: x.learner })
+                            .map(|x| Replica { node_id: x.node_id, learner: x.learner, ..Default::default() })
                             .collect(),
                         ..Default::default()
                     })

@@ -10,6 +10,9 @@ use std::process::Command;
 pub fn report_seeds(run_seed: impl Fn(u64) -> Option<String>) {
     let sabotage = std::env::var("CAIRN_SABOTAGE").expect("started by `caught`");
     let seeds: u64 = std::env::var("CAIRN_SABOTAGE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    // The harness has printed "test <name> ... " without a newline: without this
+    // one, the first seed's line would not start with `CAUGHT` and go uncounted.
+    println!();
     for seed in 1..=seeds {
         match run_seed(seed) {
             None => println!("seed {seed}: not caught"),
