@@ -13,7 +13,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
-cargo test --features fault-injection --test chaos --test sabotage --test disk_faults --test sim_sabotage --test cluster_sim_sabotage 2>&1 | tee -a "$log" || status=$?
+cargo test --features fault-injection --test chaos --test sabotage --test disk_faults --test clock_offset --test sim_sabotage --test cluster_sim_sabotage 2>&1 | tee -a "$log" || status=$?
 scripts/fuzz.sh 20 2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "total: %d passed, %d failed\n", p, f }' "$log"

@@ -108,3 +108,18 @@ fn regression_the_controller_does_not_leave_a_range_over_replicated() {
     let report = run(&ClusterSimConfig::for_seed(13351)).unwrap_or_else(|f| panic!("{f}"));
     println!("{report}");
 }
+
+/// "counter: lower bound broken: observed 0 is 104 below acknowledged 104": node 1
+/// had an empty replica of range 4 (created for peer 4, removed before it got its
+/// snapshot); a message for range 4's newer peer 5 replaced it, and purging the
+/// empty replica's placeholder bounds, which read as the whole keyspace, deleted
+/// every key on the node, range 8's counter among them. Only an initialized
+/// replica's data is purged now (unit test
+/// `replacing_an_empty_replica_deletes_no_other_ranges_data`). (Found as seed 8070
+/// in a 120-seed soak right after replica ids came in.)
+#[test]
+fn regression_replacing_an_empty_replica_keeps_the_nodes_other_data() {
+    init_logs();
+    let report = run(&ClusterSimConfig::for_seed(8070)).unwrap_or_else(|f| panic!("{f}"));
+    println!("{report}");
+}

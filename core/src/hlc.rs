@@ -86,7 +86,13 @@ pub struct Hlc {
     last: Mutex<Version>,
     physical_ns: Option<PhysicalClock>,
     max_offset_ns: u64,
+    /// How far (ms, peers' clocks minus ours) this clock is found to be from a
+    /// majority of its peers', when beyond the maximum offset; `UNTRUSTED_NONE`
+    /// while it agrees with them (`clock_offset`).
+    untrusted_offset_ms: std::sync::atomic::AtomicI64,
 }
+
+const UNTRUSTED_NONE: i64 = i64::MIN;
 
 /// A remote timestamp the clock refused to adopt: it was this far ahead of the
 /// node's own physical time (more than the maximum offset).
@@ -121,7 +127,13 @@ pub fn wall_now_ms() -> u64 {
 
 impl Hlc {
     pub fn new(node_id: u32) -> Self {
-        Hlc { node_id, last: Mutex::new(Version::ZERO), physical_ns: None, max_offset_ns: DEFAULT_MAX_OFFSET_NS }
+        Hlc {
+            node_id,
+            last: Mutex::new(Version::ZERO),
+            physical_ns: None,
+            max_offset_ns: DEFAULT_MAX_OFFSET_NS,
+            untrusted_offset_ms: std::sync::atomic::AtomicI64::new(UNTRUSTED_NONE),
+        }
     }
 
     /// A clock whose physical part comes from `physical_ns` (the simulator's time),
@@ -132,6 +144,7 @@ impl Hlc {
             last: Mutex::new(Version::ZERO),
             physical_ns: Some(physical_ns),
             max_offset_ns: DEFAULT_MAX_OFFSET_NS,
+            untrusted_offset_ms: std::sync::atomic::AtomicI64::new(UNTRUSTED_NONE),
         }
     }
 
@@ -141,8 +154,28 @@ impl Hlc {
         self
     }
 
-    fn physical_now(&self) -> u64 {
+    /// This node's physical time (ns): what its peers compare their clocks with.
+    pub fn physical_now(&self) -> u64 {
         self.physical_ns.as_ref().map_or_else(wall_now_ns, |f| f())
+    }
+
+    /// The maximum offset this clock tolerates between nodes.
+    pub fn max_offset_ns(&self) -> u64 {
+        self.max_offset_ns
+    }
+
+    /// Records whether peers' clocks agree with this one: `Some(offset_ms)` (their
+    /// clocks minus ours) when a majority of them is beyond the maximum offset.
+    pub fn set_untrusted(&self, offset_ms: Option<i64>) {
+        let v = offset_ms.map_or(UNTRUSTED_NONE, |o| o.max(UNTRUSTED_NONE + 1));
+        self.untrusted_offset_ms.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Some(offset_ms)` while this clock is too far from its peers' to be used:
+    /// the node then serves nothing that stamps a version.
+    pub fn untrusted_offset_ms(&self) -> Option<i64> {
+        let v = self.untrusted_offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (v != UNTRUSTED_NONE).then_some(v)
     }
 
     /// A fresh version, above every version issued or observed so far.

@@ -3,6 +3,7 @@
 //! client requests and of peer traffic. Nothing here does I/O.
 
 pub mod clock_fault;
+pub mod clock_offset;
 pub mod dedupe;
 pub mod hlc;
 pub mod keys;

@@ -70,8 +70,9 @@ pub struct ServerArgs {
     /// Size of one storage memtable, per column family.
     #[arg(long)]
     pub memtable_bytes: Option<u64>,
-    /// How far ahead of this node's clock another node's timestamp may move its hybrid
-    /// logical clock (default 500).
+    /// The maximum clock offset between nodes, in ms (default 500): how far ahead of
+    /// this node's clock another node's timestamp may move its hybrid logical clock,
+    /// and how far from most peers' clocks this node's may be before it stops serving.
     #[arg(long)]
     pub max_clock_offset_ms: Option<u64>,
 }

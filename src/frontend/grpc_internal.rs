@@ -130,4 +130,9 @@ impl Internal for InternalService {
         };
         Ok(Response::new(LocateMetaResponse { desc, leader_node_id: leader, nodes }))
     }
+
+    async fn clock_probe(&self, req: Request<ClockProbeRequest>) -> Result<Response<ClockProbeResponse>, Status> {
+        peer::check_cluster(&self.gw.cluster_id, &req.get_ref().cluster_id).map_err(Status::permission_denied)?;
+        Ok(Response::new(ClockProbeResponse { wall_ns: self.gw.hlc.physical_now() }))
+    }
 }

@@ -47,6 +47,28 @@ fn outcome_known(s: Status) -> Status {
     }
 }
 
+/// Refuses every client request while this node's clock is too far from its
+/// peers' (`server::clock_monitor`): versions it stamped would be that far off.
+/// Nothing was done, so writes are marked not applied.
+pub fn refuse_while_clock_untrusted(
+    node_id: u64,
+    hlc: Arc<crate::hlc::Hlc>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req| match hlc.untrusted_offset_ms() {
+        None => Ok(req),
+        Some(offset_ms) => Err(gateway::with_outcome(
+            Status::unavailable(format!(
+                "node {node_id}'s clock is {} ms {} a majority of its peers' clocks (max_clock_offset_ms is {}): \
+                 it serves no requests until its clock is fixed; use another node",
+                offset_ms.abs(),
+                if offset_ms < 0 { "ahead of" } else { "behind" },
+                hlc.max_offset_ns() / 1_000_000
+            )),
+            false,
+        )),
+    }
+}
+
 fn epoch_of(rec: &RangeRecord) -> Option<cairn_proto::internal::RangeEpoch> {
     rec.desc.as_ref().and_then(|d| d.epoch)
 }

@@ -54,7 +54,13 @@ async fn node(State(s): State<HttpState>) -> Json<serde_json::Value> {
                 })
             })
             .collect();
-    Json(json!({ "node_id": s.gw.node_id, "cluster_id": s.gw.cluster_id, "replicas": replicas }))
+    Json(json!({
+        "node_id": s.gw.node_id,
+        "cluster_id": s.gw.cluster_id,
+        // Set while this node's clock is too far from its peers' to serve (their clocks minus ours).
+        "clock_untrusted_offset_ms": s.gw.hlc.untrusted_offset_ms(),
+        "replicas": replicas,
+    }))
 }
 
 async fn cluster(State(s): State<HttpState>) -> Response {

@@ -175,7 +175,7 @@ impl Store {
                     observe_applied(&store.hlc, id, storage.apply.last_version);
                     let Some(peer_id) = membership::replica_id_of(&storage.desc, node_id) else {
                         // It applied its own removal and the node stopped before destroying it.
-                        store.bury(&storage.desc, 0, storage.hard_state.clone());
+                        store.bury(&storage.desc, true, 0, storage.hard_state.clone());
                         continue;
                     };
                     store.insert_replica(Replica::new(node_id, peer_id, storage, &store.cfg, &store.logger)?);
@@ -339,7 +339,14 @@ impl Store {
         // Replicas waiting for the snapshot that rebuilds them remind their range, about
         // twice per election timeout (a quiet leader would otherwise send nothing).
         let remind = ticks.is_multiple_of(self.cfg.election_ticks.max(1) as u64 / 2 + 1);
+        // A node whose clock its peers disagree with must not stamp versions: it hands
+        // its leaderships over and stands for none (`server::clock_monitor`).
+        let clock_untrusted = self.hlc.untrusted_offset_ms().is_some();
         for r in self.replicas.values_mut() {
+            if clock_untrusted && r.is_leader() {
+                wake(r);
+                hand_over_leadership(r);
+            }
             for p in &r.raw.store().desc.replicas {
                 if p.node_id != self.node_id {
                     peers.insert(p.node_id);
@@ -376,8 +383,9 @@ impl Store {
                 r.hibernating = false;
                 r.idle_ticks = 0;
             }
-            // A rebuilding replica must not campaign, so its election clock does not run.
-            if r.rebuild.is_none() {
+            // A rebuilding replica must not campaign, so its election clock does not run;
+            // nor does a follower's on a node whose clock is untrusted.
+            if r.rebuild.is_none() && (r.is_leader() || !clock_untrusted) {
                 r.raw.tick();
             }
             r.idle_ticks = r.idle_ticks.saturating_add(1);
@@ -676,6 +684,12 @@ impl Store {
             let _ = reply.send(Err(errors::range_not_found(range_id)));
             return;
         };
+        if let Some(offset_ms) = self.hlc.untrusted_offset_ms() {
+            // Not a leader for long (`hand_over_leadership`): the gateway re-routes.
+            tracing::debug!(range_id, offset_ms, "proposal refused: this node's clock is untrusted");
+            let _ = reply.send(Err(errors::not_leader(range_id, 0)));
+            return;
+        }
         let forward = !r.is_leader();
         let forwardable = !cmd.request_id.is_empty()
             && matches!(cmd.cmd, Some(cairn_proto::internal::raft_command::Cmd::Write(_)))
@@ -1028,17 +1042,20 @@ impl Store {
         self.registry.write().remove(&id);
         r.fail_pending();
         let desc = r.raw.store().desc.clone();
+        let holds_data = r.raw.store().initialized;
         let _guard = r.shared.data_lock.write();
         r.shared.mark_destroyed();
-        self.bury(&desc, r.peer_id(), r.raw.raft.hard_state());
+        self.bury(&desc, holds_data, r.peer_id(), r.raw.raft.hard_state());
         tracing::info!(range_id = id, peer_id = r.peer_id(), "replica removed from this node");
     }
 
-    /// Deletes a removed replica's data and state and leaves its tombstone: no
-    /// message to it, or to any earlier incarnation, creates a replica here again.
-    fn bury(&self, desc: &RangeDescriptor, peer_id: u64, hs: raft::eraftpb::HardState) {
+    /// Deletes a removed replica's data (if it was initialized: an uninitialized
+    /// one's placeholder descriptor has no bounds, which would read as the whole
+    /// keyspace) and state, and leaves its tombstone: no message to it, or to any
+    /// earlier incarnation, creates a replica here again.
+    fn bury(&self, desc: &RangeDescriptor, holds_data: bool, peer_id: u64, hs: raft::eraftpb::HardState) {
         let mut b = self.engine.batch();
-        purge_replica(&mut b, desc, hs);
+        purge_replica(&mut b, desc, holds_data, hs);
         let tombstone = Tombstone::of(desc, peer_id);
         b.put(Cf::RaftState, &layout::tombstone_key(desc.id), &tombstone.encode());
         self.engine.commit(b, true);
@@ -1063,7 +1080,7 @@ impl Store {
         let hs = super::raft_storage::persisted_hard_state(&self.engine, id).unwrap_or_default();
         let rebuild = Rebuild { until_index: corrupt.last_index, desc: desc.clone() };
         let mut b = self.engine.batch();
-        purge_replica(&mut b, &desc, hs);
+        purge_replica(&mut b, &desc, true, hs);
         b.put(Cf::RaftState, &layout::quarantine_key(id), &rebuild.encode());
         self.engine.commit(b, true);
         rebuild
@@ -1302,6 +1319,28 @@ fn leave_before_own_removal(r: &mut Replica, cc: &ConfChange) -> raft::Result<ra
     r.raw.apply_conf_change(cc)
 }
 
+/// Transfers a leadership to the most caught-up other voter, unless a transfer
+/// is already under way (raft-rs abandons one after an election timeout).
+fn hand_over_leadership(r: &mut Replica) {
+    if r.raw.raft.lead_transferee.is_some() {
+        return;
+    }
+    let me = r.peer_id();
+    let voters = r.raw.raft.prs().conf().voters().ids();
+    let target = r
+        .raw
+        .raft
+        .prs()
+        .iter()
+        .filter(|(id, _)| **id != me && voters.contains(**id))
+        .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
+        .map(|(id, _)| *id);
+    if let Some(target) = target {
+        tracing::info!(range_id = r.range_id(), to_peer = target, "clock untrusted: handing leadership over");
+        r.raw.transfer_leader(target);
+    }
+}
+
 fn observe(observer: &mut Option<ApplyObserver>, range_id: u64, committed: &[Entry]) {
     if let Some(f) = observer.as_mut() {
         for e in committed {
@@ -1403,13 +1442,20 @@ fn maybe_compact_log(engine: &Engine, r: &mut Replica, cfg: &RaftConfig) {
 /// and vote. A later incarnation has a peer id of its own, so this is not what
 /// keeps it from double voting; it keeps the node's term for the range from ever
 /// going back, which costs nothing.
-fn purge_replica(b: &mut crate::storage::Batch<'_>, desc: &RangeDescriptor, mut hs: raft::eraftpb::HardState) {
+fn purge_replica(
+    b: &mut crate::storage::Batch<'_>,
+    desc: &RangeDescriptor,
+    holds_data: bool,
+    mut hs: raft::eraftpb::HardState,
+) {
     let id = desc.id;
     if !sabotage::active(Sabotage::KeepRemovedReplicaData) {
-        let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
-        b.delete_range(Cf::Data, &lo, &hi);
-        let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
-        b.delete_range(Cf::Dedupe, &lo, &hi);
+        if holds_data {
+            let (lo, hi) = mvcc::data_span(&desc.start, &desc.end);
+            b.delete_range(Cf::Data, &lo, &hi);
+            let (lo, hi) = layout::dedupe_span(&desc.start, &desc.end);
+            b.delete_range(Cf::Dedupe, &lo, &hi);
+        }
         b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
     }
     let (slo, shi) = layout::range_state_bounds(id);
@@ -1533,6 +1579,67 @@ mod tests {
         assert_eq!(store.replicas[&7].raw.raft.raft_log.committed, INDEX + 1);
         let hs = super::super::raft_storage::persisted_hard_state(&store.engine, 7).unwrap();
         assert_eq!(hs.commit, INDEX + 1, "but it is written");
+    }
+
+    /// Found by the whole-node simulation (seed 8070): a node holding range 8 got a
+    /// message for range 4's peer 4, created an empty replica for it, then one for
+    /// range 4's newer peer 5, which replaced the empty one. The empty replica's
+    /// placeholder descriptor has no bounds, and purging "its" data deleted every
+    /// key on the node: the counter, held by range 8, read as never written.
+    #[test]
+    fn replacing_an_empty_replica_deletes_no_other_ranges_data() {
+        let disk = Arc::new(SimDisk::new());
+        let engine = Arc::new(Engine::simulated(disk.clone()));
+        let desc = RangeDescriptor {
+            id: 8,
+            start: b"a".to_vec(),
+            end: b"m".to_vec(),
+            epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
+            replicas: (1..=3).map(|n| ReplicaDesc { node_id: n, learner: false, replica_id: n }).collect(),
+            next_replica_id: 4,
+            ..Default::default()
+        };
+        bootstrap_ranges(&engine, std::slice::from_ref(&desc));
+        let v = crate::hlc::Version { wall_ns: 10, logical: 0, node_id: 2 };
+        let mut b = engine.batch();
+        b.put(Cf::Data, &crate::keys::mvcc::encode(b"c", v), &crate::keys::mvcc::encode_value(b"104"));
+        engine.commit(b, true);
+        let (mut store, _handle) = Store::open(
+            1,
+            engine.clone(),
+            RaftConfig::default(),
+            Default::default(),
+            Arc::new(NoPeers),
+            Arc::new(Hlc::new(1)),
+            crate::clock::now(),
+        )
+        .unwrap();
+        let heartbeat_to = |peer: u64| {
+            let msg = Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                from: 1,
+                to: peer,
+                term: 7,
+                ..Default::default()
+            };
+            let env = RaftEnvelope {
+                range_id: 4,
+                start: b"m".to_vec(),
+                end: b"z".to_vec(),
+                conf_ver: 3,
+                message: msg.encode_to_vec(),
+                control: Control::None as i32,
+            };
+            StoreMsg::Raft { from_node: 2, envelopes: vec![env] }
+        };
+        store.handle(heartbeat_to(4));
+        store.process_ready();
+        assert_eq!(store.replicas[&4].peer_id(), 4, "an empty replica for peer 4");
+        store.handle(heartbeat_to(5));
+        store.process_ready();
+        assert_eq!(store.replicas[&4].peer_id(), 5, "replaced by the newer peer");
+        let kept = mvcc::get_live(&engine, b"c", crate::hlc::Version::MAX).map(|(v, _)| v);
+        assert_eq!(kept.as_deref(), Some(b"104".as_slice()), "range 8's data survives");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct ServerConfig {
     /// Size of one storage memtable, per column family.
     pub memtable_bytes: u64,
     /// How far ahead of this node's clock a timestamp from another node may move its
-    /// hybrid logical clock.
+    /// hybrid logical clock; and how far from most of its peers' clocks this node's
+    /// may be before it stops serving (`server::clock_monitor`).
     pub max_clock_offset_ms: u64,
     pub raft: RaftConfig,
     pub limits: Limits,

@@ -277,6 +277,10 @@ where
     let kv = CairnServer::new(KvService { gw: gw.clone() })
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
+    let kv = tonic::service::interceptor::InterceptedService::new(
+        kv,
+        crate::frontend::grpc_kv::refuse_while_clock_untrusted(gw.node_id, gw.hlc.clone()),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let internal = InternalServer::new(InternalService { gw: gw.clone(), transport, stopping: stop_rx.clone() })
         .max_decoding_message_size(max_msg * 2)
@@ -305,6 +309,7 @@ where
                 .await;
         });
     }
+    super::clock_monitor::spawn(gw.clone(), stop_rx.clone());
     tasks::spawn_all(gw.clone(), &cfg, grpc_addr.clone(), http_addr.clone(), stop_rx);
 
     let endpoints = NodeEndpoints { node_id, cluster_id, grpc: grpc_addr, http: http_addr };

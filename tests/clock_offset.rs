@@ -1,0 +1,104 @@
+//! A node whose clock is off from its peers' by more than the maximum offset
+//! (500 ms by default) stops serving with an error that says so, hands its
+//! leaderships over, and serves again once its clock agrees with theirs; the
+//! other nodes keep serving, and nothing they acknowledged carries a version
+//! from the jumped clock.
+//!
+//! Run with `cargo test --features fault-injection --test clock_offset`.
+
+// Tests keep their own deadlines on the OS clock; the clock rule (clippy.toml) is for node code.
+#![allow(clippy::disallowed_methods)]
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn real_now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Shifts node `i`'s clock (the server polls this file; see core/src/clock_fault.rs).
+fn set_clock_offset(cl: &Cluster, i: usize, ms: i64) {
+    std::fs::write(data_dir_of(cl, i).join("fault-clock-offset-ms"), ms.to_string()).expect("write clock offset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_clock_jumps_stops_serving_until_its_clock_is_back() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c0 = cl.client(0).await;
+    create_table(&mut c0, "clk", &[]).await;
+    put(&mut c0, "clk", "before", "1").await.expect("write before the jump");
+
+    // Node 3's clock jumps 5 s ahead. Until its probes of its peers tell it so
+    // (a second or two), it still stamps what it leads; nothing is written here
+    // meanwhile, so the versions below show what happens once it knows.
+    set_clock_offset(&cl, 2, 5_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let node = http_get(&cl.http(2), "/api/node").await.unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&node).unwrap_or_default();
+        if let Some(offset) = v["clock_untrusted_offset_ms"].as_i64() {
+            assert!((-5_100..=-4_900).contains(&offset), "node 3 finds its peers {offset} ms off");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 never found its clock 5 s ahead of its peers'\n{}", cl.log(2));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in [0, 1] {
+        let node = http_get(&cl.http(i), "/api/node").await.unwrap_or_default();
+        assert!(node.contains("\"clock_untrusted_offset_ms\":null"), "node {} distrusts its own clock: {node}", i + 1);
+    }
+    let mut c2 = cl.client(2).await;
+    let refusal = put(&mut c2, "clk", "through-3", "v").await.expect_err("node 3 refuses to serve");
+    assert_eq!(refusal.code(), tonic::Code::Unavailable);
+    println!("node 3 refuses: {}", refusal.message());
+    assert!(refusal.message().contains("ahead of"), "the error says which way: {}", refusal.message());
+    assert_eq!(
+        refusal.metadata().get("cairn-write-outcome").and_then(|v| v.to_str().ok()),
+        Some("not-applied"),
+        "a refused write says it was not applied"
+    );
+
+    // It hands over every leadership it held.
+    let node3 = cl.node_id(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let led: Vec<_> = cl.local_replicas(2).await.into_iter().filter(|r| r["is_leader"] == true).collect();
+        if led.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {node3} still leads {} ranges", led.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The other two keep serving, with versions from their own clocks.
+    let mut c1 = cl.client(1).await;
+    for n in 0..20 {
+        let c = if n % 2 == 0 { &mut c0 } else { &mut c1 };
+        let r = put(c, "clk", &format!("during-{n:02}"), "v").await.expect("nodes 1 and 2 keep serving");
+        let wall = r.version.map(|v| v.wall_ns).unwrap_or(0);
+        assert!(
+            wall < real_now_ns() + 1_000_000_000,
+            "write {n} was stamped {} ms in the future",
+            (wall - real_now_ns()) / 1_000_000
+        );
+    }
+
+    // Back in step: node 3 serves again, and sees everything.
+    set_clock_offset(&cl, 2, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while put(&mut c2, "clk", "through-3", "v").await.is_err() {
+        assert!(Instant::now() < deadline, "node 3 never served again after its clock came back\n{}", cl.log(2));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in 0..20 {
+        assert_eq!(
+            get(&mut c2, "clk", &format!("during-{n:02}")).await.expect("read through node 3").as_deref(),
+            Some("v")
+        );
+    }
+    assert_eq!(get(&mut c2, "clk", "before").await.expect("read").as_deref(), Some("1"));
+}
