@@ -12,16 +12,12 @@
 
 mod common;
 
+use common::chaos::set_clock_offset;
 use common::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn real_now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-/// Shifts node `i`'s clock (the server polls this file; see core/src/clock_fault.rs).
-fn set_clock_offset(cl: &Cluster, i: usize, ms: i64) {
-    std::fs::write(data_dir_of(cl, i).join("fault-clock-offset-ms"), ms.to_string()).expect("write clock offset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -61,6 +61,12 @@ pub struct ServerArgs {
     /// Drop the oldest half of a range's Raft log once it holds this many applied entries.
     #[arg(long)]
     pub raft_log_gc_threshold: Option<u64>,
+    /// Snapshots generated, sent and received at once (each counted apart).
+    #[arg(long)]
+    pub snapshot_max_in_flight: Option<usize>,
+    /// Buffer memory one snapshot in flight may hold, whatever the range's size.
+    #[arg(long)]
+    pub snapshot_buffer_bytes: Option<u64>,
     /// Threads of the node's async runtime; 0 means one per CPU core.
     #[arg(long)]
     pub worker_threads: Option<usize>,
@@ -113,6 +119,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.raft_log_gc_threshold {
             c.raft.log_gc_threshold = v;
+        }
+        if let Some(v) = self.snapshot_max_in_flight {
+            c.raft.snapshot_max_in_flight = v;
+        }
+        if let Some(v) = self.snapshot_buffer_bytes {
+            c.raft.snapshot_buffer_bytes = v;
         }
         if let Some(v) = self.worker_threads {
             c.worker_threads = v;

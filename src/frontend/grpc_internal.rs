@@ -4,10 +4,12 @@
 use crate::gateway::Gateway;
 use crate::meta::{self, registry};
 use crate::peer;
-use crate::raftstore::transport::{Transport, MAX_SNAPSHOT_BYTES};
+use crate::raftstore::snapshot_receive::{FileReceiver, ReceiveError};
+use crate::raftstore::transport::Transport;
 use crate::raftstore::{executor, StoreMsg};
 use cairn_proto::internal::internal_server::Internal;
 use cairn_proto::internal::*;
+use prost::Message as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -32,6 +34,20 @@ fn refused_snapshot(e: peer::SnapshotError) -> Status {
         }
         peer::SnapshotError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
         peer::SnapshotError::TooLong | peer::SnapshotError::TooShort { .. } => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// Snapshot files that cannot be accepted: damage is DATA_LOSS (and counted),
+/// a full or failing disk here UNAVAILABLE, the rest the sender's mistake.
+fn refused_files(e: ReceiveError) -> Status {
+    tracing::warn!("refusing snapshot files: {e}");
+    match e {
+        ReceiveError::Damaged { .. } | ReceiveError::FileDamaged { .. } => {
+            metrics::counter!("cairn_snapshot_chunks_corrupt_total").increment(1);
+            Status::data_loss(e.to_string())
+        }
+        ReceiveError::Disk(_) => Status::unavailable(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -79,18 +95,29 @@ impl Internal for InternalService {
         Ok(Response::new(RaftBatchResponse {}))
     }
 
+    /// Receives a snapshot: its Raft message (part 0), then its files, written to
+    /// disk as they come. The store gets the message once every file is in place.
     async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotResponse>, Status> {
+        let Some(_permit) = self.transport.snapshot_receive_permit() else {
+            metrics::counter!("cairn_snapshots_deferred_total").increment(1);
+            return Err(Status::resource_exhausted("this node is receiving as many snapshots as it allows at once"));
+        };
         let mut stream = req.into_inner();
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         peer::check_cluster(self.transport.cluster_id(), &first.cluster_id).map_err(Status::permission_denied)?;
-        let mut snapshot = peer::SnapshotReassembly::start(first, MAX_SNAPSHOT_BYTES).map_err(refused_snapshot)?;
-        while let Some(c) = stream.message().await? {
-            snapshot.push(&c).map_err(refused_snapshot)?;
+        if first.part != 0 {
+            return Err(Status::invalid_argument("a snapshot stream must start with its raft message"));
         }
-        let (first, data) = snapshot.finish().map_err(refused_snapshot)?;
-        self.transport.mark_seen(first.from_node);
+        let max = self.transport.snapshot_limits().buffer_bytes;
+        let mut message = peer::SnapshotReassembly::start(first, max).map_err(refused_snapshot)?;
+        let mut next = stream.message().await?;
+        while let Some(c) = next.as_ref().filter(|c| c.part == 0) {
+            message.push(c).map_err(refused_snapshot)?;
+            next = stream.message().await?;
+        }
+        let (first, data) = message.finish().map_err(refused_snapshot)?;
         let envelope = RaftEnvelope {
             range_id: first.range_id,
             start: first.start,
@@ -99,6 +126,25 @@ impl Internal for InternalService {
             message: data,
             control: 0,
         };
+        let msg = peer::decode_raft_message(&envelope).map_err(Status::invalid_argument)?;
+        let snap = msg.snapshot.unwrap_or_default();
+        let files = SnapshotData::decode(snap.data.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot data: {e}")))?
+            .files;
+        if !files.is_empty() || next.is_some() {
+            let Some(root) = self.gw.store.engine.snapshot_dir() else {
+                return Err(Status::failed_precondition("this node's disk does not take snapshot files"));
+            };
+            let meta = snap.metadata.unwrap_or_default();
+            let mut receiver =
+                FileReceiver::start(root, first.range_id, first.from_node, files).await.map_err(refused_files)?;
+            while let Some(c) = next {
+                receiver.push(&c).await.map_err(refused_files)?;
+                next = stream.message().await?;
+            }
+            receiver.finish(root, first.range_id, meta.term, meta.index).await.map_err(refused_files)?;
+        }
+        self.transport.mark_seen(first.from_node);
         self.gw.store.send(StoreMsg::Snapshot { from_node: first.from_node, envelope }).map_err(overloaded)?;
         metrics::counter!("cairn_snapshots_received_total").increment(1);
         Ok(Response::new(SnapshotResponse {}))

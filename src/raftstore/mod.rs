@@ -16,6 +16,8 @@ pub mod replica;
 pub mod replica_gc;
 pub mod shared;
 pub mod snapshot;
+pub mod snapshot_receive;
+pub mod snapshot_worker;
 pub mod store;
 pub mod transport;
 
@@ -38,6 +40,13 @@ pub struct RaftConfig {
     pub log_gc_threshold: u64,
     pub max_inflight_msgs: usize,
     pub max_size_per_msg: u64,
+    /// Snapshots this node generates, sends or receives at once (each counted
+    /// apart); a range asking for more waits and raft-rs asks again.
+    pub snapshot_max_in_flight: usize,
+    /// Memory one snapshot in flight may hold in buffers (chunks queued for the
+    /// network, a received message), whatever the range's size: its files
+    /// stream from and to disk.
+    pub snapshot_buffer_bytes: u64,
     /// Simulation only: each replica draws its election timeouts from this seed
     /// instead of from raft-rs's unseeded thread-local RNG.
     #[serde(skip)]
@@ -53,6 +62,8 @@ impl Default for RaftConfig {
             log_gc_threshold: 8192,
             max_inflight_msgs: 256,
             max_size_per_msg: 1 << 20,
+            snapshot_max_in_flight: 2,
+            snapshot_buffer_bytes: 64 << 20,
             election_seed: None,
         }
     }

@@ -5,13 +5,15 @@
 //! served from memory or from the `raft_log` column family.
 
 use super::snapshot;
+use super::snapshot_worker::{SnapshotWorker, Submitted};
 use crate::storage::layout::{self, ApplyState};
 use crate::storage::{Cf, Engine};
-use cairn_proto::internal::{RangeDescriptor, RangeEpoch};
+use cairn_proto::internal::{RangeDescriptor, RangeEpoch, SnapshotData};
 use prost::Message as _;
 use prost011::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -38,6 +40,23 @@ pub struct RangeStorage {
     /// uninitialized replica knows no members, yet must answer its leader).
     /// Bounded: a replica has a handful of peers.
     heard_peers: Vec<(u64, u64)>,
+    /// Where snapshots of this replica are built (`None` until the store installs it).
+    pub snapshot_worker: Option<Arc<SnapshotWorker>>,
+    /// The snapshot offered to followers that need one. raft-rs asks through `&self`.
+    snapshot_slot: RefCell<SnapshotSlot>,
+}
+
+/// The state of this replica's snapshot, as `Storage::snapshot` sees it.
+#[derive(Default)]
+pub enum SnapshotSlot {
+    #[default]
+    None,
+    /// A worker is building one; raft-rs is told to ask again.
+    Generating,
+    /// Built: offered while the log still continues from its index and the
+    /// range's descriptor is the one it holds (a follower that applied a split
+    /// since refuses one taken before it, which overlaps its right range).
+    Ready(Snapshot, RangeEpoch),
 }
 
 /// Bound on the peers (peer id, node) a replica remembers beyond its descriptor.
@@ -127,6 +146,8 @@ impl RangeStorage {
             cache: VecDeque::new(),
             cache_bytes: 0,
             heard_peers: Vec::new(),
+            snapshot_worker: None,
+            snapshot_slot: RefCell::default(),
         }
     }
 
@@ -161,6 +182,8 @@ impl RangeStorage {
             cache: VecDeque::new(),
             cache_bytes: 0,
             heard_peers: Vec::new(),
+            snapshot_worker: None,
+            snapshot_slot: RefCell::default(),
         };
         // The last log entry, if the log holds any beyond the truncation point. Every
         // entry is read, so damage anywhere in the log is found before the replica runs.
@@ -359,19 +382,80 @@ impl raft::Storage for RangeStorage {
         Ok(self.last_index)
     }
 
+    /// Never built here: a ready snapshot is offered if the log continues from
+    /// its index; otherwise the range is pinned at its applied index and a worker
+    /// builds one, while raft-rs is told to ask again (it does on the follower's
+    /// next heartbeat response).
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if !self.initialized {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        let unavailable = Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        let Some(worker) = self.snapshot_worker.as_ref().filter(|_| self.initialized) else { return unavailable };
+        let mut slot = self.snapshot_slot.borrow_mut();
+        match &*slot {
+            SnapshotSlot::Ready(snap, epoch)
+                if snapshot_index(snap) >= self.apply.truncated_index && Some(epoch) == self.desc.epoch.as_ref() =>
+            {
+                return Ok(snap.clone());
+            }
+            SnapshotSlot::Generating => return unavailable,
+            SnapshotSlot::Ready(..) | SnapshotSlot::None => {}
         }
-        let applied = self.apply.applied_index;
-        let term = self.term(applied)?;
-        let data = snapshot::build(&self.engine, &self.desc, &self.apply).encode_to_vec();
-        let mut snap = Snapshot { data, ..Default::default() };
-        let meta = snap.metadata.get_or_insert_with(Default::default);
-        meta.index = applied;
-        meta.term = term;
-        meta.conf_state = Some(self.conf_state.clone());
-        Ok(snap)
+        let term = self.term(self.apply.applied_index)?;
+        let job = snapshot::pin(&self.engine, &self.desc, &self.apply, term, self.conf_state.clone());
+        let old = std::mem::take(&mut *slot);
+        let mut result = unavailable;
+        *slot = match worker.submit(job) {
+            Submitted::Queued => SnapshotSlot::Generating,
+            Submitted::Done(snap) => {
+                // Built at once (the simulator's disk): offered now, as a real disk's
+                // would be on the next request.
+                result = Ok(snap.clone());
+                SnapshotSlot::Ready(snap, self.desc.epoch.unwrap_or_default())
+            }
+            Submitted::Refused => SnapshotSlot::None,
+        };
+        drop(slot);
+        self.discard(old);
+        result
+    }
+}
+
+fn snapshot_index(snap: &Snapshot) -> u64 {
+    snap.metadata.as_ref().map(|m| m.index).unwrap_or(0)
+}
+
+impl RangeStorage {
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Takes the snapshot a worker built. `None` (it failed) lets the next request try again.
+    pub fn snapshot_generated(&mut self, snap: Option<Snapshot>) {
+        let ready = snap.map(|snap| {
+            let epoch = SnapshotData::decode(snap.data.as_slice()).ok().and_then(|d| d.desc?.epoch).unwrap_or_default();
+            SnapshotSlot::Ready(snap, epoch)
+        });
+        let old = std::mem::replace(self.snapshot_slot.get_mut(), ready.unwrap_or_default());
+        if !matches!(old, SnapshotSlot::Generating) {
+            tracing::debug!(range_id = self.range_id, "a generated snapshot replaced one not asked for");
+        }
+        self.discard(old);
+    }
+
+    /// Stops offering the ready snapshot (a send of it failed; its files may be
+    /// gone): the next request builds a new one.
+    pub fn drop_snapshot(&mut self) {
+        if matches!(self.snapshot_slot.get_mut(), SnapshotSlot::Ready(..)) {
+            let old = std::mem::take(self.snapshot_slot.get_mut());
+            self.discard(old);
+        }
+    }
+
+    /// Removes the files of a snapshot no longer offered. A stream still reading
+    /// them fails and raft-rs sends the newer one instead.
+    fn discard(&self, old: SnapshotSlot) {
+        let (SnapshotSlot::Ready(snap, _), Some(root)) = (old, self.engine.snapshot_dir()) else { return };
+        let meta = snap.metadata.unwrap_or_default();
+        let _ = std::fs::remove_dir_all(snapshot::generated_dir(root, self.range_id, meta.term, meta.index));
     }
 }
 

@@ -19,6 +19,7 @@ use super::replica::{Proposal, ProposalReply, Replica};
 use super::replica_gc;
 use super::shared::ReplicaRegistry;
 use super::snapshot;
+use super::snapshot_worker::SnapshotWorker;
 use super::transport::{control_envelope, RaftTransport};
 use super::RaftConfig;
 use crate::hlc::Hlc;
@@ -61,6 +62,8 @@ pub struct Store {
     observer: Option<ApplyObserver>,
     /// Replicas quarantined when this store opened (their log failed its checksum).
     quarantined_at_open: usize,
+    /// Builds snapshots off this thread (inline on the simulator's disk).
+    snapshot_worker: Arc<SnapshotWorker>,
 }
 
 /// Called with every committed entry just before this node applies it; the
@@ -136,6 +139,10 @@ impl Store {
         let (tx, rx) = sync_channel(STORE_QUEUE_CAPACITY);
         engine.dedupe_gc().set_source(Arc::new(super::shared::RegistryAppliedVersions(registry.clone())));
         let logger = slog::Logger::root(TracingDrain, slog::o!());
+        // Before any replica loads: a snapshot half ingested when the node stopped is
+        // finished, so its replica's data matches the apply state it persisted.
+        snapshot::resume_ingests(&engine);
+        let snapshot_worker = SnapshotWorker::start(&engine, cfg.snapshot_max_in_flight)?;
         let tick = Duration::from_millis(cfg.tick_ms.max(1));
         let mut store = Store {
             node_id,
@@ -152,6 +159,7 @@ impl Store {
             ticks: 0,
             observer: None,
             quarantined_at_open: 0,
+            snapshot_worker,
         };
         crate::faults::damage_log_entry_at_start(&engine);
         let mut ids = Vec::new();
@@ -252,6 +260,13 @@ impl Store {
     }
 }
 
+/// Removes the files of a snapshot built for a replica that is gone since.
+fn discard_generated(engine: &Engine, range_id: u64, snap: Option<raft::eraftpb::Snapshot>) {
+    let (Some(snap), Some(root)) = (snap, engine.snapshot_dir()) else { return };
+    let meta = snap.metadata.unwrap_or_default();
+    let _ = std::fs::remove_dir_all(snapshot::generated_dir(root, range_id, meta.term, meta.index));
+}
+
 /// Writes the starting state of ranges this node creates alone (cluster bootstrap).
 pub fn bootstrap_ranges(engine: &Engine, ranges: &[RangeDescriptor]) {
     let mut b = engine.batch();
@@ -262,8 +277,9 @@ pub fn bootstrap_ranges(engine: &Engine, ranges: &[RangeDescriptor]) {
 }
 
 impl Store {
-    fn insert_replica(&mut self, r: Replica) {
+    fn insert_replica(&mut self, mut r: Replica) {
         let id = r.range_id();
+        r.raw.mut_store().snapshot_worker = Some(self.snapshot_worker.clone());
         self.registry.write().insert(id, r.shared.clone());
         self.replicas.insert(id, r);
     }
@@ -309,6 +325,12 @@ impl Store {
             match self.rx.try_recv() {
                 Ok(m) => self.handle(m),
                 Err(_) => break,
+            }
+        }
+        for (range_id, snapshot) in self.snapshot_worker.finished() {
+            match self.replicas.get_mut(&range_id) {
+                Some(r) => r.raw.mut_store().snapshot_generated(snapshot),
+                None => discard_generated(&self.engine, range_id, snapshot),
             }
         }
         if now >= self.next_tick {
@@ -431,6 +453,10 @@ impl Store {
             StoreMsg::SnapshotStatus { range_id, to, ok } => {
                 if let Some(r) = self.replicas.get_mut(&range_id) {
                     let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                    if !ok {
+                        // Its files may be gone (replaced, or removed as abandoned): build anew.
+                        r.raw.mut_store().drop_snapshot();
+                    }
                     if let Some(peer) = r.raw.store().peer_on(to) {
                         r.raw.report_snapshot(peer, status);
                     }
@@ -658,9 +684,20 @@ impl Store {
             tracing::warn!(range_id, "dropping snapshot with undecodable data");
             return false;
         };
-        let Some(d) = data.desc else { return false };
+        let Some(d) = data.desc.as_ref() else { return false };
         if d.id != range_id {
             return false;
+        }
+        if !data.files.is_empty() {
+            let meta = snap.metadata.clone().unwrap_or_default();
+            let present = self
+                .engine
+                .snapshot_dir()
+                .is_some_and(|root| snapshot::received_files_present(root, range_id, meta.term, meta.index, &data));
+            if !present {
+                tracing::warn!(range_id, index = meta.index, "dropping snapshot whose files are not here");
+                return false;
+            }
         }
         let clash = self.replicas.iter().any(|(id, r)| {
             *id != range_id
@@ -849,6 +886,7 @@ impl Store {
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut installed: HashMap<u64, (SnapshotData, layout::ApplyState)> = HashMap::new();
+        let mut ingests = Vec::new();
         for (id, r) in self.replicas.iter_mut() {
             if !r.raw.has_ready() {
                 continue;
@@ -864,7 +902,7 @@ impl Store {
                     Ok(data) => {
                         let meta = snap.metadata.clone().unwrap_or_default();
                         let old = r.raw.store().initialized.then(|| r.raw.store().desc.clone());
-                        let apply = snapshot::install(
+                        let (apply, ingest) = snapshot::install(
                             &self.engine,
                             &mut batch,
                             *id,
@@ -872,7 +910,12 @@ impl Store {
                             &data,
                             meta.index,
                             meta.term,
-                        );
+                        )
+                        .unwrap_or_else(|e| {
+                            // Accepted only with its files in place (`snapshot_acceptable`).
+                            crate::storage::engine::fail_stop("installing an accepted snapshot", &format!("{e:#}"))
+                        });
+                        ingests.extend(ingest);
                         installed.insert(*id, (data, apply));
                         must_sync = true;
                     }
@@ -913,6 +956,15 @@ impl Store {
         if must_sync {
             let took = crate::clock::os_now().saturating_duration_since(started);
             metrics::histogram!("cairn_raft_persist_seconds").record(took.as_secs_f64());
+        }
+        // Before the replicas' new apply state is published: nothing reads their
+        // spans until the snapshot's records are in.
+        for ingest in &ingests {
+            let started = crate::clock::os_now();
+            snapshot::finish_ingest(&self.engine, ingest);
+            let took = crate::clock::os_now().saturating_duration_since(started);
+            metrics::histogram!("cairn_snapshot_ingest_seconds").record(took.as_secs_f64());
+            tracing::info!(range_id = ingest.range_id, took_ms = took.as_millis() as u64, "ingested snapshot files");
         }
         for (id, mut rd) in readies {
             let Some(r) = self.replicas.get_mut(&id) else { continue };

@@ -13,11 +13,12 @@ use super::msg::StoreMsg;
 use super::raft_storage::{conf_ver_of, RangeStorage};
 use cairn_proto::internal::internal_client::InternalClient;
 use cairn_proto::internal::raft_envelope::Control;
-use cairn_proto::internal::{RaftBatch, RaftEnvelope, RangeDescriptor, SnapshotChunk};
+use cairn_proto::internal::{RaftBatch, RaftEnvelope, RangeDescriptor, SnapshotChunk, SnapshotFile};
 use parking_lot::Mutex;
 use prost011::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,9 +28,8 @@ use tonic::transport::{Channel, Endpoint};
 const PEER_QUEUE: usize = 8192;
 const MAX_BATCH_MSGS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 2 << 20;
+/// Largest piece of a snapshot stream (smaller when the buffer setting is small).
 const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// Largest snapshot a node accepts (ranges split long before this).
-pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Batches buffered on a peer's stream before the sender waits (backpressure).
 const STREAM_BATCHES: usize = 32;
@@ -94,6 +94,34 @@ pub struct Transport {
     started: Instant,
     store_tx: OnceLock<SyncSender<StoreMsg>>,
     rt: tokio::runtime::Handle,
+    snapshots: SnapshotLimits,
+    snapshot_sends: Arc<tokio::sync::Semaphore>,
+    snapshot_receives: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bounds on snapshots in flight (from `RaftConfig`).
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotLimits {
+    /// Snapshot streams sent at once, and received at once (each counted apart).
+    pub max_in_flight: usize,
+    /// Bytes one stream may hold in buffers, at either end.
+    pub buffer_bytes: usize,
+}
+
+impl SnapshotLimits {
+    pub fn of(cfg: &super::RaftConfig) -> Self {
+        SnapshotLimits {
+            max_in_flight: cfg.snapshot_max_in_flight.max(1),
+            buffer_bytes: usize::try_from(cfg.snapshot_buffer_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The piece size and how many pieces may queue ahead of the network: both
+    /// together stay within half the buffer (the other half is the receiver's).
+    pub fn chunking(&self) -> (usize, usize) {
+        let chunk = SNAPSHOT_CHUNK.min(self.buffer_bytes / 8).max(4096);
+        (chunk, (self.buffer_bytes / 2 / chunk).max(1))
+    }
 }
 
 pub fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -136,6 +164,7 @@ impl Transport {
         cluster_id: String,
         book: Arc<AddressBook>,
         rt: tokio::runtime::Handle,
+        snapshots: SnapshotLimits,
     ) -> Self {
         Transport {
             node_id,
@@ -147,11 +176,23 @@ impl Transport {
             started: crate::clock::now(),
             store_tx: OnceLock::new(),
             rt,
+            snapshots,
+            snapshot_sends: Arc::new(tokio::sync::Semaphore::new(snapshots.max_in_flight)),
+            snapshot_receives: Arc::new(tokio::sync::Semaphore::new(snapshots.max_in_flight)),
         }
     }
 
     pub fn set_store(&self, tx: SyncSender<StoreMsg>) {
         let _ = self.store_tx.set(tx);
+    }
+
+    pub fn snapshot_limits(&self) -> SnapshotLimits {
+        self.snapshots
+    }
+
+    /// A place among the snapshots this node receives at once, if one is free.
+    pub fn snapshot_receive_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.snapshot_receives.clone().try_acquire_owned().ok()
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -176,7 +217,17 @@ impl RaftTransport for Transport {
             let Some(to) = destination(store, &m) else { continue };
             let env = envelope(store, &m);
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.send_snapshot(to, env);
+                let files = match (store.engine().snapshot_dir(), m.snapshot.as_ref()) {
+                    (Some(root), Some(snap)) => super::snapshot::generated_files(root, store.range_id, snap),
+                    _ => Ok(Vec::new()),
+                };
+                match files {
+                    Ok(files) => self.send_snapshot(to, env, files),
+                    Err(e) => {
+                        tracing::warn!(range_id = store.range_id, "cannot send snapshot: {e:#}");
+                        self.report(StoreMsg::SnapshotStatus { range_id: store.range_id, to, ok: false });
+                    }
+                }
             } else {
                 self.enqueue(to, Outbound::Envelope(env));
             }
@@ -289,18 +340,29 @@ impl Transport {
         tx
     }
 
-    fn send_snapshot(&self, to: u64, env: RaftEnvelope) {
+    /// Streams a snapshot: its Raft message, then its files. At most
+    /// `max_in_flight` streams at once; beyond that the send fails at once and
+    /// raft-rs tries again later.
+    fn send_snapshot(&self, to: u64, env: RaftEnvelope, files: Vec<(PathBuf, SnapshotFile)>) {
+        let range_id = env.range_id;
+        let Ok(permit) = self.snapshot_sends.clone().try_acquire_owned() else {
+            metrics::counter!("cairn_snapshots_deferred_total").increment(1);
+            tracing::debug!(range_id, to, "snapshot send deferred: too many in flight");
+            self.report(StoreMsg::SnapshotStatus { range_id, to, ok: false });
+            return;
+        };
         let book = self.book.clone();
         let (from, cluster) = (self.node_id, self.cluster_id.clone());
         let store_tx = self.store_tx.get().cloned();
-        let range_id = env.range_id;
+        let limits = self.snapshots;
         self.rt.spawn(async move {
             let ok = match book.get(to) {
-                Some(addr) => stream_snapshot(&addr, from, cluster, env).await,
+                Some(addr) => stream_snapshot(&addr, from, cluster, env, files, limits).await,
                 None => Err(anyhow::anyhow!("no address for node {to}")),
             };
+            drop(permit);
             if let Err(e) = &ok {
-                tracing::warn!(range_id, to, "snapshot send failed: {e}");
+                tracing::warn!(range_id, to, "snapshot send failed: {e:#}");
             } else {
                 metrics::counter!("cairn_snapshots_sent_total").increment(1);
             }
@@ -319,32 +381,71 @@ fn report_all(store_tx: &Option<SyncSender<StoreMsg>>, envs: &[RaftEnvelope], to
     }
 }
 
-async fn stream_snapshot(addr: &str, from: u64, cluster_id: String, env: RaftEnvelope) -> anyhow::Result<()> {
+/// Cuts `data` into pieces of part `part`, each with its checksum.
+fn piece(part: u32, data: Vec<u8>) -> SnapshotChunk {
+    let mut c = SnapshotChunk { crc32: crc32fast::hash(&data), data, part, ..Default::default() };
+    if crate::faults::corrupt_this_chunk() {
+        if let Some(b) = c.data.first_mut() {
+            *b ^= 0x01;
+        }
+    }
+    c
+}
+
+async fn stream_snapshot(
+    addr: &str,
+    from: u64,
+    cluster_id: String,
+    env: RaftEnvelope,
+    files: Vec<(PathBuf, SnapshotFile)>,
+    limits: SnapshotLimits,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
     let mut client = InternalClient::new(connect(addr)?);
-    let total = env.message.len();
-    let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
-    let mut first = true;
-    for piece in env.message.chunks(SNAPSHOT_CHUNK) {
-        let mut c = SnapshotChunk { data: piece.to_vec(), crc32: crc32fast::hash(piece), ..Default::default() };
-        if crate::faults::corrupt_this_chunk() {
-            if let Some(b) = c.data.first_mut() {
-                *b ^= 0x01;
+    let (chunk_bytes, queued) = limits.chunking();
+    // The producer reads ahead at most `queued` pieces: memory stays bounded
+    // whatever the snapshot's size.
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(queued);
+    let producer = tokio::spawn(async move {
+        let total = env.message.len();
+        let mut first = true;
+        for data in env.message.chunks(chunk_bytes) {
+            let mut c = piece(0, data.to_vec());
+            if std::mem::take(&mut first) {
+                c.from_node = from;
+                c.cluster_id = cluster_id.clone();
+                c.range_id = env.range_id;
+                c.start = env.start.clone();
+                c.end = env.end.clone();
+                c.conf_ver = env.conf_ver;
+                c.total_len = total as u64;
+            }
+            tx.send(c).await?;
+        }
+        for (i, (path, announced)) in files.iter().enumerate() {
+            let mut f = tokio::fs::File::open(path).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let mut sent = 0u64;
+            loop {
+                let mut buf = vec![0u8; chunk_bytes];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                sent += n as u64;
+                tx.send(piece(i as u32 + 1, buf)).await?;
+            }
+            if sent != announced.size {
+                anyhow::bail!("{} holds {sent} bytes, the snapshot names {}", path.display(), announced.size);
             }
         }
-        if first {
-            c.from_node = from;
-            c.cluster_id = cluster_id.clone();
-            c.range_id = env.range_id;
-            c.start = env.start.clone();
-            c.end = env.end.clone();
-            c.conf_ver = env.conf_ver;
-            c.total_len = total as u64;
-            first = false;
-        }
-        chunks.push(c);
-    }
-    let mut req = tonic::Request::new(tokio_stream::iter(chunks));
-    req.set_timeout(Duration::from_secs(120));
-    client.snapshot(req).await?;
-    Ok(())
+        anyhow::Ok(())
+    });
+    let req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    // No overall deadline: a large snapshot takes as long as it takes; a dead
+    // peer is noticed by the connection's keepalive.
+    let sent = client.snapshot(req).await;
+    let produced = producer.await.map_err(|e| anyhow::anyhow!("snapshot reader: {e}"))?;
+    sent?;
+    produced
 }

@@ -128,6 +128,12 @@ impl ServerConfig {
         if r.log_gc_threshold < 16 {
             return Err("raft.log_gc_threshold must be at least 16".into());
         }
+        if !(1..=64).contains(&r.snapshot_max_in_flight) {
+            return Err(format!("raft.snapshot_max_in_flight must be 1 to 64, got {}", r.snapshot_max_in_flight));
+        }
+        if !((1 << 20)..=(1 << 32)).contains(&r.snapshot_buffer_bytes) {
+            return Err(format!("raft.snapshot_buffer_bytes must be 1 MiB to 4 GiB, got {}", r.snapshot_buffer_bytes));
+        }
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
         }

@@ -241,6 +241,7 @@ where
         cluster_id.clone(),
         book.clone(),
         tokio::runtime::Handle::current(),
+        crate::raftstore::transport::SnapshotLimits::of(&cfg.raft),
     ));
     let registry: ReplicaRegistry = Default::default();
     let (store_handle, store_task) = match store_driver {

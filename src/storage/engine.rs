@@ -41,10 +41,13 @@ pub struct Engine {
     gc: Arc<GcWindow>,
     /// Expiry of dedupe records by their ranges' applied versions (never on the simulator's disk).
     dedupe_gc: Arc<DedupeGc>,
+    /// Where snapshot files are written and received (`None` on the simulator's
+    /// disk, whose snapshots carry their records inline).
+    snapshot_dir: Option<std::path::PathBuf>,
 }
 
-enum Backend {
-    Rocks(DB),
+pub(super) enum Backend {
+    Rocks(Arc<DB>),
     /// The simulator's disk, as seen by one incarnation of the node.
     Sim {
         disk: Arc<SimDisk>,
@@ -121,34 +124,15 @@ impl Engine {
             opts.set_manual_wal_flush(true);
         }
         let cache = rocksdb::Cache::new_lru_cache(64 << 20);
-        let table = |whole_key_filtering: bool| {
-            let mut t = BlockBasedOptions::default();
-            t.set_block_cache(&cache);
-            t.set_bloom_filter(10.0, false);
-            t.set_whole_key_filtering(whole_key_filtering);
-            t
-        };
-        // Data records are filtered by key part (a stored key minus its version) instead
-        // of whole key, so a point read seeks only the memtables and files that hold some
-        // version of its key; every other column family is read by whole key.
-        let (data_table, other_table) = (table(false), table(true));
         let cfs = Cf::ALL.iter().map(|cf| {
-            let is_data = *cf == Cf::Data;
-            let mut o = Options::default();
+            let mut o = format_options(*cf, Some(&cache));
             o.set_write_buffer_size(memtable_bytes);
             o.set_max_write_buffer_number(2);
-            o.set_block_based_table_factory(if is_data { &data_table } else { &other_table });
             // Point lookups that miss (dedupe checks, most of the time) are answered by a
             // memtable bloom filter instead of a skiplist search.
             o.set_memtable_prefix_bloom_ratio(0.05);
-            o.set_memtable_whole_key_filtering(!is_data);
-            if is_data {
-                o.set_prefix_extractor(SliceTransform::create(
-                    "cairn.mvcc-key-part",
-                    |k| crate::keys::mvcc::key_part(k).unwrap_or(k),
-                    Some(|k| crate::keys::mvcc::key_part(k).is_some()),
-                ));
-                o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_memtable_whole_key_filtering(*cf != Cf::Data);
+            if *cf == Cf::Data {
                 // Old versions are dropped as compactions rewrite them (`mvcc_gc`).
                 o.set_compaction_filter_factory(PrunerFactory { window: gc.clone() });
             }
@@ -160,7 +144,7 @@ impl Engine {
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB at {}", dir.display()))?;
-        Ok(Engine { backend: Backend::Rocks(db), gc, dedupe_gc })
+        Ok(Engine { backend: Backend::Rocks(Arc::new(db)), gc, dedupe_gc, snapshot_dir: Some(dir.join("snapshots")) })
     }
 
     /// An engine over the simulator's disk, for the incarnation of the node that
@@ -172,7 +156,17 @@ impl Engine {
             backend: Backend::Sim { disk, generation },
             gc: Arc::new(GcWindow::new(DEFAULT_RETENTION)),
             dedupe_gc: Arc::new(DedupeGc::default()),
+            snapshot_dir: None,
         }
+    }
+
+    /// The directory snapshot files live in; `None` on the simulator's disk.
+    pub fn snapshot_dir(&self) -> Option<&Path> {
+        self.snapshot_dir.as_deref()
+    }
+
+    pub(super) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Simulated time the disk's syncs have cost since the last call (always 0 on
@@ -201,7 +195,7 @@ impl Engine {
         }
     }
 
-    fn cf(&self, cf: Cf) -> &ColumnFamily {
+    pub(super) fn cf(&self, cf: Cf) -> &ColumnFamily {
         // Every CF is created in `open`, so a missing one is a programming error caught at start-up.
         self.db().cf_handle(cf.name()).unwrap_or_else(|| fail_stop("column family lookup", &cf.name()))
     }
@@ -333,4 +327,31 @@ impl Engine {
             })
             .sum()
     }
+}
+
+/// How a column family's SST files are laid out (table format, filters,
+/// compression). Shared by the open database and by the SST files snapshots
+/// are written to, so an ingested file reads like one RocksDB wrote itself.
+pub(super) fn format_options(cf: Cf, cache: Option<&rocksdb::Cache>) -> Options {
+    let is_data = cf == Cf::Data;
+    let mut t = BlockBasedOptions::default();
+    if let Some(cache) = cache {
+        t.set_block_cache(cache);
+    }
+    t.set_bloom_filter(10.0, false);
+    // Data records are filtered by key part (a stored key minus its version) instead
+    // of whole key, so a point read seeks only the memtables and files that hold some
+    // version of its key; every other column family is read by whole key.
+    t.set_whole_key_filtering(!is_data);
+    let mut o = Options::default();
+    o.set_block_based_table_factory(&t);
+    if is_data {
+        o.set_prefix_extractor(SliceTransform::create(
+            "cairn.mvcc-key-part",
+            |k| crate::keys::mvcc::key_part(k).unwrap_or(k),
+            Some(|k| crate::keys::mvcc::key_part(k).is_some()),
+        ));
+        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    }
+    o
 }

@@ -84,6 +84,8 @@ pub enum StateKey {
     Descriptor = 0x03,
     Tombstone = 0x04,
     Quarantine = 0x05,
+    /// A snapshot whose files are not all ingested yet: (term, index), 16 bytes.
+    PendingIngest = 0x06,
 }
 
 fn state_key(range_id: u64, kind: StateKey) -> [u8; 9] {
@@ -103,6 +105,7 @@ pub fn parse_state_key(k: &[u8]) -> Option<(u64, StateKey)> {
         [0x03] => StateKey::Descriptor,
         [0x04] => StateKey::Tombstone,
         [0x05] => StateKey::Quarantine,
+        [0x06] => StateKey::PendingIngest,
         _ => return None,
     };
     Some((u64::from_be_bytes(*range_id), kind))
@@ -122,6 +125,9 @@ pub fn tombstone_key(range_id: u64) -> [u8; 9] {
 }
 pub fn quarantine_key(range_id: u64) -> [u8; 9] {
     state_key(range_id, StateKey::Quarantine)
+}
+pub fn pending_ingest_key(range_id: u64) -> [u8; 9] {
+    state_key(range_id, StateKey::PendingIngest)
 }
 
 /// The first and one-past-last `raft_state` keys of a range.
@@ -215,6 +221,7 @@ mod tests {
     fn state_keys_parse_back() {
         assert_eq!(parse_state_key(&descriptor_key(7)), Some((7, StateKey::Descriptor)));
         assert_eq!(parse_state_key(&quarantine_key(u64::MAX)), Some((u64::MAX, StateKey::Quarantine)));
+        assert_eq!(parse_state_key(&pending_ingest_key(3)), Some((3, StateKey::PendingIngest)));
         assert_eq!(parse_state_key(&log_key(7, 3)), None, "not a state key");
         assert_eq!(parse_state_key(&[0; 8]), None);
     }

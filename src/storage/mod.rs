@@ -9,6 +9,8 @@ pub mod engine;
 pub mod layout;
 pub mod mvcc;
 pub mod mvcc_gc;
+pub mod pinned;
 pub mod sim_disk;
 
 pub use engine::{Batch, Cf, Engine, EngineConfig};
+pub use pinned::{PinnedSpan, PinnedView, WrittenSst};

@@ -413,8 +413,8 @@ async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
     }
 }
 
-/// The server polls this file (see src/clock_fault.rs).
-fn set_clock_offset(cl: &Cluster, i: usize, ms: i64) {
+/// Shifts node `i`'s clock by `ms` (the server polls this file; see core/src/clock_fault.rs).
+pub fn set_clock_offset(cl: &Cluster, i: usize, ms: i64) {
     let path = cl.nodes[i].dir.join("fault-clock-offset-ms");
     std::fs::write(&path, ms.to_string()).expect("write clock offset");
 }
