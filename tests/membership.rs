@@ -26,11 +26,7 @@ async fn a_replica_moves_to_a_new_node() {
     let (range_id, _) = leader_of(&cl, 0, "mv").await.expect("range");
     let new = cl.add_node();
     let new_id = cl.node_id(new);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cl.status(0).await.unwrap().nodes.iter().any(|n| n.id == new_id && n.live) {
-        assert!(Instant::now() < deadline, "new node never became live");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cl.wait_live(new, Duration::from_secs(30)).await;
     let r = c.add_replica(ChangeReplicaRequest { range_id, node_id: new_id }).await.expect("add replica").into_inner();
     let replicas = r.range.expect("range").replicas;
     assert!(replicas.iter().any(|x| x.node_id == new_id && !x.learner), "promoted to voter: {replicas:?}");

@@ -92,11 +92,7 @@ async fn a_large_range_is_caught_up_on_a_new_replica_in_bounded_memory() {
 
     let new = cl.add_node();
     let new_id = cl.node_id(new);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cl.status(0).await.unwrap().nodes.iter().any(|n| n.id == new_id && n.live) {
-        assert!(Instant::now() < deadline, "new node never became live");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cl.wait_live(new, Duration::from_secs(30)).await;
 
     // Another range on the sending node serves writes and reads all through the catch-up.
     let stop = Arc::new(AtomicBool::new(false));

@@ -63,6 +63,10 @@ struct Scripted {
     now: Instant,
 }
 
+/// Where a scripted write's outcome arrives.
+type WriteReply =
+    tokio::sync::oneshot::Receiver<Result<crate::raftstore::apply::Applied, cairn_proto::internal::RangeError>>;
+
 impl Scripted {
     fn new() -> Result<Scripted, String> {
         let replicas: Vec<Replica> = (1..=3).map(|n| Replica { node_id: n, learner: false, replica_id: n }).collect();
@@ -146,12 +150,7 @@ impl Scripted {
         Ok(())
     }
 
-    fn write(
-        &mut self,
-        key: &str,
-        value: &str,
-    ) -> tokio::sync::oneshot::Receiver<Result<crate::raftstore::apply::Applied, cairn_proto::internal::RangeError>>
-    {
+    fn write(&mut self, key: &str, value: &str) -> WriteReply {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cmd = RaftCommand {
             request_id: format!("scripted-{key}").into_bytes(),

@@ -287,6 +287,16 @@ impl Cluster {
         v["replicas"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until node 1 sees node `i` as live (a node that just joined).
+    pub async fn wait_live(&self, i: usize, timeout: Duration) {
+        let id = self.node_id(i);
+        let deadline = Instant::now() + timeout;
+        while !self.status(0).await.unwrap().nodes.iter().any(|n| n.id == id && n.live) {
+            assert!(Instant::now() < deadline, "node {} never became live", i + 1);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
         let body = http_get(&self.http(i), "/metrics").await.unwrap_or_default();
         body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
