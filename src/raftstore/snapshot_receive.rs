@@ -134,7 +134,11 @@ impl FileReceiver {
             return Err(ReceiveError::TooShort { file: f.cf, got: 0, announced: f.size });
         }
         let dir = received_dir(root, range_id, term, index);
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            // The same snapshot arrived before (a resend after a broken stream) and the
+            // store may be ingesting it now: that copy stays, this one goes (`Drop`).
+            return Ok(dir);
+        }
         tokio::fs::rename(&self.tmp, &dir).await.map_err(disk)?;
         // The rename must be durable before the store records the pending ingest.
         tokio::fs::File::open(root).await.map_err(disk)?.sync_all().await.map_err(disk)?;
@@ -178,6 +182,15 @@ mod tests {
         assert_eq!(std::fs::read(dir.join(file_name(0, "data"))).unwrap(), a);
         assert_eq!(std::fs::read(dir.join(file_name(1, "dedupe"))).unwrap(), b);
         let leftovers = |root: &Path| std::fs::read_dir(root).unwrap().flatten().filter(|e| e.path() != dir).count();
+        assert_eq!(leftovers(root.path()), 0);
+
+        // The same snapshot again (a resend): the copy in place is kept, the new one dropped.
+        let mut again = FileReceiver::start(root.path(), 7, 2, files.clone()).await.unwrap();
+        again.push(&piece(1, &a)).await.unwrap();
+        again.push(&piece(2, &b)).await.unwrap();
+        std::fs::write(dir.join("marker"), b"the copy in place").unwrap();
+        assert_eq!(again.finish(root.path(), 7, 3, 40).await.unwrap(), dir);
+        assert!(dir.join("marker").exists(), "the copy in place was replaced");
         assert_eq!(leftovers(root.path()), 0);
 
         // A piece damaged on the way.
