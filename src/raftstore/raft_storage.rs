@@ -450,12 +450,11 @@ impl RangeStorage {
         }
     }
 
-    /// Removes the files of a snapshot no longer offered. A stream still reading
-    /// them fails and raft-rs sends the newer one instead.
+    /// Removes the files of a snapshot no longer offered (`snapshot::remove_generated`).
     fn discard(&self, old: SnapshotSlot) {
-        let (SnapshotSlot::Ready(snap, _), Some(root)) = (old, self.engine.snapshot_dir()) else { return };
-        let meta = snap.metadata.unwrap_or_default();
-        let _ = std::fs::remove_dir_all(snapshot::generated_dir(root, self.range_id, meta.term, meta.index));
+        if let SnapshotSlot::Ready(snap, _) = old {
+            snapshot::remove_generated(&self.engine, self.range_id, &snap);
+        }
     }
 }
 

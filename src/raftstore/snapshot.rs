@@ -150,6 +150,13 @@ fn generate_with(mut job: GenerateJob, root: Option<&Path>, max_file_bytes: u64)
     Ok(snap)
 }
 
+/// Removes the files of a snapshot this node generated and no longer offers.
+/// A stream still reading them fails, and raft-rs sends a newer one instead.
+pub fn remove_generated(engine: &Engine, range_id: u64, snap: &Snapshot) {
+    let (Some(root), Some(meta)) = (engine.snapshot_dir(), snap.metadata.as_ref()) else { return };
+    let _ = std::fs::remove_dir_all(generated_dir(root, range_id, meta.term, meta.index));
+}
+
 /// The files a snapshot message names, with where they are on the node that
 /// generated it. Empty for a snapshot with inline records.
 pub fn generated_files(root: &Path, range_id: u64, snap: &Snapshot) -> Result<Vec<(PathBuf, SnapshotFile)>> {
@@ -209,10 +216,9 @@ pub fn install(
         if d.start.is_empty() && d.end.is_empty() && d.replicas.is_empty() {
             continue; // an uninitialized replica's placeholder descriptor holds no data
         }
-        let (lo, hi) = mvcc::data_span(&d.start, &d.end);
-        batch.delete_range(Cf::Data, &lo, &hi);
-        let (lo, hi) = layout::dedupe_span(&d.start, &d.end);
-        batch.delete_range(Cf::Dedupe, &lo, &hi);
+        for span in spans_of(d) {
+            batch.delete_range(span.cf, &span.start, &span.end);
+        }
     }
     let (lo, hi) = (layout::log_key(range_id, 0), layout::log_key(range_id + 1, 0));
     batch.delete_range(Cf::RaftLog, &lo, &hi);

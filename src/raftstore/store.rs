@@ -260,13 +260,6 @@ impl Store {
     }
 }
 
-/// Removes the files of a snapshot built for a replica that is gone since.
-fn discard_generated(engine: &Engine, range_id: u64, snap: Option<raft::eraftpb::Snapshot>) {
-    let (Some(snap), Some(root)) = (snap, engine.snapshot_dir()) else { return };
-    let meta = snap.metadata.unwrap_or_default();
-    let _ = std::fs::remove_dir_all(snapshot::generated_dir(root, range_id, meta.term, meta.index));
-}
-
 /// Writes the starting state of ranges this node creates alone (cluster bootstrap).
 pub fn bootstrap_ranges(engine: &Engine, ranges: &[RangeDescriptor]) {
     let mut b = engine.batch();
@@ -330,7 +323,8 @@ impl Store {
         for (range_id, snapshot) in self.snapshot_worker.finished() {
             match self.replicas.get_mut(&range_id) {
                 Some(r) => r.raw.mut_store().snapshot_generated(snapshot),
-                None => discard_generated(&self.engine, range_id, snapshot),
+                // Built for a replica that is gone since.
+                None => snapshot.iter().for_each(|s| snapshot::remove_generated(&self.engine, range_id, s)),
             }
         }
         if now >= self.next_tick {
