@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../fuzz"
 secs="${1:-20}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(key_encoding client_requests peer_messages)
+[ ${#targets[@]} -gt 0 ] || targets=(key_encoding client_requests peer_messages resp_parser)
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "scripts/fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz" >&2
     exit 1

@@ -11,3 +11,4 @@ pub mod limits;
 pub mod outcome;
 pub mod peer;
 pub mod request;
+pub mod resp;

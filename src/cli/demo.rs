@@ -9,7 +9,7 @@
 use crate::server::node::NodeEndpoints;
 use anyhow::{bail, Context, Result};
 use cairn_proto::kv::cairn_client::CairnClient;
-use cairn_proto::kv::ClusterStatusRequest;
+use cairn_proto::kv::{ClusterStatusRequest, ListTablesRequest};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +30,12 @@ pub struct DemoArgs {
     /// Write the nodes' gRPC addresses here (comma-separated) once the cluster serves.
     #[arg(long)]
     pub endpoints_file: Option<PathBuf>,
+    /// First Redis-protocol port (node i uses base+i-1); 0, or a port in use, picks free ports.
+    #[arg(long, default_value_t = 6379)]
+    pub redis_base_port: u16,
+    /// Write the nodes' Redis-protocol addresses here (comma-separated) once the cluster serves.
+    #[arg(long)]
+    pub redis_endpoints_file: Option<PathBuf>,
 }
 
 /// Runtime threads for each of `nodes` nodes sharing this machine: their share of the
@@ -97,7 +103,10 @@ async fn wait_ready(addr: &str, nodes: usize, rf: usize, timeout: Duration) -> R
                     let s = s.into_inner();
                     let live = s.nodes.iter().filter(|n| n.live).count();
                     let full = s.ranges.iter().all(|r| r.replicas.iter().filter(|x| !x.learner).count() >= want);
-                    if live >= nodes && full && !s.ranges.is_empty() {
+                    let keyspace = c.list_tables(ListTablesRequest {}).await.is_ok_and(|t| {
+                        t.into_inner().tables.iter().any(|t| t.name == crate::frontend::resp::keyspace::TABLE)
+                    });
+                    if live >= nodes && full && !s.ranges.is_empty() && keyspace {
                         return Ok(());
                     }
                     last = format!("{live}/{nodes} nodes live, {} ranges", s.ranges.len());
@@ -124,6 +133,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&root)?;
     let base = if args.base_port != 0 && ports_free(args.base_port, args.nodes) { args.base_port } else { 0 };
+    let redis_free = (0..args.nodes as u16)
+        .all(|i| std::net::TcpListener::bind(("127.0.0.1", args.redis_base_port.saturating_add(i))).is_ok());
+    let redis_base = if args.redis_base_port != 0 && redis_free { args.redis_base_port } else { 0 };
     let exe = std::env::current_exe().context("locating the cairn binary")?;
     let mut children: Vec<Child> = Vec::new();
     let mut endpoints: Vec<NodeEndpoints> = Vec::new();
@@ -141,6 +153,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 .arg(format!("127.0.0.1:{}", port(0)))
                 .arg("--http-listen")
                 .arg(format!("127.0.0.1:{}", port(80)))
+                .arg("--redis-listen")
+                .arg(format!("127.0.0.1:{}", if redis_base == 0 { 0 } else { redis_base + i as u16 }))
                 .arg("--replication-factor")
                 .arg(args.replication_factor.to_string())
                 .arg("--zone")
@@ -172,9 +186,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if let Some(f) = &args.endpoints_file {
         std::fs::write(f, addrs.join(","))?;
     }
+    let redis_addrs: Vec<String> = endpoints.iter().map(|e| e.redis.clone()).collect();
+    if let Some(f) = &args.redis_endpoints_file {
+        std::fs::write(f, redis_addrs.join(","))?;
+    }
     println!("Cairn demo cluster is up ({} nodes, data in {}).", args.nodes, root.display());
     for e in &endpoints {
-        println!("  node {}  grpc {}  console http://{}/", e.node_id, e.grpc, e.http);
+        println!("  node {}  grpc {}  redis {}  console http://{}/", e.node_id, e.grpc, e.redis, e.http);
     }
     let a = &addrs[0];
     println!();
@@ -185,6 +203,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("  cairn --addr {a} scan users --prefix a");
     println!("  cairn --addr {a} range split users m");
     println!("  cairn --addr {a} cluster status");
+    if let Some((host, port)) = redis_addrs[0].rsplit_once(':') {
+        println!("  redis-cli -h {host} -p {port} set greeting hello");
+        println!("  redis-cli -h {host} -p {port} get greeting");
+    }
     println!();
     println!("Press Ctrl-C to stop.");
     let mut exited = None;

@@ -47,6 +47,9 @@ pub struct ServerArgs {
     /// HTTP admin listen address (metrics, console).
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// Redis-protocol listen address (default 127.0.0.1:6379; empty turns it off). Port 0 picks a free port.
+    #[arg(long)]
+    pub redis_listen: Option<String>,
     /// Join an existing cluster through these members (comma-separated host:port).
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
@@ -101,6 +104,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.http_listen {
             c.http_listen = v;
+        }
+        if let Some(v) = self.redis_listen {
+            c.redis.listen = v;
         }
         if !self.join.is_empty() {
             c.join = self.join;

@@ -7,6 +7,7 @@
 //! retry after an ambiguous outcome is applied at most once.
 
 pub mod directory;
+pub mod ops;
 pub mod scan;
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub max_clock_offset_ms: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
+    /// The Redis-protocol front end.
+    pub redis: crate::frontend::resp::RespConfig,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +61,7 @@ impl Default for ServerConfig {
             max_clock_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_NS / 1_000_000,
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            redis: Default::default(),
         }
     }
 }
@@ -137,6 +140,7 @@ impl ServerConfig {
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
         }
+        self.redis.validate()?;
         if self.zone.len() > 64 {
             return Err("zone label must be at most 64 bytes".into());
         }

@@ -7,6 +7,7 @@ use crate::frontend::grpc_internal::InternalService;
 use crate::frontend::grpc_kv::KvService;
 use crate::frontend::http::{self, HttpState};
 use crate::frontend::listener;
+use crate::frontend::resp::{self, RespServer};
 use crate::gateway::Gateway;
 use crate::hlc::Hlc;
 use crate::keys::mvcc;
@@ -33,6 +34,9 @@ pub struct NodeEndpoints {
     pub cluster_id: String,
     pub grpc: String,
     pub http: String,
+    /// The Redis-protocol listener's address (empty when it is off).
+    #[serde(default)]
+    pub redis: String,
 }
 
 fn read_ident(engine: &Engine) -> Option<(String, u64)> {
@@ -152,6 +156,10 @@ pub async fn run(
     let grpc_listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let http_listener =
         TcpListener::bind(&cfg.http_listen).await.with_context(|| format!("binding {}", cfg.http_listen))?;
+    let redis_listener = match cfg.redis.listen.as_str() {
+        "" => None,
+        addr => Some(TcpListener::bind(addr).await.with_context(|| format!("binding redis.listen {addr}"))?),
+    };
     let grpc_addr = cfg.advertise.clone().unwrap_or(grpc_listener.local_addr()?.to_string());
     let http_addr = http_listener.local_addr()?.to_string();
     let incoming = listener::incoming(grpc_listener, cfg.max_connections);
@@ -163,6 +171,7 @@ pub async fn run(
         http_addr,
         store_driver: StoreDriver::Thread,
         physical_clock: None,
+        redis: redis_listener,
     };
     let ready = move |endpoints: NodeEndpoints| -> Result<()> {
         std::fs::write(data_dir.join("node.json"), serde_json::to_vec_pretty(&endpoints)?)?;
@@ -197,6 +206,8 @@ pub struct NodeIo<S> {
     /// Where this node's HLC reads physical time (the wall clock when `None`): a
     /// simulation gives each node its own, skewed and jumping.
     pub physical_clock: Option<crate::hlc::PhysicalClock>,
+    /// The Redis-protocol listener (none when it is off, and in a simulation).
+    pub redis: Option<TcpListener>,
 }
 
 /// Establishes the node's identity, starts its layers over `io`, calls `ready`
@@ -212,7 +223,7 @@ where
     S: tokio_stream::Stream<Item = std::io::Result<C>> + Send + 'static,
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
 {
-    let NodeIo { engine, grpc_incoming, grpc_addr, http, http_addr, store_driver, physical_clock } = io;
+    let NodeIo { engine, grpc_incoming, grpc_addr, http, http_addr, store_driver, physical_clock, redis } = io;
     let book = Arc::new(AddressBook::load(engine.clone()));
     let (cluster_id, node_id) = match read_ident(&engine) {
         Some(ident) => ident,
@@ -310,10 +321,18 @@ where
                 .await;
         });
     }
+    let mut redis_addr = String::new();
+    if let Some(listener) = redis {
+        let bound = listener.local_addr()?.to_string();
+        redis_addr = cfg.redis.advertise.clone().unwrap_or(bound);
+        let server = RespServer::new(gw.clone(), cfg.redis.clone(), redis_addr.clone());
+        tokio::spawn(resp::serve(server, listener, stop_rx.clone()));
+        tokio::spawn(resp::keyspace::keep_ensured(gw.clone(), cfg.redis.hash_ranges, stop_rx.clone()));
+    }
     super::clock_monitor::spawn(gw.clone(), stop_rx.clone());
     tasks::spawn_all(gw.clone(), &cfg, grpc_addr.clone(), http_addr.clone(), stop_rx);
 
-    let endpoints = NodeEndpoints { node_id, cluster_id, grpc: grpc_addr, http: http_addr };
+    let endpoints = NodeEndpoints { node_id, cluster_id, grpc: grpc_addr, http: http_addr, redis: redis_addr };
     tracing::info!(node_id, grpc = %endpoints.grpc, http = %endpoints.http, "node ready");
     ready(endpoints)?;
     match store_task {

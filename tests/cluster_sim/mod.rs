@@ -156,6 +156,7 @@ async fn node_software(node: u64, disk: Arc<SimDisk>, offset_ns: Arc<AtomicI64>,
     let physical_clock: cairn::hlc::PhysicalClock =
         Arc::new(move || sim_wall_ns().saturating_add_signed(offset_ns.load(Ordering::Relaxed)));
     let io = NodeIo {
+        redis: None,
         engine,
         grpc_incoming: net::incoming().await?,
         grpc_addr: net::node_addr(node),

@@ -31,6 +31,9 @@ pub struct Endpoints {
     pub node_id: u64,
     pub grpc: String,
     pub http: String,
+    /// The node's Redis-protocol address.
+    #[serde(default)]
+    pub redis: String,
 }
 
 pub struct Node {
@@ -48,6 +51,9 @@ pub struct Cluster {
     pub lab: Option<netlab::NetLab>,
     /// Extra environment for every server process.
     pub env: Vec<(String, String)>,
+    /// Whether the nodes serve the Redis protocol (off unless a test asks: the
+    /// keyspace table it creates would change every other test's ranges).
+    pub redis: bool,
 }
 
 fn bin() -> &'static str {
@@ -72,7 +78,23 @@ impl Cluster {
         Self::start_in(n, extra, Some(netlab::NetLab::create(n)), env).await
     }
 
+    /// Starts `n` nodes on loopback that also serve the Redis protocol, and waits
+    /// until the Redis keyspace exists and is fully replicated.
+    pub async fn start_redis(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_full(n, extra, None, &[], true).await
+    }
+
     async fn start_in(n: usize, extra: &[&str], lab: Option<netlab::NetLab>, env: &[(&str, &str)]) -> Cluster {
+        Self::start_full(n, extra, lab, env, false).await
+    }
+
+    async fn start_full(
+        n: usize,
+        extra: &[&str],
+        lab: Option<netlab::NetLab>,
+        env: &[(&str, &str)],
+        redis: bool,
+    ) -> Cluster {
         let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir");
         let root = tmp.path().to_path_buf();
         let mut c = Cluster {
@@ -82,19 +104,41 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             lab,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            redis,
         };
         for i in 0..n {
             c.nodes.push(Node { dir: root.join(format!("n{}", i + 1)), child: None, ep: None });
             let join = if i == 0 { None } else { Some(c.grpc(0)) };
             // In a namespace the node owns its address, so fixed ports cannot collide.
-            let (listen, http) = match &c.lab {
-                Some(lab) => (format!("{}:7000", lab.ip(i)), format!("{}:7080", lab.ip(i))),
-                None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
+            let (listen, http, redis) = match &c.lab {
+                Some(lab) => {
+                    (format!("{}:7000", lab.ip(i)), format!("{}:7080", lab.ip(i)), format!("{}:6379", lab.ip(i)))
+                }
+                None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
             };
-            c.spawn(i, join.as_deref(), &listen, &http);
+            c.spawn(i, join.as_deref(), &listen, &http, &redis);
         }
         c.wait_replicated(n.min(3), Duration::from_secs(90)).await;
+        if redis {
+            c.wait_keyspace(Duration::from_secs(60)).await;
+            c.wait_replicated(n.min(3), Duration::from_secs(90)).await;
+        }
         c
+    }
+
+    /// Waits until the Redis keyspace table exists.
+    pub async fn wait_keyspace(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut c = self.client(0).await;
+            if let Ok(t) = c.list_tables(cairn_proto::kv::ListTablesRequest {}).await {
+                if t.into_inner().tables.iter().any(|t| t.name == "redis") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the Redis keyspace was not created within {timeout:?}\n{}", self.log(0));
     }
 
     /// Starts one more node that joins through node 1.
@@ -102,11 +146,11 @@ impl Cluster {
         let i = self.nodes.len();
         self.nodes.push(Node { dir: self.root.join(format!("n{}", i + 1)), child: None, ep: None });
         let join = self.grpc(0);
-        self.spawn(i, Some(&join), "127.0.0.1:0", "127.0.0.1:0");
+        self.spawn(i, Some(&join), "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0");
         i
     }
 
-    fn spawn(&mut self, i: usize, join: Option<&str>, listen: &str, http: &str) {
+    fn spawn(&mut self, i: usize, join: Option<&str>, listen: &str, http: &str, redis: &str) {
         let node = &mut self.nodes[i];
         let _ = std::fs::remove_file(node.dir.join("node.json"));
         let log = std::fs::OpenOptions::new()
@@ -130,6 +174,8 @@ impl Cluster {
             .arg(listen)
             .arg("--http-listen")
             .arg(http)
+            .arg("--redis-listen")
+            .arg(if self.redis { redis } else { "" })
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -167,6 +213,11 @@ impl Cluster {
 
     pub fn http(&self, i: usize) -> String {
         self.nodes[i].ep.as_ref().expect("node started").http.clone()
+    }
+
+    /// Node `i`'s Redis-protocol address.
+    pub fn redis(&self, i: usize) -> String {
+        self.nodes[i].ep.as_ref().expect("node started").redis.clone()
     }
 
     pub fn node_id(&self, i: usize) -> u64 {
@@ -212,7 +263,8 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {} still running", i + 1);
         let ep = self.nodes[i].ep.clone().expect("node had started before");
-        self.spawn(i, None, &ep.grpc, &ep.http);
+        let redis = if ep.redis.is_empty() { "127.0.0.1:0".to_string() } else { ep.redis.clone() };
+        self.spawn(i, None, &ep.grpc, &ep.http, &redis);
     }
 
     /// Restarts a stopped node with extra environment for this one process.

@@ -1,0 +1,53 @@
+//! Commands on keys whatever their type: DEL, UNLINK, EXISTS, TYPE.
+
+use super::super::keyspace;
+use super::super::session::Session;
+use super::super::RespServer;
+use bytes::Bytes;
+use cairn_core::resp::reply::Reply;
+use cairn_proto::internal::{mutation, Mutation};
+
+pub async fn run(srv: &RespServer, session: &mut Session, name: &str, a: &[Bytes]) -> Reply {
+    let out = match name {
+        "del" | "unlink" => delete(srv, a).await,
+        "exists" => exists(srv, session, a).await,
+        "type" => key_type(srv, session, &a[0]).await,
+        _ => Err(Reply::Error(format!("ERR unknown command '{name}'"))),
+    };
+    out.unwrap_or_else(|e| e)
+}
+
+/// DEL and UNLINK (the same here: a delete is one small Raft entry however big
+/// the value): atomic within each range; replies with how many keys existed.
+async fn delete(srv: &RespServer, keys: &[Bytes]) -> Result<Reply, Reply> {
+    let mut unique: Vec<&Bytes> = keys.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let res = keyspace::write(&srv.gw, |t| {
+        unique
+            .iter()
+            .map(|k| {
+                Ok(Mutation {
+                    key: keyspace::encode(&srv.gw, t, k)?,
+                    condition: None,
+                    op: Some(mutation::Op::Delete(true)),
+                })
+            })
+            .collect()
+    })
+    .await?;
+    Ok(Reply::Integer(res.iter().filter(|r| r.existed).count() as i64))
+}
+
+/// EXISTS counts a key once per time it is named, as Redis does.
+async fn exists(srv: &RespServer, session: &Session, keys: &[Bytes]) -> Result<Reply, Reply> {
+    let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+    let found = keyspace::read(&srv.gw, &keys, session.readonly).await?;
+    Ok(Reply::Integer(found.iter().filter(|r| r.found).count() as i64))
+}
+
+async fn key_type(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply, Reply> {
+    let found = keyspace::read(&srv.gw, &[key.to_vec()], session.readonly).await?;
+    let present = found.first().is_some_and(|r| r.found);
+    Ok(Reply::Simple(if present { "string" } else { "none" }.into()))
+}

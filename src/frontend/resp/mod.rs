@@ -1,0 +1,156 @@
+//! The Redis-protocol front end: every node listens for RESP2/RESP3 clients
+//! and serves the Redis keyspace (a hash-partitioned table, `keyspace`) through
+//! the same gateway as the gRPC API, so an acknowledged write is already on a
+//! majority of replicas, fsynced.
+//!
+//! `connection` owns one client's socket and its bounds, `session` its state,
+//! `commands` what each command does, `keyspace` the table the keys live in.
+
+pub mod commands;
+pub mod connection;
+pub mod keyspace;
+pub mod session;
+
+use crate::gateway::Gateway;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// `[redis]` in the node's config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RespConfig {
+    /// Where the node listens for Redis clients; empty turns the listener off.
+    pub listen: String,
+    /// Address advertised to cluster-aware clients (default: the bound address).
+    pub advertise: Option<String>,
+    /// Connected clients at most; one more is told so and disconnected, as Redis does.
+    pub max_clients: usize,
+    /// Unparsed input one client may have buffered (one command at most this big).
+    pub max_query_buffer_bytes: usize,
+    /// Arguments one command may have.
+    pub max_args: usize,
+    /// Length of one inline (non-RESP) command line.
+    pub max_inline_bytes: usize,
+    /// A client idle this long is disconnected; 0 never.
+    pub idle_timeout_secs: u64,
+    /// Ranges the Redis keyspace table starts with (its slots divided evenly).
+    pub hash_ranges: u32,
+    /// FLUSHDB and FLUSHALL delete the whole keyspace; refused unless this is set.
+    pub allow_flush: bool,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        RespConfig {
+            listen: "127.0.0.1:6379".into(),
+            advertise: None,
+            max_clients: 10_000,
+            max_query_buffer_bytes: 64 << 20,
+            max_args: 1 << 20,
+            max_inline_bytes: 64 << 10,
+            idle_timeout_secs: 0,
+            hash_ranges: 8,
+            allow_flush: false,
+        }
+    }
+}
+
+impl RespConfig {
+    /// Checks every setting; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.listen.is_empty() {
+            self.listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("redis.listen {:?} is not a socket address (host:port): {e}", self.listen))?;
+        }
+        if !(1..=1_000_000).contains(&self.max_clients) {
+            return Err(format!("redis.max_clients must be 1 to 1000000, got {}", self.max_clients));
+        }
+        if !((1 << 20)..=(1 << 32)).contains(&self.max_query_buffer_bytes) {
+            return Err(format!(
+                "redis.max_query_buffer_bytes must be 1 MiB to 4 GiB, got {}",
+                self.max_query_buffer_bytes
+            ));
+        }
+        if !(16..=(1 << 24)).contains(&self.max_args) {
+            return Err(format!("redis.max_args must be 16 to 16777216, got {}", self.max_args));
+        }
+        if !(1024..=(1 << 26)).contains(&self.max_inline_bytes) {
+            return Err(format!("redis.max_inline_bytes must be 1 KiB to 64 MiB, got {}", self.max_inline_bytes));
+        }
+        if !(1..=crate::meta::catalog::MAX_HASH_RANGES).contains(&self.hash_ranges) {
+            return Err(format!(
+                "redis.hash_ranges must be 1 to {}, got {}",
+                crate::meta::catalog::MAX_HASH_RANGES,
+                self.hash_ranges
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What every connection of one node shares.
+pub struct RespServer {
+    pub gw: Arc<Gateway>,
+    pub cfg: RespConfig,
+    /// The address clients are told to use for this node.
+    pub advertised: String,
+    next_client_id: AtomicU64,
+    pub clients: session::ClientList,
+    pub started: std::time::Instant,
+    pub stats: session::Stats,
+}
+
+impl RespServer {
+    pub fn new(gw: Arc<Gateway>, cfg: RespConfig, advertised: String) -> Arc<Self> {
+        Arc::new(RespServer {
+            gw,
+            cfg,
+            advertised,
+            next_client_id: AtomicU64::new(1),
+            clients: Default::default(),
+            started: crate::clock::now(),
+            stats: Default::default(),
+        })
+    }
+
+    fn client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Accepts clients until `stop` flips. Past `max_clients`, a client is sent
+/// Redis's error and disconnected at once, so it costs no more than that.
+pub async fn serve(server: Arc<RespServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(server.cfg.max_clients));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("redis accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            server.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(connection::refuse(stream, "ERR max number of clients reached"));
+            continue;
+        };
+        let id = server.client_id();
+        let server = server.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            connection::run(server, stream, peer, id, stop).await;
+            drop(permit);
+        });
+    }
+}

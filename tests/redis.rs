@@ -1,0 +1,324 @@
+//! The Redis front end through a real client library (the `redis` crate) on a
+//! real cluster (separate `cairn server` processes, loopback sockets, real
+//! disks): each command's replies and error replies, RESP2 and RESP3, pipelines,
+//! and malformed input, which gets a protocol error and a closed connection
+//! while the node keeps serving everyone else.
+
+// Tests keep their own deadlines on the OS clock; the clock rule (clippy.toml) is for node code.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use redis::aio::MultiplexedConnection;
+use redis::{cmd, RedisResult, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn connect(addr: &str) -> MultiplexedConnection {
+    connect_with(&format!("redis://{addr}/")).await
+}
+
+async fn connect_with(url: &str) -> MultiplexedConnection {
+    let client = redis::Client::open(url).expect("redis url");
+    client.get_multiplexed_async_connection().await.expect("connect")
+}
+
+async fn q<T: redis::FromRedisValue>(c: &mut MultiplexedConnection, args: &[&str]) -> RedisResult<T> {
+    let mut command = cmd(args[0]);
+    for a in &args[1..] {
+        command.arg(*a);
+    }
+    command.query_async(c).await
+}
+
+/// The error text of a command that must fail (code and message, as the server sent them).
+async fn err(c: &mut MultiplexedConnection, args: &[&str]) -> String {
+    match q::<Value>(c, args).await {
+        Ok(v) => panic!("{args:?} succeeded with {v:?}"),
+        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn string_and_key_commands_answer_as_redis_does_on_any_node() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut a = connect(&cl.redis(0)).await;
+    let mut b = connect(&cl.redis(2)).await;
+
+    // SET and GET through different nodes: every node serves every key.
+    assert_eq!(q::<String>(&mut a, &["SET", "greeting", "hello"]).await.unwrap(), "OK");
+    assert_eq!(q::<Option<String>>(&mut b, &["GET", "greeting"]).await.unwrap().as_deref(), Some("hello"));
+    assert_eq!(q::<Option<String>>(&mut b, &["GET", "missing"]).await.unwrap(), None);
+    // NX / XX / GET / IFEQ.
+    assert_eq!(q::<Option<String>>(&mut a, &["SET", "greeting", "x", "NX"]).await.unwrap(), None);
+    assert_eq!(q::<Option<String>>(&mut a, &["SET", "fresh", "1", "XX"]).await.unwrap(), None);
+    assert_eq!(q::<Option<String>>(&mut a, &["SET", "fresh", "1", "NX"]).await.unwrap().as_deref(), Some("OK"));
+    let old: Option<String> = q(&mut a, &["SET", "greeting", "hi", "GET"]).await.unwrap();
+    assert_eq!(old.as_deref(), Some("hello"));
+    assert_eq!(q::<Option<String>>(&mut a, &["SET", "greeting", "yo", "IFEQ", "nope"]).await.unwrap(), None);
+    assert_eq!(
+        q::<Option<String>>(&mut a, &["SET", "greeting", "yo", "IFEQ", "hi"]).await.unwrap().as_deref(),
+        Some("OK")
+    );
+    assert_eq!(q::<Option<String>>(&mut b, &["GETSET", "greeting", "hey"]).await.unwrap().as_deref(), Some("yo"));
+    assert!(err(&mut a, &["SET", "k", "v", "NX", "XX"]).await.contains("syntax error"));
+    assert!(err(&mut a, &["SET", "k", "v", "EX", "0"]).await.contains("invalid expire time"));
+    assert!(err(&mut a, &["SET", "k", "v", "EX", "ten"]).await.contains("not an integer"));
+    assert!(err(&mut a, &["SET", "k"]).await.contains("wrong number of arguments for 'set' command"));
+    assert_eq!(q::<i64>(&mut a, &["SETNX", "greeting", "z"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["SETNX", "other", "z"]).await.unwrap(), 1);
+
+    // Counters.
+    assert_eq!(q::<i64>(&mut a, &["INCR", "ctr"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut b, &["INCRBY", "ctr", "41"]).await.unwrap(), 42);
+    assert_eq!(q::<i64>(&mut a, &["DECR", "ctr"]).await.unwrap(), 41);
+    assert_eq!(q::<i64>(&mut a, &["DECRBY", "ctr", "-9"]).await.unwrap(), 50);
+    assert!(err(&mut a, &["INCR", "greeting"]).await.contains("value is not an integer or out of range"));
+    assert!(err(&mut a, &["INCRBY", "ctr", "1x"]).await.contains("value is not an integer or out of range"));
+    q::<String>(&mut a, &["SET", "big", &i64::MAX.to_string()]).await.unwrap();
+    assert!(err(&mut a, &["INCR", "big"]).await.contains("increment or decrement would overflow"));
+    assert_eq!(q::<String>(&mut a, &["INCRBYFLOAT", "f", "10.5"]).await.unwrap(), "10.5");
+    assert_eq!(q::<String>(&mut a, &["INCRBYFLOAT", "f", "0.1"]).await.unwrap(), "10.6");
+    assert_eq!(q::<String>(&mut a, &["INCRBYFLOAT", "f", "-5.6"]).await.unwrap(), "5");
+    assert!(err(&mut a, &["INCRBYFLOAT", "greeting", "1"]).await.contains("not a valid float"));
+    assert!(err(&mut a, &["INCRBYFLOAT", "f", "abc"]).await.contains("not a valid float"));
+
+    // Ranges and lengths.
+    q::<String>(&mut a, &["SET", "s", "This is a string"]).await.unwrap();
+    assert_eq!(q::<String>(&mut a, &["GETRANGE", "s", "0", "3"]).await.unwrap(), "This");
+    assert_eq!(q::<String>(&mut b, &["GETRANGE", "s", "-3", "-1"]).await.unwrap(), "ing");
+    assert_eq!(q::<String>(&mut a, &["GETRANGE", "s", "10", "100"]).await.unwrap(), "string");
+    assert_eq!(q::<i64>(&mut a, &["STRLEN", "s"]).await.unwrap(), 16);
+    assert_eq!(q::<i64>(&mut a, &["STRLEN", "nothing"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["APPEND", "s", "!"]).await.unwrap(), 17);
+    assert_eq!(q::<i64>(&mut a, &["APPEND", "new", "abc"]).await.unwrap(), 3);
+    assert_eq!(q::<i64>(&mut a, &["SETRANGE", "pad", "3", "xy"]).await.unwrap(), 5);
+    assert_eq!(q::<Vec<u8>>(&mut a, &["GET", "pad"]).await.unwrap(), b"\0\0\0xy".to_vec());
+    assert_eq!(q::<i64>(&mut a, &["SETRANGE", "nokey", "5", ""]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["EXISTS", "nokey"]).await.unwrap(), 0, "an empty SETRANGE creates nothing");
+    assert!(err(&mut a, &["SETRANGE", "pad", "-1", "x"]).await.contains("offset is out of range"));
+    assert!(err(&mut a, &["SETRANGE", "pad", "2000000", "x"]).await.contains("exceeds maximum allowed size"));
+
+    // Multi-key commands: MSET and MGET span slots; MSETNX must not.
+    assert_eq!(q::<String>(&mut a, &["MSET", "m1", "a", "m2", "b", "m3", "c"]).await.unwrap(), "OK");
+    let got: Vec<Option<String>> = q(&mut b, &["MGET", "m1", "nope", "m3", "m2"]).await.unwrap();
+    assert_eq!(got, vec![Some("a".into()), None, Some("c".into()), Some("b".into())]);
+    assert!(err(&mut a, &["MSET", "m1", "a", "m2"]).await.contains("wrong number of arguments for 'mset'"));
+    assert!(err(&mut a, &["MSETNX", "x1", "a", "x2", "b"]).await.starts_with("CROSSSLOT"));
+    assert_eq!(q::<i64>(&mut a, &["MSETNX", "{u}a", "1", "{u}b", "2"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut a, &["MSETNX", "{u}c", "3", "{u}a", "9"]).await.unwrap(), 0);
+    assert_eq!(q::<Option<String>>(&mut a, &["GET", "{u}c"]).await.unwrap(), None, "all or nothing");
+    assert_eq!(q::<Option<String>>(&mut a, &["GET", "{u}a"]).await.unwrap().as_deref(), Some("1"));
+
+    // Keys.
+    assert_eq!(q::<String>(&mut a, &["TYPE", "s"]).await.unwrap(), "string");
+    assert_eq!(q::<String>(&mut a, &["TYPE", "nothing"]).await.unwrap(), "none");
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "m1", "m1", "nope", "m2"]).await.unwrap(), 3);
+    assert_eq!(q::<i64>(&mut a, &["DEL", "m1", "m2", "nope", "m1"]).await.unwrap(), 2);
+    assert_eq!(q::<i64>(&mut b, &["UNLINK", "m3"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "m1", "m2", "m3"]).await.unwrap(), 0);
+    assert_eq!(q::<Option<String>>(&mut a, &["GETDEL", "s"]).await.unwrap().as_deref(), Some("This is a string!"));
+    assert_eq!(q::<Option<String>>(&mut a, &["GETDEL", "s"]).await.unwrap(), None);
+    assert_eq!(q::<Option<String>>(&mut a, &["GETEX", "other"]).await.unwrap().as_deref(), Some("z"));
+    assert_eq!(q::<Option<String>>(&mut a, &["GETEX", "other", "PERSIST"]).await.unwrap().as_deref(), Some("z"));
+
+    // Limits name themselves and apply nothing.
+    let big = "v".repeat((1 << 20) + 1);
+    assert!(err(&mut a, &["SET", "huge", &big]).await.contains("value size limit"));
+    assert!(err(&mut a, &["MSET", "h1", "x", "h2", &big]).await.contains("value size limit"));
+    assert_eq!(q::<i64>(&mut a, &["EXISTS", "huge", "h1", "h2"]).await.unwrap(), 0, "nothing partly applied");
+    let long_key = "k".repeat(8193);
+    assert!(err(&mut a, &["GET", &long_key]).await.contains("key size limit"));
+
+    // The writes are in the native table too: the same store, not a copy.
+    let mut native = cl.client(1).await;
+    let r = native
+        .get(cairn_proto::kv::GetRequest { table: "redis".into(), key: b"ctr".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.value, b"50");
+    assert_eq!(q::<i64>(&mut a, &["DBSIZE"]).await.unwrap(), q::<i64>(&mut b, &["DBSIZE"]).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_and_server_commands_satisfy_clients_that_probe_them() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(1, &["--replication-factor", "1"]).await;
+    let addr = cl.redis(0);
+    let mut c = connect(&addr).await;
+    assert_eq!(q::<String>(&mut c, &["PING"]).await.unwrap(), "PONG");
+    assert_eq!(q::<String>(&mut c, &["PING", "hi"]).await.unwrap(), "hi");
+    assert_eq!(q::<String>(&mut c, &["ECHO", "x y"]).await.unwrap(), "x y");
+    assert_eq!(q::<String>(&mut c, &["SELECT", "0"]).await.unwrap(), "OK");
+    assert!(err(&mut c, &["SELECT", "1"]).await.contains("SELECT is not allowed in cluster mode"));
+    let t: Vec<String> = q(&mut c, &["TIME"]).await.unwrap();
+    let secs: u64 = t[0].parse().unwrap();
+    assert!(secs > 1_700_000_000, "{t:?}");
+    assert_eq!(q::<String>(&mut c, &["CLIENT", "SETNAME", "tester"]).await.unwrap(), "OK");
+    assert_eq!(q::<String>(&mut c, &["CLIENT", "GETNAME"]).await.unwrap(), "tester");
+    assert!(err(&mut c, &["CLIENT", "SETNAME", "bad name"]).await.contains("cannot contain spaces"));
+    let id: i64 = q(&mut c, &["CLIENT", "ID"]).await.unwrap();
+    let list: String = q(&mut c, &["CLIENT", "LIST"]).await.unwrap();
+    assert!(list.contains(&format!("id={id} ")) && list.contains("name=tester"), "{list}");
+    let info: String = q(&mut c, &["CLIENT", "INFO"]).await.unwrap();
+    assert!(info.contains("name=tester"), "{info}");
+    assert!(err(&mut c, &["CLIENT", "FLY"]).await.contains("unknown subcommand 'FLY'"));
+    let info: String = q(&mut c, &["INFO"]).await.unwrap();
+    for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# Keyspace", "# Cluster"] {
+        assert!(info.contains(section), "INFO lacks {section}: {info}");
+    }
+    assert!(info.contains("redis_version:"), "{info}");
+    let server_only: String = q(&mut c, &["INFO", "server"]).await.unwrap();
+    assert!(server_only.contains("# Server") && !server_only.contains("# Clients"));
+    let count: i64 = q(&mut c, &["COMMAND", "COUNT"]).await.unwrap();
+    assert!(count >= 40, "{count}");
+    let get_info: Value = q(&mut c, &["COMMAND", "INFO", "get", "nosuch"]).await.unwrap();
+    let Value::Array(entries) = get_info else { panic!("{get_info:?}") };
+    assert!(matches!(&entries[1], Value::Nil));
+    let Value::Array(get) = &entries[0] else { panic!("{entries:?}") };
+    assert_eq!(get[1], Value::Int(2), "GET's arity");
+    assert_eq!((&get[3], &get[4], &get[5]), (&Value::Int(1), &Value::Int(1), &Value::Int(1)), "key positions");
+    let docs: Value = q(&mut c, &["COMMAND", "DOCS", "set"]).await.unwrap();
+    assert!(format!("{docs:?}").contains("summary"), "{docs:?}");
+    let cfg: Vec<String> = q(&mut c, &["CONFIG", "GET", "appendonly"]).await.unwrap();
+    assert_eq!(cfg, vec!["appendonly", "yes"]);
+    let cfg: Vec<String> = q(&mut c, &["CONFIG", "GET", "max*"]).await.unwrap();
+    assert!(cfg.contains(&"maxclients".to_string()) && cfg.contains(&"maxmemory".to_string()), "{cfg:?}");
+    assert!(err(&mut c, &["CONFIG", "SET", "maxmemory", "1"]).await.contains("not supported"));
+    assert_eq!(q::<i64>(&mut c, &["WAIT", "1", "0"]).await.unwrap(), 0, "one replica: no others hold it");
+    assert!(err(&mut c, &["FLUSHDB"]).await.contains("FLUSHDB is disabled"));
+    assert!(err(&mut c, &["FLUSHALL", "SYNC"]).await.contains("FLUSHALL is disabled"));
+    assert_eq!(q::<i64>(&mut c, &["CLUSTER", "KEYSLOT", "foo"]).await.unwrap(), 12182);
+    assert_eq!(q::<i64>(&mut c, &["CLUSTER", "KEYSLOT", "{user1000}.following"]).await.unwrap(), 3443);
+    assert_eq!(q::<String>(&mut c, &["CLUSTER", "MYID"]).await.unwrap().len(), 40);
+    assert_eq!(q::<String>(&mut c, &["READONLY"]).await.unwrap(), "OK");
+    assert_eq!(q::<String>(&mut c, &["READWRITE"]).await.unwrap(), "OK");
+    let unknown = err(&mut c, &["LPUSH", "list", "a"]).await;
+    assert!(unknown.contains("unknown command 'LPUSH', with args beginning with: 'list' 'a'"), "{unknown}");
+    q::<String>(&mut c, &["SET", "a", "1"]).await.unwrap();
+    q::<String>(&mut c, &["SET", "b", "2"]).await.unwrap();
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]).await.unwrap(), 2);
+
+    // RESP3 after HELLO 3: maps, nulls and verbatim strings in their own types.
+    let mut c3 = connect_with(&format!("redis://{addr}/?protocol=resp3")).await;
+    let hello: Value = q(&mut c3, &["HELLO", "3"]).await.unwrap();
+    let Value::Map(fields) = &hello else { panic!("HELLO 3 is not a map: {hello:?}") };
+    assert!(fields.iter().any(|(k, v)| k == &Value::BulkString(b"proto".to_vec()) && v == &Value::Int(3)));
+    assert_eq!(q::<Value>(&mut c3, &["GET", "nothing"]).await.unwrap(), Value::Nil);
+    let cfg: Value = q(&mut c3, &["CONFIG", "GET", "appendonly"]).await.unwrap();
+    assert!(matches!(cfg, Value::Map(_)), "{cfg:?}");
+    assert!(err(&mut c3, &["HELLO", "4"]).await.starts_with("NOPROTO"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_of_thousands_of_commands_answers_each_in_order() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut c = connect(&cl.redis(1)).await;
+    let mut p = redis::pipe();
+    for i in 0..3000 {
+        p.cmd("INCR").arg("pipelined");
+        p.cmd("SET").arg(format!("p{i}")).arg(i);
+    }
+    let replies: Vec<Value> = p.query_async(&mut c).await.unwrap();
+    assert_eq!(replies.len(), 6000);
+    for (i, pair) in replies.chunks(2).enumerate() {
+        assert_eq!(pair[0], Value::Int(i as i64 + 1), "INCR {i} answered in order");
+        assert_eq!(pair[1], Value::Okay);
+    }
+    let last: Option<String> = q(&mut c, &["GET", "p2999"]).await.unwrap();
+    assert_eq!(last.as_deref(), Some("2999"));
+
+    // A counter on a non-integer fails alone: the batch its range refused is re-run
+    // one command at a time, and what shares its range is applied once, not twice.
+    q::<String>(&mut c, &["SET", "{g}text", "abc"]).await.unwrap();
+    let mut p = redis::pipe();
+    for key in ["{g}a", "{g}text", "{g}a", "elsewhere", "{g}b"] {
+        p.cmd("INCR").arg(key);
+    }
+    p.cmd("GET").arg("{g}a").cmd("GET").arg("{g}text");
+    let replies: Vec<Value> = p.ignore_errors().query_async(&mut c).await.unwrap();
+    assert_eq!(&replies[0], &Value::Int(1));
+    assert!(format!("{:?}", replies[1]).contains("not an integer"), "{replies:?}");
+    assert_eq!(&replies[2..5], &[Value::Int(2), Value::Int(1), Value::Int(1)], "{replies:?}");
+    assert_eq!(&replies[5..], &[Value::BulkString(b"2".to_vec()), Value::BulkString(b"abc".to_vec())]);
+    assert_eq!(q::<i64>(&mut c, &["GET", "{g}a"]).await.unwrap(), 2, "applied once");
+}
+
+/// Sends raw bytes and returns what the server answers before it closes the connection.
+async fn raw_exchange(addr: &str, input: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(input).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open after {input:?}: {out:?}");
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_get_a_protocol_error_and_a_closed_connection() {
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[redis]\nmax_clients = 4\nidle_timeout_secs = 2\nmax_query_buffer_bytes = 2097152\nmax_args = 1000\n",
+    )
+    .unwrap();
+    let cl = Cluster::start_redis(1, &["--replication-factor", "1", "--config", config.to_str().unwrap()]).await;
+    let addr = cl.redis(0);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad multibulk length", b"*abc\r\n".to_vec(), "invalid multibulk length"),
+        ("bad bulk length", b"*1\r\n$x\r\n".to_vec(), "invalid bulk length"),
+        ("negative bulk length", b"*1\r\n$-5\r\n".to_vec(), "invalid bulk length"),
+        ("bulk over the value limit", format!("*2\r\n$3\r\nSET\r\n${}\r\n", 3 << 20).into_bytes(), "bulk"),
+        ("too many arguments", b"*100000\r\n".to_vec(), "too many arguments"),
+        ("nested array", b"*1\r\n*1\r\n$1\r\na\r\n".to_vec(), "expected '$', got '*'"),
+        ("oversized inline command", vec![b'a'; 100 << 10], "too big inline request"),
+        ("binary garbage", b"SET \"k\x00\xff unterminated\r\n".to_vec(), "unbalanced quotes"),
+    ];
+    for (what, input, wanted) in cases {
+        let answer = raw_exchange(&addr, &input).await;
+        assert!(answer.starts_with("-ERR Protocol error") && answer.contains(wanted), "{what}: {answer:?}");
+    }
+    // A command whose parts pass the query buffer bound is refused before it is all read.
+    let mut big = b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n".to_vec();
+    big.extend(format!("${}\r\n", 1 << 20).as_bytes());
+    big.extend(vec![b'x'; 1 << 20]);
+    big.extend(b"\r\n$1\r\nb\r\n");
+    big.extend(format!("${}\r\n", 1 << 20).as_bytes());
+    big.extend(vec![b'y'; 1 << 20]);
+    let answer = raw_exchange(&addr, &big).await;
+    assert!(answer.contains("max_query_buffer_bytes"), "{answer:?}");
+
+    // Past max_clients, a client is told so and disconnected; the others are served.
+    // (The connections above release their slots just after they close.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(&addr).await);
+    }
+    let answer = raw_exchange(&addr, b"PING\r\n").await;
+    assert!(answer.contains("max number of clients reached"), "{answer:?}");
+    for c in &mut held {
+        assert_eq!(q::<String>(c, &["PING"]).await.unwrap(), "PONG");
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An idle client is disconnected after idle_timeout_secs, silently.
+    let started = std::time::Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut got)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "idle client still connected: {closed:?} {got:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "closed before its idle timeout");
+    // Inline commands (what telnet sends) work, and the node still serves.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"SET inline \"a b\\x41\"\r\nGET inline\r\nQUIT\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n$4\r\na bA\r\n+OK\r\n");
+}
