@@ -322,3 +322,85 @@ async fn malformed_requests_get_a_protocol_error_and_a_closed_connection() {
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n$4\r\na bA\r\n+OK\r\n");
 }
+
+/// The node leading the range that holds Redis key `key`, from node `i`'s view.
+async fn redis_key_leader(cl: &Cluster, i: usize, key: &[u8]) -> Option<u64> {
+    let s = cl.status(i).await.ok()?;
+    let mut native = cl.client(i).await;
+    let tables = native.list_tables(cairn_proto::kv::ListTablesRequest {}).await.ok()?.into_inner().tables;
+    let id = tables.iter().find(|t| t.name == "redis")?.id;
+    let encoded = cairn::keys::encode_hash_key(id, key);
+    s.ranges
+        .iter()
+        .find(|r| r.start <= encoded && (r.end.is_empty() || encoded < r.end))
+        .map(|r| r.leader_node_id)
+        .filter(|l| *l != 0)
+}
+
+/// RESP clients write through the two other nodes while the leader of their
+/// keys' range is killed (SIGKILL) and later restarted: every acknowledged
+/// INCR is counted in the final value, and every acknowledged SET reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_redis_writes_survive_killing_the_leader() {
+    let _g = serial().await;
+    let mut cl = Cluster::start_redis(3, &[]).await;
+    // `{v}` keeps every key in one slot, so one range and one leader hold them all.
+    let leader = loop {
+        if let Some(l) = redis_key_leader(&cl, 0, b"{v}count").await {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let victim = cl.index_of(leader);
+    let survivors: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| cl.redis(i)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let addr = survivors[w % 2].clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut c = connect(&addr).await;
+            let (mut acked_incrs, mut attempted_incrs, mut acked_sets) = (0i64, 0i64, Vec::new());
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                attempted_incrs += 1;
+                if q::<i64>(&mut c, &["INCR", "{v}count"]).await.is_ok() {
+                    acked_incrs += 1;
+                }
+                let key = format!("{{v}}w{w}-{n}");
+                if q::<String>(&mut c, &["SET", &key, &n.to_string()]).await.is_ok() {
+                    acked_sets.push((key, n));
+                }
+            }
+            (acked_incrs, attempted_incrs, acked_sets)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cl.kill(victim);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cl.restart(victim);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut attempted, mut sets) = (0, 0, Vec::new());
+    for w in workers {
+        let (a, t, s) = w.await.unwrap();
+        acked += a;
+        attempted += t;
+        sets.extend(s);
+    }
+    assert!(acked > 50 && sets.len() > 50, "too little got through: {acked} INCRs, {} SETs", sets.len());
+    let mut c = connect(&cl.redis(victim)).await;
+    let count: i64 = q(&mut c, &["GET", "{v}count"]).await.unwrap();
+    assert!(count >= acked, "acknowledged INCRs lost: the counter is {count}, {acked} were acknowledged");
+    assert!(count <= attempted, "the counter {count} is above the {attempted} INCRs attempted");
+    for chunk in sets.chunks(500) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        let mut args = vec!["MGET"];
+        args.extend(keys);
+        let values: Vec<Option<String>> = q(&mut c, &args).await.unwrap();
+        for ((key, n), v) in chunk.iter().zip(values) {
+            assert_eq!(v, Some(n.to_string()), "acknowledged SET {key} lost");
+        }
+    }
+}
