@@ -166,6 +166,14 @@ mod tests {
         c.mvcc_retention_secs = 60;
         c.memtable_bytes = 1;
         assert!(c.validate().unwrap_err().contains("memtable_bytes"));
+        c.memtable_bytes = ServerConfig::default().memtable_bytes;
+        c.redis.hash_ranges = 0;
+        assert!(c.validate().unwrap_err().contains("redis.hash_ranges"));
+        c.redis.hash_ranges = 8;
+        c.redis.listen = "6379".into();
+        assert!(c.validate().unwrap_err().contains("redis.listen"));
+        c.redis.listen = String::new();
+        assert!(c.validate().is_ok(), "an empty redis.listen turns the listener off");
         let bad: Result<ServerConfig, _> = toml::from_str("replication_factr = 3");
         assert!(bad.unwrap_err().to_string().contains("replication_factr"));
     }
