@@ -27,9 +27,17 @@ async fn a_replica_moves_to_a_new_node() {
     let new = cl.add_node();
     let new_id = cl.node_id(new);
     cl.wait_live(new, Duration::from_secs(30)).await;
-    let r = c.add_replica(ChangeReplicaRequest { range_id, node_id: new_id }).await.expect("add replica").into_inner();
-    let replicas = r.range.expect("range").replicas;
-    assert!(replicas.iter().any(|x| x.node_id == new_id && !x.learner), "promoted to voter: {replicas:?}");
+    // Two adders at once, through different nodes (as an operator racing the controller,
+    // which finishes any learner it finds): both answer that the replica is added.
+    let mut other = cl.client(1).await;
+    let (first, second) = tokio::join!(
+        c.add_replica(ChangeReplicaRequest { range_id, node_id: new_id }),
+        other.add_replica(ChangeReplicaRequest { range_id, node_id: new_id })
+    );
+    for r in [first, second] {
+        let replicas = r.expect("add replica").into_inner().range.expect("range").replicas;
+        assert!(replicas.iter().any(|x| x.node_id == new_id && !x.learner), "promoted to voter: {replicas:?}");
+    }
 
     // Remove the replica on node 1 — moving leadership away first if needed.
     let victim = cl.node_id(0);

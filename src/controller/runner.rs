@@ -8,20 +8,24 @@ use crate::gateway::Gateway;
 use crate::meta::admin;
 use crate::meta::{self, registry};
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const MAX_CONCURRENT_ACTIONS: usize = 4;
+/// How long a range must have stayed over-replicated before its extra voter goes.
+const EXTRA_VOTER_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Controller {
     gw: Arc<Gateway>,
     rf: usize,
     in_flight: Arc<Mutex<HashSet<u64>>>,
-    /// Ranges the last tick found with a voter too many. An extra voter is removed
-    /// only when two ticks in a row see it, so that an operator moving a replica
-    /// by hand (add, then remove) is not raced.
-    over_replicated: Arc<Mutex<HashSet<u64>>>,
+    /// Ranges found with a voter too many, and since when (without a break). An
+    /// extra voter is removed only once it has been there for `EXTRA_VOTER_GRACE`,
+    /// so that an operator moving a replica by hand (add, then remove, with a
+    /// leader transfer between) is not raced into leaving the range a voter short.
+    over_replicated: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 impl Controller {
@@ -55,13 +59,21 @@ impl Controller {
             .collect();
         let room = MAX_CONCURRENT_ACTIONS.saturating_sub(busy.len());
         let actions = plan::plan(&nodes, &ranges, self.rf, room);
-        let seen_before = std::mem::replace(
-            &mut *self.over_replicated.lock(),
-            actions.iter().filter(|a| matches!(a, Action::RemoveReplica { .. })).map(Action::range).collect(),
-        );
+        let now = crate::clock::now();
+        let overdue: HashSet<u64> = {
+            let mut over = self.over_replicated.lock();
+            let since_before = std::mem::take(&mut *over);
+            for a in actions.iter().filter(|a| matches!(a, Action::RemoveReplica { .. })) {
+                over.insert(a.range(), since_before.get(&a.range()).copied().unwrap_or(now));
+            }
+            over.iter()
+                .filter(|(_, since)| now.saturating_duration_since(**since) >= EXTRA_VOTER_GRACE)
+                .map(|(r, _)| *r)
+                .collect()
+        };
         for action in actions {
             let range = action.range();
-            if matches!(action, Action::RemoveReplica { .. }) && !seen_before.contains(&range) {
+            if matches!(action, Action::RemoveReplica { .. }) && !overdue.contains(&range) {
                 continue;
             }
             self.in_flight.lock().insert(range);

@@ -120,30 +120,45 @@ async fn report(gw: &Gateway, a: &AdminResponse) {
 /// Adds a replica on `node`: as a learner first, promoted to voter once it has caught up.
 pub async fn add_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<AdminResponse, Status> {
     if gw.book.get(node).is_none() {
-        return Err(Status::not_found(format!("node {node} is not a known member")));
+        // This node's address book refreshes every few seconds; a node that joined
+        // since is in the registry already.
+        if let Some(n) = meta::registry::list(gw).await?.into_iter().find(|n| n.id == node) {
+            gw.book.learn(n.id, &n.addr);
+        } else {
+            return Err(Status::not_found(format!("node {node} is not a known member")));
+        }
     }
     let current = status(gw, range_id).await?;
-    let is_learner =
-        current.desc.as_ref().and_then(|d| d.replicas.iter().find(|r| r.node_id == node)).map(|r| r.learner);
-    match is_learner {
+    match role_of(&current, node) {
         Some(false) => {
             return Err(Status::already_exists(format!("node {node} already is a voter of range {range_id}")))
         }
         Some(true) => {}
-        None => {
-            let a = admin(gw, range_id, admin_request::Op::AddLearner(node)).await?;
-            report(gw, &a).await;
-        }
+        None => match admin(gw, range_id, admin_request::Op::AddLearner(node)).await {
+            Ok(a) => report(gw, &a).await,
+            // Another adder (the controller, or a second operator call) got there first:
+            // wait for its learner as for our own.
+            Err(e) => match status(gw, range_id).await {
+                Ok(s) if role_of(&s, node).is_some() => {}
+                _ => return Err(e),
+            },
+        },
     }
     let started = crate::clock::now();
     loop {
         let s = status(gw, range_id).await?;
-        // Removed meanwhile (by an operator, say): waiting would only hold the range's
-        // slot in the controller until the timeout, leaving it under-replicated.
-        if !s.desc.as_ref().is_some_and(|d| d.replicas.iter().any(|r| r.node_id == node)) {
-            return Err(Status::aborted(format!(
-                "the learner on node {node} was removed from range {range_id} while catching up"
-            )));
+        match role_of(&s, node) {
+            // Removed meanwhile (by an operator, say): waiting would only hold the range's
+            // slot in the controller until the timeout, leaving it under-replicated.
+            None => {
+                return Err(Status::aborted(format!(
+                    "the learner on node {node} was removed from range {range_id} while catching up"
+                )))
+            }
+            // Promoted meanwhile: the controller finishes learners it finds, and it may find
+            // this one while we wait. The replica is added; that is all the caller asked.
+            Some(false) => return Ok(s),
+            Some(true) => {}
         }
         let matched = s.progress.iter().find(|p| p.node_id == node).map(|p| p.matched).unwrap_or(0);
         if matched >= s.commit_index.saturating_sub(1) && matched > 0 {
@@ -157,10 +172,23 @@ pub async fn add_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<Admin
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = admin(gw, range_id, admin_request::Op::PromoteLearner(node)).await?;
+    let a = match admin(gw, range_id, admin_request::Op::PromoteLearner(node)).await {
+        Ok(a) => a,
+        // Lost the race to promote it to another adder: the replica is a voter all the same.
+        Err(e) => match status(gw, range_id).await {
+            Ok(s) if role_of(&s, node) == Some(false) => s,
+            _ => return Err(e),
+        },
+    };
     report(gw, &a).await;
     tracing::info!(range_id, node, "replica added");
     Ok(a)
+}
+
+/// Whether `node` holds a learner (`Some(true)`), a voter (`Some(false)`) or no
+/// replica of the range `s` describes.
+fn role_of(s: &AdminResponse, node: u64) -> Option<bool> {
+    s.desc.as_ref().and_then(|d| d.replicas.iter().find(|r| r.node_id == node)).map(|r| r.learner)
 }
 
 /// Removes the replica on `node`, moving leadership away from it first.
