@@ -44,6 +44,7 @@ impl Writers {
                     attempt += 1;
                     let c = &mut clients[attempt % n];
                     let req = PutRequest {
+                        ttl_ms: 0,
                         table: table.clone(),
                         key: key.clone().into(),
                         value: key.clone().into(),
@@ -293,6 +294,7 @@ async fn retried_request_id_applies_once() {
     create_table(&mut c, "id", &[]).await;
     let first = c
         .put(PutRequest {
+            ttl_ms: 0,
             table: "id".into(),
             key: "k".into(),
             value: "x".into(),
@@ -306,6 +308,7 @@ async fn retried_request_id_applies_once() {
     // A late retry of the first request (through another node) must not apply again.
     let retry = c2
         .put(PutRequest {
+            ttl_ms: 0,
             table: "id".into(),
             key: "k".into(),
             value: "x".into(),
@@ -319,6 +322,7 @@ async fn retried_request_id_applies_once() {
     assert_eq!(get(&mut c, "id", "k").await.unwrap(), Some("y".into()), "retry was not applied twice");
     // Conditional create: the retry reports success, not "already exists".
     let create = |rid: &'static [u8]| PutRequest {
+        ttl_ms: 0,
         table: "id".into(),
         key: "once".into(),
         value: "1".into(),
@@ -363,6 +367,7 @@ async fn retried_request_id_applies_once_across_a_split() {
         request_id: rid.to_vec(),
     };
     let put_once = PutRequest {
+        ttl_ms: 0,
         table: "ids".into(),
         key: "p/7".into(),
         value: "v".into(),

@@ -325,6 +325,11 @@ async fn malformed_requests_get_a_protocol_error_and_a_closed_connection() {
 
 /// The node leading the range that holds Redis key `key`, from node `i`'s view.
 async fn redis_key_leader(cl: &Cluster, i: usize, key: &[u8]) -> Option<u64> {
+    redis_key_range(cl, i, key).await.map(|(_, leader)| leader)
+}
+
+/// The range holding Redis key `key` and its leader's node id, as node `i` reports them.
+async fn redis_key_range(cl: &Cluster, i: usize, key: &[u8]) -> Option<(u64, u64)> {
     let s = cl.status(i).await.ok()?;
     let mut native = cl.client(i).await;
     let tables = native.list_tables(cairn_proto::kv::ListTablesRequest {}).await.ok()?.into_inner().tables;
@@ -333,8 +338,8 @@ async fn redis_key_leader(cl: &Cluster, i: usize, key: &[u8]) -> Option<u64> {
     s.ranges
         .iter()
         .find(|r| r.start <= encoded && (r.end.is_empty() || encoded < r.end))
-        .map(|r| r.leader_node_id)
-        .filter(|l| *l != 0)
+        .map(|r| (r.id, r.leader_node_id))
+        .filter(|(_, l)| *l != 0)
 }
 
 /// RESP clients write through the two other nodes while the leader of their
@@ -403,4 +408,148 @@ async fn acknowledged_redis_writes_survive_killing_the_leader() {
             assert_eq!(v, Some(n.to_string()), "acknowledged SET {key} lost");
         }
     }
+}
+
+/// Within `tolerance_ms` of `expected_ms`.
+fn near(actual: i64, expected_ms: i64, tolerance_ms: i64) -> bool {
+    (actual - expected_ms).abs() <= tolerance_ms
+}
+
+/// Key expiry as Redis clients use it, through different nodes: SET's expiry
+/// options, SETEX/PSETEX/GETEX, the EXPIRE family with NX/XX/GT/LT, TTL and
+/// friends, PERSIST; which commands keep an expiry and which clear it; a key
+/// that expired is absent to reads and to conditional writes alike, also after
+/// its range's leadership moved; and the native API sees the same expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_expire_on_time_through_every_node_and_across_a_leader_change() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut a = connect(&cl.redis(0)).await;
+    let mut b = connect(&cl.redis(2)).await;
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+
+    // Expiry options of SET, read back through another node.
+    assert_eq!(q::<String>(&mut a, &["SET", "s", "v", "EX", "100"]).await.unwrap(), "OK");
+    assert!(near(q::<i64>(&mut b, &["TTL", "s"]).await.unwrap(), 100, 1));
+    assert!(near(q::<i64>(&mut b, &["PTTL", "s"]).await.unwrap(), 100_000, 1_000));
+    assert!(near(q::<i64>(&mut b, &["PEXPIRETIME", "s"]).await.unwrap(), now_ms() + 100_000, 1_000));
+    assert!(near(q::<i64>(&mut b, &["EXPIRETIME", "s"]).await.unwrap(), now_ms() / 1000 + 100, 1));
+    q::<String>(&mut a, &["SET", "s", "v", "KEEPTTL"]).await.unwrap();
+    assert!(near(q::<i64>(&mut b, &["TTL", "s"]).await.unwrap(), 100, 1), "KEEPTTL keeps it");
+    q::<i64>(&mut a, &["APPEND", "s", "w"]).await.unwrap();
+    q::<i64>(&mut a, &["SETRANGE", "s", "0", "V"]).await.unwrap();
+    assert!(near(q::<i64>(&mut b, &["TTL", "s"]).await.unwrap(), 100, 1), "APPEND and SETRANGE keep it");
+    q::<String>(&mut a, &["SET", "s", "plain"]).await.unwrap();
+    assert_eq!(q::<i64>(&mut b, &["TTL", "s"]).await.unwrap(), -1, "a plain SET clears it");
+    let at = (now_ms() + 50_000).to_string();
+    q::<String>(&mut a, &["SET", "s", "v", "PXAT", &at]).await.unwrap();
+    assert_eq!(q::<i64>(&mut b, &["PEXPIRETIME", "s"]).await.unwrap().to_string(), at);
+    q::<Option<String>>(&mut a, &["GETSET", "s", "v2"]).await.unwrap();
+    assert_eq!(q::<i64>(&mut b, &["TTL", "s"]).await.unwrap(), -1, "GETSET clears it");
+    assert_eq!(q::<i64>(&mut b, &["TTL", "nokey"]).await.unwrap(), -2);
+    assert_eq!(q::<i64>(&mut b, &["EXPIRETIME", "nokey"]).await.unwrap(), -2);
+
+    // Counters keep theirs.
+    q::<String>(&mut a, &["SET", "n", "1", "PX", "60000"]).await.unwrap();
+    assert_eq!(q::<i64>(&mut a, &["INCRBY", "n", "5"]).await.unwrap(), 6);
+    assert_eq!(q::<String>(&mut a, &["INCRBYFLOAT", "n", "0.5"]).await.unwrap(), "6.5");
+    assert!(near(q::<i64>(&mut b, &["PTTL", "n"]).await.unwrap(), 60_000, 1_000), "counters keep it");
+
+    // SETEX, PSETEX, GETEX.
+    assert_eq!(q::<String>(&mut a, &["SETEX", "e", "30", "x"]).await.unwrap(), "OK");
+    assert!(near(q::<i64>(&mut b, &["TTL", "e"]).await.unwrap(), 30, 1));
+    assert_eq!(q::<String>(&mut a, &["PSETEX", "e", "20000", "y"]).await.unwrap(), "OK");
+    assert!(near(q::<i64>(&mut b, &["PTTL", "e"]).await.unwrap(), 20_000, 1_000));
+    assert!(err(&mut a, &["SETEX", "e", "0", "x"]).await.contains("invalid expire time in 'setex' command"));
+    assert!(err(&mut a, &["SET", "e", "x", "PX", "-5"]).await.contains("invalid expire time in 'set' command"));
+    assert!(err(&mut a, &["SET", "e", "x", "EX", "10", "PX", "10"]).await.contains("syntax error"));
+    assert_eq!(q::<Option<String>>(&mut a, &["GETEX", "e", "EX", "500"]).await.unwrap().as_deref(), Some("y"));
+    assert!(near(q::<i64>(&mut b, &["TTL", "e"]).await.unwrap(), 500, 1));
+    assert_eq!(q::<Option<String>>(&mut a, &["GETEX", "e", "PERSIST"]).await.unwrap().as_deref(), Some("y"));
+    assert_eq!(q::<i64>(&mut b, &["TTL", "e"]).await.unwrap(), -1);
+    assert_eq!(q::<Option<String>>(&mut a, &["GETEX", "nokey", "EX", "5"]).await.unwrap(), None);
+    assert!(err(&mut a, &["GETEX", "e", "EX", "0"]).await.contains("invalid expire time in 'getex' command"));
+
+    // The EXPIRE family and its conditions.
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "nokey", "10"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "e", "100", "XX"]).await.unwrap(), 0, "XX: it has none");
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "e", "100", "GT"]).await.unwrap(), 0, "GT: none is never");
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "e", "100", "NX"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "e", "200", "NX"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "e", "50", "GT"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "e", "200", "GT"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut a, &["PEXPIRE", "e", "90000", "LT"]).await.unwrap(), 1);
+    assert!(near(q::<i64>(&mut b, &["TTL", "e"]).await.unwrap(), 90, 1));
+    assert!(err(&mut a, &["EXPIRE", "e", "1", "NX", "XX"]).await.contains("not compatible"));
+    assert!(err(&mut a, &["EXPIRE", "e", "1", "GT", "LT"]).await.contains("not compatible"));
+    assert!(err(&mut a, &["EXPIRE", "e", "1", "SOON"]).await.contains("Unsupported option SOON"));
+    assert!(err(&mut a, &["EXPIRE", "e", "ten"]).await.contains("not an integer"));
+    assert_eq!(q::<i64>(&mut a, &["PERSIST", "e"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut a, &["PERSIST", "e"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut b, &["TTL", "e"]).await.unwrap(), -1);
+    // An instant already past deletes the key, as in Redis.
+    assert_eq!(q::<i64>(&mut a, &["EXPIREAT", "e", "1"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "e"]).await.unwrap(), 0);
+    q::<String>(&mut a, &["SET", "e", "x"]).await.unwrap();
+    assert_eq!(q::<i64>(&mut a, &["PEXPIRE", "e", "-1"]).await.unwrap(), 1);
+    assert_eq!(q::<Option<String>>(&mut b, &["GET", "e"]).await.unwrap(), None);
+
+    // Keys expire: absent to every read and to conditional writes, through any node.
+    q::<String>(&mut a, &["SET", "brief", "v", "PX", "400"]).await.unwrap();
+    q::<String>(&mut a, &["SET", "ctr", "41", "PX", "400"]).await.unwrap();
+    q::<String>(&mut a, &["MSET", "m1", "1", "m2", "2"]).await.unwrap();
+    q::<i64>(&mut a, &["PEXPIRE", "m1", "400"]).await.unwrap();
+    assert_eq!(q::<Option<String>>(&mut b, &["GET", "brief"]).await.unwrap().as_deref(), Some("v"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for c in [&mut a, &mut b] {
+        assert_eq!(q::<Option<String>>(c, &["GET", "brief"]).await.unwrap(), None);
+        assert_eq!(q::<i64>(c, &["EXISTS", "brief", "m1", "m2"]).await.unwrap(), 1);
+        assert_eq!(q::<i64>(c, &["TTL", "brief"]).await.unwrap(), -2);
+        assert_eq!(q::<String>(c, &["TYPE", "brief"]).await.unwrap(), "none");
+        let got: Vec<Option<String>> = q(c, &["MGET", "brief", "m1", "m2"]).await.unwrap();
+        assert_eq!(got, vec![None, None, Some("2".into())]);
+    }
+    assert_eq!(q::<i64>(&mut a, &["SETNX", "brief", "again"]).await.unwrap(), 1, "an expired key is absent to NX");
+    assert_eq!(q::<i64>(&mut b, &["TTL", "brief"]).await.unwrap(), -1);
+    assert_eq!(q::<i64>(&mut b, &["INCR", "ctr"]).await.unwrap(), 1, "an expired counter starts again");
+    assert_eq!(q::<i64>(&mut b, &["TTL", "ctr"]).await.unwrap(), -1);
+
+    // Leadership moves: the expiry went with the value, and still ends it on time.
+    q::<String>(&mut a, &["SET", "{lease}holder", "me", "PX", "3000"]).await.unwrap();
+    let (range_id, leader) = redis_key_range(&cl, 0, b"{lease}holder").await.expect("the key's range");
+    let target = cl.node_id((cl.index_of(leader) + 1) % 3);
+    let mut native = cl.client(0).await;
+    native
+        .transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id, node_id: target })
+        .await
+        .expect("transfer the lease's range");
+    assert_eq!(q::<i64>(&mut b, &["SET", "{lease}holder", "you", "NX"]).await.ok(), None, "still held");
+    assert!(q::<i64>(&mut b, &["PTTL", "{lease}holder"]).await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    assert_eq!(
+        q::<Option<String>>(&mut b, &["SET", "{lease}holder", "you", "NX"]).await.unwrap().as_deref(),
+        Some("OK")
+    );
+
+    // The native API reads the expiry of a Redis key, and writes one Redis clients see.
+    q::<String>(&mut a, &["SET", "shared", "v", "EX", "100"]).await.unwrap();
+    let got = native
+        .get(cairn_proto::kv::GetRequest { table: "redis".into(), key: b"shared".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(near(got.expires_at_ms as i64, now_ms() + 100_000, 1_000), "native get: {got:?}");
+    native
+        .put(cairn_proto::kv::PutRequest {
+            table: "redis".into(),
+            key: b"native".to_vec(),
+            value: b"n".to_vec(),
+            ttl_ms: 400,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(near(q::<i64>(&mut b, &["PTTL", "native"]).await.unwrap(), 400, 300));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(q::<Option<String>>(&mut b, &["GET", "native"]).await.unwrap(), None);
 }

@@ -209,6 +209,7 @@ impl Client {
                             value: value.to_vec(),
                             condition: None,
                             request_id: Vec::new(),
+                            ttl_ms: 0,
                         })
                         .await?;
                     if !response.into_inner().succeeded {

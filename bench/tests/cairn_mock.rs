@@ -61,7 +61,12 @@ impl Cairn for Mock {
         }
         let data = self.data.lock().map_err(|_| Status::internal("poisoned"))?;
         let value = data.get(&(request.table, request.key)).cloned();
-        Ok(Response::new(GetResponse { found: value.is_some(), value: value.unwrap_or_default(), version: None }))
+        Ok(Response::new(GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            version: None,
+            expires_at_ms: 0,
+        }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

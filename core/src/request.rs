@@ -7,7 +7,7 @@
 use crate::hlc::Version;
 use crate::keys;
 use crate::limits::Limits;
-use cairn_proto::internal::{mutation, Increment, Mutation, TableInfo};
+use cairn_proto::internal::{expiry, mutation, Expiry, Increment, Mutation, TableInfo};
 use cairn_proto::kv::{condition, write_op, Condition, Partitioning, ScanRequest, WriteOp};
 
 pub fn is_hashed(t: &TableInfo) -> bool {
@@ -50,11 +50,23 @@ pub fn to_mutations(limits: &Limits, t: &TableInfo, ops: Vec<WriteOp>) -> Result
             Some(write_op::Op::Put(p)) => {
                 limits.check_key(&p.key).map_err(|e| format!("op {i}: {e}"))?;
                 limits.check_value(&p.value).map_err(|e| format!("op {i}: {e}"))?;
-                Mutation { key: encode_key(t, &p.key), condition: p.condition, op: Some(mutation::Op::Put(p.value)) }
+                // A TTL counts from the write's version, which the range's leader stamps.
+                let expiry = (p.ttl_ms > 0).then_some(Expiry { when: Some(expiry::When::AfterMs(p.ttl_ms)) });
+                Mutation {
+                    key: encode_key(t, &p.key),
+                    condition: p.condition,
+                    op: Some(mutation::Op::Put(p.value)),
+                    expiry,
+                }
             }
             Some(write_op::Op::Delete(d)) => {
                 limits.check_key(&d.key).map_err(|e| format!("op {i}: {e}"))?;
-                Mutation { key: encode_key(t, &d.key), condition: d.condition, op: Some(mutation::Op::Delete(true)) }
+                Mutation {
+                    key: encode_key(t, &d.key),
+                    condition: d.condition,
+                    op: Some(mutation::Op::Delete(true)),
+                    expiry: None,
+                }
             }
             None => return Err(format!("op {i} has neither put nor delete")),
         };
@@ -73,6 +85,7 @@ pub fn increment_mutation(limits: &Limits, t: &TableInfo, key: &[u8], delta: i64
         key: encode_key(t, key),
         condition: None,
         op: Some(mutation::Op::Increment(Increment { delta, min: None, max: None })),
+        expiry: None,
     })
 }
 

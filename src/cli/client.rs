@@ -138,6 +138,9 @@ pub struct PutArgs {
     /// first attempt's result instead of writing again.
     #[arg(long, value_name = "ID", value_parser = parse_request_id)]
     request_id: Option<String>,
+    /// The value expires this many milliseconds after it is written (it then reads as absent).
+    #[arg(long, value_name = "MS")]
+    ttl_ms: Option<u64>,
 }
 
 /// `get <table> <key>`
@@ -536,6 +539,7 @@ async fn put(client: &mut Client, out: &mut Out, json: bool, args: PutArgs) -> a
         value: args.value.into_bytes(),
         condition: args.condition.to_proto(),
         request_id: request_id.clone().into_bytes(),
+        ttl_ms: args.ttl_ms.unwrap_or(0),
     };
     let resp = call_write(client.put(req), &request_id).await?;
     let body = json!({

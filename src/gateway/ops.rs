@@ -203,7 +203,8 @@ pub async fn read(gw: &Gateway, t: &TableInfo, user_keys: &[Vec<u8>], stale: boo
                 if total > limit {
                     return Err(invalid(crate::limits::InputError::ReplyTooLarge { limit }));
                 }
-                out[i] = GetResponse { found: r.found, value: r.value, version: r.version };
+                out[i] =
+                    GetResponse { found: r.found, value: r.value, version: r.version, expires_at_ms: r.expires_at_ms };
             }
         }
         if regroup.is_empty() {

@@ -14,7 +14,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn gateway_routing_to(peer: &str) -> Gateway {
     let engine = Arc::new(Engine::simulated(Arc::new(SimDisk::new())));
     let (tx, _rx) = std::sync::mpsc::sync_channel(1);
-    let store = StoreHandle { node_id: 1, tx, registry: Default::default(), engine: engine.clone() };
+    let store = StoreHandle {
+        node_id: 1,
+        tx,
+        registry: Default::default(),
+        engine: engine.clone(),
+        hlc: std::sync::Arc::new(crate::hlc::Hlc::new(1)),
+    };
     let book = Arc::new(AddressBook::load(engine));
     book.learn(2, peer);
     // Fail-fast window = 3 election timeouts = 300 ms.
@@ -35,7 +41,8 @@ fn gateway_routing_to(peer: &str) -> Gateway {
 }
 
 fn write_request() -> RangeRequest {
-    let put = Mutation { key: b"k".to_vec(), condition: None, op: Some(mutation::Op::Put(b"v".to_vec())) };
+    let put =
+        Mutation { expiry: None, key: b"k".to_vec(), condition: None, op: Some(mutation::Op::Put(b"v".to_vec())) };
     RangeRequest {
         range_id: 5,
         epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),

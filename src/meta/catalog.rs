@@ -94,6 +94,7 @@ pub async fn create(
     }
     let info = TableInfo { name: name.to_string(), id, partitioning: partitioning as i32, dropped: false };
     let m = Mutation {
+        expiry: None,
         key: table_key(name),
         condition: Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) }),
         op: Some(mutation::Op::Put(info.encode_to_vec())),
@@ -113,12 +114,21 @@ pub async fn drop(gw: &Gateway, name: &str) -> Result<(), Status> {
     let hidden = TableInfo { dropped: true, ..t.clone() };
     write(
         gw,
-        vec![Mutation { key: table_key(name), condition: None, op: Some(mutation::Op::Put(hidden.encode_to_vec())) }],
+        vec![Mutation {
+            expiry: None,
+            key: table_key(name),
+            condition: None,
+            op: Some(mutation::Op::Put(hidden.encode_to_vec())),
+        }],
     )
     .await?;
     gw.forget_table(name);
     admin::clear_span(gw, &keys::table_prefix(t.id), &keys::table_end(t.id), Some(t.id)).await?;
-    write(gw, vec![Mutation { key: table_key(name), condition: None, op: Some(mutation::Op::Delete(true)) }]).await?;
+    write(
+        gw,
+        vec![Mutation { expiry: None, key: table_key(name), condition: None, op: Some(mutation::Op::Delete(true)) }],
+    )
+    .await?;
     gw.forget_table(name);
     tracing::info!(table = name, id = t.id, "table dropped");
     Ok(())

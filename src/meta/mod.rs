@@ -44,6 +44,7 @@ pub async fn write(gw: &Gateway, mutations: Vec<Mutation>) -> Result<Vec<Mutatio
 /// Atomically increments a meta counter and returns the new value.
 pub async fn next_id(gw: &Gateway, counter: &[u8]) -> Result<u64, Status> {
     let m = Mutation {
+        expiry: None,
         key: key(counter),
         condition: None,
         op: Some(mutation::Op::Increment(Increment { delta: 1, min: None, max: None })),
@@ -64,7 +65,7 @@ pub async fn report_ranges(gw: &Gateway, records: Vec<RangeRecord>) -> Result<()
         .into_iter()
         .filter_map(|r| {
             let id = r.desc.as_ref()?.id;
-            Some(Mutation { key: dir_key(id), condition: None, op: Some(mutation::Op::RangeRecord(r)) })
+            Some(Mutation { expiry: None, key: dir_key(id), condition: None, op: Some(mutation::Op::RangeRecord(r)) })
         })
         .collect();
     write(gw, muts).await.map(|_| ())

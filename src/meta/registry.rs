@@ -21,7 +21,12 @@ pub async fn list(gw: &Gateway) -> Result<Vec<NodeInfo>, Status> {
 }
 
 pub async fn put(gw: &Gateway, info: NodeInfo) -> Result<(), Status> {
-    let m = Mutation { key: node_key(info.id), condition: None, op: Some(mutation::Op::Put(info.encode_to_vec())) };
+    let m = Mutation {
+        expiry: None,
+        key: node_key(info.id),
+        condition: None,
+        op: Some(mutation::Op::Put(info.encode_to_vec())),
+    };
     write(gw, vec![m]).await.map(|_| ())
 }
 

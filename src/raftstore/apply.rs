@@ -1,7 +1,9 @@
 //! The range state machine: what a committed command does to the MVCC data.
 //!
 //! Deterministic: the outcome depends only on the command, the log index and
-//! the replica's current state, so every replica reaches the same state.
+//! the replica's current state, so every replica reaches the same state. Time
+//! enters only through the command's version: whether a value has expired is
+//! judged at that version's wall time, never at the replica's clock.
 //! Nothing here writes to disk directly; changes go into the caller's batch,
 //! which also carries the new applied index (so recovery after a crash is exact).
 
@@ -10,10 +12,11 @@ use crate::hlc::Version;
 use crate::keys::{self, mvcc as mvcc_keys};
 use crate::sabotage::{self, Sabotage};
 use crate::storage::layout::{self, ApplyState};
-use crate::storage::{mvcc, Batch, Cf, Engine};
+use crate::storage::mvcc::{self, Live};
+use crate::storage::{Batch, Cf, Engine};
 use cairn_proto::internal::{
-    mutation, raft_command, ClearRangeCommand, Mutation, MutationResult, RaftCommand, RangeDescriptor, RangeEpoch,
-    RangeError, RangeRecord, SplitCommand, WriteBatch, WriteResponse,
+    expiry, mutation, raft_command, ClearRangeCommand, Expiry, Mutation, MutationResult, RaftCommand, RangeDescriptor,
+    RangeEpoch, RangeError, RangeRecord, SplitCommand, WriteBatch, WriteResponse,
 };
 use cairn_proto::kv::{condition, Condition};
 use prost::Message as _;
@@ -58,20 +61,22 @@ impl<'a> ApplyBatch<'a> {
         ApplyBatch { engine, batch: engine.batch(), values: HashMap::new(), dedupe: HashMap::new() }
     }
 
-    /// The live value of `key`, as of everything applied so far including this batch.
-    fn current(&self, key: &[u8]) -> Current {
+    /// The live value of `key` judged at `now_ms`, as of everything applied so far
+    /// including this batch.
+    fn current(&self, key: &[u8], now_ms: u64) -> Current {
         match self.values.get(key) {
-            Some(c) => c.clone(),
-            None => mvcc::get_live(self.engine, key, Version::MAX),
+            Some(c) => c.clone().filter(|l| !mvcc_keys::expired(l.expires_at_ms, now_ms)),
+            None => mvcc::get_live(self.engine, key, Version::MAX, now_ms),
         }
     }
 
-    fn write_value(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
-        match value {
-            Some(v) => self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::encode_value(v)),
-            None => self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &mvcc_keys::tombstone()),
-        }
-        self.values.insert(key.to_vec(), value.map(|v| (v.to_vec(), version)));
+    fn write_value(&mut self, key: &[u8], version: Version, value: Option<&Live>) {
+        let stored = match value {
+            Some(l) => mvcc_keys::encode_expiring_value(&l.value, l.expires_at_ms),
+            None => mvcc_keys::tombstone(),
+        };
+        self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &stored);
+        self.values.insert(key.to_vec(), value.cloned());
     }
 
     /// The results recorded under `request_id` for one key, unless older than the
@@ -190,7 +195,7 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
     out
 }
 
-type Current = Option<(Vec<u8>, Version)>;
+type Current = Option<Live>;
 
 fn retired(desc: &RangeDescriptor, table_id: u32) -> bool {
     desc.retired_tables.binary_search(&table_id).is_ok()
@@ -214,10 +219,10 @@ pub fn check_tables_live<'k>(
 fn condition_holds(cond: &Option<Condition>, cur: &Current) -> bool {
     match cond.as_ref().and_then(|c| c.kind.as_ref()) {
         None => true,
-        Some(condition::Kind::VersionEquals(v)) => cur.as_ref().is_some_and(|(_, cv)| *cv == Version::from(v)),
+        Some(condition::Kind::VersionEquals(v)) => cur.as_ref().is_some_and(|l| l.version == Version::from(v)),
         Some(condition::Kind::IfAbsent(_)) => cur.is_none(),
         Some(condition::Kind::IfPresent(_)) => cur.is_some(),
-        Some(condition::Kind::ValueEquals(x)) => cur.as_ref().is_some_and(|(v, _)| v == x),
+        Some(condition::Kind::ValueEquals(x)) => cur.as_ref().is_some_and(|l| &l.value == x),
     }
 }
 
@@ -235,6 +240,7 @@ fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch,
     if let Err(e) = check_tables_live(t.desc, w.mutations.iter().map(|m| m.key.as_slice())) {
         return Applied::Rejected(e);
     }
+    let now_ms = version.wall_ns / 1_000_000;
     let mut overlay: HashMap<&[u8], Current> = HashMap::new();
     let mut order: Vec<&[u8]> = Vec::new();
     let mut results = Vec::with_capacity(w.mutations.len());
@@ -243,16 +249,22 @@ fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch,
         let key = m.key.as_slice();
         // An unconditional put does not depend on the current value, so it is not read
         // (its `existed` is reported as false).
-        let blind_put = m.condition.is_none() && matches!(m.op, Some(mutation::Op::Put(_)));
+        let keeps_expiry = matches!(m.expiry.as_ref().and_then(|e| e.when.as_ref()), Some(expiry::When::Keep(_)));
+        let blind_put = m.condition.is_none() && matches!(m.op, Some(mutation::Op::Put(_))) && !keeps_expiry;
         let cur = match overlay.get(key) {
             Some(c) => c.clone(),
             None if blind_put => None,
-            None => ab.current(key),
+            None => ab.current(key, now_ms),
         };
         let existed = cur.is_some();
         if !condition_holds(&m.condition, &cur) {
             all_ok = false;
-            results.push(MutationResult { succeeded: false, existed, version: cur.map(|(_, v)| v.into()), counter: 0 });
+            results.push(MutationResult {
+                succeeded: false,
+                existed,
+                version: cur.map(|l| l.version.into()),
+                counter: 0,
+            });
             continue;
         }
         let (next, result) = match evaluate(m, cur, version) {
@@ -277,30 +289,59 @@ fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch,
         return Applied::Write(WriteResponse { results });
     }
     for key in order {
-        let value = overlay[key].as_ref().map(|(v, _)| v.as_slice());
-        t.written_bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        let value = overlay[key].as_ref();
+        t.written_bytes += (key.len() + value.map_or(0, |l| l.value.len())) as u64;
         ab.write_value(key, version, value);
     }
     Applied::Write(WriteResponse { results })
 }
 
+/// The expiry instant `e` resolves to for a command at `now_ms` on a key whose
+/// live value is `cur`; `NO_EXPIRY` for none. An absent `e` means never.
+fn resolve_expiry(e: Option<&Expiry>, cur: &Current, now_ms: u64) -> u64 {
+    match e.and_then(|e| e.when.as_ref()) {
+        None | Some(expiry::When::Never(_)) => mvcc_keys::NO_EXPIRY,
+        // Zero is a valid instant to ask for (long past), not "never".
+        Some(expiry::When::AfterMs(ms)) => now_ms.saturating_add(*ms).max(1),
+        Some(expiry::When::AtMs(at)) => (*at).max(1),
+        Some(expiry::When::Keep(_)) => cur.as_ref().map_or(mvcc_keys::NO_EXPIRY, |l| l.expires_at_ms),
+    }
+}
+
 /// What one mutation turns the key into (`None` = unchanged) and its result.
 fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Current>, MutationResult), RangeError> {
     let existed = cur.is_some();
+    let now_ms = version.wall_ns / 1_000_000;
     let ok = |counter| MutationResult { succeeded: true, existed, version: Some(version.into()), counter };
+    let absent = MutationResult { succeeded: true, existed: false, version: None, counter: 0 };
+    // A value whose expiry is already due is written as a deletion (as Redis does for
+    // an expiry in the past): nothing live stays behind, and an absent key stays absent.
+    let live_or_deleted = |value: Vec<u8>, expires_at_ms: u64| {
+        if !mvcc_keys::expired(expires_at_ms, now_ms) {
+            (Some(Some(Live { value, version, expires_at_ms })), ok(0))
+        } else if existed {
+            (Some(None), ok(0))
+        } else {
+            (None, absent)
+        }
+    };
     Ok(match &m.op {
-        Some(mutation::Op::Put(v)) => (Some(Some((v.clone(), version))), ok(0)),
+        Some(mutation::Op::Put(v)) => live_or_deleted(v.clone(), resolve_expiry(m.expiry.as_ref(), &cur, now_ms)),
+        Some(mutation::Op::SetExpiry(e)) => match &cur {
+            None => (None, absent),
+            Some(l) => live_or_deleted(l.value.clone(), resolve_expiry(Some(e), &cur, now_ms)),
+        },
         Some(mutation::Op::Delete(_)) => {
             if existed {
                 (Some(None), ok(0))
             } else {
-                (None, MutationResult { succeeded: true, existed: false, version: None, counter: 0 })
+                (None, absent)
             }
         }
         Some(mutation::Op::Increment(inc)) => {
             let current: i64 = match &cur {
                 None => 0,
-                Some((v, _)) => std::str::from_utf8(v)
+                Some(l) => std::str::from_utf8(&l.value)
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| errors::invalid("value is not an integer or out of range"))?,
@@ -310,24 +351,27 @@ fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Curr
                 .ok_or_else(|| errors::invalid("increment or decrement would overflow"))?;
             let within = inc.min.is_none_or(|lo| next >= lo) && inc.max.is_none_or(|hi| next <= hi);
             if !within {
-                let cur_version = cur.map(|(_, v)| v.into());
+                let cur_version = cur.map(|l| l.version.into());
                 (None, MutationResult { succeeded: false, existed, version: cur_version, counter: current })
             } else {
-                (Some(Some((next.to_string().into_bytes(), version))), ok(next))
+                // A counter keeps its expiry, as Redis's INCR does.
+                let expires_at_ms = cur.as_ref().map_or(mvcc_keys::NO_EXPIRY, |l| l.expires_at_ms);
+                (Some(Some(Live { value: next.to_string().into_bytes(), version, expires_at_ms })), ok(next))
             }
         }
         Some(mutation::Op::RangeRecord(rec)) => {
-            let stale = cur.as_ref().and_then(|(v, _)| RangeRecord::decode(v.as_slice()).ok()).is_some_and(|old| {
+            let old = cur.as_ref().and_then(|l| RangeRecord::decode(l.value.as_slice()).ok());
+            let stale = old.as_ref().is_some_and(|old| {
                 let old_epoch = old.desc.as_ref().and_then(|d| d.epoch);
                 let new_epoch = rec.desc.as_ref().and_then(|d| d.epoch);
                 epoch_newer(&old_epoch, &new_epoch)
             });
             if stale {
-                (None, MutationResult { succeeded: false, existed, version: cur.map(|(_, v)| v.into()), counter: 0 })
+                (None, MutationResult { succeeded: false, existed, version: cur.map(|l| l.version.into()), counter: 0 })
             } else {
                 // A report that does not know the leader or size keeps the previous ones.
                 let mut rec = rec.clone();
-                if let Some(old) = cur.as_ref().and_then(|(v, _)| RangeRecord::decode(v.as_slice()).ok()) {
+                if let Some(old) = old {
                     if rec.leader_node_id == 0 {
                         rec.leader_node_id = old.leader_node_id;
                     }
@@ -335,7 +379,8 @@ fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Curr
                         rec.approximate_bytes = old.approximate_bytes;
                     }
                 }
-                (Some(Some((rec.encode_to_vec(), version))), ok(0))
+                let value = rec.encode_to_vec();
+                (Some(Some(Live { value, version, expires_at_ms: mvcc_keys::NO_EXPIRY })), ok(0))
             }
         }
         None => return Err(errors::invalid("mutation has no operation")),
@@ -448,6 +493,7 @@ mod tests {
 
     fn put(k: &[u8], v: &[u8], cond: Option<condition::Kind>) -> Mutation {
         Mutation {
+            expiry: None,
             key: k.to_vec(),
             condition: cond.map(|k| Condition { kind: Some(k) }),
             op: Some(mutation::Op::Put(v.to_vec())),
@@ -462,6 +508,125 @@ mod tests {
         out
     }
 
+    const MS: u64 = 1_000_000;
+
+    /// A write proposed at `at_ms` (Unix ms; these tests live in 1970, so a
+    /// replica that judged expiry by its own clock would see everything expired).
+    fn at(at_ms: u64, muts: Vec<Mutation>) -> RaftCommand {
+        RaftCommand {
+            proposed_version: Some(Version { wall_ns: at_ms * MS, logical: 0, node_id: 1 }.into()),
+            ..write(muts, b"")
+        }
+    }
+
+    fn expiring(k: &[u8], v: &[u8], when: expiry::When, cond: Option<condition::Kind>) -> Mutation {
+        Mutation { expiry: Some(Expiry { when: Some(when) }), ..put(k, v, cond) }
+    }
+
+    fn set_expiry(k: &[u8], when: expiry::When) -> Mutation {
+        Mutation {
+            key: k.to_vec(),
+            condition: None,
+            op: Some(mutation::Op::SetExpiry(Expiry { when: Some(when) })),
+            expiry: None,
+        }
+    }
+
+    fn results(a: Applied) -> Vec<(bool, bool)> {
+        match a {
+            Applied::Write(w) => w.results.iter().map(|r| (r.succeeded, r.existed)).collect(),
+            other => panic!("not a write: {other:?}"),
+        }
+    }
+
+    /// Expiry is judged at each command's own version, so replicas agree whatever
+    /// their clocks say: up to its expiry instant a key is present, from it on absent.
+    #[test]
+    fn expiry_is_judged_at_the_commands_version() {
+        let (_d, e, mut desc, mut st) = setup();
+        let when = expiry::When::AfterMs(1_000);
+        run(&e, &mut desc, &mut st, &at(5_000, vec![expiring(b"k", b"v", when, None)]));
+        let present = Some(condition::Kind::IfPresent(true));
+        let absent = Some(condition::Kind::IfAbsent(true));
+        assert_eq!(
+            results(run(
+                &e,
+                &mut desc,
+                &mut st,
+                &at(
+                    5_999,
+                    vec![
+                        put(b"d", b"1", present.clone()),
+                        put(b"k", b"v2", Some(condition::Kind::ValueEquals(b"v".to_vec())))
+                    ]
+                )
+            )),
+            vec![(false, false), (false, true)],
+            "a condition on another key fails the batch"
+        );
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(5_999, vec![put(b"k", b"v", present.clone())]))),
+            vec![(true, true)],
+            "live before its expiry"
+        );
+        // That put had no expiry: the key lives on.
+        assert_eq!(
+            results(run(
+                &e,
+                &mut desc,
+                &mut st,
+                &at(9_000, vec![expiring(b"k", b"v3", expiry::When::AfterMs(500), present)])
+            )),
+            vec![(true, true)]
+        );
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(9_499, vec![put(b"k", b"nx", absent.clone())]))),
+            vec![(false, true)]
+        );
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(9_500, vec![put(b"k", b"nx", absent)]))),
+            vec![(true, false)],
+            "absent at its expiry instant"
+        );
+        let live = mvcc::get_live(&e, b"k", Version::MAX, 0).unwrap();
+        assert_eq!((live.value.as_slice(), live.expires_at_ms), (&b"nx"[..], mvcc_keys::NO_EXPIRY));
+    }
+
+    #[test]
+    fn counters_and_keep_hold_an_expiry_and_a_due_one_deletes() {
+        let (_d, e, mut desc, mut st) = setup();
+        let expiry_of = |e: &Engine| mvcc::get_live(e, b"c", Version::MAX, 0).map(|l| l.expires_at_ms);
+        run(&e, &mut desc, &mut st, &at(1_000, vec![expiring(b"c", b"1", expiry::When::AtMs(60_000), None)]));
+        let incr = Mutation {
+            key: b"c".to_vec(),
+            condition: None,
+            op: Some(mutation::Op::Increment(Increment { delta: 1, min: None, max: None })),
+            expiry: None,
+        };
+        run(&e, &mut desc, &mut st, &at(2_000, vec![incr.clone()]));
+        assert_eq!(expiry_of(&e), Some(60_000), "an increment keeps the expiry");
+        run(&e, &mut desc, &mut st, &at(3_000, vec![expiring(b"c", b"7", expiry::When::Keep(true), None)]));
+        assert_eq!(expiry_of(&e), Some(60_000), "a put with keep keeps it");
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(4_000, vec![set_expiry(b"c", expiry::When::Never(true))]))),
+            vec![(true, true)]
+        );
+        assert_eq!(expiry_of(&e), Some(mvcc_keys::NO_EXPIRY), "never removes it");
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(5_000, vec![set_expiry(b"c", expiry::When::AtMs(4_999))]))),
+            vec![(true, true)]
+        );
+        assert_eq!(expiry_of(&e), None, "an expiry already due deletes the key");
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(6_000, vec![set_expiry(b"c", expiry::When::AfterMs(10))]))),
+            vec![(true, false)],
+            "no key: nothing to expire, and no failure"
+        );
+        run(&e, &mut desc, &mut st, &at(7_000, vec![incr]));
+        assert_eq!(expiry_of(&e), Some(mvcc_keys::NO_EXPIRY), "a counter born after expiry has none");
+        assert_eq!(mvcc::get_live(&e, b"c", Version::MAX, 0).unwrap().value, b"1");
+    }
+
     #[test]
     fn failed_condition_applies_nothing_and_versions_grow() {
         let (_d, e, mut desc, mut st) = setup();
@@ -471,7 +636,7 @@ mod tests {
         let Applied::Write(r) = run(&e, &mut desc, &mut st, &batch) else { panic!() };
         assert!(r.results.iter().all(|r| !r.succeeded));
         assert_eq!(r.results[1].version, Some(v1));
-        assert!(mvcc::get_live(&e, b"c", Version::MAX).is_none(), "nothing partly applied");
+        assert!(mvcc::get_live(&e, b"c", Version::MAX, 0).is_none(), "nothing partly applied");
         let Applied::Write(r) =
             run(&e, &mut desc, &mut st, &write(vec![put(b"b", b"3", Some(condition::Kind::VersionEquals(v1)))], b""))
         else {
@@ -495,7 +660,7 @@ mod tests {
         assert!(r1.results[0].succeeded);
         assert!(!r2.results[0].succeeded, "the second create sees the first one's uncommitted write");
         assert_eq!(again, r1, "a duplicate within the batch gets the recorded answer");
-        assert_eq!(mvcc::get_live(&e, b"b", Version::MAX).unwrap().0, b"1");
+        assert_eq!(mvcc::get_live(&e, b"b", Version::MAX, 0).unwrap().value, b"1");
     }
 
     #[test]
@@ -524,7 +689,7 @@ mod tests {
             mixed.results[1].succeeded && newer(&mixed.results[1].version, &first.results[0].version),
             "d applied now"
         );
-        assert_eq!(mvcc::get_live(&e, b"d", Version::MAX).map(|(v, _)| v), Some(b"9".to_vec()));
+        assert_eq!(mvcc::get_live(&e, b"d", Version::MAX, 0).map(|l| l.value), Some(b"9".to_vec()));
         let Applied::Write(again) = run(&e, &mut desc, &mut st, &other) else { panic!() };
         assert_eq!(again, mixed, "and the mixed retry, sent again, is answered whole from records");
     }
@@ -567,6 +732,7 @@ mod tests {
         let first_ms = now_ms - 25 * 60 * 1000;
         let incr = |at_ms: u64| {
             let m = Mutation {
+                expiry: None,
                 key: b"ctr".to_vec(),
                 condition: None,
                 op: Some(mutation::Op::Increment(cairn_proto::internal::Increment { delta: 1, min: None, max: None })),
@@ -596,7 +762,7 @@ mod tests {
             answers.push(w.results[0].counter);
         }
         assert_eq!(answers, vec![1, 1], "both replicas answer the retry from the record");
-        let values: Vec<_> = replicas.iter().map(|(_, e, ..)| mvcc::get_live(e, b"ctr", Version::MAX)).collect();
+        let values: Vec<_> = replicas.iter().map(|(_, e, ..)| mvcc::get_live(e, b"ctr", Version::MAX, 0)).collect();
         assert_eq!(values[0], values[1], "the replicas' states agree");
     }
 
@@ -626,6 +792,7 @@ mod tests {
     fn retried_request_id_applies_once() {
         let (_d, e, mut desc, mut st) = setup();
         let inc = |d| Mutation {
+            expiry: None,
             key: b"ctr".to_vec(),
             condition: None,
             op: Some(mutation::Op::Increment(Increment { delta: d, min: None, max: Some(10) })),
@@ -634,10 +801,10 @@ mod tests {
         run(&e, &mut desc, &mut st, &cmd);
         let Applied::Write(r) = run(&e, &mut desc, &mut st, &cmd) else { panic!() };
         assert_eq!(r.results[0].counter, 4);
-        assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX).unwrap().0, b"4");
+        assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX, 0).unwrap().value, b"4");
         let Applied::Write(r) = run(&e, &mut desc, &mut st, &write(vec![inc(7)], b"")) else { panic!() };
         assert!(!r.results[0].succeeded, "bound max=10 holds");
-        assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX).unwrap().0, b"4");
+        assert_eq!(mvcc::get_live(&e, b"ctr", Version::MAX, 0).unwrap().value, b"4");
     }
 
     #[test]

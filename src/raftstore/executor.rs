@@ -130,11 +130,17 @@ pub fn read_keys(
     }
     super::apply::check_tables_live(&desc, req.keys.iter().map(Vec::as_slice))?;
     let at = shared.last_version();
+    let now_ms = judging_time_ms(store);
     let mut out = Vec::with_capacity(req.keys.len());
     let mut bytes: u64 = 0;
     for k in &req.keys {
-        let result = match mvcc::get_live(&store.engine, k, at) {
-            Some((value, v)) => ReadResult { found: true, value, version: Some(v.into()) },
+        let result = match mvcc::get_live(&store.engine, k, at, now_ms) {
+            Some(l) => ReadResult {
+                found: true,
+                value: l.value,
+                version: Some(l.version.into()),
+                expires_at_ms: l.expires_at_ms,
+            },
             None => ReadResult::default(),
         };
         bytes = bytes.saturating_add(result.value.len() as u64);
@@ -144,6 +150,16 @@ pub fn read_keys(
         out.push(result);
     }
     Ok(out)
+}
+
+/// The instant a read judges expiring values at: this node's hybrid clock,
+/// which never goes back and is at or above every version the node has applied
+/// or issued. Nodes' clocks agree within the maximum clock offset (a node
+/// beyond it serves nothing), so around its expiry instant a value may read as
+/// live through one node and as expired through another for at most that long;
+/// writes judge by their own version instead, alike on every replica.
+fn judging_time_ms(store: &StoreHandle) -> u64 {
+    store.hlc.now().wall_ns / 1_000_000
 }
 
 /// Streams one range's live keys in `[start, end)` ∩ range bounds, at one version.
@@ -243,7 +259,7 @@ fn scan_page(
     let mut pairs = Vec::new();
     let mut bytes = 0;
     let mut exhausted = true;
-    mvcc::scan_at(&store.engine, &lo, &hi, at, |k, v, version| {
+    mvcc::scan_at(&store.engine, &lo, &hi, at, judging_time_ms(store), |k, v, version| {
         if pairs.len() >= max_keys || bytes >= MAX_PAGE_BYTES {
             exhausted = false;
             return false;

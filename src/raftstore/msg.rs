@@ -62,6 +62,8 @@ pub struct StoreHandle {
     pub tx: SyncSender<StoreMsg>,
     pub registry: ReplicaRegistry,
     pub engine: Arc<Engine>,
+    /// The node's clock: reads judge expiring values at its time.
+    pub hlc: Arc<crate::hlc::Hlc>,
 }
 
 impl StoreHandle {

@@ -211,7 +211,7 @@ impl Store {
             }
         }
         tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
-        let handle = StoreHandle { node_id, tx, registry, engine };
+        let handle = StoreHandle { node_id, tx, registry, engine, hlc: store.hlc.clone() };
         Ok((store, handle))
     }
 
@@ -1684,7 +1684,7 @@ mod tests {
         store.handle(heartbeat_to(5));
         store.process_ready();
         assert_eq!(store.replicas[&4].peer_id(), 5, "replaced by the newer peer");
-        let kept = mvcc::get_live(&engine, b"c", crate::hlc::Version::MAX).map(|(v, _)| v);
+        let kept = mvcc::get_live(&engine, b"c", crate::hlc::Version::MAX, 0).map(|l| l.value);
         assert_eq!(kept.as_deref(), Some(b"104".as_slice()), "range 8's data survives");
     }
 

@@ -216,7 +216,7 @@ fn leaders(nodes: &[SimNode]) -> Vec<(Arc<crate::storage::Engine>, RangeDescript
 fn read_at_leader(leaders: &[(Arc<crate::storage::Engine>, RangeDescriptor)], key: &[u8]) -> Option<Option<Vec<u8>>> {
     let mut holders = leaders.iter().filter(|(_, d)| crate::keys::in_range(key, &d.start, &d.end)).peekable();
     holders.peek()?;
-    Some(holders.find_map(|(engine, _)| mvcc::get_live(engine, key, crate::hlc::Version::MAX).map(|(v, _)| v)))
+    Some(holders.find_map(|(engine, _)| mvcc::get_live(engine, key, crate::hlc::Version::MAX, 0).map(|l| l.value)))
 }
 
 /// The keys of `acknowledged` that are not live on the leader of the range

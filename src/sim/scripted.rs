@@ -157,6 +157,7 @@ impl Scripted {
             proposed_version: None,
             cmd: Some(raft_command::Cmd::Write(WriteBatch {
                 mutations: vec![Mutation {
+                    expiry: None,
                     key: super::workload::encode_key(key),
                     condition: None,
                     op: Some(mutation::Op::Put(value.as_bytes().to_vec())),
@@ -181,8 +182,8 @@ impl Scripted {
 
     fn value_on(&self, node: u64, key: &str) -> Option<Vec<u8>> {
         let engine = &self.handles[(node - 1) as usize].engine;
-        crate::storage::mvcc::get_live(engine, &super::workload::encode_key(key), crate::hlc::Version::MAX)
-            .map(|(v, _)| v)
+        crate::storage::mvcc::get_live(engine, &super::workload::encode_key(key), crate::hlc::Version::MAX, 0)
+            .map(|l| l.value)
     }
 }
 

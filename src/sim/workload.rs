@@ -431,6 +431,7 @@ fn value_bytes(v: u64) -> Vec<u8> {
 
 fn put(key: &[u8], v: u64, condition: Option<condition::Kind>) -> Mutation {
     Mutation {
+        expiry: None,
         key: key.to_vec(),
         condition: condition.map(|kind| Condition { kind: Some(kind) }),
         op: Some(mutation::Op::Put(value_bytes(v))),
@@ -439,6 +440,7 @@ fn put(key: &[u8], v: u64, condition: Option<condition::Kind>) -> Mutation {
 
 fn delete(key: &[u8], condition: Option<condition::Kind>) -> Mutation {
     Mutation {
+        expiry: None,
         key: key.to_vec(),
         condition: condition.map(|kind| Condition { kind: Some(kind) }),
         op: Some(mutation::Op::Delete(true)),
@@ -447,7 +449,7 @@ fn delete(key: &[u8], condition: Option<condition::Kind>) -> Mutation {
 
 fn increment(key: &[u8], delta: i64) -> Mutation {
     let inc = cairn_proto::internal::Increment { delta, min: None, max: None };
-    Mutation { key: key.to_vec(), condition: None, op: Some(mutation::Op::Increment(inc)) }
+    Mutation { expiry: None, key: key.to_vec(), condition: None, op: Some(mutation::Op::Increment(inc)) }
 }
 
 fn register_mutation(key: &[u8], input: &Input) -> Mutation {
@@ -459,6 +461,6 @@ fn register_mutation(key: &[u8], input: &Input) -> Mutation {
         Input::Delete => delete(key, None),
         Input::DeleteIfValue { expected } => delete(key, Some(ValueEquals(value_bytes(expected)))),
         // Reads never become mutations (they go through ReadIndex); a no-op keeps this total.
-        Input::Get => Mutation { key: key.to_vec(), condition: None, op: None },
+        Input::Get => Mutation { expiry: None, key: key.to_vec(), condition: None, op: None },
     }
 }

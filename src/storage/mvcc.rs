@@ -1,5 +1,9 @@
 //! Reads of the MVCC data column family: a key's latest version, a key as of a
 //! version, and ordered scans at a version.
+//!
+//! Reads that decide liveness take `now_ms`, the instant expiring values are
+//! judged at: apply passes its command's version (so every replica decides
+//! alike), a read the serving node's hybrid clock.
 
 use super::{Cf, Engine};
 use crate::hlc::Version;
@@ -10,6 +14,17 @@ use crate::keys::mvcc;
 pub struct Stored {
     pub value: Option<Vec<u8>>,
     pub version: Version,
+    /// `NO_EXPIRY` unless the value expires.
+    pub expires_at_ms: u64,
+}
+
+/// A key's live value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    pub value: Vec<u8>,
+    pub version: Version,
+    /// `NO_EXPIRY` unless the value expires.
+    pub expires_at_ms: u64,
 }
 
 /// The newest version of `key` at or below `at` (`Version::MAX` = latest), tombstones included.
@@ -21,28 +36,36 @@ pub fn read_at(engine: &Engine, key: &[u8], at: Version) -> Option<Stored> {
     engine.scan_versions(&start, &end, |k, v| {
         // Compared escaped, as stored: unescaping would allocate on every point read.
         if let Some((_, version)) = mvcc::split_stored(k).filter(|(part, _)| Some(*part) == want) {
-            found = Some(Stored { value: mvcc::decode_value(v).map(<[u8]>::to_vec), version });
+            found = Some(match mvcc::Record::decode(v) {
+                Some(mvcc::Record::Value { value, expires_at_ms }) => {
+                    Stored { value: Some(value.to_vec()), version, expires_at_ms }
+                }
+                _ => Stored { value: None, version, expires_at_ms: mvcc::NO_EXPIRY },
+            });
         }
         false
     });
     found
 }
 
-/// The live value of `key` (tombstones read as absent).
-pub fn get_live(engine: &Engine, key: &[u8], at: Version) -> Option<(Vec<u8>, Version)> {
+/// The live value of `key` as of `at`, judged at `now_ms` (tombstones and expired values read as absent).
+pub fn get_live(engine: &Engine, key: &[u8], at: Version, now_ms: u64) -> Option<Live> {
     match read_at(engine, key, at) {
-        Some(Stored { value: Some(v), version }) => Some((v, version)),
+        Some(Stored { value: Some(value), version, expires_at_ms }) if !mvcc::expired(expires_at_ms, now_ms) => {
+            Some(Live { value, version, expires_at_ms })
+        }
         _ => None,
     }
 }
 
 /// Visits live keys in `[start, end)` (encoded keys; empty end = +inf) as of `at`,
-/// in key order, until `f` returns false.
+/// judged at `now_ms`, in key order, until `f` returns false.
 pub fn scan_at(
     engine: &Engine,
     start: &[u8],
     end: &[u8],
     at: Version,
+    now_ms: u64,
     mut f: impl FnMut(&[u8], &[u8], Version) -> bool,
 ) {
     let lo = mvcc::bound(start);
@@ -54,7 +77,7 @@ pub fn scan_at(
         if decided.as_deref() == Some(key.as_slice()) || version > at {
             return true;
         }
-        let keep_going = match mvcc::decode_value(v) {
+        let keep_going = match mvcc::decode_value(v, now_ms) {
             Some(value) => f(&key, value, version),
             None => true,
         };
@@ -107,9 +130,18 @@ mod tests {
             let stored = value.map_or_else(mvcc::tombstone, mvcc::encode_value);
             b.put(Cf::Data, &mvcc::encode(key, v(wall)), &stored);
         }
+        b.put(Cf::Data, &mvcc::encode(b"exp", v(30)), &mvcc::encode_expiring_value(b"x", 100));
         engine.commit(b, true);
         let check = |when: &str| {
             let read = |key: &[u8], at: u64| read_at(&engine, key, v(at)).map(|s| (s.value, s.version.wall_ns));
+            assert_eq!(get_live(&engine, b"exp", Version::MAX, 99).map(|l| l.expires_at_ms), Some(100), "{when}");
+            assert_eq!(get_live(&engine, b"exp", Version::MAX, 100), None, "{when}: expired");
+            let mut scanned = Vec::new();
+            scan_at(&engine, b"e", b"f", Version::MAX, 100, |k, _, _| {
+                scanned.push(k.to_vec());
+                true
+            });
+            assert!(scanned.is_empty(), "{when}: a scan skips expired values: {scanned:?}");
             assert_eq!(read(b"a", 15), Some((Some(b"a@10".to_vec()), 10)), "{when}");
             assert_eq!(read(b"a", 30), Some((None, 20)), "{when}: a tombstone is a version");
             assert_eq!(read(b"a", 5), None, "{when}: nothing that old");
@@ -118,7 +150,7 @@ mod tests {
             for missing in [&b"aa"[..], b"a\x00\x00", b"", b"b"] {
                 assert_eq!(read(missing, 30), None, "{when}: {missing:?} has no versions");
             }
-            assert_eq!(get_live(&engine, b"a", Version::MAX), None, "{when}: deleted");
+            assert_eq!(get_live(&engine, b"a", Version::MAX, 0), None, "{when}: deleted");
         };
         check("in memtables");
         engine.compact_all(Cf::Data);

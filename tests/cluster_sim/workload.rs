@@ -195,6 +195,7 @@ async fn unique_writer(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, stop
         n += 1;
         let key = format!("u/{worker}/{n:06}");
         let req = PutRequest {
+            ttl_ms: 0,
             table: TABLE.into(),
             key: key.clone().into_bytes(),
             value: vec![b'x'; 64],

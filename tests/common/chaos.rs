@@ -233,6 +233,7 @@ async fn unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
         n += 1;
         let key = format!("u/{worker}/{n:06}");
         let req = PutRequest {
+            ttl_ms: 0,
             table: TABLE.into(),
             key: key.clone().into_bytes(),
             value: b"x".to_vec(),

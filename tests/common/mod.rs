@@ -411,9 +411,16 @@ pub async fn create_table(c: &mut CairnClient<Channel>, name: &str, splits: &[&s
 }
 
 pub async fn put(c: &mut CairnClient<Channel>, table: &str, k: &str, v: &str) -> Result<PutResponse, tonic::Status> {
-    Ok(c.put(PutRequest { table: table.into(), key: k.into(), value: v.into(), condition: None, request_id: vec![] })
-        .await?
-        .into_inner())
+    Ok(c.put(PutRequest {
+        ttl_ms: 0,
+        table: table.into(),
+        key: k.into(),
+        value: v.into(),
+        condition: None,
+        request_id: vec![],
+    })
+    .await?
+    .into_inner())
 }
 
 pub async fn get(c: &mut CairnClient<Channel>, table: &str, k: &str) -> Result<Option<String>, tonic::Status> {

@@ -48,6 +48,7 @@ pub async fn register_op(
 ) -> Outcome {
     let k = key.as_bytes().to_vec();
     let put = |value: u64, condition| PutRequest {
+        ttl_ms: 0,
         table: table.to_string(),
         key: k.clone(),
         value: value.to_string().into_bytes(),

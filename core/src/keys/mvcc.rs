@@ -5,13 +5,21 @@
 //! continuation, so all versions of one key sit together, keys keep their order,
 //! and the inverted version puts the newest version first.
 //!
-//! A stored value is a tag byte (`0` value, `1` tombstone) then the user value.
+//! A stored value is a tag byte then its body: `0` a value (the body is the
+//! user value), `1` a tombstone (no body), `2` a value with an expiry (the body
+//! is the expiry instant, Unix milliseconds as a big-endian u64, then the user
+//! value). An expiring value is live only while the time it is judged at is
+//! before its expiry; who judges at what time is the reader's choice (see
+//! `judge`), never the record's.
 
 use crate::hlc::Version;
 
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 pub const TAG_VALUE: u8 = 0;
 pub const TAG_TOMBSTONE: u8 = 1;
+pub const TAG_EXPIRING: u8 = 2;
+/// The expiry of a value that never expires.
+pub const NO_EXPIRY: u64 = 0;
 
 fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
     for &b in key {
@@ -92,16 +100,66 @@ pub fn encode_value(value: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A value that expires at `expires_at_ms` (Unix ms); `NO_EXPIRY` stores a plain value.
+pub fn encode_expiring_value(value: &[u8], expires_at_ms: u64) -> Vec<u8> {
+    if expires_at_ms == NO_EXPIRY {
+        return encode_value(value);
+    }
+    let mut v = Vec::with_capacity(value.len() + 9);
+    v.push(TAG_EXPIRING);
+    v.extend_from_slice(&expires_at_ms.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
 pub fn tombstone() -> Vec<u8> {
     vec![TAG_TOMBSTONE]
 }
 
-/// `Some(value)` for a live value, `None` for a tombstone or a corrupt record.
-pub fn decode_value(stored: &[u8]) -> Option<&[u8]> {
-    match stored.split_first() {
-        Some((&TAG_VALUE, rest)) => Some(rest),
-        _ => None,
+/// One stored record's value, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A value, with its expiry (`NO_EXPIRY` for none).
+    Value {
+        value: &'a [u8],
+        expires_at_ms: u64,
+    },
+    Tombstone,
+}
+
+impl<'a> Record<'a> {
+    pub fn decode(stored: &'a [u8]) -> Option<Record<'a>> {
+        match stored.split_first()? {
+            (&TAG_VALUE, rest) => Some(Record::Value { value: rest, expires_at_ms: NO_EXPIRY }),
+            (&TAG_TOMBSTONE, _) => Some(Record::Tombstone),
+            (&TAG_EXPIRING, rest) if rest.len() >= 8 => {
+                let (at, value) = rest.split_at(8);
+                let expires_at_ms = u64::from_be_bytes(at.try_into().ok()?);
+                Some(Record::Value { value, expires_at_ms })
+            }
+            _ => None,
+        }
     }
+
+    /// The value and its expiry if it is live when judged at `now_ms`.
+    pub fn live_at(self, now_ms: u64) -> Option<(&'a [u8], u64)> {
+        match self {
+            Record::Value { value, expires_at_ms } if !expired(expires_at_ms, now_ms) => Some((value, expires_at_ms)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a value with this expiry is gone when judged at `now_ms`: it lives
+/// up to, and not including, its expiry instant (as in Redis).
+pub fn expired(expires_at_ms: u64, now_ms: u64) -> bool {
+    expires_at_ms != NO_EXPIRY && expires_at_ms <= now_ms
+}
+
+/// `Some(value)` for a value live when judged at `now_ms`; `None` for a
+/// tombstone, an expired value or a corrupt record.
+pub fn decode_value(stored: &[u8], now_ms: u64) -> Option<&[u8]> {
+    Record::decode(stored).and_then(|r| r.live_at(now_ms)).map(|(v, _)| v)
 }
 
 #[cfg(test)]
@@ -144,5 +202,20 @@ mod tests {
         assert_eq!(decode(&s), Some((k, v(42))));
         assert_eq!(decode(b"abc"), None);
         assert_eq!(decode(b"a\x00\x02"), None);
+    }
+
+    #[test]
+    fn expiring_values_live_until_their_expiry_and_plain_ones_forever() {
+        let plain = encode_value(b"v");
+        assert_eq!(encode_expiring_value(b"v", NO_EXPIRY), plain, "no expiry stores a plain value");
+        let expiring = encode_expiring_value(b"v\x00x", 1_000);
+        assert_eq!(Record::decode(&expiring), Some(Record::Value { value: b"v\x00x", expires_at_ms: 1_000 }));
+        assert_eq!(decode_value(&expiring, 999), Some(&b"v\x00x"[..]));
+        assert_eq!(decode_value(&expiring, 1_000), None, "gone at its expiry instant");
+        assert_eq!(decode_value(&plain, u64::MAX), Some(&b"v"[..]));
+        assert_eq!(decode_value(&tombstone(), 0), None);
+        assert_eq!(Record::decode(&[TAG_EXPIRING, 1, 2]), None, "a truncated expiry is corrupt, not a value");
+        assert_eq!(Record::decode(&[]), None);
+        assert_eq!(Record::decode(&[9, 1]), None);
     }
 }

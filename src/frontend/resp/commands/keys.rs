@@ -1,4 +1,5 @@
-//! Commands on keys whatever their type: DEL, UNLINK, EXISTS, TYPE.
+//! Commands on keys whatever their type: DEL, UNLINK, EXISTS, TYPE (and the
+//! expiry commands, dispatched to `expiry`).
 
 use super::super::keyspace;
 use super::super::session::Session;
@@ -12,6 +13,9 @@ pub async fn run(srv: &RespServer, session: &mut Session, name: &str, a: &[Bytes
         "del" | "unlink" => delete(srv, a).await,
         "exists" => exists(srv, session, a).await,
         "type" => key_type(srv, session, &a[0]).await,
+        "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "persist" => {
+            return super::expiry::run(srv, name, a).await
+        }
         _ => Err(Reply::Error(format!("ERR unknown command '{name}'"))),
     };
     out.unwrap_or_else(|e| e)
@@ -28,6 +32,7 @@ async fn delete(srv: &RespServer, keys: &[Bytes]) -> Result<Reply, Reply> {
             .iter()
             .map(|k| {
                 Ok(Mutation {
+                    expiry: None,
                     key: keyspace::encode(&srv.gw, t, k)?,
                     condition: None,
                     op: Some(mutation::Op::Delete(true)),

@@ -2,8 +2,10 @@
 //! checked against) and the dispatch of a parsed command to its group's
 //! module. Argument parsing helpers shared by the groups live here too.
 
+mod expiry;
 mod keys;
 pub mod pipeline;
+mod rmw;
 mod server;
 mod strings;
 
@@ -55,6 +57,9 @@ pub static COMMANDS: &[Spec] = &[
     spec("del", -2, &["write"], (1, -1, 1), "generic", "Deletes one or more keys."),
     spec("echo", 2, CONN, NO_KEYS, "connection", "Returns the given string."),
     spec("exists", -2, R, (1, -1, 1), "generic", "Determines whether one or more keys exist."),
+    spec("expire", -3, RW, KEY1, "generic", "Sets the expiration time of a key in seconds."),
+    spec("expireat", -3, RW, KEY1, "generic", "Sets the expiration time of a key to a Unix timestamp."),
+    spec("expiretime", 2, R, KEY1, "generic", "Returns the expiration time of a key as a Unix timestamp."),
     spec("flushall", -1, &["write"], NO_KEYS, "server", "Removes all keys (when enabled in the config)."),
     spec("flushdb", -1, &["write"], NO_KEYS, "server", "Removes all keys (when enabled in the config)."),
     spec("get", 2, R, KEY1, "string", "Returns the string value of a key."),
@@ -70,8 +75,20 @@ pub static COMMANDS: &[Spec] = &[
     spec("mget", -2, R, (1, -1, 1), "string", "Atomically returns the string values of one or more keys."),
     spec("mset", -3, W, (1, -1, 2), "string", "Sets the string values of one or more keys."),
     spec("msetnx", -3, W, (1, -1, 2), "string", "Sets keys only when none of them exists."),
+    spec("persist", 2, RW, KEY1, "generic", "Removes the expiration time of a key."),
+    spec("pexpire", -3, RW, KEY1, "generic", "Sets the expiration time of a key in milliseconds."),
+    spec("pexpireat", -3, RW, KEY1, "generic", "Sets the expiration time of a key to a Unix milliseconds timestamp."),
+    spec(
+        "pexpiretime",
+        2,
+        R,
+        KEY1,
+        "generic",
+        "Returns the expiration time of a key as a Unix milliseconds timestamp.",
+    ),
     spec("ping", -1, CONN, NO_KEYS, "connection", "Returns the server's liveliness response."),
     spec("psetex", 4, W, KEY1, "string", "Sets a key's value and expiration in milliseconds."),
+    spec("pttl", 2, R, KEY1, "generic", "Returns the expiration time in milliseconds of a key."),
     spec("quit", -1, CONN, NO_KEYS, "connection", "Closes the connection."),
     spec("readonly", 1, CONN, NO_KEYS, "cluster", "Allows bounded-stale reads from replicas."),
     spec("readwrite", 1, CONN, NO_KEYS, "cluster", "Ends READONLY."),
@@ -83,6 +100,7 @@ pub static COMMANDS: &[Spec] = &[
     spec("strlen", 2, R, KEY1, "string", "Returns the length of a string value."),
     spec("substr", 4, &["readonly"], KEY1, "string", "Returns a substring of the string stored at a key."),
     spec("time", 1, CONN, NO_KEYS, "server", "Returns the server time."),
+    spec("ttl", 2, R, KEY1, "generic", "Returns the expiration time in seconds of a key."),
     spec("type", 2, R, KEY1, "generic", "Determines the type of value stored at a key."),
     spec("unlink", -2, RW, (1, -1, 1), "generic", "Deletes one or more keys."),
     spec("wait", 3, &[], NO_KEYS, "server", "Waits for replication (every write already is)."),

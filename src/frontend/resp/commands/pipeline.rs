@@ -134,7 +134,7 @@ async fn read_run(srv: &RespServer, session: &mut Session, run: Vec<(Vec<Bytes>,
 /// A write run's command as a mutation (a read has none).
 fn mutation_of(t: &TableInfo, b: &Batchable) -> Option<Mutation> {
     let Batchable::Write(key, op) = b else { return None };
-    Some(Mutation { key: crate::request::encode_key(t, key), condition: None, op: Some(op.clone()) })
+    Some(Mutation { expiry: None, key: crate::request::encode_key(t, key), condition: None, op: Some(op.clone()) })
 }
 
 async fn write_run(srv: &RespServer, session: &mut Session, run: Vec<(Vec<Bytes>, Batchable)>) -> Vec<Reply> {

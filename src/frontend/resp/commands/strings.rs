@@ -1,30 +1,29 @@
-//! String commands. Plain writes (SET with NX/XX/IFEQ, MSET, the counters) are
-//! one conditional mutation each, evaluated atomically where the range applies
-//! it. Commands that compute the new value from the old one (APPEND, SETRANGE,
-//! INCRBYFLOAT, SET ... GET, GETDEL) read the key and write it back on
-//! condition that its version is still the one read, retrying on a race: the
-//! outcome is as if the command ran alone at the moment its write applied.
+//! String commands. Plain writes (SET with NX/XX/IFEQ and an expiry, MSET, the
+//! counters) are one conditional mutation each, evaluated atomically where the
+//! range applies it. Commands that compute the new value from the old one
+//! (APPEND, SETRANGE, INCRBYFLOAT, SET ... GET, GETDEL, GETEX) are
+//! read-modify-writes (`rmw`). Like Redis, SET, GETSET and MSET clear an
+//! expiry unless told to keep it; APPEND, SETRANGE and the counters keep it.
 
 use super::super::keyspace::{self, error_reply};
 use super::super::session::Session;
 use super::super::RespServer;
+use super::expiry::option_expiry;
+use super::rmw::{bulk_or_nil, cond, put, read_modify_write, read_one, when, Change, Result};
 use super::{parse_f64, parse_i64, syntax_error, upper};
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
-use cairn_proto::internal::{mutation, Increment, Mutation};
-use cairn_proto::kv::{condition, Condition, GetResponse};
+use cairn_proto::internal::{expiry, mutation, Expiry, Increment, Mutation};
+use cairn_proto::kv::{condition, Condition};
 use std::collections::HashMap;
-
-/// Attempts of one read-modify-write before it gives up on a key under heavy contention.
-const MAX_RMW_ATTEMPTS: usize = 64;
 
 pub async fn run(srv: &RespServer, session: &mut Session, name: &str, a: &[Bytes]) -> Reply {
     let out = match name {
         "get" => get(srv, session, &a[0]).await,
         "set" => set(srv, a).await,
         "setnx" => setnx(srv, &a[0], &a[1]).await,
-        "setex" | "psetex" => Err(ttl_not_yet(name)),
-        "getset" => set_returning_old(srv, &a[0], &a[1], None).await,
+        "setex" | "psetex" => setex(srv, name, a).await,
+        "getset" => set_returning_old(srv, &a[0], &a[1], None, None).await,
         "getdel" => getdel(srv, &a[0]).await,
         "getex" => getex(srv, session, a).await,
         "mget" => mget(srv, session, a).await,
@@ -51,29 +50,6 @@ pub async fn run(srv: &RespServer, session: &mut Session, name: &str, a: &[Bytes
     out.unwrap_or_else(|e| e)
 }
 
-type Result<T> = std::result::Result<T, Reply>;
-
-/// Key expiry arrives with TTL support in the storage layer; until then a
-/// command that asks for one is refused whole rather than applied without it.
-fn ttl_not_yet(what: &str) -> Reply {
-    Reply::Error(format!(
-        "ERR key expiry ({}) is not supported by this Cairn version yet; nothing was written",
-        what.to_ascii_uppercase()
-    ))
-}
-
-fn bulk_or_nil(r: &GetResponse) -> Reply {
-    if r.found {
-        Reply::Bulk(Bytes::from(r.value.clone()))
-    } else {
-        Reply::Nil
-    }
-}
-
-async fn read_one(srv: &RespServer, key: &[u8], stale: bool) -> Result<GetResponse> {
-    Ok(keyspace::read(&srv.gw, &[key.to_vec()], stale).await?.pop().unwrap_or_default())
-}
-
 fn count_hits(srv: &RespServer, found: bool) {
     use std::sync::atomic::Ordering::Relaxed;
     let counter = if found { &srv.stats.keyspace_hits } else { &srv.stats.keyspace_misses };
@@ -84,71 +60,6 @@ async fn get(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply> {
     let r = read_one(srv, key, session.readonly).await?;
     count_hits(srv, r.found);
     Ok(bulk_or_nil(&r))
-}
-
-fn cond(kind: condition::Kind) -> Option<Condition> {
-    Some(Condition { kind: Some(kind) })
-}
-
-/// Writes one key, returning whether its condition held.
-async fn put(srv: &RespServer, key: &[u8], value: &[u8], condition: Option<Condition>) -> Result<bool> {
-    keyspace::check_value(&srv.gw, value)?;
-    let res = keyspace::write(&srv.gw, |t| {
-        Ok(vec![Mutation {
-            key: keyspace::encode(&srv.gw, t, key)?,
-            condition: condition.clone(),
-            op: Some(mutation::Op::Put(value.to_vec())),
-        }])
-    })
-    .await?;
-    Ok(res.first().is_some_and(|r| r.succeeded))
-}
-
-/// What a read-modify-write does to its key.
-enum Change {
-    Put(Vec<u8>),
-    Delete,
-    Keep,
-}
-
-/// Reads `key`, lets `decide` choose the change and the reply from its value,
-/// and applies the change on condition that the key is unchanged since the read.
-async fn read_modify_write<T>(
-    srv: &RespServer,
-    key: &[u8],
-    mut decide: impl FnMut(Option<&[u8]>) -> Result<(Change, T)>,
-) -> Result<T> {
-    for _ in 0..MAX_RMW_ATTEMPTS {
-        let cur = read_one(srv, key, false).await?;
-        let (change, out) = decide(cur.found.then_some(cur.value.as_slice()))?;
-        let op = match change {
-            Change::Keep => return Ok(out),
-            Change::Delete if !cur.found => return Ok(out),
-            Change::Delete => mutation::Op::Delete(true),
-            Change::Put(v) => {
-                keyspace::check_value(&srv.gw, &v)?;
-                mutation::Op::Put(v)
-            }
-        };
-        let unchanged = match (cur.found, cur.version) {
-            (true, Some(v)) => cond(condition::Kind::VersionEquals(v)),
-            _ => cond(condition::Kind::IfAbsent(true)),
-        };
-        let res = keyspace::write(&srv.gw, |t| {
-            Ok(vec![Mutation {
-                key: keyspace::encode(&srv.gw, t, key)?,
-                condition: unchanged.clone(),
-                op: Some(op.clone()),
-            }])
-        })
-        .await?;
-        if res.first().is_some_and(|r| r.succeeded) {
-            return Ok(out);
-        }
-    }
-    Err(Reply::Error(format!(
-        "TRYAGAIN the key changed under {MAX_RMW_ATTEMPTS} read-modify-write attempts in a row; nothing was written"
-    )))
 }
 
 /// SET's conditions on the key's current value.
@@ -181,7 +92,7 @@ async fn set(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
     let (key, value) = (&a[0], &a[1]);
     let mut condition: Option<SetCondition> = None;
     let mut get_old = false;
-    let mut expiry: Option<String> = None;
+    let mut expiry: Option<Expiry> = None;
     let mut i = 2;
     while i < a.len() {
         let opt = upper(&a[i]);
@@ -194,29 +105,28 @@ async fn set(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
                 i += 1;
             }
             "GET" if !get_old => get_old = true,
-            "KEEPTTL" if expiry.is_none() => expiry = Some(opt),
+            "KEEPTTL" if expiry.is_none() => expiry = when(expiry::When::Keep(true)),
             "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && i + 1 < a.len() => {
-                let n = parse_i64(&a[i + 1])?;
-                if n <= 0 {
-                    return Err(Reply::Error("ERR invalid expire time in 'set' command".into()));
-                }
-                expiry = Some(opt);
+                expiry = Some(option_expiry(&opt, &a[i + 1], "set")?);
                 i += 1;
             }
             _ => return Err(syntax_error()),
         }
         i += 1;
     }
-    match expiry.as_deref() {
-        // No key has an expiry yet, so keeping it is keeping none.
-        None | Some("KEEPTTL") => {}
-        Some(other) => return Err(ttl_not_yet(&format!("SET {other}"))),
-    }
     if get_old {
-        return set_returning_old(srv, key, value, condition).await;
+        return set_returning_old(srv, key, value, condition, expiry).await;
     }
-    let applied = put(srv, key, value, condition.as_ref().and_then(SetCondition::as_condition)).await?;
+    let applied = put(srv, key, value, condition.as_ref().and_then(SetCondition::as_condition), expiry).await?;
     Ok(if applied { Reply::ok() } else { Reply::Nil })
+}
+
+/// SETEX key seconds value, PSETEX key milliseconds value.
+async fn setex(srv: &RespServer, name: &str, a: &[Bytes]) -> Result<Reply> {
+    let option = if name == "setex" { "EX" } else { "PX" };
+    let expiry = option_expiry(option, &a[1], name)?;
+    put(srv, &a[0], &a[2], None, Some(expiry)).await?;
+    Ok(Reply::ok())
 }
 
 /// SET ... GET and GETSET: sets (if `condition` holds) and replies with the old value.
@@ -225,11 +135,13 @@ async fn set_returning_old(
     key: &[u8],
     value: &[u8],
     condition: Option<SetCondition>,
+    expiry: Option<Expiry>,
 ) -> Result<Reply> {
     read_modify_write(srv, key, |cur| {
+        let cur = cur.map(|r| r.value.as_slice());
         let old = cur.map_or(Reply::Nil, |v| Reply::Bulk(Bytes::copy_from_slice(v)));
         if condition.as_ref().is_none_or(|c| c.holds(cur)) {
-            Ok((Change::Put(value.to_vec()), old))
+            Ok((Change::Put(value.to_vec(), expiry), old))
         } else {
             Ok((Change::Keep, old))
         }
@@ -238,32 +150,35 @@ async fn set_returning_old(
 }
 
 async fn setnx(srv: &RespServer, key: &[u8], value: &[u8]) -> Result<Reply> {
-    let applied = put(srv, key, value, SetCondition::Nx.as_condition()).await?;
+    let applied = put(srv, key, value, SetCondition::Nx.as_condition(), None).await?;
     Ok(Reply::Integer(applied as i64))
 }
 
 async fn getdel(srv: &RespServer, key: &[u8]) -> Result<Reply> {
-    read_modify_write(srv, key, |cur| {
-        Ok((Change::Delete, cur.map_or(Reply::Nil, |v| Reply::Bulk(Bytes::copy_from_slice(v)))))
-    })
-    .await
+    read_modify_write(srv, key, |cur| Ok((Change::Delete, cur.map_or(Reply::Nil, bulk_or_nil)))).await
 }
 
+/// GETEX key [EX n | PX n | EXAT t | PXAT t | PERSIST]: GET, changing the expiry.
 async fn getex(srv: &RespServer, session: &Session, a: &[Bytes]) -> Result<Reply> {
-    let mut i = 1;
-    while i < a.len() {
-        match upper(&a[i]).as_str() {
-            // No key has an expiry yet: PERSIST has nothing to remove.
-            "PERSIST" if a.len() == 2 => {}
-            "EX" | "PX" | "EXAT" | "PXAT" if a.len() == 3 => {
-                parse_i64(&a[2])?;
-                return Err(ttl_not_yet("GETEX"));
-            }
+    let change = match a.len() {
+        1 => return get(srv, session, &a[0]).await,
+        2 if upper(&a[1]) == "PERSIST" => Expiry { when: Some(expiry::When::Never(true)) },
+        3 => match upper(&a[1]).as_str() {
+            opt @ ("EX" | "PX" | "EXAT" | "PXAT") => option_expiry(opt, &a[2], "getex")?,
             _ => return Err(syntax_error()),
-        }
-        i += 1;
-    }
-    get(srv, session, &a[0]).await
+        },
+        _ => return Err(syntax_error()),
+    };
+    let persist = matches!(change.when, Some(expiry::When::Never(_)));
+    let reply = read_modify_write(srv, &a[0], |cur| match cur {
+        // PERSIST on a key without an expiry writes nothing.
+        Some(r) if persist && r.expires_at_ms == 0 => Ok((Change::Keep, bulk_or_nil(r))),
+        Some(r) => Ok((Change::Expire(change), bulk_or_nil(r))),
+        None => Ok((Change::Keep, Reply::Nil)),
+    })
+    .await?;
+    count_hits(srv, !matches!(reply, Reply::Nil));
+    Ok(reply)
 }
 
 async fn mget(srv: &RespServer, session: &Session, keys: &[Bytes]) -> Result<Reply> {
@@ -304,6 +219,7 @@ async fn mset(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
             .iter()
             .map(|(k, v)| {
                 Ok(Mutation {
+                    expiry: None,
                     key: keyspace::encode(&srv.gw, t, k)?,
                     condition: None,
                     op: Some(mutation::Op::Put(v.to_vec())),
@@ -325,6 +241,7 @@ async fn msetnx(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
             .iter()
             .map(|(k, v)| {
                 Ok(Mutation {
+                    expiry: None,
                     key: keyspace::encode(&srv.gw, t, k)?,
                     condition: cond(condition::Kind::IfAbsent(true)),
                     op: Some(mutation::Op::Put(v.to_vec())),
@@ -338,10 +255,10 @@ async fn msetnx(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
 
 async fn append(srv: &RespServer, key: &[u8], suffix: &[u8]) -> Result<Reply> {
     read_modify_write(srv, key, |cur| {
-        let mut v = cur.unwrap_or_default().to_vec();
+        let mut v = cur.map(|r| r.value.clone()).unwrap_or_default();
         v.extend_from_slice(suffix);
         let len = v.len() as i64;
-        Ok((Change::Put(v), Reply::Integer(len)))
+        Ok((Change::put_keeping_expiry(v), Reply::Integer(len)))
     })
     .await
 }
@@ -381,7 +298,7 @@ async fn setrange(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
     }
     let offset = offset as usize;
     read_modify_write(srv, &a[0], |cur| {
-        let mut v = cur.unwrap_or_default().to_vec();
+        let mut v = cur.map(|r| r.value.clone()).unwrap_or_default();
         if value.is_empty() {
             // Redis creates nothing and pads nothing for an empty write.
             return Ok((Change::Keep, Reply::Integer(v.len() as i64)));
@@ -391,7 +308,7 @@ async fn setrange(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
         }
         v[offset..offset + value.len()].copy_from_slice(value);
         let len = v.len() as i64;
-        Ok((Change::Put(v), Reply::Integer(len)))
+        Ok((Change::put_keeping_expiry(v), Reply::Integer(len)))
     })
     .await
 }
@@ -399,6 +316,7 @@ async fn setrange(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
 async fn incr_by(srv: &RespServer, key: &[u8], delta: i64) -> Result<Reply> {
     let res = keyspace::write(&srv.gw, |t| {
         Ok(vec![Mutation {
+            expiry: None,
             key: keyspace::encode(&srv.gw, t, key)?,
             condition: None,
             op: Some(mutation::Op::Increment(Increment { delta, min: None, max: None })),
@@ -425,14 +343,14 @@ async fn incrbyfloat(srv: &RespServer, key: &[u8], by: &[u8]) -> Result<Reply> {
     read_modify_write(srv, key, |cur| {
         let current = match cur {
             None => 0.0,
-            Some(v) => parse_f64(v).ok_or_else(not_float)?,
+            Some(r) => parse_f64(&r.value).ok_or_else(not_float)?,
         };
         let next = current + by;
         if !next.is_finite() {
             return Err(Reply::Error("ERR increment would produce NaN or Infinity".into()));
         }
         let text = format_float(next);
-        Ok((Change::Put(text.clone().into_bytes()), Reply::Bulk(Bytes::from(text))))
+        Ok((Change::put_keeping_expiry(text.clone().into_bytes()), Reply::Bulk(Bytes::from(text))))
     })
     .await
 }
