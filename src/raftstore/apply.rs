@@ -712,10 +712,10 @@ mod tests {
     /// The applied versions of one replica's only range, for its engine's dedupe expiry.
     struct OneRange(std::sync::Arc<parking_lot::Mutex<Version>>);
 
-    impl crate::storage::dedupe_gc::AppliedVersions for OneRange {
-        fn spans(&self) -> Vec<crate::storage::dedupe_gc::DedupeSpan> {
+    impl crate::storage::applied::AppliedVersions for OneRange {
+        fn spans(&self) -> Vec<crate::storage::applied::AppliedSpan> {
             let (lo, hi) = layout::dedupe_span(b"a", b"m");
-            vec![crate::storage::dedupe_gc::DedupeSpan { lo, hi, applied: *self.0.lock() }]
+            vec![crate::storage::applied::AppliedSpan { lo, hi, applied: *self.0.lock() }]
         }
     }
 
@@ -746,7 +746,7 @@ mod tests {
         for _ in 0..2 {
             let (dir, engine, desc, st) = setup();
             let applied = std::sync::Arc::new(parking_lot::Mutex::new(Version::ZERO));
-            engine.dedupe_gc().set_source(std::sync::Arc::new(OneRange(applied.clone())));
+            engine.applied_spans().set_source(std::sync::Arc::new(OneRange(applied.clone())));
             replicas.push((dir, engine, desc, st, applied));
         }
         let mut answers = Vec::new();
@@ -770,7 +770,7 @@ mod tests {
     fn dedupe_records_are_compacted_only_once_their_range_applied_past_their_expiry() {
         let (_d, e, mut desc, mut st) = setup();
         let applied = std::sync::Arc::new(parking_lot::Mutex::new(Version::ZERO));
-        e.dedupe_gc().set_source(std::sync::Arc::new(OneRange(applied.clone())));
+        e.applied_spans().set_source(std::sync::Arc::new(OneRange(applied.clone())));
         let at = |ms: u64, rid: &[u8]| {
             let mut c = write(vec![put(b"k", b"v", None)], rid);
             c.proposed_version = Some(Version { wall_ns: ms * 1_000_000, logical: 0, node_id: 1 }.into());

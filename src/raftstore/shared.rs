@@ -3,7 +3,7 @@
 //! The store loop is the only writer.
 
 use crate::hlc::Version;
-use crate::storage::dedupe_gc::{AppliedVersions, DedupeSpan};
+use crate::storage::applied::{AppliedSpan, AppliedVersions};
 use crate::storage::layout;
 use cairn_proto::internal::RangeDescriptor;
 use parking_lot::{Mutex, RwLock};
@@ -36,7 +36,7 @@ pub type ReplicaRegistry = Arc<RwLock<HashMap<u64, Arc<ReplicaShared>>>>;
 pub struct RegistryAppliedVersions(pub ReplicaRegistry);
 
 impl AppliedVersions for RegistryAppliedVersions {
-    fn spans(&self) -> Vec<DedupeSpan> {
+    fn spans(&self) -> Vec<AppliedSpan> {
         let replicas: Vec<Arc<ReplicaShared>> = self.0.read().values().cloned().collect();
         replicas
             .iter()
@@ -45,7 +45,7 @@ impl AppliedVersions for RegistryAppliedVersions {
                 // The version first: a span read after it can only be newer, never wider.
                 let applied = r.last_version();
                 let (lo, hi) = r.with_desc(|d| layout::dedupe_span(&d.start, &d.end));
-                DedupeSpan { lo, hi, applied }
+                AppliedSpan { lo, hi, applied }
             })
             .collect()
     }

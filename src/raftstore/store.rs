@@ -137,7 +137,7 @@ impl Store {
         now: Instant,
     ) -> anyhow::Result<(Store, StoreHandle)> {
         let (tx, rx) = sync_channel(STORE_QUEUE_CAPACITY);
-        engine.dedupe_gc().set_source(Arc::new(super::shared::RegistryAppliedVersions(registry.clone())));
+        engine.applied_spans().set_source(Arc::new(super::shared::RegistryAppliedVersions(registry.clone())));
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         // Before any replica loads: a snapshot half ingested when the node stopped is
         // finished, so its replica's data matches the apply state it persisted.

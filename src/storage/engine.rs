@@ -6,8 +6,9 @@
 //! (fail-stop). Retrying an fsync after an error is unsafe (the kernel may have
 //! dropped the dirty pages), so we never do.
 
+use super::applied::AppliedSpans;
 pub use super::cf::Cf;
-use super::dedupe_gc::{DedupeGc, ExpiryFactory};
+use super::dedupe_gc::ExpiryFactory;
 use super::mvcc_gc::{GcWindow, PrunerFactory, DEFAULT_RETENTION};
 use super::sim_disk::{SimDisk, SimOp};
 use crate::sabotage::{self, Sabotage};
@@ -40,7 +41,7 @@ pub struct Engine {
     /// MVCC garbage collection of the data column family (never runs on the simulator's disk).
     gc: Arc<GcWindow>,
     /// Expiry of dedupe records by their ranges' applied versions (never on the simulator's disk).
-    dedupe_gc: Arc<DedupeGc>,
+    applied_spans: Arc<AppliedSpans>,
     /// Where snapshot files are written and received (`None` on the simulator's
     /// disk, whose snapshots carry their records inline).
     snapshot_dir: Option<std::path::PathBuf>,
@@ -107,7 +108,7 @@ pub fn fail_stop(what: &str, err: &dyn std::fmt::Display) -> ! {
 impl Engine {
     pub fn open(dir: &Path, config: &EngineConfig) -> Result<Engine> {
         let gc = Arc::new(GcWindow::reopened(config.mvcc_retention, crate::hlc::wall_now_ns()));
-        let dedupe_gc = Arc::new(DedupeGc::default());
+        let applied_spans = Arc::new(AppliedSpans::default());
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -133,18 +134,27 @@ impl Engine {
             o.set_memtable_prefix_bloom_ratio(0.05);
             o.set_memtable_whole_key_filtering(*cf != Cf::Data);
             if *cf == Cf::Data {
-                // Old versions are dropped as compactions rewrite them (`mvcc_gc`).
-                o.set_compaction_filter_factory(PrunerFactory { window: gc.clone() });
+                // Old versions are dropped, and expired values' bodies reclaimed, as
+                // compactions rewrite them (`mvcc_gc`).
+                o.set_compaction_filter_factory(PrunerFactory { window: gc.clone(), applied: applied_spans.clone() });
+                // Files no write pushes into a compaction are still rewritten daily, so
+                // that idle data also sheds its old versions and expired values.
+                o.set_periodic_compaction_seconds(24 * 3600);
             }
             if *cf == Cf::Dedupe {
                 // Records expire by their range's applied version (`dedupe_gc`), never by this clock.
-                o.set_compaction_filter_factory(ExpiryFactory { gc: dedupe_gc.clone() });
+                o.set_compaction_filter_factory(ExpiryFactory { gc: applied_spans.clone() });
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB at {}", dir.display()))?;
-        Ok(Engine { backend: Backend::Rocks(Arc::new(db)), gc, dedupe_gc, snapshot_dir: Some(dir.join("snapshots")) })
+        Ok(Engine {
+            backend: Backend::Rocks(Arc::new(db)),
+            gc,
+            applied_spans,
+            snapshot_dir: Some(dir.join("snapshots")),
+        })
     }
 
     /// An engine over the simulator's disk, for the incarnation of the node that
@@ -155,7 +165,7 @@ impl Engine {
         Engine {
             backend: Backend::Sim { disk, generation },
             gc: Arc::new(GcWindow::new(DEFAULT_RETENTION)),
-            dedupe_gc: Arc::new(DedupeGc::default()),
+            applied_spans: Arc::new(AppliedSpans::default()),
             snapshot_dir: None,
         }
     }
@@ -178,9 +188,10 @@ impl Engine {
         }
     }
 
-    /// Dedupe record expiry: the multi-Raft driver installs where applied versions come from.
-    pub fn dedupe_gc(&self) -> &DedupeGc {
-        &self.dedupe_gc
+    /// Where compaction filters learn the local replicas' spans and applied
+    /// versions: the multi-Raft driver installs the source.
+    pub fn applied_spans(&self) -> &AppliedSpans {
+        &self.applied_spans
     }
 
     /// The MVCC garbage collection state: what reads at old versions are checked against.

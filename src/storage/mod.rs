@@ -3,6 +3,7 @@
 //! and node-local metadata. In simulation the same engine runs over an
 //! in-memory disk that can lose unsynced writes (`sim_disk`).
 
+pub mod applied;
 pub mod cf;
 pub mod dedupe_gc;
 pub mod engine;

@@ -3,6 +3,14 @@
 //! a RocksDB compaction filter; which versions go is `keys::mvcc_gc`), and the
 //! check that refuses a read at a version GC may already have thinned out.
 //!
+//! Compactions also reclaim expired values: a value whose expiry is at or
+//! before both the safe point's time and its range's applied version is
+//! rewritten as a tombstone (kept, so that no older version shows through).
+//! Every reader already judged it absent: reads judge expiry at this node's
+//! clock, which is past the safe point; commands judge it at their version,
+//! and every command still to apply on this replica is above its applied
+//! version (a replica that lags its range decides nothing by its own clock).
+//!
 //! Every replica collects its own engine on its own clock; nothing is agreed on
 //! between nodes. That is safe because a read is always served from the engine
 //! of the replica that checks it: the check compares the read's version with the
@@ -10,7 +18,9 @@
 //! which only grows, so neither clock skew between nodes nor a clock stepping
 //! back can let a read see a thinned-out past.
 
+use super::applied::{self, AppliedSpan, AppliedSpans};
 use crate::hlc::Version;
+use crate::keys::mvcc::{self as mvcc_keys, Record};
 use crate::keys::mvcc_gc::{Verdict, VersionPruner};
 use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
@@ -92,6 +102,7 @@ impl GcWindow {
 /// Creates one [`VersionPruner`] per compaction of the data column family.
 pub struct PrunerFactory {
     pub window: Arc<GcWindow>,
+    pub applied: Arc<AppliedSpans>,
 }
 
 impl CompactionFilterFactory for PrunerFactory {
@@ -99,7 +110,12 @@ impl CompactionFilterFactory for PrunerFactory {
 
     fn create(&mut self, _context: CompactionFilterContext) -> PrunerFilter {
         let safe_point = self.window.begin_pass(crate::hlc::wall_now_ns());
-        PrunerFilter { pruner: VersionPruner::new(safe_point) }
+        PrunerFilter {
+            pruner: VersionPruner::new(safe_point),
+            safe_point_ms: safe_point / 1_000_000,
+            spans: self.applied.picture(),
+            expired: 0,
+        }
     }
 
     fn name(&self) -> &CStr {
@@ -107,16 +123,40 @@ impl CompactionFilterFactory for PrunerFactory {
     }
 }
 
-/// The compaction filter of one compaction: adapts [`VersionPruner`] to RocksDB.
+/// The compaction filter of one compaction: adapts [`VersionPruner`] to RocksDB,
+/// and reclaims expired values (`reclaims`).
 pub struct PrunerFilter {
     pruner: VersionPruner,
+    safe_point_ms: u64,
+    /// The local replicas when the compaction started (applied versions only grow).
+    spans: Vec<AppliedSpan>,
+    expired: u64,
 }
 
+/// Whether a kept record at `key` holding `value` may be rewritten as a
+/// tombstone: an expiring value due at or before both `safe_point_ms` and the
+/// applied version of the local range that holds it (none holds it: keep it).
+pub fn reclaims(spans: &[AppliedSpan], safe_point_ms: u64, key: &[u8], value: &[u8]) -> bool {
+    if value.first() != Some(&mvcc_keys::TAG_EXPIRING) {
+        return false;
+    }
+    let Some(Record::Value { expires_at_ms, .. }) = Record::decode(value) else { return false };
+    let Some(span) = applied::covering(spans, key) else { return false };
+    let horizon_ms = safe_point_ms.min(span.applied.wall_ns / 1_000_000);
+    mvcc_keys::expired(expires_at_ms, horizon_ms)
+}
+
+const TOMBSTONE: &[u8] = &[mvcc_keys::TAG_TOMBSTONE];
+
 impl CompactionFilter for PrunerFilter {
-    fn filter(&mut self, _level: u32, key: &[u8], _value: &[u8]) -> Decision {
+    fn filter(&mut self, _level: u32, key: &[u8], value: &[u8]) -> Decision {
         match self.pruner.decide(key) {
-            Verdict::Keep => Decision::Keep,
             Verdict::Drop => Decision::Remove,
+            Verdict::Keep if reclaims(&self.spans, self.safe_point_ms, key, value) => {
+                self.expired += 1;
+                Decision::Change(TOMBSTONE)
+            }
+            Verdict::Keep => Decision::Keep,
         }
     }
 
@@ -129,6 +169,7 @@ impl Drop for PrunerFilter {
     fn drop(&mut self) {
         // Counted once per compaction rather than per record, off the hot loop.
         metrics::counter!("cairn_mvcc_gc_versions_dropped_total").increment(self.pruner.dropped());
+        metrics::counter!("cairn_mvcc_gc_expired_values_reclaimed_total").increment(self.expired);
     }
 }
 
@@ -196,6 +237,68 @@ mod tests {
         assert!(gc.check_readable(v(now - 3 * min), v(now)).is_err());
         assert!(gc.check_readable(read_at_window_start, v(now)).is_ok());
         assert!(gc.check_readable(v(now - 3 * min), v(now - 3 * min)).is_ok());
+    }
+
+    struct OneRange(Version);
+
+    impl crate::storage::applied::AppliedVersions for OneRange {
+        fn spans(&self) -> Vec<AppliedSpan> {
+            let (lo, hi) = crate::storage::mvcc::data_span(b"a", b"m");
+            vec![AppliedSpan { lo, hi, applied: self.0 }]
+        }
+    }
+
+    /// Expired values lose their bodies to compaction once both the safe point
+    /// and their range's applied version are past their expiry, and become
+    /// tombstones, so that no older version shows through. A replica whose range
+    /// has not applied that far (it lags) keeps them: the commands it has still
+    /// to apply were judged against them by the replicas that applied them in time.
+    #[test]
+    fn compactions_reclaim_expired_values_only_past_the_ranges_applied_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { mvcc_retention: Duration::from_secs(60), ..Default::default() };
+        let engine = crate::storage::Engine::open(dir.path(), &config).unwrap();
+        let now = crate::hlc::wall_now_ns();
+        let (min, ms) = (60_000_000_000u64, 1_000_000u64);
+        let applied = Arc::new(parking_lot::Mutex::new(v(now - 9 * min)));
+        struct Shared(Arc<parking_lot::Mutex<Version>>);
+        impl crate::storage::applied::AppliedVersions for Shared {
+            fn spans(&self) -> Vec<AppliedSpan> {
+                OneRange(*self.0.lock()).spans()
+            }
+        }
+        engine.applied_spans().set_source(Arc::new(Shared(applied.clone())));
+        let expired_at = (now - 5 * min) / ms;
+        let mut b = engine.batch();
+        b.put(Cf::Data, &mvcc::encode(b"e", v(now - 10 * min)), &mvcc::encode_value(b"older"));
+        b.put(Cf::Data, &mvcc::encode(b"e", v(now - 8 * min)), &mvcc::encode_expiring_value(&[7; 4096], expired_at));
+        // Expires later than the safe point: kept whatever the applied version.
+        b.put(
+            Cf::Data,
+            &mvcc::encode(b"f", v(now - 8 * min)),
+            &mvcc::encode_expiring_value(b"f", (now - min / 2) / ms),
+        );
+        // Outside every local range: kept.
+        b.put(Cf::Data, &mvcc::encode(b"z", v(now - 8 * min)), &mvcc::encode_expiring_value(b"z", expired_at));
+        engine.commit(b, true);
+        let raw = |key: &[u8]| {
+            let mut out = Vec::new();
+            crate::storage::mvcc::scan_raw(&engine, key, &crate::keys::next_key(key), |_, v| out.push(v.to_vec()));
+            out
+        };
+
+        // The range has applied only up to 9 minutes ago: nothing expired yet as it sees it.
+        engine.compact_all(Cf::Data);
+        assert_eq!(raw(b"e").len(), 1, "the shadowed older version is collected");
+        assert_eq!(raw(b"e")[0].len(), 1 + 8 + 4096, "a lagging range keeps the value");
+
+        *applied.lock() = v(now - min);
+        engine.compact_all(Cf::Data);
+        assert_eq!(raw(b"e"), vec![mvcc::tombstone()], "reclaimed as a tombstone");
+        assert_eq!(crate::storage::mvcc::get_live(&engine, b"e", Version::MAX, 0), None, "nothing shows through");
+        assert_eq!(raw(b"f").len(), 1);
+        assert_ne!(raw(b"f")[0], mvcc::tombstone());
+        assert_ne!(raw(b"z")[0], mvcc::tombstone());
     }
 
     #[test]
