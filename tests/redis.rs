@@ -553,3 +553,153 @@ async fn keys_expire_on_time_through_every_node_and_across_a_leader_change() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(q::<Option<String>>(&mut b, &["GET", "native"]).await.unwrap(), None);
 }
+
+/// MULTI/EXEC as clients use it (the redis crate's atomic pipeline sends
+/// MULTI … EXEC), the errors Redis gives, WATCH aborting on a change made
+/// through another node, and atomicity under concurrency: transactions that
+/// move units between two keys never let a reader see the sum change, and
+/// WATCH-based increments lose no update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_apply_atomically_and_watch_aborts_on_change() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut a = connect(&cl.redis(0)).await;
+    let mut b = connect(&cl.redis(1)).await;
+
+    // An atomic pipeline: replies of the queued commands, in order.
+    let (set, incr, got): (String, i64, Vec<Option<String>>) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("{t}x")
+        .arg("10")
+        .cmd("INCRBY")
+        .arg("{t}x")
+        .arg(5)
+        .cmd("MGET")
+        .arg("{t}x")
+        .arg("{t}y")
+        .query_async(&mut a)
+        .await
+        .expect("atomic pipeline");
+    assert_eq!((set.as_str(), incr, got), ("OK", 15, vec![Some("15".to_string()), None]));
+    // A run-time error answers in place; the rest applies.
+    let wire =
+        raw_exchange(&cl.redis(0), b"MULTI\r\nSET {t}s text\r\nINCR {t}s\r\nSET {t}after 1\r\nEXEC\r\nQUIT\r\n").await;
+    assert_eq!(
+        wire,
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n-ERR value is not an integer or out of range\r\n+OK\r\n+OK\r\n"
+    );
+    assert_eq!(q::<Option<String>>(&mut b, &["GET", "{t}after"]).await.unwrap().as_deref(), Some("1"));
+
+    // The errors clients expect.
+    assert!(err(&mut a, &["EXEC"]).await.contains("EXEC without MULTI"));
+    assert!(err(&mut a, &["DISCARD"]).await.contains("DISCARD without MULTI"));
+    let mut raw = connect(&cl.redis(2)).await;
+    assert_eq!(q::<String>(&mut raw, &["MULTI"]).await.unwrap(), "OK");
+    assert!(err(&mut raw, &["MULTI"]).await.contains("can not be nested"));
+    assert!(err(&mut raw, &["WATCH", "k"]).await.contains("WATCH inside MULTI"));
+    assert_eq!(q::<String>(&mut raw, &["SET", "{t}q", "1"]).await.unwrap(), "QUEUED");
+    assert!(err(&mut raw, &["NOSUCHCOMMAND"]).await.contains("unknown command"));
+    assert!(err(&mut raw, &["EXEC"]).await.starts_with("EXECABORT"));
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "{t}q"]).await.unwrap(), 0, "an aborted transaction wrote nothing");
+    q::<String>(&mut raw, &["MULTI"]).await.unwrap();
+    q::<String>(&mut raw, &["SET", "{t}q", "1"]).await.unwrap();
+    assert_eq!(q::<String>(&mut raw, &["DISCARD"]).await.unwrap(), "OK");
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "{t}q"]).await.unwrap(), 0, "a discarded transaction wrote nothing");
+    q::<String>(&mut raw, &["MULTI"]).await.unwrap();
+    q::<String>(&mut raw, &["SET", "one", "1"]).await.unwrap();
+    q::<String>(&mut raw, &["SET", "two", "2"]).await.unwrap();
+    assert!(err(&mut raw, &["EXEC"]).await.starts_with("CROSSSLOT"));
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "one", "two"]).await.unwrap(), 0);
+    let empty: Vec<Value> = redis::pipe().atomic().query_async(&mut raw).await.unwrap();
+    assert!(empty.is_empty());
+
+    // WATCH: a change through another node aborts EXEC (nil); an unchanged key lets it through.
+    q::<String>(&mut a, &["WATCH", "{t}x"]).await.unwrap();
+    q::<String>(&mut b, &["SET", "{t}x", "changed"]).await.unwrap();
+    q::<String>(&mut a, &["MULTI"]).await.unwrap();
+    q::<String>(&mut a, &["SET", "{t}x", "mine"]).await.unwrap();
+    assert_eq!(q::<Value>(&mut a, &["EXEC"]).await.unwrap(), Value::Nil, "aborted");
+    assert_eq!(q::<String>(&mut b, &["GET", "{t}x"]).await.unwrap(), "changed");
+    q::<String>(&mut a, &["WATCH", "{t}x"]).await.unwrap();
+    q::<String>(&mut a, &["MULTI"]).await.unwrap();
+    q::<String>(&mut a, &["SET", "{t}x", "mine"]).await.unwrap();
+    assert_eq!(q::<Vec<String>>(&mut a, &["EXEC"]).await.unwrap(), vec!["OK"]);
+    assert_eq!(q::<String>(&mut b, &["GET", "{t}x"]).await.unwrap(), "mine");
+    // A watched key that expires in between aborts too, as in Redis.
+    q::<String>(&mut a, &["SET", "{t}lease", "1", "PX", "200"]).await.unwrap();
+    q::<String>(&mut a, &["WATCH", "{t}lease"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    q::<String>(&mut a, &["MULTI"]).await.unwrap();
+    q::<String>(&mut a, &["SET", "{t}lease", "2"]).await.unwrap();
+    assert_eq!(q::<Value>(&mut a, &["EXEC"]).await.unwrap(), Value::Nil);
+
+    // Concurrency: 6 clients on all three nodes move units between {m}a and {m}b
+    // and increment {m}n with WATCH (check-and-set), while readers check the sum.
+    q::<String>(&mut a, &["MSET", "{m}a", "1000", "{m}b", "1000", "{m}n", "0"]).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut movers = Vec::new();
+    for w in 0..6 {
+        let addr = cl.redis(w % 3);
+        movers.push(tokio::spawn(async move {
+            let mut c = connect(&addr).await;
+            let (mut moved, mut cas_ok) = (0, 0);
+            for i in 0..40 {
+                let (from, to) = if (w + i) % 2 == 0 { ("{m}a", "{m}b") } else { ("{m}b", "{m}a") };
+                let r: RedisResult<(i64, i64)> = redis::pipe()
+                    .atomic()
+                    .cmd("DECRBY")
+                    .arg(from)
+                    .arg(3)
+                    .cmd("INCRBY")
+                    .arg(to)
+                    .arg(3)
+                    .query_async(&mut c)
+                    .await;
+                moved += r.is_ok() as i64;
+                q::<String>(&mut c, &["WATCH", "{m}n"]).await.unwrap();
+                let n: i64 = q::<String>(&mut c, &["GET", "{m}n"]).await.unwrap().parse().unwrap();
+                q::<String>(&mut c, &["MULTI"]).await.unwrap();
+                q::<String>(&mut c, &["SET", "{m}n", &(n + 1).to_string()]).await.unwrap();
+                if let Ok(Value::Array(_)) = q::<Value>(&mut c, &["EXEC"]).await {
+                    cas_ok += 1;
+                }
+            }
+            (moved, cas_ok)
+        }));
+    }
+    let reader = {
+        let (addr, stop) = (cl.redis(2), stop.clone());
+        tokio::spawn(async move {
+            let mut c = connect(&addr).await;
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (x, y): (i64, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("GET")
+                    .arg("{m}a")
+                    .cmd("GET")
+                    .arg("{m}b")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                assert_eq!(x + y, 2000, "a transaction was seen half applied: {x} + {y}");
+                let both: Vec<i64> = q(&mut c, &["MGET", "{m}a", "{m}b"]).await.unwrap();
+                assert_eq!(both.iter().sum::<i64>(), 2000, "MGET saw a transaction half applied: {both:?}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut cas_total = 0;
+    for m in movers {
+        let (moved, cas_ok) = m.await.unwrap();
+        assert_eq!(moved, 40, "every transfer applied (retried internally on conflicts)");
+        cas_total += cas_ok;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+    let n: i64 = q::<String>(&mut a, &["GET", "{m}n"]).await.unwrap().parse().unwrap();
+    assert_eq!(n, cas_total, "a WATCHed increment was lost or applied twice");
+    assert!(cas_total > 0);
+}

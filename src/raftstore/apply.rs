@@ -331,6 +331,7 @@ fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Curr
             None => (None, absent),
             Some(l) => live_or_deleted(l.value.clone(), resolve_expiry(Some(e), &cur, now_ms)),
         },
+        Some(mutation::Op::Check(_)) => (None, MutationResult { version: cur.map(|l| l.version.into()), ..ok(0) }),
         Some(mutation::Op::Delete(_)) => {
             if existed {
                 (Some(None), ok(0))
@@ -590,6 +591,37 @@ mod tests {
         );
         let live = mvcc::get_live(&e, b"k", Version::MAX, 0).unwrap();
         assert_eq!((live.value.as_slice(), live.expires_at_ms), (&b"nx"[..], mvcc_keys::NO_EXPIRY));
+    }
+
+    /// A check writes nothing, but its failing condition fails the whole batch:
+    /// what a transaction read must be unchanged for its writes to apply.
+    #[test]
+    fn a_failed_check_fails_the_batch_and_a_passing_one_writes_nothing() {
+        let (_d, e, mut desc, mut st) = setup();
+        run(&e, &mut desc, &mut st, &at(1_000, vec![put(b"h", b"1", None)]));
+        let read_version = mvcc::get_live(&e, b"h", Version::MAX, 0).unwrap().version;
+        let check = |kind| Mutation {
+            key: b"h".to_vec(),
+            condition: Some(Condition { kind: Some(kind) }),
+            op: Some(mutation::Op::Check(true)),
+            expiry: None,
+        };
+        let stale = check(condition::Kind::IfAbsent(true));
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(2_000, vec![stale, put(b"d", b"x", None)]))),
+            vec![(false, true), (false, false)]
+        );
+        assert_eq!(mvcc::get_live(&e, b"d", Version::MAX, 0), None, "nothing applied");
+        let current = check(condition::Kind::VersionEquals(read_version.into()));
+        assert_eq!(
+            results(run(&e, &mut desc, &mut st, &at(3_000, vec![current, put(b"d", b"x", None)]))),
+            vec![(true, true), (true, false)]
+        );
+        assert_eq!(
+            mvcc::get_live(&e, b"h", Version::MAX, 0).unwrap().version,
+            read_version,
+            "a check writes no version"
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ async fn serve_client(
                 break;
             }
             server.stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for run in commands::pipeline::runs(server, batch) {
+            for run in commands::pipeline::runs(server, batch, session.multi.is_some()) {
                 // Encoded after the run: a HELLO's own reply is in the protocol it chose.
                 for reply in commands::pipeline::execute_run(server, session, run).await {
                     encode(&reply, session.protocol, &mut output);

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod connection;
 pub mod keyspace;
 pub mod session;
+pub mod txn;
 
 use crate::gateway::Gateway;
 use serde::{Deserialize, Serialize};

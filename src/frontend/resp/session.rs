@@ -72,11 +72,22 @@ pub struct Session {
     pub readonly: bool,
     /// Set by QUIT: the connection closes once the reply is written.
     pub closing: bool,
+    /// MULTI in progress: the commands queued so far.
+    pub multi: Option<super::txn::Multi>,
+    /// WATCHed keys and their versions when watched (`None`: absent).
+    pub watched: std::collections::BTreeMap<bytes::Bytes, Option<cairn_proto::kv::Version>>,
 }
 
 impl Session {
     pub fn new(info: Arc<Mutex<ClientInfo>>) -> Self {
-        Session { info, protocol: Protocol::Resp2, readonly: false, closing: false }
+        Session {
+            info,
+            protocol: Protocol::Resp2,
+            readonly: false,
+            closing: false,
+            multi: None,
+            watched: Default::default(),
+        }
     }
 
     pub fn id(&self) -> u64 {

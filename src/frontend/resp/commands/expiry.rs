@@ -26,7 +26,7 @@ pub async fn run(srv: &RespServer, name: &str, a: &[Bytes]) -> Reply {
     out.unwrap_or_else(|e| e)
 }
 
-fn invalid_expire_time(command: &str) -> Reply {
+pub fn invalid_expire_time(command: &str) -> Reply {
     Reply::Error(format!("ERR invalid expire time in '{command}' command"))
 }
 
@@ -48,7 +48,7 @@ pub fn option_expiry(option: &str, n: &[u8], command: &str) -> Result<Expiry> {
 
 /// NX/XX/GT/LT of the EXPIRE family: conditions on the key's current expiry.
 #[derive(Clone, Copy, Default)]
-struct Only {
+pub struct Only {
     /// Only if the key has no expiry.
     nx: bool,
     /// Only if it has one.
@@ -60,7 +60,7 @@ struct Only {
 }
 
 impl Only {
-    fn parse(args: &[Bytes]) -> Result<Only> {
+    pub fn parse(args: &[Bytes]) -> Result<Only> {
         let mut o = Only::default();
         for a in args {
             match super::upper(a).as_str() {
@@ -80,12 +80,12 @@ impl Only {
         Ok(o)
     }
 
-    fn any(self) -> bool {
+    pub fn any(self) -> bool {
         self.nx || self.xx || self.gt || self.lt
     }
 
     /// Whether a change to `new_ms` applies to a key whose expiry is `cur_ms` (0: none).
-    fn holds(self, cur_ms: u64, new_ms: u64) -> bool {
+    pub fn holds(self, cur_ms: u64, new_ms: u64) -> bool {
         let has = cur_ms != 0;
         let nx_ok = !self.nx || !has;
         let xx_ok = !self.xx || has;
@@ -95,22 +95,35 @@ impl Only {
     }
 }
 
+/// Where an EXPIRE-family command's argument puts the expiry.
+pub struct ExpireTarget {
+    /// For EXPIRE and PEXPIRE: milliseconds from now (a negative count is 0: due at once).
+    pub relative_ms: Option<u64>,
+    /// The instant, as of `now_ms` for relative ones; before 1970 is "long past", as in Redis.
+    pub at_ms: u64,
+}
+
+pub fn expire_target(name: &str, n: &[u8], now_ms: u64) -> Result<ExpireTarget> {
+    let n = parse_i64(n)?;
+    let seconds = matches!(name, "expire" | "expireat");
+    let ms = if seconds { n.checked_mul(1000).ok_or_else(|| invalid_expire_time(name))? } else { n };
+    let relative = matches!(name, "expire" | "pexpire");
+    let at_ms = if relative { (now_ms as i64).checked_add(ms).ok_or_else(|| invalid_expire_time(name))? } else { ms };
+    Ok(ExpireTarget { relative_ms: relative.then_some(ms.max(0) as u64), at_ms: at_ms.max(1) as u64 })
+}
+
 /// EXPIRE key n [NX|XX|GT|LT] and its siblings: 1 if the expiry was set, 0 if
 /// the key does not exist or a condition did not hold. An instant already past
 /// deletes the key (and counts as set).
 async fn expire(srv: &RespServer, name: &str, a: &[Bytes]) -> Result<Reply> {
-    let n = parse_i64(&a[1])?;
     let only = Only::parse(&a[2..])?;
-    let seconds = matches!(name, "expire" | "expireat");
-    let ms = if seconds { n.checked_mul(1000).ok_or_else(|| invalid_expire_time(name))? } else { n };
-    let relative = matches!(name, "expire" | "pexpire");
-    let now_ms = crate::hlc::wall_now_ms() as i64;
-    // The instant, for comparing; before 1970 is "long past", as Redis treats it.
-    let at_ms = if relative { now_ms.checked_add(ms).ok_or_else(|| invalid_expire_time(name))? } else { ms };
-    let at_ms = at_ms.max(1) as u64;
+    let ExpireTarget { relative_ms, at_ms } = expire_target(name, &a[1], crate::hlc::wall_now_ms())?;
     if !only.any() {
         // No comparison: one write, relative to the write's own version.
-        let when = if relative { expiry::When::AfterMs(ms.max(0) as u64) } else { expiry::When::AtMs(at_ms) };
+        let when = match relative_ms {
+            Some(ms) => expiry::When::AfterMs(ms),
+            None => expiry::When::AtMs(at_ms),
+        };
         let res = super::super::keyspace::write(&srv.gw, |t| {
             Ok(vec![Mutation {
                 key: super::super::keyspace::encode(&srv.gw, t, &a[0])?,
@@ -132,7 +145,7 @@ async fn expire(srv: &RespServer, name: &str, a: &[Bytes]) -> Result<Reply> {
 }
 
 /// What TTL-like commands answer for a key that `r` read.
-fn ttl_reply(name: &str, r: &GetResponse, now_ms: u64) -> Reply {
+pub fn ttl_reply(name: &str, r: &GetResponse, now_ms: u64) -> Reply {
     if !r.found {
         return Reply::Integer(-2);
     }

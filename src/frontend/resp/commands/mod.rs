@@ -2,14 +2,15 @@
 //! checked against) and the dispatch of a parsed command to its group's
 //! module. Argument parsing helpers shared by the groups live here too.
 
-mod expiry;
+pub mod expiry;
 mod keys;
 pub mod pipeline;
 mod rmw;
 mod server;
-mod strings;
+pub mod strings;
 
 use super::session::Session;
+use super::txn;
 use super::RespServer;
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
@@ -55,7 +56,16 @@ pub static COMMANDS: &[Spec] = &[
     spec("decr", 2, W, KEY1, "string", "Decrements the integer value of a key by one."),
     spec("decrby", 3, W, KEY1, "string", "Decrements a number from the integer value of a key."),
     spec("del", -2, &["write"], (1, -1, 1), "generic", "Deletes one or more keys."),
+    spec("discard", 1, CONN, NO_KEYS, "transactions", "Discards a transaction."),
     spec("echo", 2, CONN, NO_KEYS, "connection", "Returns the given string."),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale"],
+        NO_KEYS,
+        "transactions",
+        "Executes all commands in a transaction.",
+    ),
     spec("exists", -2, R, (1, -1, 1), "generic", "Determines whether one or more keys exist."),
     spec("expire", -3, RW, KEY1, "generic", "Sets the expiration time of a key in seconds."),
     spec("expireat", -3, RW, KEY1, "generic", "Sets the expiration time of a key to a Unix timestamp."),
@@ -75,6 +85,7 @@ pub static COMMANDS: &[Spec] = &[
     spec("mget", -2, R, (1, -1, 1), "string", "Atomically returns the string values of one or more keys."),
     spec("mset", -3, W, (1, -1, 2), "string", "Sets the string values of one or more keys."),
     spec("msetnx", -3, W, (1, -1, 2), "string", "Sets keys only when none of them exists."),
+    spec("multi", 1, CONN, NO_KEYS, "transactions", "Starts a transaction."),
     spec("persist", 2, RW, KEY1, "generic", "Removes the expiration time of a key."),
     spec("pexpire", -3, RW, KEY1, "generic", "Sets the expiration time of a key in milliseconds."),
     spec("pexpireat", -3, RW, KEY1, "generic", "Sets the expiration time of a key to a Unix milliseconds timestamp."),
@@ -103,7 +114,9 @@ pub static COMMANDS: &[Spec] = &[
     spec("ttl", 2, R, KEY1, "generic", "Returns the expiration time in seconds of a key."),
     spec("type", 2, R, KEY1, "generic", "Determines the type of value stored at a key."),
     spec("unlink", -2, RW, (1, -1, 1), "generic", "Deletes one or more keys."),
+    spec("unwatch", 1, CONN, NO_KEYS, "transactions", "Forgets about watched keys of a transaction."),
     spec("wait", 3, &[], NO_KEYS, "server", "Waits for replication (every write already is)."),
+    spec("watch", -2, CONN, (1, -1, 1), "transactions", "Monitors keys to abort a transaction if they change."),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {
@@ -119,13 +132,28 @@ pub async fn execute(srv: &RespServer, session: &mut Session, args: Vec<Bytes>) 
         info.last_command_ms = crate::hlc::wall_now_ms();
         info.last_command = name.chars().take(32).collect();
     }
-    let Some(spec) = lookup(&name) else { return unknown_command(&args) };
+    let Some(spec) = lookup(&name) else {
+        // Inside MULTI, a command that cannot be queued fails the whole transaction.
+        txn::flag(session);
+        return unknown_command(&args);
+    };
     let n = args.len() as i32;
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        txn::flag(session);
         return Reply::Error(format!("ERR wrong number of arguments for '{}' command", spec.name));
+    }
+    if let Some(multi) = session.multi.as_mut().filter(|_| !txn::controls_transaction(spec.name)) {
+        return txn::queue(multi, spec.name, args);
     }
     let a = &args[1..];
     match spec.group {
+        "transactions" => match spec.name {
+            "multi" => txn::multi(session),
+            "exec" => txn::exec(srv, session).await,
+            "discard" => txn::discard(session),
+            "watch" => txn::watch(srv, session, a).await,
+            _ => txn::unwatch(session),
+        },
         "string" => strings::run(srv, session, spec.name, a).await,
         "generic" => keys::run(srv, session, spec.name, a).await,
         _ => server::run(srv, session, spec.name, a).await,

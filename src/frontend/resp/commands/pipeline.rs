@@ -65,8 +65,10 @@ pub enum Run {
 const MAX_READ_RUN: usize = 32;
 
 /// Cuts a pipeline into runs, in order. A batch holds only reads or only writes,
-/// so a read never overtakes a write before it.
-pub fn runs(srv: &RespServer, commands: Vec<Vec<Bytes>>) -> Vec<Run> {
+/// so a read never overtakes a write before it. Between MULTI and EXEC (or
+/// DISCARD) every command runs alone, to be queued: `in_multi` says whether the
+/// connection is in a MULTI when the pipeline starts.
+pub fn runs(srv: &RespServer, commands: Vec<Vec<Bytes>>, mut in_multi: bool) -> Vec<Run> {
     let mut out = Vec::new();
     let mut batch: Vec<(Vec<Bytes>, Batchable)> = Vec::new();
     let flush = |batch: &mut Vec<(Vec<Bytes>, Batchable)>, out: &mut Vec<Run>| {
@@ -75,7 +77,14 @@ pub fn runs(srv: &RespServer, commands: Vec<Vec<Bytes>>) -> Vec<Run> {
         }
     };
     for args in commands {
-        match classify(srv, &args) {
+        let is = |name: &[u8]| args.first().is_some_and(|n| n.eq_ignore_ascii_case(name));
+        // MULTI always leaves the connection in a transaction (a nested one is refused,
+        // the outer one goes on); EXEC and DISCARD always end it.
+        let ends_multi = is(b"EXEC") || is(b"DISCARD");
+        let queued = in_multi || is(b"MULTI");
+        in_multi = queued && !ends_multi;
+        let batchable = if queued { None } else { classify(srv, &args) };
+        match batchable {
             Some(b) => {
                 let same_kind = batch.last().is_none_or(|(_, last)| last.is_read() == b.is_read());
                 let full = b.is_read() && batch.len() >= MAX_READ_RUN;

@@ -64,14 +64,14 @@ async fn get(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply> {
 
 /// SET's conditions on the key's current value.
 #[derive(Clone)]
-enum SetCondition {
+pub enum SetCondition {
     Nx,
     Xx,
     IfEq(Bytes),
 }
 
 impl SetCondition {
-    fn holds(&self, cur: Option<&[u8]>) -> bool {
+    pub fn holds(&self, cur: Option<&[u8]>) -> bool {
         match self {
             SetCondition::Nx => cur.is_none(),
             SetCondition::Xx => cur.is_some(),
@@ -88,32 +88,43 @@ impl SetCondition {
     }
 }
 
-async fn set(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
-    let (key, value) = (&a[0], &a[1]);
-    let mut condition: Option<SetCondition> = None;
-    let mut get_old = false;
-    let mut expiry: Option<Expiry> = None;
-    let mut i = 2;
+/// SET's options (everything after the key and the value).
+pub struct SetOptions {
+    pub condition: Option<SetCondition>,
+    pub get_old: bool,
+    /// `None`: the new value has no expiry.
+    pub expiry: Option<Expiry>,
+}
+
+pub fn parse_set_options(a: &[Bytes]) -> Result<SetOptions> {
+    let mut o = SetOptions { condition: None, get_old: false, expiry: None };
+    let mut i = 0;
     while i < a.len() {
         let opt = upper(&a[i]);
         match opt.as_str() {
-            "NX" | "XX" if condition.is_none() => {
-                condition = Some(if opt == "NX" { SetCondition::Nx } else { SetCondition::Xx })
+            "NX" | "XX" if o.condition.is_none() => {
+                o.condition = Some(if opt == "NX" { SetCondition::Nx } else { SetCondition::Xx })
             }
-            "IFEQ" if condition.is_none() && i + 1 < a.len() => {
-                condition = Some(SetCondition::IfEq(a[i + 1].clone()));
+            "IFEQ" if o.condition.is_none() && i + 1 < a.len() => {
+                o.condition = Some(SetCondition::IfEq(a[i + 1].clone()));
                 i += 1;
             }
-            "GET" if !get_old => get_old = true,
-            "KEEPTTL" if expiry.is_none() => expiry = when(expiry::When::Keep(true)),
-            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && i + 1 < a.len() => {
-                expiry = Some(option_expiry(&opt, &a[i + 1], "set")?);
+            "GET" if !o.get_old => o.get_old = true,
+            "KEEPTTL" if o.expiry.is_none() => o.expiry = when(expiry::When::Keep(true)),
+            "EX" | "PX" | "EXAT" | "PXAT" if o.expiry.is_none() && i + 1 < a.len() => {
+                o.expiry = Some(option_expiry(&opt, &a[i + 1], "set")?);
                 i += 1;
             }
             _ => return Err(syntax_error()),
         }
         i += 1;
     }
+    Ok(o)
+}
+
+async fn set(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
+    let (key, value) = (&a[0], &a[1]);
+    let SetOptions { condition, get_old, expiry } = parse_set_options(&a[2..])?;
     if get_old {
         return set_returning_old(srv, key, value, condition, expiry).await;
     }
@@ -269,7 +280,7 @@ async fn strlen(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply
 }
 
 /// The byte span GETRANGE returns for `start..=end` (negative = from the end), as Redis computes it.
-fn range_of(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>> {
+pub fn range_of(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>> {
     let len = len as i64;
     if len == 0 || (start < 0 && end < 0 && start > end) {
         return None;

@@ -1,0 +1,145 @@
+//! A transaction's view of its keys: what was read (each key's value, expiry
+//! and version, all from one read of one range) and what the transaction's
+//! commands have changed since. Pure: commands evaluate against it, and what it
+//! ends up holding becomes one conditional write (`effects`).
+
+use bytes::Bytes;
+use cairn_core::keys::mvcc::{expired, NO_EXPIRY};
+use cairn_proto::kv::Version;
+use std::collections::HashMap;
+
+/// A live value and its expiry instant (Unix ms, `NO_EXPIRY` for none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub expires_at_ms: u64,
+}
+
+impl Entry {
+    pub fn plain(value: Vec<u8>) -> Entry {
+        Entry { value, expires_at_ms: NO_EXPIRY }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The version read, `None` if the key was absent.
+    read_version: Option<Version>,
+    current: Option<Entry>,
+    changed: bool,
+}
+
+/// What a transaction does to one key when it commits.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Effect {
+    pub key: Bytes,
+    /// The key must still be at this version (`None`: still absent) for anything to apply.
+    pub read_version: Option<Version>,
+    /// `None`: only the check. `Some(None)`: delete. `Some(Some(e))`: write `e`.
+    pub change: Option<Option<Entry>>,
+}
+
+/// The keys a transaction declared, as read, with its changes on top.
+#[derive(Debug, Default)]
+pub struct View {
+    slots: HashMap<Bytes, Slot>,
+    /// When the transaction's commands run: expiry is judged, and relative expiries count, from here.
+    pub now_ms: u64,
+}
+
+/// The error a command gets for a key the transaction did not declare.
+pub const UNDECLARED: &str =
+    "ERR the command touches a key the transaction or script did not declare (pass every key in KEYS)";
+
+impl View {
+    pub fn new(now_ms: u64) -> View {
+        View { slots: HashMap::new(), now_ms }
+    }
+
+    /// Records what the read found for `key` (`None`: absent).
+    pub fn load(&mut self, key: Bytes, found: Option<(Entry, Version)>) {
+        let (current, read_version) = match found {
+            Some((e, v)) => (Some(e), Some(v)),
+            None => (None, None),
+        };
+        self.slots.insert(key, Slot { read_version, current, changed: false });
+    }
+
+    pub fn read_version(&self, key: &[u8]) -> Option<Option<Version>> {
+        self.slots.get(key).map(|s| s.read_version)
+    }
+
+    /// The live entry of a declared key; `Err` for an undeclared one.
+    pub fn get(&self, key: &[u8]) -> Result<Option<&Entry>, &'static str> {
+        let slot = self.slots.get(key).ok_or(UNDECLARED)?;
+        Ok(slot.current.as_ref().filter(|e| !expired(e.expires_at_ms, self.now_ms)))
+    }
+
+    /// Replaces a declared key's entry (`None` deletes it); `Err` for an undeclared one.
+    pub fn put(&mut self, key: &[u8], entry: Option<Entry>) -> Result<(), &'static str> {
+        let slot = self.slots.get_mut(key).ok_or(UNDECLARED)?;
+        // An entry already due is a deletion (as Redis does for an expiry in the past).
+        slot.current = entry.filter(|e| !expired(e.expires_at_ms, self.now_ms));
+        slot.changed = true;
+        Ok(())
+    }
+
+    /// Every declared key's effect, in key order: a change, or a check that it is
+    /// unchanged (so that what the commands read still holds when the write applies).
+    pub fn effects(&self) -> Vec<Effect> {
+        let mut out: Vec<Effect> = self
+            .slots
+            .iter()
+            .map(|(key, s)| {
+                let live_before = s.read_version.is_some();
+                let change = match (&s.current, s.changed) {
+                    (_, false) => None,
+                    // Absent before and after: nothing to write, only to check.
+                    (None, true) if !live_before => None,
+                    (c, true) => Some(c.clone()),
+                };
+                Effect { key: key.clone(), read_version: s.read_version, change }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(n: u64) -> Version {
+        Version { wall_ns: n, logical: 0, node_id: 1 }
+    }
+
+    #[test]
+    fn effects_check_every_declared_key_and_write_only_the_changed_ones() {
+        let mut view = View::new(1_000);
+        view.load(Bytes::from_static(b"a"), Some((Entry::plain(b"1".to_vec()), v(5))));
+        view.load(Bytes::from_static(b"b"), None);
+        view.load(Bytes::from_static(b"c"), Some((Entry { value: b"x".to_vec(), expires_at_ms: 900 }, v(6))));
+        view.load(Bytes::from_static(b"d"), None);
+        assert_eq!(view.get(b"c"), Ok(None), "expired by the view's time");
+        assert_eq!(view.get(b"zz"), Err(UNDECLARED));
+        view.put(b"a", Some(Entry::plain(b"2".to_vec()))).unwrap();
+        view.put(b"b", Some(Entry { value: b"y".to_vec(), expires_at_ms: 500 })).unwrap();
+        view.put(b"d", None).unwrap();
+        let effects = view.effects();
+        type Summary<'a> = (&'a [u8], Option<Version>, Option<Option<&'a [u8]>>);
+        let summary: Vec<Summary> = effects
+            .iter()
+            .map(|e| (e.key.as_ref(), e.read_version, e.change.as_ref().map(|c| c.as_ref().map(|e| &e.value[..]))))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (&b"a"[..], Some(v(5)), Some(Some(&b"2"[..]))),
+                (b"b", None, None), // written already due: absent before and after
+                (b"c", Some(v(6)), None),
+                (b"d", None, None),
+            ]
+        );
+    }
+}
