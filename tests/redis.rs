@@ -703,3 +703,129 @@ async fn transactions_apply_atomically_and_watch_aborts_on_change() {
     assert_eq!(n, cas_total, "a WATCHed increment was lost or applied twice");
     assert!(cas_total > 0);
 }
+
+/// Lua scripting through the redis crate's `Script` (EVALSHA, falling back to
+/// EVAL on NOSCRIPT, as real clients do), on every node: KEYS/ARGV, reply
+/// conversions, the script cache, errors and limits, and atomicity: claims
+/// racing from eight clients on three nodes never oversell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lua_scripts_run_atomically_with_redis_semantics() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut a = connect(&cl.redis(0)).await;
+    let mut b = connect(&cl.redis(1)).await;
+
+    let claim = redis::Script::new(
+        r#"
+        local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if left <= 0 then return 0 end
+        redis.call('DECR', KEYS[1])
+        redis.call('INCR', KEYS[2])
+        redis.call('SET', KEYS[3], ARGV[1])
+        return 1
+        "#,
+    );
+    q::<String>(&mut a, &["MSET", "{v}stock", "3", "{v}granted", "0"]).await.unwrap();
+    for (i, c) in [&mut a, &mut b].into_iter().enumerate() {
+        let got: i64 = claim
+            .key("{v}stock")
+            .key("{v}granted")
+            .key(format!("{{v}}claim:{i}"))
+            .arg(format!("user{i}"))
+            .invoke_async(c)
+            .await
+            .unwrap();
+        assert_eq!(got, 1);
+    }
+    assert_eq!(q::<String>(&mut b, &["GET", "{v}claim:0"]).await.unwrap(), "user0");
+    assert_eq!(
+        q::<i64>(&mut b, &["SCRIPT", "EXISTS", claim.get_hash(), "ffffffffffffffffffffffffffffffffffffffff"])
+            .await
+            .ok(),
+        None,
+        "an array, not an integer"
+    );
+    let exists: Vec<i64> =
+        q(&mut b, &["SCRIPT", "EXISTS", claim.get_hash(), "ffffffffffffffffffffffffffffffffffffffff"]).await.unwrap();
+    assert_eq!(exists, vec![1, 0]);
+    let sha: String = q(&mut a, &["SCRIPT", "LOAD", "return {1, 'two', 3.7, true, false, redis.status_reply('FINE')}"])
+        .await
+        .unwrap();
+    let converted: Value = q(&mut a, &["EVALSHA", &sha, "0"]).await.unwrap();
+    assert_eq!(
+        converted,
+        Value::Array(vec![
+            Value::Int(1),
+            Value::BulkString(b"two".to_vec()),
+            Value::Int(3),
+            Value::Int(1),
+            Value::Nil,
+            Value::SimpleString("FINE".into()),
+        ])
+    );
+    assert!(err(&mut b, &["EVALSHA", &sha, "0"]).await.starts_with("NOSCRIPT"), "each node has its own cache");
+    q::<String>(&mut a, &["SCRIPT", "FLUSH"]).await.unwrap();
+    assert!(err(&mut a, &["EVALSHA", &sha, "0"]).await.starts_with("NOSCRIPT"));
+
+    // Errors: a command's error passes through, and nothing the script did is kept.
+    let failing = "redis.call('SET', KEYS[1], 'partial'); return redis.call('INCR', KEYS[2])";
+    q::<String>(&mut a, &["SET", "{e}text", "abc"]).await.unwrap();
+    assert_eq!(
+        err(&mut a, &["EVAL", failing, "2", "{e}a", "{e}text"]).await,
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "{e}a"]).await.unwrap(), 0, "a failed script wrote nothing");
+    assert!(err(&mut a, &["EVAL", "return 1", "2", "one", "two"]).await.starts_with("CROSSSLOT"));
+    assert!(err(&mut a, &["EVAL", "return redis.call('GET', 'undeclared')", "0"]).await.contains("did not declare"));
+    assert!(err(&mut a, &["EVAL", "return 1", "5", "k"]).await.contains("greater than number of args"));
+    assert!(err(&mut a, &["EVAL", "return (", "0"]).await.contains("Error compiling script"));
+    assert!(err(&mut a, &["EVAL_RO", "return redis.call('SET', KEYS[1], 'x')", "1", "{e}ro"])
+        .await
+        .contains("read-only"));
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "{e}ro"]).await.unwrap(), 0);
+    assert_eq!(
+        q::<String>(&mut a, &["EVAL", "return redis.error_reply('MYERR custom failure')", "0"])
+            .await
+            .err()
+            .and_then(|e| e.code().map(str::to_string))
+            .as_deref(),
+        Some("MYERR")
+    );
+    // A runaway script is stopped; the node goes on serving.
+    let patient = redis::Client::open(format!("redis://{}/", cl.redis(0))).expect("redis url");
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut patient = patient.get_multiplexed_async_connection_with_config(&config).await.expect("connect");
+    let stopped = match q::<Value>(&mut patient, &["EVAL", "while true do end", "0"]).await {
+        Ok(v) => panic!("a runaway script answered {v:?}"),
+        Err(e) => format!("{e:?}"),
+    };
+    assert!(stopped.contains("script stopped"), "{stopped}");
+    assert_eq!(q::<String>(&mut a, &["PING"]).await.unwrap(), "PONG");
+
+    // No oversell: 8 clients on 3 nodes claim 20 times each from a stock of 50.
+    q::<String>(&mut a, &["MSET", "{q}stock", "50", "{q}granted", "0"]).await.unwrap();
+    let mut claimers = Vec::new();
+    for w in 0..8 {
+        let addr = cl.redis(w % 3);
+        claimers.push(tokio::spawn(async move {
+            let mut c = connect(&addr).await;
+            let claim = redis::Script::new(
+                "local left = tonumber(redis.call('GET', KEYS[1])) \
+                 if left <= 0 then return 0 end \
+                 redis.call('DECR', KEYS[1]) redis.call('INCR', KEYS[2]) return 1",
+            );
+            let mut won = 0i64;
+            for _ in 0..20 {
+                won += claim.key("{q}stock").key("{q}granted").invoke_async::<i64>(&mut c).await.expect("claim");
+            }
+            won
+        }));
+    }
+    let mut won = 0;
+    for c in claimers {
+        won += c.await.unwrap();
+    }
+    let left: i64 = q::<String>(&mut a, &["GET", "{q}stock"]).await.unwrap().parse().unwrap();
+    let granted: i64 = q::<String>(&mut a, &["GET", "{q}granted"]).await.unwrap().parse().unwrap();
+    assert_eq!((won, left, granted), (50, 0, 50), "claims granted, stock left, claims recorded");
+}

@@ -9,6 +9,7 @@
 pub mod commands;
 pub mod connection;
 pub mod keyspace;
+pub mod script;
 pub mod session;
 pub mod txn;
 
@@ -103,6 +104,8 @@ pub struct RespServer {
     pub clients: session::ClientList,
     pub started: std::time::Instant,
     pub stats: session::Stats,
+    /// Scripts loaded on this node (EVAL, SCRIPT LOAD), by SHA-1.
+    pub scripts: script::cache::ScriptCache,
 }
 
 impl RespServer {
@@ -115,6 +118,7 @@ impl RespServer {
             clients: Default::default(),
             started: crate::clock::now(),
             stats: Default::default(),
+            scripts: Default::default(),
         })
     }
 

@@ -45,6 +45,7 @@ const W: &[&str] = &["write", "denyoom"];
 const R: &[&str] = &["readonly", "fast"];
 const RW: &[&str] = &["write", "fast"];
 const CONN: &[&str] = &["fast", "loading", "stale"];
+const SCRIPT: &[&str] = &["noscript", "stale", "skip_monitor", "movablekeys"];
 
 pub static COMMANDS: &[Spec] = &[
     spec("append", 3, W, KEY1, "string", "Appends a string to the value of a key."),
@@ -58,6 +59,10 @@ pub static COMMANDS: &[Spec] = &[
     spec("del", -2, &["write"], (1, -1, 1), "generic", "Deletes one or more keys."),
     spec("discard", 1, CONN, NO_KEYS, "transactions", "Discards a transaction."),
     spec("echo", 2, CONN, NO_KEYS, "connection", "Returns the given string."),
+    spec("eval", -3, SCRIPT, NO_KEYS, "scripting", "Executes a server-side Lua script."),
+    spec("eval_ro", -3, SCRIPT, NO_KEYS, "scripting", "Executes a read-only server-side Lua script."),
+    spec("evalsha", -3, SCRIPT, NO_KEYS, "scripting", "Executes a server-side Lua script by SHA1 digest."),
+    spec("evalsha_ro", -3, SCRIPT, NO_KEYS, "scripting", "Executes a read-only server-side Lua script by SHA1 digest."),
     spec(
         "exec",
         1,
@@ -103,6 +108,7 @@ pub static COMMANDS: &[Spec] = &[
     spec("quit", -1, CONN, NO_KEYS, "connection", "Closes the connection."),
     spec("readonly", 1, CONN, NO_KEYS, "cluster", "Allows bounded-stale reads from replicas."),
     spec("readwrite", 1, CONN, NO_KEYS, "cluster", "Ends READONLY."),
+    spec("script", -2, &["noscript"], NO_KEYS, "scripting", "Script cache commands (LOAD, EXISTS, FLUSH)."),
     spec("select", 2, CONN, NO_KEYS, "connection", "Changes the selected database (only 0 exists)."),
     spec("set", -3, W, KEY1, "string", "Sets the string value of a key."),
     spec("setex", 4, W, KEY1, "string", "Sets a key's value and expiration in seconds."),
@@ -156,6 +162,7 @@ pub async fn execute(srv: &RespServer, session: &mut Session, args: Vec<Bytes>) 
         },
         "string" => strings::run(srv, session, spec.name, a).await,
         "generic" => keys::run(srv, session, spec.name, a).await,
+        "scripting" => super::script::run(srv, spec.name, a).await,
         _ => server::run(srv, session, spec.name, a).await,
     }
 }
@@ -229,6 +236,6 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase())));
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 }

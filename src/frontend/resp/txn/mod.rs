@@ -149,21 +149,8 @@ async fn run(
             keys.extend(keys_of(spec, args));
         }
     }
-    keys.sort();
-    keys.dedup();
-    keyspace::same_slot(keys.iter().map(|k| k.as_ref()))?;
-    let encoded: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
     for _ in 0..MAX_EXEC_ATTEMPTS {
-        let found = if keys.is_empty() { Vec::new() } else { keyspace::read(&srv.gw, &encoded, false).await? };
-        let mut view = View::new(crate::hlc::wall_now_ms());
-        for (k, r) in keys.iter().zip(found) {
-            let version = r.found.then_some(r.version).flatten();
-            if watched.get(k).is_some_and(|w| *w != version) {
-                return Ok(Reply::NilArray);
-            }
-            let entry = version.map(|v| (Entry { value: r.value, expires_at_ms: r.expires_at_ms }, v));
-            view.load(k.clone(), entry);
-        }
+        let Some(mut view) = read_view(srv, &keys, watched).await? else { return Ok(Reply::NilArray) };
         let replies: Vec<Reply> = commands
             .iter()
             .map(|args| {
@@ -174,22 +161,61 @@ async fn run(
                 eval::eval(&mut view, &srv.gw.limits, &name, &args[1..])
             })
             .collect();
-        let effects = view.effects();
-        if effects.iter().all(|e| e.change.is_none()) {
-            // Nothing to write: the one read at one version was the transaction.
+        if commit(srv, &view).await? {
             return Ok(Reply::Array(replies));
         }
-        let res = keyspace::write(&srv.gw, |t| {
-            effects.iter().map(|e| Ok(mutation_of(e, keyspace::encode(&srv.gw, t, &e.key)?))).collect()
-        })
-        .await?;
-        if res.iter().all(|r| r.succeeded) {
-            return Ok(Reply::Array(replies));
-        }
+        conflict_pause().await;
     }
     Err(Reply::Error(format!(
         "TRYAGAIN the transaction's keys changed under {MAX_EXEC_ATTEMPTS} attempts in a row; nothing was written"
     )))
+}
+
+/// Reads `keys` (which must share a slot) in one read into a fresh view;
+/// `None` if a `watched` key is no longer at its watched version.
+pub async fn read_view(
+    srv: &RespServer,
+    keys: &[Bytes],
+    watched: &BTreeMap<Bytes, Option<Version>>,
+) -> Result<Option<View>, Reply> {
+    let mut keys: Vec<Bytes> = keys.iter().chain(watched.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keyspace::same_slot(keys.iter().map(|k| k.as_ref()))?;
+    let encoded: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+    let found = if keys.is_empty() { Vec::new() } else { keyspace::read(&srv.gw, &encoded, false).await? };
+    let mut view = View::new(crate::hlc::wall_now_ms());
+    for (k, r) in keys.into_iter().zip(found) {
+        let version = r.found.then_some(r.version).flatten();
+        if watched.get(&k).is_some_and(|w| *w != version) {
+            return Ok(None);
+        }
+        let entry = version.map(|v| (Entry { value: r.value, expires_at_ms: r.expires_at_ms }, v));
+        view.load(k, entry);
+    }
+    Ok(Some(view))
+}
+
+/// Writes what `view` changed as one Raft command conditioned on every key it
+/// read; false if a key moved since (nothing applied: read again and retry).
+pub async fn commit(srv: &RespServer, view: &View) -> Result<bool, Reply> {
+    let effects = view.effects();
+    if effects.iter().all(|e| e.change.is_none()) {
+        // Nothing to write: the one read at one version was the transaction.
+        return Ok(true);
+    }
+    let res = keyspace::write(&srv.gw, |t| {
+        effects.iter().map(|e| Ok(mutation_of(e, keyspace::encode(&srv.gw, t, &e.key)?))).collect()
+    })
+    .await?;
+    Ok(res.iter().all(|r| r.succeeded))
+}
+
+/// A short random pause after a conflict, so that contenders for a hot key do
+/// not keep colliding in lockstep.
+pub async fn conflict_pause() {
+    let ms = rand::random_range(0..5u64);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
 
 /// An effect as a mutation, conditioned on the key's version as read.
