@@ -18,7 +18,14 @@ fuzz_target!(|data: &[u8]| {
     if let Some((key, v)) = mvcc::decode(data) {
         assert_eq!(mvcc::encode(&key, v), data, "stored keys have one encoding");
     }
-    let _ = mvcc::decode_value(data);
+    // Any record decodes or is refused; a value it decodes lives until its expiry and no longer.
+    if let Some(mvcc::Record::Value { value, expires_at_ms }) = mvcc::Record::decode(data) {
+        assert_eq!(mvcc::decode_value(data, 0), Some(value), "nothing has expired at the epoch");
+        if expires_at_ms != mvcc::NO_EXPIRY {
+            assert_eq!(mvcc::decode_value(data, expires_at_ms), None);
+            assert_eq!(mvcc::decode_value(data, expires_at_ms - 1), Some(value));
+        }
+    }
     let _ = keys::decode_table(data);
     let _ = keys::display_key(data);
 
@@ -59,5 +66,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(sa1 < sb && sa2 < sb && mvcc::bound(&eb) <= sb && mvcc::bound(&eb) > sa1);
     }
     let value = mvcc::encode_value(b);
-    assert_eq!(mvcc::decode_value(&value), Some(b));
+    assert_eq!(mvcc::decode_value(&value, u64::MAX), Some(b));
+    let expiring = mvcc::encode_expiring_value(b, v1.wall_ns | 1);
+    assert_eq!(mvcc::Record::decode(&expiring), Some(mvcc::Record::Value { value: b, expires_at_ms: v1.wall_ns | 1 }));
 });
