@@ -98,3 +98,65 @@ async fn a_node_whose_clock_jumps_stops_serving_until_its_clock_is_back() {
     }
     assert_eq!(get(&mut c2, "clk", "before").await.expect("read").as_deref(), Some("1"));
 }
+
+async fn redis_conn(addr: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{addr}/")).expect("redis url");
+    client.get_multiplexed_async_connection().await.expect("connect")
+}
+
+async fn redis_get(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(c).await.expect("GET")
+}
+
+/// Expiry is judged by the leader's clock, and a new leader judges no earlier
+/// than its predecessor could have. The key's leader runs 450 ms ahead (within
+/// the maximum offset, so it is trusted and serves): it stamps the key and sees
+/// it expire 450 ms before the other clocks reach the expiry. Leadership then
+/// moves to a node whose clock is right: the key must stay expired there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_expired_on_the_old_leader_stays_expired_on_the_new_one() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let key = "{ttl}lease";
+    let (range_id, leader) = loop {
+        if let Some(found) = redis_key_range(&cl, 0, key.as_bytes()).await {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let old = cl.index_of(leader);
+    let new = (old + 1) % 3;
+    let mut admin = cl.client(new).await;
+    // The meta range's leader stamps every node's heartbeats: kept off the fast clock, so
+    // that only the key's own write carries the fast time to the other nodes.
+    admin
+        .transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id: 1, node_id: cl.node_id(new) })
+        .await
+        .expect("move the meta range's leadership off the fast node");
+    set_clock_offset(&cl, old, 450);
+    // The offset file is polled every 100 ms; then the clock monitor takes it in.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = http_get(&cl.http(old), "/api/node").await.unwrap_or_default();
+    assert!(status.contains("\"clock_untrusted_offset_ms\":null"), "450 ms is within the maximum offset: {status}");
+
+    let mut via_old = redis_conn(&cl.redis(old)).await;
+    let _: () = redis::cmd("SET").arg(key).arg("held").arg("PX").arg(1500).query_async(&mut via_old).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_get(&mut via_old, key).await.is_some() {
+        assert!(Instant::now() < deadline, "the key never expired on its leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expired_at = Instant::now();
+    admin
+        .transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id, node_id: cl.node_id(new) })
+        .await
+        .expect("move the key's range to a node whose clock is right");
+    let mut via_new = redis_conn(&cl.redis(new)).await;
+    let seen = redis_get(&mut via_new, key).await;
+    let after = expired_at.elapsed();
+    assert_eq!(seen, None, "the new leader returned a key that had expired on the old one ({after:?} later)");
+    // Only meaningful while the new leader's clock still reads before the expiry.
+    assert!(after < Duration::from_millis(450), "the leader change took {after:?}: too slow to show anything");
+    assert_eq!(redis_get(&mut via_old, key).await, None, "and through the old leader, now a follower");
+    set_clock_offset(&cl, old, 0);
+}

@@ -328,20 +328,6 @@ async fn redis_key_leader(cl: &Cluster, i: usize, key: &[u8]) -> Option<u64> {
     redis_key_range(cl, i, key).await.map(|(_, leader)| leader)
 }
 
-/// The range holding Redis key `key` and its leader's node id, as node `i` reports them.
-async fn redis_key_range(cl: &Cluster, i: usize, key: &[u8]) -> Option<(u64, u64)> {
-    let s = cl.status(i).await.ok()?;
-    let mut native = cl.client(i).await;
-    let tables = native.list_tables(cairn_proto::kv::ListTablesRequest {}).await.ok()?.into_inner().tables;
-    let id = tables.iter().find(|t| t.name == "redis")?.id;
-    let encoded = cairn::keys::encode_hash_key(id, key);
-    s.ranges
-        .iter()
-        .find(|r| r.start <= encoded && (r.end.is_empty() || encoded < r.end))
-        .map(|r| (r.id, r.leader_node_id))
-        .filter(|(_, l)| *l != 0)
-}
-
 /// RESP clients write through the two other nodes while the leader of their
 /// keys' range is killed (SIGKILL) and later restarted: every acknowledged
 /// INCR is counted in the final value, and every acknowledged SET reads back.

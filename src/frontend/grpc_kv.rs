@@ -200,7 +200,8 @@ impl Cairn for KvService {
         let keys = [r.key];
         let keys = &keys;
         let mut out =
-            ops::with_table(&self.gw, &r.table, |t| async move { ops::read(&self.gw, &t, keys, stale).await }).await?;
+            ops::with_table(&self.gw, &r.table, |t| async move { ops::read(&self.gw, &t, keys, stale, false).await })
+                .await?;
         Ok(Response::new(out.pop().unwrap_or_default()))
     }
 
@@ -209,7 +210,8 @@ impl Cairn for KvService {
         let stale = r.consistency == ReadConsistency::Stale as i32;
         let keys = &r.keys;
         let results =
-            ops::with_table(&self.gw, &r.table, |t| async move { ops::read(&self.gw, &t, keys, stale).await }).await?;
+            ops::with_table(&self.gw, &r.table, |t| async move { ops::read(&self.gw, &t, keys, stale, false).await })
+                .await?;
         Ok(Response::new(BatchGetResponse { results }))
     }
 

@@ -339,6 +339,9 @@ impl Gateway {
         if sabotage::active(Sabotage::StaleLocalRead) && matches!(req.req, Some(Req::Read(_))) {
             return r.initialized() && !r.destroyed();
         }
+        if matches!(&req.req, Some(Req::Read(r)) if r.judge_expiry_at_leader && !r.stale) {
+            return r.initialized() && !r.destroyed() && r.is_leader();
+        }
         r.initialized() && !r.destroyed() && r.in_touch_with_leader(self.raft.tick_ms * self.raft.election_ticks as u64)
     }
 

@@ -135,7 +135,17 @@ where
 /// refused as soon as its own values pass the bound, at most
 /// `READ_GROUPS_IN_FLIGHT` ranges are read at once, and the request fails as
 /// soon as the total passes it, so memory stays bounded whatever the request asks.
-pub async fn read(gw: &Gateway, t: &TableInfo, user_keys: &[Vec<u8>], stale: bool) -> Result<Vec<GetResponse>, Status> {
+///
+/// `judge_expiry_at_leader`: linearizable reads go to each range's leader, which
+/// judges expiring values at its clock (see `ReadRequest`); otherwise a local
+/// replica may serve them, judging at this node's clock.
+pub async fn read(
+    gw: &Gateway,
+    t: &TableInfo,
+    user_keys: &[Vec<u8>],
+    stale: bool,
+    judge_expiry_at_leader: bool,
+) -> Result<Vec<GetResponse>, Status> {
     use futures::StreamExt as _;
     const MAX_REGROUPS: usize = 8;
     const READ_GROUPS_IN_FLIGHT: usize = 4;
@@ -179,6 +189,7 @@ pub async fn read(gw: &Gateway, t: &TableInfo, user_keys: &[Vec<u8>], stale: boo
                             keys: group.clone(),
                             stale,
                             max_reply_bytes: limit,
+                            judge_expiry_at_leader,
                         })),
                     })
                 })

@@ -122,6 +122,7 @@ async fn reads_carry_no_write_outcome() {
             keys: vec![b"k".to_vec()],
             stale: false,
             max_reply_bytes: 0,
+            judge_expiry_at_leader: false,
         })),
         ..write_request()
     };

@@ -130,7 +130,14 @@ pub fn read_keys(
     }
     super::apply::check_tables_live(&desc, req.keys.iter().map(Vec::as_slice))?;
     let at = shared.last_version();
-    let now_ms = judging_time_ms(store);
+    let now_ms = if req.judge_expiry_at_leader && !req.stale {
+        if !shared.is_leader() {
+            return Err(errors::not_leader(range_id, shared.leader_id()));
+        }
+        judging_time_ms(store).max(shared.expiry_floor_ms())
+    } else {
+        judging_time_ms(store)
+    };
     let mut out = Vec::with_capacity(req.keys.len());
     let mut bytes: u64 = 0;
     for k in &req.keys {

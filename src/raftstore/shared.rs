@@ -27,6 +27,11 @@ pub struct ReplicaShared {
     pub written_bytes: AtomicU64,
     /// Wall-clock ms of the last message from the leader (bounded-staleness reads).
     pub leader_contact_ms: AtomicU64,
+    /// While this replica leads: the earliest instant (Unix ms) its reads judge
+    /// expiring values at. Set when it takes over to its clock plus twice the
+    /// maximum clock offset, which is past every instant the previous leader
+    /// can have judged at, so a key that expired there stays expired here.
+    expiry_floor_ms: AtomicU64,
 }
 
 pub type ReplicaRegistry = Arc<RwLock<HashMap<u64, Arc<ReplicaShared>>>>;
@@ -65,6 +70,7 @@ impl ReplicaShared {
             data_lock: RwLock::new(()),
             written_bytes: AtomicU64::new(0),
             leader_contact_ms: AtomicU64::new(0),
+            expiry_floor_ms: AtomicU64::new(0),
         }
     }
 
@@ -96,9 +102,19 @@ impl ReplicaShared {
         self.is_leader.load(Ordering::Acquire)
     }
 
-    pub fn set_leader(&self, leader: u64, me: u64) {
+    /// Records the leader; `floor_ms` is the expiry floor to take if this node just became it.
+    pub fn set_leader(&self, leader: u64, me: u64, floor_ms: impl FnOnce() -> u64) {
+        let leads = leader == me && leader != 0;
+        if leads && !self.is_leader() {
+            // Before the flag: a reader that sees the flag sees the floor.
+            self.expiry_floor_ms.store(floor_ms(), Ordering::Release);
+        }
         self.leader_id.store(leader, Ordering::Release);
-        self.is_leader.store(leader == me && leader != 0, Ordering::Release);
+        self.is_leader.store(leads, Ordering::Release);
+    }
+
+    pub fn expiry_floor_ms(&self) -> u64 {
+        self.expiry_floor_ms.load(Ordering::Acquire)
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -990,7 +990,10 @@ impl Store {
                 }
             }
             if let Some(ss) = rd.ss() {
-                r.shared.set_leader(r.leader_node(), self.node_id);
+                let hlc = &self.hlc;
+                r.shared.set_leader(r.leader_node(), self.node_id, || {
+                    (hlc.physical_now() + 2 * hlc.max_offset_ns()) / 1_000_000
+                });
                 if ss.leader_id != r.last_leader {
                     r.last_leader = ss.leader_id;
                     r.fail_forwarded();

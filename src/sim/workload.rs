@@ -270,7 +270,12 @@ impl Workload {
                 Ok(Ok(())) => match nodes.get(*node).and_then(|n| n.running.as_ref()) {
                     Some(running) => {
                         let key = encode_key(&op.key);
-                        let req = ReadRequest { keys: vec![key], stale: false, max_reply_bytes: 0 };
+                        let req = ReadRequest {
+                            keys: vec![key],
+                            stale: false,
+                            max_reply_bytes: 0,
+                            judge_expiry_at_leader: false,
+                        };
                         match executor::read_keys(&running.handle, *range_id, *epoch, &req) {
                             Ok(reads) => {
                                 let r = reads.into_iter().next().unwrap_or_default();

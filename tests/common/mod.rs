@@ -472,3 +472,17 @@ pub async fn leader_of(cl: &Cluster, i: usize, table_start_display_prefix: &str)
         .find(|r| r.table == table_start_display_prefix && r.leader_node_id != 0)
         .map(|r| (r.id, r.leader_node_id))
 }
+
+/// The range holding Redis key `key` and its leader's node id, as node `i` reports them.
+pub async fn redis_key_range(cl: &Cluster, i: usize, key: &[u8]) -> Option<(u64, u64)> {
+    let s = cl.status(i).await.ok()?;
+    let mut native = cl.client(i).await;
+    let tables = native.list_tables(cairn_proto::kv::ListTablesRequest {}).await.ok()?.into_inner().tables;
+    let id = tables.iter().find(|t| t.name == "redis")?.id;
+    let encoded = cairn::keys::encode_hash_key(id, key);
+    s.ranges
+        .iter()
+        .find(|r| r.start <= encoded && (r.end.is_empty() || encoded < r.end))
+        .map(|r| (r.id, r.leader_node_id))
+        .filter(|(_, l)| *l != 0)
+}

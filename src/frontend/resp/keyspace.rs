@@ -107,9 +107,12 @@ pub fn same_slot<'a>(mut keys: impl Iterator<Item = &'a [u8]>) -> Result<u16, Re
 }
 
 /// Reads keys of the keyspace (linearizable, or bounded-stale on a READONLY connection).
+/// Linearizable reads are served by each range's leader, which judges expiry at
+/// its own clock: a key that expired there is expired for every later reader,
+/// after a failover too.
 pub async fn read(gw: &Gateway, keys: &[Vec<u8>], stale: bool) -> Result<Vec<GetResponse>, Reply> {
     let t = table(gw).await?;
-    ops::read(gw, &t, keys, stale).await.map_err(|s| error_reply(&s))
+    ops::read(gw, &t, keys, stale, true).await.map_err(|s| error_reply(&s))
 }
 
 /// Applies mutations built against the table (atomic per range, deduplicated by a fresh request id).
