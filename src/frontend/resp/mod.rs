@@ -106,6 +106,8 @@ pub struct RespServer {
     pub stats: session::Stats,
     /// Scripts loaded on this node (EVAL, SCRIPT LOAD), by SHA-1.
     pub scripts: script::cache::ScriptCache,
+    /// Takes this node's transactions and scripts on one slot in turn.
+    pub slot_locks: txn::SlotLocks,
 }
 
 impl RespServer {
@@ -119,6 +121,7 @@ impl RespServer {
             started: crate::clock::now(),
             stats: Default::default(),
             scripts: Default::default(),
+            slot_locks: Default::default(),
         })
     }
 

@@ -80,6 +80,8 @@ async fn eval(srv: &RespServer, body: Arc<[u8]>, a: &[Bytes], read_only: bool) -
     let keys: Arc<[Bytes]> = a[1..=numkeys as usize].into();
     let argv: Arc<[Bytes]> = a[1 + numkeys as usize..].into();
     let none_watched = BTreeMap::new();
+    super::keyspace::same_slot(keys.iter().map(|k| k.as_ref()))?;
+    let _turn = srv.slot_locks.lock(&keys).await;
     for _ in 0..MAX_SCRIPT_ATTEMPTS {
         let Some(view) = txn::read_view(srv, &keys, &none_watched).await? else {
             return Err(Reply::Error("ERR a script has no watched keys".into()));

@@ -149,6 +149,9 @@ async fn run(
             keys.extend(keys_of(spec, args));
         }
     }
+    keys.extend(watched.keys().cloned());
+    keyspace::same_slot(keys.iter().map(|k| k.as_ref()))?;
+    let _turn = srv.slot_locks.lock(&keys).await;
     for _ in 0..MAX_EXEC_ATTEMPTS {
         let Some(mut view) = read_view(srv, &keys, watched).await? else { return Ok(Reply::NilArray) };
         let replies: Vec<Reply> = commands
@@ -169,6 +172,25 @@ async fn run(
     Err(Reply::Error(format!(
         "TRYAGAIN the transaction's keys changed under {MAX_EXEC_ATTEMPTS} attempts in a row; nothing was written"
     )))
+}
+
+/// Serializes this node's transactions and scripts slot by slot (hashed onto a
+/// fixed set of locks): contenders for one hot key on one node then take turns
+/// instead of colliding, and only contenders on different nodes can conflict.
+#[derive(Default)]
+pub struct SlotLocks {
+    locks: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>>,
+}
+
+const SLOT_LOCKS: usize = 256;
+
+impl SlotLocks {
+    /// Holds the lock of the slot `keys` share (they were checked to share one).
+    pub async fn lock(&self, keys: &[Bytes]) -> tokio::sync::MutexGuard<'_, ()> {
+        let locks = self.locks.get_or_init(|| (0..SLOT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect());
+        let slot = keys.first().map_or(0, |k| cairn_core::keys::slot::key_slot(k) as usize);
+        locks[slot % SLOT_LOCKS].lock().await
+    }
 }
 
 /// Reads `keys` (which must share a slot) in one read into a fresh view;

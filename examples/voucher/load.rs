@@ -1,0 +1,185 @@
+//! The voucher workload: many clients claim vouchers through the Redis
+//! protocol with `claim.lua`, retrying each claim with its claim id until it
+//! gets an answer, and a check of what is stored afterwards. Shared by the
+//! `voucher` example (against any cluster) and the test that kills the
+//! voucher's leader while it runs.
+
+use redis::aio::MultiplexedConnection;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CLAIM_SCRIPT: &str = include_str!("claim.lua");
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Redis endpoints (host:port) of the cluster's nodes; clients spread over them.
+    pub nodes: Vec<String>,
+    pub voucher: String,
+    pub limit: i64,
+    pub per_user: i64,
+    pub users: u64,
+    pub clients: usize,
+    pub duration: Duration,
+}
+
+impl Config {
+    fn key(&self, what: &str) -> String {
+        format!("{{voucher:{}}}{what}", self.voucher)
+    }
+}
+
+/// What the clients were told, claim by claim.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// claim id → (user, answer)
+    pub answers: BTreeMap<String, (u64, String)>,
+    /// Attempts that failed (connection lost, no leader, TRYAGAIN) and were retried.
+    pub retries: u64,
+}
+
+async fn connect(addr: &str) -> redis::RedisResult<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// Sets the voucher's quota (and zero counters): a fresh voucher.
+pub async fn create(cfg: &Config) -> redis::RedisResult<()> {
+    let mut c = connect(&cfg.nodes[0]).await?;
+    redis::cmd("MSET")
+        .arg(cfg.key("remaining"))
+        .arg(cfg.limit)
+        .arg(cfg.key("granted"))
+        .arg(0)
+        .query_async::<()>(&mut c)
+        .await
+}
+
+/// Runs `cfg.clients` clients for `cfg.duration`. Each claim is retried with
+/// its own claim id until answered, so every claim a client started ends with
+/// the one answer the cluster recorded for it.
+pub async fn run(cfg: &Config) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let retries = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..cfg.clients {
+        let (cfg, stop, retries) = (cfg.clone(), stop.clone(), retries.clone());
+        tasks.push(tokio::spawn(async move {
+            let script = redis::Script::new(CLAIM_SCRIPT);
+            let mut node = client % cfg.nodes.len();
+            let mut conn: Option<MultiplexedConnection> = None;
+            let mut answers = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let claim_id = format!("c{client}-{n}");
+                let user = (client as u64 * 7919 + n * 104_729) % cfg.users;
+                let answer = loop {
+                    if conn.is_none() {
+                        conn = connect(&cfg.nodes[node]).await.ok();
+                    }
+                    let attempt = match conn.as_mut() {
+                        Some(c) => script
+                            .key(cfg.key("remaining"))
+                            .key(cfg.key(&format!("user:{user}")))
+                            .key(cfg.key(&format!("claim:{claim_id}")))
+                            .key(cfg.key("granted"))
+                            .arg(cfg.per_user)
+                            .arg(user)
+                            .invoke_async::<String>(c)
+                            .await
+                            .ok(),
+                        None => None,
+                    };
+                    if let Some(a) = attempt {
+                        break a;
+                    }
+                    // Unknown outcome: retry the same claim id, through another node.
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    conn = None;
+                    node = (node + 1) % cfg.nodes.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                answers.push((claim_id, user, answer));
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(cfg.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut out = Outcome::default();
+    for t in tasks {
+        if let Ok(answers) = t.await {
+            for (claim, user, answer) in answers {
+                out.answers.insert(claim, (user, answer));
+            }
+        }
+    }
+    out.retries = retries.load(Ordering::Relaxed);
+    out
+}
+
+/// What is stored, checked against what the clients were told.
+#[derive(Debug)]
+pub struct Audit {
+    pub granted_answers: i64,
+    pub remaining: i64,
+    pub granted_counter: i64,
+    pub most_held_by_one_user: i64,
+    pub problems: Vec<String>,
+}
+
+/// Reads back the voucher's counters, every user's count and every claim's
+/// record, and lists every way they disagree with the rules or the answers.
+pub async fn audit(cfg: &Config, outcome: &Outcome) -> redis::RedisResult<Audit> {
+    let mut c = connect(&cfg.nodes[0]).await?;
+    let int = |v: Option<String>| v.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let remaining = int(redis::cmd("GET").arg(cfg.key("remaining")).query_async(&mut c).await?);
+    let granted_counter = int(redis::cmd("GET").arg(cfg.key("granted")).query_async(&mut c).await?);
+    let mut problems = Vec::new();
+    let mut granted_answers = 0i64;
+    let mut per_user_granted: BTreeMap<u64, i64> = BTreeMap::new();
+    let claims: Vec<(&String, &(u64, String))> = outcome.answers.iter().collect();
+    for chunk in claims.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|(id, _)| cfg.key(&format!("claim:{id}"))).collect();
+        let stored: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        for ((id, (user, answer)), record) in chunk.iter().zip(stored) {
+            let granted = answer.starts_with("GRANTED");
+            if granted {
+                granted_answers += 1;
+                *per_user_granted.entry(*user).or_default() += 1;
+            }
+            if granted != record.is_some() || (granted && record.as_deref() != Some(answer.as_str())) {
+                problems.push(format!("claim {id}: the client was told {answer:?}, the store holds {record:?}"));
+            }
+        }
+    }
+    let mut most_held_by_one_user = 0;
+    let users: Vec<u64> = (0..cfg.users).collect();
+    for chunk in users.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|u| cfg.key(&format!("user:{u}"))).collect();
+        let held: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        for (user, h) in chunk.iter().zip(held) {
+            let h = int(h);
+            most_held_by_one_user = most_held_by_one_user.max(h);
+            if h > cfg.per_user {
+                problems.push(format!("user {user} holds {h} claims; the limit is {}", cfg.per_user));
+            }
+            let told = per_user_granted.get(user).copied().unwrap_or(0);
+            if h != told {
+                problems.push(format!("user {user}: {told} claims granted to clients, {h} counted"));
+            }
+        }
+    }
+    if granted_answers + remaining != cfg.limit {
+        problems.push(format!("{granted_answers} granted + {remaining} remaining != the limit {}", cfg.limit));
+    }
+    if granted_counter != granted_answers {
+        problems.push(format!("the granted counter is {granted_counter}, clients were granted {granted_answers}"));
+    }
+    Ok(Audit { granted_answers, remaining, granted_counter, most_held_by_one_user, problems })
+}
