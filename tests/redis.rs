@@ -815,3 +815,81 @@ async fn lua_scripts_run_atomically_with_redis_semantics() {
     let granted: i64 = q::<String>(&mut a, &["GET", "{q}granted"]).await.unwrap().parse().unwrap();
     assert_eq!((won, left, granted), (50, 0, 50), "claims granted, stock left, claims recorded");
 }
+
+/// Cluster mode: CLUSTER SLOTS/SHARDS/NODES/INFO describe the slots' leaders, a
+/// node that does not lead a key's slot answers MOVED to the one that does, and
+/// the `redis` crate's cluster client keeps working through a split of the
+/// keyspace and a leader change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_client_follows_slots_through_a_split_and_a_leader_change() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &["--redis-cluster-mode"]).await;
+    let mut plain = connect(&cl.redis(0)).await;
+    let slots: Vec<Value> = q(&mut plain, &["CLUSTER", "SLOTS"]).await.unwrap();
+    let mut covered = 0i64;
+    for entry in &slots {
+        let Value::Array(e) = entry else { panic!("slot entry {entry:?}") };
+        let (Value::Int(first), Value::Int(last)) = (&e[0], &e[1]) else { panic!("slot span {e:?}") };
+        covered += last - first + 1;
+        assert!(e.len() >= 3, "a master for {first}-{last}: {e:?}");
+    }
+    assert_eq!(covered, 16384, "CLUSTER SLOTS covers every slot: {slots:?}");
+    let info: String = q(&mut plain, &["CLUSTER", "INFO"]).await.unwrap();
+    assert!(info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"), "{info}");
+    let nodes: String = q(&mut plain, &["CLUSTER", "NODES"]).await.unwrap();
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    assert!(nodes.contains("myself,master"), "{nodes}");
+    let shards: Value = q(&mut plain, &["CLUSTER", "SHARDS"]).await.unwrap();
+    assert!(matches!(&shards, Value::Array(s) if !s.is_empty()), "{shards:?}");
+    assert_eq!(q::<String>(&mut plain, &["CONFIG", "GET", "cluster-enabled"]).await.ok(), None, "a map, not a string");
+
+    // MOVED from a node that does not lead the key's range, to the one that does.
+    let (_, leader) = redis_key_range(&cl, 0, b"probe").await.expect("the key's range");
+    let other = (cl.index_of(leader) + 1) % 3;
+    let mut elsewhere = connect(&cl.redis(other)).await;
+    let moved = err(&mut elsewhere, &["GET", "probe"]).await;
+    let slot: i64 = q(&mut plain, &["CLUSTER", "KEYSLOT", "probe"]).await.unwrap();
+    assert_eq!(moved, format!("MOVED {slot} {}", cl.redis(cl.index_of(leader))));
+    assert!(err(&mut elsewhere, &["MGET", "a", "b"]).await.starts_with("CROSSSLOT"));
+
+    // A cluster-aware client.
+    let urls: Vec<String> = (0..3).map(|i| format!("redis://{}/", cl.redis(i))).collect();
+    let client = redis::cluster::ClusterClient::new(urls).expect("cluster client");
+    let mut c = client.get_async_connection().await.expect("cluster connection");
+    let write_and_check = |c: &mut redis::cluster_async::ClusterConnection, from: usize, to: usize| {
+        let mut c = c.clone();
+        async move {
+            for i in from..to {
+                let _: () = redis::cmd("SET").arg(format!("key{i}")).arg(i).query_async(&mut c).await.expect("SET");
+            }
+            for i in 0..to {
+                let v: Option<i64> = redis::cmd("GET").arg(format!("key{i}")).query_async(&mut c).await.expect("GET");
+                assert_eq!(v, Some(i as i64), "key{i}");
+            }
+        }
+    };
+    write_and_check(&mut c, 0, 200).await;
+
+    // Split one of the keyspace's ranges and move a leader; the client follows.
+    let mut admin = cl.client(0).await;
+    admin
+        .split_range(cairn_proto::kv::SplitRangeRequest { table: "redis".into(), key: b"key7".to_vec() })
+        .await
+        .expect("split the keyspace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (range_id, leader) = loop {
+        if let Some(found) = redis_key_range(&cl, 0, b"key7").await {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "key7's new range has no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let target = cl.node_id((cl.index_of(leader) + 1) % 3);
+    admin
+        .transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id, node_id: target })
+        .await
+        .expect("move key7's leader");
+    write_and_check(&mut c, 200, 400).await;
+    let after: Vec<Value> = q(&mut plain, &["CLUSTER", "SLOTS"]).await.unwrap();
+    assert!(after.len() > slots.len(), "the split shows in CLUSTER SLOTS: {} then {}", slots.len(), after.len());
+}

@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// Redis-protocol listen address (default 127.0.0.1:6379; empty turns it off). Port 0 picks a free port.
     #[arg(long)]
     pub redis_listen: Option<String>,
+    /// Redis Cluster mode: answer MOVED for keys led by another node, and advertise
+    /// the slots' leaders in CLUSTER SLOTS/SHARDS/NODES (`[redis] cluster_mode`).
+    #[arg(long)]
+    pub redis_cluster_mode: bool,
     /// Join an existing cluster through these members (comma-separated host:port).
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
@@ -107,6 +111,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.redis_listen {
             c.redis.listen = v;
+        }
+        if self.redis_cluster_mode {
+            c.redis.cluster_mode = true;
         }
         if !self.join.is_empty() {
             c.join = self.join;

@@ -316,12 +316,13 @@ impl Cairn for KvService {
         let r = req.into_inner();
         let t = catalog::get(&self.gw, &r.table).await?;
         self.gw.limits.check_key(&r.key).map_err(invalid)?;
-        if catalog::is_hashed(&t) {
-            return Err(invalid(
-                "HASH tables split only on slot boundaries; split their ranges by slot count at creation",
-            ));
-        }
-        let (left, right) = admin::split_at(&self.gw, &keys::encode_range_key(t.id, &r.key)).await?;
+        // A hash table splits only where a slot starts: at the start of the key's slot.
+        let at = if catalog::is_hashed(&t) {
+            keys::hash_slot_start(t.id, keys::key_slot(&r.key))
+        } else {
+            keys::encode_range_key(t.id, &r.key)
+        };
+        let (left, right) = admin::split_at(&self.gw, &at).await?;
         let tables = catalog::list(&self.gw).await.unwrap_or_default();
         Ok(Response::new(SplitRangeResponse {
             left: Some(desc_status(left, 0, &tables)),

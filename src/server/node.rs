@@ -330,7 +330,8 @@ where
         tokio::spawn(resp::keyspace::keep_ensured(gw.clone(), cfg.redis.hash_ranges, stop_rx.clone()));
     }
     super::clock_monitor::spawn(gw.clone(), stop_rx.clone());
-    tasks::spawn_all(gw.clone(), &cfg, grpc_addr.clone(), http_addr.clone(), stop_rx);
+    let advertised = tasks::Advertised { grpc: grpc_addr.clone(), http: http_addr.clone(), redis: redis_addr.clone() };
+    tasks::spawn_all(gw.clone(), &cfg, advertised, stop_rx);
 
     let endpoints = NodeEndpoints { node_id, cluster_id, grpc: grpc_addr, http: http_addr, redis: redis_addr };
     tracing::info!(node_id, grpc = %endpoints.grpc, http = %endpoints.http, "node ready");

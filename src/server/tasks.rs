@@ -19,11 +19,19 @@ use tokio::sync::watch;
 /// A range leader re-reports its record at least this often, even unchanged.
 const REPORT_REFRESH: Duration = Duration::from_secs(30);
 
-pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, grpc: String, http: String, stop: watch::Receiver<bool>) {
+/// The addresses a node's heartbeat advertises.
+#[derive(Clone)]
+pub struct Advertised {
+    pub grpc: String,
+    pub http: String,
+    pub redis: String,
+}
+
+pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, addrs: Advertised, stop: watch::Receiver<bool>) {
     let zone = cfg.zone.clone();
     every(stop.clone(), Duration::from_millis(registry::HEARTBEAT_INTERVAL_MS), {
         let gw = gw.clone();
-        move || heartbeat(gw.clone(), grpc.clone(), http.clone(), zone.clone())
+        move || heartbeat(gw.clone(), addrs.clone(), zone.clone())
     });
     let reported: Arc<parking_lot::Mutex<HashMap<u64, (RangeRecord, Instant)>>> = Default::default();
     every(stop.clone(), Duration::from_secs(1), {
@@ -71,7 +79,7 @@ where
     });
 }
 
-async fn heartbeat(gw: Arc<Gateway>, grpc: String, http: String, zone: String) {
+async fn heartbeat(gw: Arc<Gateway>, addrs: Advertised, zone: String) {
     let (replicas, leaders) = {
         let reg = gw.store.registry.read();
         (reg.len() as u32, reg.values().filter(|r| r.is_leader()).count() as u32)
@@ -80,8 +88,9 @@ async fn heartbeat(gw: Arc<Gateway>, grpc: String, http: String, zone: String) {
     metrics::gauge!("cairn_leaders").set(leaders as f64);
     let info = NodeInfo {
         id: gw.node_id,
-        addr: grpc,
-        http_addr: http,
+        addr: addrs.grpc,
+        http_addr: addrs.http,
+        redis_addr: addrs.redis,
         zone,
         heartbeat_ms: crate::hlc::wall_now_ms(),
         capacity_bytes: 0,

@@ -6,6 +6,7 @@
 //! `connection` owns one client's socket and its bounds, `session` its state,
 //! `commands` what each command does, `keyspace` the table the keys live in.
 
+pub mod cluster;
 pub mod commands;
 pub mod connection;
 pub mod keyspace;
@@ -42,6 +43,10 @@ pub struct RespConfig {
     pub hash_ranges: u32,
     /// FLUSHDB and FLUSHALL delete the whole keyspace; refused unless this is set.
     pub allow_flush: bool,
+    /// Redis Cluster mode: a key led by another node gets `MOVED slot host:port`,
+    /// and CLUSTER SLOTS/SHARDS/NODES advertise each slot's leader, so cluster-aware
+    /// clients go straight to it. Off (proxy mode), every node serves every key.
+    pub cluster_mode: bool,
 }
 
 impl Default for RespConfig {
@@ -56,6 +61,7 @@ impl Default for RespConfig {
             idle_timeout_secs: 0,
             hash_ranges: 8,
             allow_flush: false,
+            cluster_mode: false,
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct RespServer {
     pub scripts: script::cache::ScriptCache,
     /// Takes this node's transactions and scripts on one slot in turn.
     pub slot_locks: txn::SlotLocks,
+    /// Other nodes' Redis addresses (cluster mode's MOVED), from the registry.
+    pub peers: parking_lot::RwLock<std::collections::HashMap<u64, String>>,
 }
 
 impl RespServer {
@@ -122,6 +130,7 @@ impl RespServer {
             stats: Default::default(),
             scripts: Default::default(),
             slot_locks: Default::default(),
+            peers: Default::default(),
         })
     }
 

@@ -6,7 +6,7 @@ pub mod expiry;
 mod keys;
 pub mod pipeline;
 mod rmw;
-mod server;
+pub mod server;
 pub mod strings;
 
 use super::session::Session;
@@ -147,6 +147,12 @@ pub async fn execute(srv: &RespServer, session: &mut Session, args: Vec<Bytes>) 
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
         txn::flag(session);
         return Reply::Error(format!("ERR wrong number of arguments for '{}' command", spec.name));
+    }
+    if srv.cfg.cluster_mode {
+        if let Some(elsewhere) = super::cluster::redirect(srv, session.readonly, spec, &args).await {
+            txn::flag(session);
+            return elsewhere;
+        }
     }
     if let Some(multi) = session.multi.as_mut().filter(|_| !txn::controls_transaction(spec.name)) {
         return txn::queue(multi, spec.name, args);

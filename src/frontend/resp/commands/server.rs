@@ -58,7 +58,7 @@ pub async fn run(srv: &RespServer, session: &mut Session, name: &str, a: &[Bytes
             session.info.lock().readonly = false;
             Ok(Reply::ok())
         }
-        "cluster" => cluster(srv, a),
+        "cluster" => cluster(srv, a).await,
         _ => Err(Reply::Error(format!("ERR unknown command '{name}'"))),
     };
     out.unwrap_or_else(|e| e)
@@ -303,7 +303,7 @@ fn config_values(srv: &RespServer) -> Vec<(&'static str, String)> {
         ("timeout", srv.cfg.idle_timeout_secs.to_string()),
         ("proto-max-bulk-len", srv.gw.limits.max_value_bytes.to_string()),
         ("client-query-buffer-limit", srv.cfg.max_query_buffer_bytes.to_string()),
-        ("cluster-enabled", "no".into()),
+        ("cluster-enabled", if srv.cfg.cluster_mode { "yes" } else { "no" }.into()),
     ]
 }
 
@@ -378,11 +378,14 @@ async fn flush(srv: &RespServer, name: &str, a: &[Bytes]) -> Result<Reply, Reply
     Ok(Reply::ok())
 }
 
-fn cluster(srv: &RespServer, a: &[Bytes]) -> Result<Reply, Reply> {
+async fn cluster(srv: &RespServer, a: &[Bytes]) -> Result<Reply, Reply> {
     match (upper(&a[0]).as_str(), a.len()) {
         ("KEYSLOT", 2) => Ok(Reply::Integer(key_slot(&a[1]) as i64)),
         ("MYID", 1) => Ok(bulk(node_name(srv.gw.node_id))),
-        ("KEYSLOT" | "MYID", _) => Err(wrong_arity(&format!("cluster|{}", upper(&a[0]).to_ascii_lowercase()))),
+        (sub @ ("SLOTS" | "SHARDS" | "NODES" | "INFO"), 1) => super::super::cluster::command(srv, sub).await,
+        ("KEYSLOT" | "MYID" | "SLOTS" | "SHARDS" | "NODES" | "INFO", _) => {
+            Err(wrong_arity(&format!("cluster|{}", upper(&a[0]).to_ascii_lowercase())))
+        }
         _ => Err(unknown_subcommand(&a[0], "cluster")),
     }
 }
@@ -467,7 +470,7 @@ async fn info_section(srv: &RespServer, section: &str) -> Result<String, Reply> 
                 vec![("db0".into(), format!("keys={n},expires=0,avg_ttl=0"))]
             }
         }
-        "cluster" => vec![("cluster_enabled".into(), "0".into())],
+        "cluster" => vec![("cluster_enabled".into(), (srv.cfg.cluster_mode as u8).to_string())],
         _ => vec![],
     };
     let title = format!("# {}{}", section[..1].to_ascii_uppercase(), &section[1..]);
