@@ -153,8 +153,12 @@ async fn a_key_expired_on_the_old_leader_stays_expired_on_the_new_one() {
         .expect("move the key's range to a node whose clock is right");
     let mut via_new = redis_conn(&cl.redis(new)).await;
     let seen = redis_get(&mut via_new, key).await;
+    // Writes judge as reads do: SET XX finds no key to replace.
+    let replaced: Option<String> =
+        redis::cmd("SET").arg(key).arg("stolen").arg("XX").query_async(&mut via_new).await.unwrap();
     let after = expired_at.elapsed();
     assert_eq!(seen, None, "the new leader returned a key that had expired on the old one ({after:?} later)");
+    assert_eq!(replaced, None, "a write on the new leader found the expired key live ({after:?} later)");
     // Only meaningful while the new leader's clock still reads before the expiry.
     assert!(after < Duration::from_millis(450), "the leader change took {after:?}: too slow to show anything");
     assert_eq!(redis_get(&mut via_old, key).await, None, "and through the old leader, now a follower");

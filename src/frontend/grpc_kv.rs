@@ -109,7 +109,7 @@ impl KvService {
     async fn write_ops(&self, name: &str, ops: Vec<WriteOp>, rid: Vec<u8>) -> Result<Vec<MutationResult>, Status> {
         ops::with_table(&self.gw, name, |t| {
             let (ops, rid) = (ops.clone(), rid.clone());
-            async move { ops::write(&self.gw, self.mutations(&t, ops)?, rid).await }
+            async move { ops::write(&self.gw, self.mutations(&t, ops)?, rid, false).await }
         })
         .await
     }
@@ -140,7 +140,7 @@ impl KvService {
             let r = &r;
             async move {
                 let m = request::increment_mutation(&self.gw.limits, &t, &r.key, r.delta).map_err(invalid)?;
-                ops::write(&self.gw, vec![m], rid).await
+                ops::write(&self.gw, vec![m], rid, false).await
             }
         })
         .await?;

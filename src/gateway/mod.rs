@@ -339,7 +339,12 @@ impl Gateway {
         if sabotage::active(Sabotage::StaleLocalRead) && matches!(req.req, Some(Req::Read(_))) {
             return r.initialized() && !r.destroyed();
         }
-        if matches!(&req.req, Some(Req::Read(r)) if r.judge_expiry_at_leader && !r.stale) {
+        let leader_only = match &req.req {
+            Some(Req::Read(r)) => r.judge_expiry_at_leader && !r.stale,
+            Some(Req::Command(c)) => c.judge_expiry_at_leader,
+            _ => false,
+        };
+        if leader_only {
             return r.initialized() && !r.destroyed() && r.is_leader();
         }
         r.initialized() && !r.destroyed() && r.in_touch_with_leader(self.raft.tick_ms * self.raft.election_ticks as u64)

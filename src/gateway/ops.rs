@@ -41,7 +41,15 @@ fn invalid(e: impl std::fmt::Display) -> Status {
 /// whether any of it may have been applied (`outcome::HEADER`): a batch that
 /// spans ranges is atomic per range only, so one group's failure after another
 /// group's success leaves the outcome unknown.
-pub async fn write(gw: &Gateway, muts: Vec<Mutation>, request_id: Vec<u8>) -> Result<Vec<MutationResult>, Status> {
+///
+/// `judge_expiry_at_leader`: each range's leader proposes the group itself and
+/// has it judge expiring values no earlier than its reads do (see `RaftCommand`).
+pub async fn write(
+    gw: &Gateway,
+    muts: Vec<Mutation>,
+    request_id: Vec<u8>,
+    judge_expiry_at_leader: bool,
+) -> Result<Vec<MutationResult>, Status> {
     const MAX_REGROUPS: usize = 8;
     let mut any_sent = false;
     for _ in 0..MAX_REGROUPS {
@@ -59,6 +67,8 @@ pub async fn write(gw: &Gateway, muts: Vec<Mutation>, request_id: Vec<u8>) -> Re
                 request_id.extend_from_slice(&crc32fast::hash(&group[0].key).to_be_bytes());
             }
             let cmd = RaftCommand {
+                judge_expiry_at_leader,
+                expiry_judged_at_ms: 0,
                 request_id,
                 proposed_version: None,
                 cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: group })),

@@ -47,6 +47,8 @@ fn write_request() -> RangeRequest {
         range_id: 5,
         epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),
         req: Some(range_request::Req::Command(RaftCommand {
+            judge_expiry_at_leader: false,
+            expiry_judged_at_ms: 0,
             request_id: b"outcome-1".to_vec(),
             proposed_version: None,
             cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: vec![put] })),

@@ -43,6 +43,8 @@ pub async fn split_at(gw: &Gateway, key: &[u8]) -> Result<(RangeDescriptor, Opti
     }
     let new_range_id = meta::next_id(gw, meta::CTR_RANGE).await?;
     let cmd = RaftCommand {
+        judge_expiry_at_leader: false,
+        expiry_judged_at_ms: 0,
         request_id: Vec::new(),
         proposed_version: None,
         cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id })),
@@ -71,6 +73,8 @@ pub async fn clear_span(gw: &Gateway, start: &[u8], end: &[u8], retire_table: Op
     let mut cursor = start.to_vec();
     loop {
         let cmd = RaftCommand {
+            judge_expiry_at_leader: false,
+            expiry_judged_at_ms: 0,
             request_id: gateway::new_request_id(),
             proposed_version: None,
             cmd: Some(raft_command::Cmd::Clear(ClearRangeCommand {

@@ -25,6 +25,8 @@ pub async fn scan_prefix(gw: &Gateway, prefix: &[u8]) -> Result<Vec<ScannedPair>
 pub async fn write(gw: &Gateway, mutations: Vec<Mutation>) -> Result<Vec<MutationResult>, Status> {
     let request_id = crate::gateway::new_request_id();
     let cmd = RaftCommand {
+        judge_expiry_at_leader: false,
+        expiry_judged_at_ms: 0,
         request_id,
         proposed_version: None,
         cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations })),

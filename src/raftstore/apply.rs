@@ -171,7 +171,10 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
         mutations: muts.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(m, _)| m.clone()).collect(),
     });
     let out = match &cmd.cmd {
-        Some(raft_command::Cmd::Write(w)) => apply_write(ab, t, unanswered.as_ref().unwrap_or(w), version),
+        Some(raft_command::Cmd::Write(w)) => {
+            let judged_at_ms = (version.wall_ns / 1_000_000).max(cmd.expiry_judged_at_ms);
+            apply_write(ab, t, unanswered.as_ref().unwrap_or(w), version, judged_at_ms)
+        }
         Some(raft_command::Cmd::Split(s)) => {
             let prior = super::raft_storage::persisted_hard_state(ab.engine, s.new_range_id);
             apply_split(&mut ab.batch, t, s, prior)
@@ -232,7 +235,15 @@ fn epoch_newer(a: &Option<RangeEpoch>, b: &Option<RangeEpoch>) -> bool {
     (a.version, a.conf_ver) > (b.version, b.conf_ver)
 }
 
-fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch, version: Version) -> Applied {
+/// `now_ms`: the instant expiring values are judged at (the version's time, or
+/// the proposing leader's later floor).
+fn apply_write(
+    ab: &mut ApplyBatch<'_>,
+    t: &mut ApplyTarget<'_>,
+    w: &WriteBatch,
+    version: Version,
+    now_ms: u64,
+) -> Applied {
     let outside = w.mutations.iter().any(|m| !keys::in_range(&m.key, &t.desc.start, &t.desc.end));
     if outside && !sabotage::active(Sabotage::SkipEpochCheck) {
         return Applied::Rejected(errors::key_not_in_range(t.desc));
@@ -240,7 +251,6 @@ fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch,
     if let Err(e) = check_tables_live(t.desc, w.mutations.iter().map(|m| m.key.as_slice())) {
         return Applied::Rejected(e);
     }
-    let now_ms = version.wall_ns / 1_000_000;
     let mut overlay: HashMap<&[u8], Current> = HashMap::new();
     let mut order: Vec<&[u8]> = Vec::new();
     let mut results = Vec::with_capacity(w.mutations.len());
@@ -267,7 +277,7 @@ fn apply_write(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, w: &WriteBatch,
             });
             continue;
         }
-        let (next, result) = match evaluate(m, cur, version) {
+        let (next, result) = match evaluate(m, cur, version, now_ms) {
             Ok(r) => r,
             Err(e) => return Applied::Rejected(e),
         };
@@ -309,9 +319,13 @@ fn resolve_expiry(e: Option<&Expiry>, cur: &Current, now_ms: u64) -> u64 {
 }
 
 /// What one mutation turns the key into (`None` = unchanged) and its result.
-fn evaluate(m: &Mutation, cur: Current, version: Version) -> Result<(Option<Current>, MutationResult), RangeError> {
+fn evaluate(
+    m: &Mutation,
+    cur: Current,
+    version: Version,
+    now_ms: u64,
+) -> Result<(Option<Current>, MutationResult), RangeError> {
     let existed = cur.is_some();
-    let now_ms = version.wall_ns / 1_000_000;
     let ok = |counter| MutationResult { succeeded: true, existed, version: Some(version.into()), counter };
     let absent = MutationResult { succeeded: true, existed: false, version: None, counter: 0 };
     // A value whose expiry is already due is written as a deletion (as Redis does for
@@ -486,6 +500,8 @@ mod tests {
 
     fn write(muts: Vec<Mutation>, rid: &[u8]) -> RaftCommand {
         RaftCommand {
+            judge_expiry_at_leader: false,
+            expiry_judged_at_ms: 0,
             request_id: rid.to_vec(),
             proposed_version: None,
             cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: muts })),
@@ -622,6 +638,21 @@ mod tests {
             read_version,
             "a check writes no version"
         );
+    }
+
+    /// A leader's expiry floor travels in the command: every replica judges the
+    /// write at it, however early the version's own time.
+    #[test]
+    fn a_command_judges_expiry_at_its_leaders_floor_when_later_than_its_version() {
+        let (_d, e, mut desc, mut st) = setup();
+        run(&e, &mut desc, &mut st, &at(1_000, vec![expiring(b"k", b"v", expiry::When::AtMs(6_000), None)]));
+        let xx = Some(condition::Kind::IfPresent(true));
+        let mut cmd = at(5_000, vec![put(b"k", b"w", xx.clone())]);
+        cmd.expiry_judged_at_ms = 6_000;
+        assert_eq!(results(run(&e, &mut desc, &mut st, &cmd)), vec![(false, false)], "expired at the floor");
+        let mut cmd = at(5_001, vec![put(b"k", b"w", xx)]);
+        cmd.expiry_judged_at_ms = 5_500;
+        assert_eq!(results(run(&e, &mut desc, &mut st, &cmd)), vec![(true, true)], "live before it");
     }
 
     #[test]

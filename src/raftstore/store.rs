@@ -727,7 +727,7 @@ impl Store {
             && r.raw.raft.leader_id != raft::INVALID_ID
             && r.shared.initialized()
             && r.forwarded.len() < super::replica::MAX_FORWARDED;
-        if forward && !forwardable {
+        if forward && (!forwardable || cmd.judge_expiry_at_leader) {
             let _ = reply.send(Err(errors::not_leader(range_id, r.leader_node())));
             return;
         }
@@ -741,6 +741,10 @@ impl Store {
         wake(r);
         if cmd.proposed_version.is_none() {
             cmd.proposed_version = Some(self.hlc.now().into());
+        }
+        if cmd.judge_expiry_at_leader {
+            // No earlier than this leader's reads judge: see `ReplicaShared::expiry_floor_ms`.
+            cmd.expiry_judged_at_ms = r.shared.expiry_floor_ms();
         }
         let before = r.raw.raft.raft_log.last_index();
         if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {

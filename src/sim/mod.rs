@@ -647,6 +647,8 @@ impl World {
                 let new_range_id = self.next_range_id;
                 self.next_range_id += 1;
                 let cmd = RaftCommand {
+                    judge_expiry_at_leader: false,
+                    expiry_judged_at_ms: 0,
                     request_id: Vec::new(),
                     proposed_version: None,
                     cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key, new_range_id })),

@@ -153,6 +153,8 @@ impl Scripted {
     fn write(&mut self, key: &str, value: &str) -> WriteReply {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cmd = RaftCommand {
+            judge_expiry_at_leader: false,
+            expiry_judged_at_ms: 0,
             request_id: format!("scripted-{key}").into_bytes(),
             proposed_version: None,
             cmd: Some(raft_command::Cmd::Write(WriteBatch {

@@ -352,6 +352,8 @@ impl Workload {
                     OpKind::Increment { delta } | OpKind::Resend { delta, .. } => increment(&key, *delta),
                 };
                 let cmd = RaftCommand {
+                    judge_expiry_at_leader: false,
+                    expiry_judged_at_ms: 0,
                     request_id: op.request_id.clone(),
                     proposed_version: None,
                     cmd: Some(raft_command::Cmd::Write(WriteBatch { mutations: vec![mutation] })),

@@ -115,14 +115,15 @@ pub async fn read(gw: &Gateway, keys: &[Vec<u8>], stale: bool) -> Result<Vec<Get
     ops::read(gw, &t, keys, stale, true).await.map_err(|s| error_reply(&s))
 }
 
-/// Applies mutations built against the table (atomic per range, deduplicated by a fresh request id).
+/// Applies mutations built against the table (atomic per range, deduplicated by a
+/// fresh request id), proposed by each range's leader, which judges expiry.
 pub async fn write(
     gw: &Gateway,
     build: impl Fn(&TableInfo) -> Result<Vec<Mutation>, Reply>,
 ) -> Result<Vec<MutationResult>, Reply> {
     let t = table(gw).await?;
     let muts = build(&t)?;
-    ops::write(gw, muts, gateway::new_request_id()).await.map_err(|s| error_reply(&s))
+    ops::write(gw, muts, gateway::new_request_id(), true).await.map_err(|s| error_reply(&s))
 }
 
 /// A key of the table in the encoded keyspace, after the key size check.

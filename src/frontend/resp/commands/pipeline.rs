@@ -164,7 +164,7 @@ async fn write_run(srv: &RespServer, session: &mut Session, run: Vec<(Vec<Bytes>
     }
     let calls = groups.values().map(|idx| {
         let group: Vec<Mutation> = idx.iter().map(|&i| muts[i].clone()).collect();
-        async move { ops::write(&srv.gw, group, gateway::new_request_id()).await }
+        async move { ops::write(&srv.gw, group, gateway::new_request_id(), true).await }
     });
     let results = futures::future::join_all(calls).await;
     let mut replies: Vec<Option<Reply>> = vec![None; run.len()];
