@@ -893,3 +893,68 @@ async fn a_cluster_client_follows_slots_through_a_split_and_a_leader_change() {
     let after: Vec<Value> = q(&mut plain, &["CLUSTER", "SLOTS"]).await.unwrap();
     assert!(after.len() > slots.len(), "the split shows in CLUSTER SLOTS: {} then {}", slots.len(), after.len());
 }
+
+/// SCAN (MATCH, COUNT, TYPE) visits every key present for the whole scan at
+/// least once, also while a split and a leader change happen between calls;
+/// KEYS and RANDOMKEY see the same keyspace; expired keys are not listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scan_keys_and_randomkey_walk_the_keyspace_across_a_split() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut a = connect(&cl.redis(0)).await;
+    let mut b = connect(&cl.redis(1)).await;
+    assert_eq!(q::<Option<String>>(&mut a, &["RANDOMKEY"]).await.unwrap(), None, "an empty keyspace");
+    let mut args = vec!["MSET".to_string()];
+    for i in 0..500 {
+        args.push(format!("user:{i}"));
+        args.push(i.to_string());
+    }
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    q::<String>(&mut a, &args_ref).await.unwrap();
+    q::<String>(&mut a, &["SET", "other", "x"]).await.unwrap();
+    q::<String>(&mut a, &["SET", "gone", "x", "PX", "50"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) =
+            q(&mut b, &["SCAN", &cursor, "MATCH", "user:*", "COUNT", "50"]).await.unwrap();
+        assert!(keys.iter().all(|k| k.starts_with("user:")), "MATCH: {keys:?}");
+        seen.extend(keys);
+        calls += 1;
+        if calls == 3 {
+            // A split and a leader change between two calls keep the cursor valid.
+            let mut admin = cl.client(0).await;
+            admin
+                .split_range(cairn_proto::kv::SplitRangeRequest { table: "redis".into(), key: b"user:250".to_vec() })
+                .await
+                .expect("split");
+            let (range_id, leader) = redis_key_range(&cl, 0, b"user:250").await.unwrap_or((0, 0));
+            if range_id != 0 {
+                let target = cl.node_id((cl.index_of(leader) + 1) % 3);
+                let _ =
+                    admin.transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id, node_id: target }).await;
+            }
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 500, "every user key, once or more");
+    assert!(calls > 5, "COUNT 50 over 500 keys takes several calls, not {calls}");
+    let (_, typed): (String, Vec<String>) = q(&mut b, &["SCAN", "0", "TYPE", "hash", "COUNT", "1000"]).await.unwrap();
+    assert!(typed.is_empty(), "no hashes: {typed:?}");
+    assert!(err(&mut b, &["SCAN", "99999"]).await.contains("invalid cursor"));
+    assert!(err(&mut b, &["SCAN", "0", "COUNT", "0"]).await.contains("syntax error"));
+    let mut all: Vec<String> = q(&mut a, &["KEYS", "*"]).await.unwrap();
+    all.sort();
+    assert_eq!(all.len(), 501, "500 users and 'other'; the expired key is not listed");
+    let some: Vec<String> = q(&mut a, &["KEYS", "user:1?"]).await.unwrap();
+    assert_eq!(some.len(), 10);
+    let random: String = q(&mut a, &["RANDOMKEY"]).await.unwrap();
+    assert!(all.contains(&random), "{random}");
+    assert_eq!(q::<i64>(&mut a, &["DBSIZE"]).await.unwrap(), 501);
+}

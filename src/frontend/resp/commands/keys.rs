@@ -1,5 +1,5 @@
 //! Commands on keys whatever their type: DEL, UNLINK, EXISTS, TYPE (and the
-//! expiry commands, dispatched to `expiry`).
+//! expiry commands, dispatched to `expiry`, and SCAN/KEYS/RANDOMKEY to `scan`).
 
 use super::super::keyspace;
 use super::super::session::Session;
@@ -16,6 +16,7 @@ pub async fn run(srv: &RespServer, session: &mut Session, name: &str, a: &[Bytes
         "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "persist" => {
             return super::expiry::run(srv, name, a).await
         }
+        "scan" | "keys" | "randomkey" => return super::scan::run(srv, name, a).await,
         _ => Err(Reply::Error(format!("ERR unknown command '{name}'"))),
     };
     out.unwrap_or_else(|e| e)

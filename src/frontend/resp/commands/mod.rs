@@ -6,6 +6,7 @@ pub mod expiry;
 mod keys;
 pub mod pipeline;
 mod rmw;
+mod scan;
 pub mod server;
 pub mod strings;
 
@@ -87,6 +88,7 @@ pub static COMMANDS: &[Spec] = &[
     spec("incrby", 3, W, KEY1, "string", "Increments the integer value of a key by a number."),
     spec("incrbyfloat", 3, W, KEY1, "string", "Increments the floating point value of a key by a number."),
     spec("info", -1, &["loading", "stale"], NO_KEYS, "server", "Returns information about the server."),
+    spec("keys", 2, &["readonly"], NO_KEYS, "generic", "Returns all key names that match a pattern."),
     spec("mget", -2, R, (1, -1, 1), "string", "Atomically returns the string values of one or more keys."),
     spec("mset", -3, W, (1, -1, 2), "string", "Sets the string values of one or more keys."),
     spec("msetnx", -3, W, (1, -1, 2), "string", "Sets keys only when none of them exists."),
@@ -106,8 +108,10 @@ pub static COMMANDS: &[Spec] = &[
     spec("psetex", 4, W, KEY1, "string", "Sets a key's value and expiration in milliseconds."),
     spec("pttl", 2, R, KEY1, "generic", "Returns the expiration time in milliseconds of a key."),
     spec("quit", -1, CONN, NO_KEYS, "connection", "Closes the connection."),
+    spec("randomkey", 1, &["readonly"], NO_KEYS, "generic", "Returns a random key name from the database."),
     spec("readonly", 1, CONN, NO_KEYS, "cluster", "Allows bounded-stale reads from replicas."),
     spec("readwrite", 1, CONN, NO_KEYS, "cluster", "Ends READONLY."),
+    spec("scan", -2, &["readonly"], NO_KEYS, "generic", "Iterates over the key names in the database."),
     spec("script", -2, &["noscript"], NO_KEYS, "scripting", "Script cache commands (LOAD, EXISTS, FLUSH)."),
     spec("select", 2, CONN, NO_KEYS, "connection", "Changes the selected database (only 0 exists)."),
     spec("set", -3, W, KEY1, "string", "Sets the string value of a key."),
