@@ -958,3 +958,139 @@ async fn scan_keys_and_randomkey_walk_the_keyspace_across_a_split() {
     assert!(all.contains(&random), "{random}");
     assert_eq!(q::<i64>(&mut a, &["DBSIZE"]).await.unwrap(), 501);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hashes_and_rename_answer_as_redis_does_and_keep_types_apart() {
+    use std::collections::HashMap;
+    let _g = serial().await;
+    let cl = Cluster::start_redis(3, &[]).await;
+    let mut a = connect(&cl.redis(0)).await;
+    let mut b = connect(&cl.redis(2)).await;
+
+    // The hash commands, through two nodes.
+    assert_eq!(q::<i64>(&mut a, &["HSET", "user:1", "name", "alice", "age", "30"]).await.unwrap(), 2);
+    assert_eq!(q::<i64>(&mut a, &["HSET", "user:1", "name", "alicia", "city", "Oslo"]).await.unwrap(), 1);
+    assert_eq!(q::<Option<String>>(&mut b, &["HGET", "user:1", "name"]).await.unwrap().as_deref(), Some("alicia"));
+    assert_eq!(q::<Option<String>>(&mut b, &["HGET", "user:1", "nope"]).await.unwrap(), None);
+    assert_eq!(q::<Option<String>>(&mut b, &["HGET", "nobody", "name"]).await.unwrap(), None);
+    let got: Vec<Option<String>> = q(&mut b, &["HMGET", "user:1", "age", "nope", "city"]).await.unwrap();
+    assert_eq!(got, vec![Some("30".into()), None, Some("Oslo".into())]);
+    let all: HashMap<String, String> = q(&mut b, &["HGETALL", "user:1"]).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all["city"], "Oslo");
+    assert_eq!(q::<i64>(&mut b, &["HLEN", "user:1"]).await.unwrap(), 3);
+    assert_eq!(q::<i64>(&mut b, &["HEXISTS", "user:1", "age"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(&mut b, &["HSTRLEN", "user:1", "name"]).await.unwrap(), 6);
+    let mut fields: Vec<String> = q(&mut b, &["HKEYS", "user:1"]).await.unwrap();
+    fields.sort();
+    assert_eq!(fields, vec!["age", "city", "name"]);
+    assert_eq!(q::<Vec<String>>(&mut b, &["HVALS", "user:1"]).await.unwrap().len(), 3);
+    assert_eq!(q::<i64>(&mut a, &["HINCRBY", "user:1", "age", "5"]).await.unwrap(), 35);
+    assert_eq!(q::<String>(&mut a, &["HINCRBYFLOAT", "user:1", "score", "1.5"]).await.unwrap(), "1.5");
+    assert_eq!(err(&mut a, &["HINCRBY", "user:1", "name", "1"]).await, "ERR hash value is not an integer");
+    assert_eq!(err(&mut a, &["HINCRBYFLOAT", "user:1", "name", "1"]).await, "ERR hash value is not a float");
+    assert_eq!(err(&mut a, &["HINCRBY", "user:1", "age", "x"]).await, "ERR value is not an integer or out of range");
+    assert_eq!(q::<i64>(&mut a, &["HSETNX", "user:1", "name", "bob"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(&mut a, &["HSETNX", "user:1", "nick", "al"]).await.unwrap(), 1);
+    assert_eq!(q::<String>(&mut a, &["HMSET", "user:1", "x", "1", "y", "2"]).await.unwrap(), "OK");
+    assert_eq!(q::<i64>(&mut a, &["HDEL", "user:1", "x", "y", "nope"]).await.unwrap(), 2);
+    let (cursor, items): (String, Vec<String>) = q(&mut b, &["HSCAN", "user:1", "0", "MATCH", "n*"]).await.unwrap();
+    assert_eq!((cursor.as_str(), items.len()), ("0", 4), "name and nick, each with its value: {items:?}");
+    let picked: Vec<String> = q(&mut b, &["HRANDFIELD", "user:1", "2"]).await.unwrap();
+    assert_eq!(picked.len(), 2);
+    assert!(err(&mut a, &["HSET", "user:1", "lonely"]).await.contains("wrong number of arguments for 'hset'"));
+
+    // Types are kept apart, on every path a string command can take.
+    q::<String>(&mut a, &["SET", "plain", "text"]).await.unwrap();
+    let wrong = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    assert_eq!(err(&mut b, &["GET", "user:1"]).await, wrong);
+    assert_eq!(err(&mut b, &["INCR", "user:1"]).await, wrong, "judged where the range applies it");
+    assert_eq!(err(&mut b, &["APPEND", "user:1", "x"]).await, wrong);
+    assert_eq!(err(&mut b, &["STRLEN", "user:1"]).await, wrong);
+    assert_eq!(err(&mut b, &["GETDEL", "user:1"]).await, wrong);
+    assert_eq!(err(&mut b, &["SET", "user:1", "v", "GET"]).await, wrong);
+    assert_eq!(err(&mut b, &["HSET", "plain", "f", "v"]).await, wrong);
+    assert_eq!(err(&mut b, &["HGET", "plain", "f"]).await, wrong);
+    let mixed: Vec<Option<String>> = q(&mut b, &["MGET", "user:1", "plain"]).await.unwrap();
+    assert_eq!(mixed, vec![None, Some("text".into())], "MGET answers nil for a hash");
+    // Pipelined, the GETs and INCRs share batches; each answers for itself.
+    let piped = raw_exchange(&cl.redis(1), b"GET plain\r\nGET user:1\r\nINCR user:1\r\nINCR n\r\nQUIT\r\n").await;
+    let want = format!("$4\r\ntext\r\n-{wrong}\r\n-{wrong}\r\n:1\r\n+OK\r\n");
+    assert_eq!(piped, want);
+    assert_eq!(q::<i64>(&mut b, &["GET", "n"]).await.unwrap(), 1, "the INCR pipelined after a refused one applied");
+    assert_eq!(q::<String>(&mut b, &["TYPE", "user:1"]).await.unwrap(), "hash");
+    assert_eq!(q::<String>(&mut b, &["TYPE", "plain"]).await.unwrap(), "string");
+    let (_, hashes): (String, Vec<String>) = q(&mut b, &["SCAN", "0", "TYPE", "hash", "COUNT", "1000"]).await.unwrap();
+    assert_eq!(hashes, vec!["user:1"]);
+    let (_, strings): (String, Vec<String>) =
+        q(&mut b, &["SCAN", "0", "TYPE", "string", "COUNT", "1000"]).await.unwrap();
+    assert!(strings.contains(&"plain".to_string()) && !strings.contains(&"user:1".to_string()), "{strings:?}");
+    let native = cl
+        .client(1)
+        .await
+        .get(cairn_proto::kv::GetRequest { table: "redis".into(), key: b"user:1".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(native.kind, cairn_proto::kv::ValueKind::RedisHash as i32, "the native API says what it reads");
+
+    // Expiry: a hash keeps its TTL when its fields change; PERSIST clears it.
+    assert_eq!(q::<i64>(&mut a, &["EXPIRE", "user:1", "100"]).await.unwrap(), 1);
+    q::<i64>(&mut a, &["HSET", "user:1", "touched", "1"]).await.unwrap();
+    let ttl: i64 = q(&mut b, &["TTL", "user:1"]).await.unwrap();
+    assert!((98..=100).contains(&ttl), "{ttl}");
+    assert_eq!(q::<i64>(&mut a, &["PERSIST", "user:1"]).await.unwrap(), 1);
+    assert_eq!(q::<String>(&mut b, &["TYPE", "user:1"]).await.unwrap(), "hash", "PERSIST keeps the type");
+    q::<i64>(&mut a, &["HSET", "short", "f", "v"]).await.unwrap();
+    q::<i64>(&mut a, &["PEXPIRE", "short", "100"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q::<i64>(&mut b, &["HLEN", "short"]).await.unwrap(), 0, "an expired hash is gone");
+    assert_eq!(q::<i64>(&mut a, &["HSET", "short", "g", "w"]).await.unwrap(), 1, "and starts afresh");
+    assert_eq!(q::<i64>(&mut a, &["TTL", "short"]).await.unwrap(), -1);
+
+    // RENAME / RENAMENX move a value with its type, within one slot.
+    assert_eq!(q::<String>(&mut a, &["RENAME", "user:1", "{user:1}.moved"]).await.unwrap(), "OK");
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "user:1"]).await.unwrap(), 0);
+    assert_eq!(
+        q::<Option<String>>(&mut b, &["HGET", "{user:1}.moved", "city"]).await.unwrap().as_deref(),
+        Some("Oslo")
+    );
+    assert_eq!(err(&mut a, &["RENAME", "user:1", "{user:1}.x"]).await, "ERR no such key");
+    assert_eq!(
+        err(&mut a, &["RENAME", "plain", "elsewhere"]).await,
+        "CROSSSLOT Keys in request don't hash to the same slot"
+    );
+    q::<String>(&mut a, &["SET", "{user:1}.other", "o"]).await.unwrap();
+    assert_eq!(q::<i64>(&mut a, &["RENAMENX", "{user:1}.moved", "{user:1}.other"]).await.unwrap(), 0);
+    assert_eq!(q::<String>(&mut a, &["RENAME", "{user:1}.other", "{user:1}.moved"]).await.unwrap(), "OK");
+    assert_eq!(q::<String>(&mut b, &["TYPE", "{user:1}.moved"]).await.unwrap(), "string", "RENAME overwrites");
+
+    // Inside MULTI and from a script.
+    let mut t = redis::pipe();
+    t.atomic().cmd("HSET").arg("cart").arg("apples").arg("2").cmd("HINCRBY").arg("cart").arg("apples").arg("3");
+    t.cmd("HGETALL").arg("cart");
+    let (set, incr, whole): (i64, i64, HashMap<String, String>) = t.query_async(&mut a).await.unwrap();
+    assert_eq!((set, incr, whole["apples"].as_str()), (1, 5, "5"));
+    let script = "redis.call('HSET', KEYS[1], 'pears', ARGV[1]); return redis.call('HLEN', KEYS[1])";
+    assert_eq!(q::<i64>(&mut b, &["EVAL", script, "1", "cart", "4"]).await.unwrap(), 2);
+    assert_eq!(q::<i64>(&mut b, &["HDEL", "cart", "apples", "pears"]).await.unwrap(), 2);
+    assert_eq!(q::<i64>(&mut b, &["EXISTS", "cart"]).await.unwrap(), 0, "a hash without fields is no key");
+
+    // Concurrent field updates through three nodes lose nothing.
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let addr = cl.redis(c % 3);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = connect(&addr).await;
+            for i in 0..25 {
+                q::<i64>(&mut conn, &["HINCRBY", "counters", "total", "1"]).await.unwrap();
+                q::<i64>(&mut conn, &["HSET", "counters", &format!("c{c}:{i}"), "x"]).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(q::<i64>(&mut a, &["HGET", "counters", "total"]).await.unwrap(), 150);
+    assert_eq!(q::<i64>(&mut a, &["HLEN", "counters"]).await.unwrap(), 151);
+}

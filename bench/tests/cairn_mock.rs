@@ -66,6 +66,7 @@ impl Cairn for Mock {
             value: value.unwrap_or_default(),
             version: None,
             expires_at_ms: 0,
+            kind: 0,
         }))
     }
 

@@ -57,6 +57,7 @@ pub fn to_mutations(limits: &Limits, t: &TableInfo, ops: Vec<WriteOp>) -> Result
                     condition: p.condition,
                     op: Some(mutation::Op::Put(p.value)),
                     expiry,
+                    value_kind: 0,
                 }
             }
             Some(write_op::Op::Delete(d)) => {
@@ -66,6 +67,7 @@ pub fn to_mutations(limits: &Limits, t: &TableInfo, ops: Vec<WriteOp>) -> Result
                     condition: d.condition,
                     op: Some(mutation::Op::Delete(true)),
                     expiry: None,
+                    value_kind: 0,
                 }
             }
             None => return Err(format!("op {i} has neither put nor delete")),
@@ -86,6 +88,7 @@ pub fn increment_mutation(limits: &Limits, t: &TableInfo, key: &[u8], delta: i64
         condition: None,
         op: Some(mutation::Op::Increment(Increment { delta, min: None, max: None })),
         expiry: None,
+        value_kind: 0,
     })
 }
 

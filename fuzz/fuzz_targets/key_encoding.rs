@@ -19,12 +19,19 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(mvcc::encode(&key, v), data, "stored keys have one encoding");
     }
     // Any record decodes or is refused; a value it decodes lives until its expiry and no longer.
-    if let Some(mvcc::Record::Value { value, expires_at_ms }) = mvcc::Record::decode(data) {
+    if let Some(mvcc::Record::Value { value, expires_at_ms, kind }) = mvcc::Record::decode(data) {
         assert_eq!(mvcc::decode_value(data, 0), Some(value), "nothing has expired at the epoch");
+        if kind != mvcc::kind::PLAIN {
+            assert_eq!(mvcc::encode_kinded_value(value, expires_at_ms, kind), data, "kinded values have one encoding");
+        }
         if expires_at_ms != mvcc::NO_EXPIRY {
             assert_eq!(mvcc::decode_value(data, expires_at_ms), None);
             assert_eq!(mvcc::decode_value(data, expires_at_ms - 1), Some(value));
         }
+    }
+    // A stored hash decodes strictly or not at all: what decodes is canonical.
+    if let Ok(fields) = cairn_core::resp::hash::decode(data) {
+        assert_eq!(cairn_core::resp::hash::encode(&fields), data, "hashes have one encoding");
     }
     let _ = keys::decode_table(data);
     let _ = keys::display_key(data);
@@ -68,5 +75,9 @@ fuzz_target!(|data: &[u8]| {
     let value = mvcc::encode_value(b);
     assert_eq!(mvcc::decode_value(&value, u64::MAX), Some(b));
     let expiring = mvcc::encode_expiring_value(b, v1.wall_ns | 1);
-    assert_eq!(mvcc::Record::decode(&expiring), Some(mvcc::Record::Value { value: b, expires_at_ms: v1.wall_ns | 1 }));
+    let want = mvcc::Record::Value { value: b, expires_at_ms: v1.wall_ns | 1, kind: mvcc::kind::PLAIN };
+    assert_eq!(mvcc::Record::decode(&expiring), Some(want));
+    let hash = mvcc::encode_kinded_value(b, v2.wall_ns, mvcc::kind::REDIS_HASH);
+    let want = mvcc::Record::Value { value: b, expires_at_ms: v2.wall_ns, kind: mvcc::kind::REDIS_HASH };
+    assert_eq!(mvcc::Record::decode(&hash), Some(want));
 });

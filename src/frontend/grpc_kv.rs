@@ -263,6 +263,7 @@ impl Cairn for KvService {
                             key: keys::user_key(&p.key, hashed).to_vec(),
                             value: p.value,
                             version: p.version,
+                            kind: p.kind,
                         })
                         .collect(),
                     next_page_token: b

@@ -224,8 +224,13 @@ pub async fn read(
                 if total > limit {
                     return Err(invalid(crate::limits::InputError::ReplyTooLarge { limit }));
                 }
-                out[i] =
-                    GetResponse { found: r.found, value: r.value, version: r.version, expires_at_ms: r.expires_at_ms };
+                out[i] = GetResponse {
+                    found: r.found,
+                    value: r.value,
+                    version: r.version,
+                    expires_at_ms: r.expires_at_ms,
+                    kind: r.kind,
+                };
             }
         }
         if regroup.is_empty() {

@@ -41,8 +41,13 @@ fn gateway_routing_to(peer: &str) -> Gateway {
 }
 
 fn write_request() -> RangeRequest {
-    let put =
-        Mutation { expiry: None, key: b"k".to_vec(), condition: None, op: Some(mutation::Op::Put(b"v".to_vec())) };
+    let put = Mutation {
+        expiry: None,
+        key: b"k".to_vec(),
+        condition: None,
+        op: Some(mutation::Op::Put(b"v".to_vec())),
+        value_kind: 0,
+    };
     RangeRequest {
         range_id: 5,
         epoch: Some(RangeEpoch { version: 1, conf_ver: 1 }),

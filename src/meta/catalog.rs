@@ -98,6 +98,7 @@ pub async fn create(
         key: table_key(name),
         condition: Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) }),
         op: Some(mutation::Op::Put(info.encode_to_vec())),
+        value_kind: 0,
     };
     let r = write(gw, vec![m]).await?;
     if !r.first().is_some_and(|r| r.succeeded) {
@@ -119,6 +120,7 @@ pub async fn drop(gw: &Gateway, name: &str) -> Result<(), Status> {
             key: table_key(name),
             condition: None,
             op: Some(mutation::Op::Put(hidden.encode_to_vec())),
+            value_kind: 0,
         }],
     )
     .await?;
@@ -126,7 +128,13 @@ pub async fn drop(gw: &Gateway, name: &str) -> Result<(), Status> {
     admin::clear_span(gw, &keys::table_prefix(t.id), &keys::table_end(t.id), Some(t.id)).await?;
     write(
         gw,
-        vec![Mutation { expiry: None, key: table_key(name), condition: None, op: Some(mutation::Op::Delete(true)) }],
+        vec![Mutation {
+            expiry: None,
+            key: table_key(name),
+            condition: None,
+            op: Some(mutation::Op::Delete(true)),
+            value_kind: 0,
+        }],
     )
     .await?;
     gw.forget_table(name);

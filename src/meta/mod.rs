@@ -50,6 +50,7 @@ pub async fn next_id(gw: &Gateway, counter: &[u8]) -> Result<u64, Status> {
         key: key(counter),
         condition: None,
         op: Some(mutation::Op::Increment(Increment { delta: 1, min: None, max: None })),
+        value_kind: 0,
     };
     let r = write(gw, vec![m]).await?;
     match r.first() {
@@ -67,7 +68,13 @@ pub async fn report_ranges(gw: &Gateway, records: Vec<RangeRecord>) -> Result<()
         .into_iter()
         .filter_map(|r| {
             let id = r.desc.as_ref()?.id;
-            Some(Mutation { expiry: None, key: dir_key(id), condition: None, op: Some(mutation::Op::RangeRecord(r)) })
+            Some(Mutation {
+                expiry: None,
+                key: dir_key(id),
+                condition: None,
+                op: Some(mutation::Op::RangeRecord(r)),
+                value_kind: 0,
+            })
         })
         .collect();
     write(gw, muts).await.map(|_| ())

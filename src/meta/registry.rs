@@ -26,6 +26,7 @@ pub async fn put(gw: &Gateway, info: NodeInfo) -> Result<(), Status> {
         key: node_key(info.id),
         condition: None,
         op: Some(mutation::Op::Put(info.encode_to_vec())),
+        value_kind: 0,
     };
     write(gw, vec![m]).await.map(|_| ())
 }

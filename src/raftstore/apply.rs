@@ -72,7 +72,7 @@ impl<'a> ApplyBatch<'a> {
 
     fn write_value(&mut self, key: &[u8], version: Version, value: Option<&Live>) {
         let stored = match value {
-            Some(l) => mvcc_keys::encode_expiring_value(&l.value, l.expires_at_ms),
+            Some(l) => mvcc_keys::encode_kinded_value(&l.value, l.expires_at_ms, l.kind),
             None => mvcc_keys::tombstone(),
         };
         self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &stored);
@@ -200,6 +200,10 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
 
 type Current = Option<Live>;
 
+/// An increment's error on a value of another kind than a plain one (worded as
+/// Redis words it, so that the Redis front end passes it on as it is).
+pub const WRONG_KIND: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
 fn retired(desc: &RangeDescriptor, table_id: u32) -> bool {
     desc.retired_tables.binary_search(&table_id).is_ok()
 }
@@ -225,7 +229,10 @@ fn condition_holds(cond: &Option<Condition>, cur: &Current) -> bool {
         Some(condition::Kind::VersionEquals(v)) => cur.as_ref().is_some_and(|l| l.version == Version::from(v)),
         Some(condition::Kind::IfAbsent(_)) => cur.is_none(),
         Some(condition::Kind::IfPresent(_)) => cur.is_some(),
-        Some(condition::Kind::ValueEquals(x)) => cur.as_ref().is_some_and(|l| &l.value == x),
+        // Only a plain value equals bytes: a hash's encoding is not its value.
+        Some(condition::Kind::ValueEquals(x)) => {
+            cur.as_ref().is_some_and(|l| l.kind == mvcc_keys::kind::PLAIN && &l.value == x)
+        }
     }
 }
 
@@ -330,9 +337,9 @@ fn evaluate(
     let absent = MutationResult { succeeded: true, existed: false, version: None, counter: 0 };
     // A value whose expiry is already due is written as a deletion (as Redis does for
     // an expiry in the past): nothing live stays behind, and an absent key stays absent.
-    let live_or_deleted = |value: Vec<u8>, expires_at_ms: u64| {
+    let live_or_deleted = |value: Vec<u8>, expires_at_ms: u64, kind: u8| {
         if !mvcc_keys::expired(expires_at_ms, now_ms) {
-            (Some(Some(Live { value, version, expires_at_ms })), ok(0))
+            (Some(Some(Live { value, version, expires_at_ms, kind })), ok(0))
         } else if existed {
             (Some(None), ok(0))
         } else {
@@ -340,10 +347,13 @@ fn evaluate(
         }
     };
     Ok(match &m.op {
-        Some(mutation::Op::Put(v)) => live_or_deleted(v.clone(), resolve_expiry(m.expiry.as_ref(), &cur, now_ms)),
+        Some(mutation::Op::Put(v)) => {
+            let kind = u8::try_from(m.value_kind).map_err(|_| errors::invalid("unknown value kind"))?;
+            live_or_deleted(v.clone(), resolve_expiry(m.expiry.as_ref(), &cur, now_ms), kind)
+        }
         Some(mutation::Op::SetExpiry(e)) => match &cur {
             None => (None, absent),
-            Some(l) => live_or_deleted(l.value.clone(), resolve_expiry(Some(e), &cur, now_ms)),
+            Some(l) => live_or_deleted(l.value.clone(), resolve_expiry(Some(e), &cur, now_ms), l.kind),
         },
         Some(mutation::Op::Check(_)) => (None, MutationResult { version: cur.map(|l| l.version.into()), ..ok(0) }),
         Some(mutation::Op::Delete(_)) => {
@@ -356,6 +366,7 @@ fn evaluate(
         Some(mutation::Op::Increment(inc)) => {
             let current: i64 = match &cur {
                 None => 0,
+                Some(l) if l.kind != mvcc_keys::kind::PLAIN => return Err(errors::invalid(WRONG_KIND)),
                 Some(l) => std::str::from_utf8(&l.value)
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -371,7 +382,8 @@ fn evaluate(
             } else {
                 // A counter keeps its expiry, as Redis's INCR does.
                 let expires_at_ms = cur.as_ref().map_or(mvcc_keys::NO_EXPIRY, |l| l.expires_at_ms);
-                (Some(Some(Live { value: next.to_string().into_bytes(), version, expires_at_ms })), ok(next))
+                let value = next.to_string().into_bytes();
+                (Some(Some(Live { value, version, expires_at_ms, kind: mvcc_keys::kind::PLAIN })), ok(next))
             }
         }
         Some(mutation::Op::RangeRecord(rec)) => {
@@ -395,7 +407,8 @@ fn evaluate(
                     }
                 }
                 let value = rec.encode_to_vec();
-                (Some(Some(Live { value, version, expires_at_ms: mvcc_keys::NO_EXPIRY })), ok(0))
+                let expires_at_ms = mvcc_keys::NO_EXPIRY;
+                (Some(Some(Live { value, version, expires_at_ms, kind: mvcc_keys::kind::PLAIN })), ok(0))
             }
         }
         None => return Err(errors::invalid("mutation has no operation")),
@@ -514,6 +527,7 @@ mod tests {
             key: k.to_vec(),
             condition: cond.map(|k| Condition { kind: Some(k) }),
             op: Some(mutation::Op::Put(v.to_vec())),
+            value_kind: 0,
         }
     }
 
@@ -546,6 +560,7 @@ mod tests {
             condition: None,
             op: Some(mutation::Op::SetExpiry(Expiry { when: Some(when) })),
             expiry: None,
+            value_kind: 0,
         }
     }
 
@@ -621,6 +636,7 @@ mod tests {
             condition: Some(Condition { kind: Some(kind) }),
             op: Some(mutation::Op::Check(true)),
             expiry: None,
+            value_kind: 0,
         };
         let stale = check(condition::Kind::IfAbsent(true));
         assert_eq!(
@@ -665,6 +681,7 @@ mod tests {
             condition: None,
             op: Some(mutation::Op::Increment(Increment { delta: 1, min: None, max: None })),
             expiry: None,
+            value_kind: 0,
         };
         run(&e, &mut desc, &mut st, &at(2_000, vec![incr.clone()]));
         assert_eq!(expiry_of(&e), Some(60_000), "an increment keeps the expiry");
@@ -799,6 +816,7 @@ mod tests {
                 key: b"ctr".to_vec(),
                 condition: None,
                 op: Some(mutation::Op::Increment(cairn_proto::internal::Increment { delta: 1, min: None, max: None })),
+                value_kind: 0,
             };
             let mut c = write(vec![m], b"claim-7");
             c.proposed_version = Some(ms(at_ms).into());
@@ -859,6 +877,7 @@ mod tests {
             key: b"ctr".to_vec(),
             condition: None,
             op: Some(mutation::Op::Increment(Increment { delta: d, min: None, max: Some(10) })),
+            value_kind: 0,
         };
         let cmd = write(vec![inc(4)], b"req-1");
         run(&e, &mut desc, &mut st, &cmd);

@@ -147,6 +147,7 @@ pub fn read_keys(
                 value: l.value,
                 version: Some(l.version.into()),
                 expires_at_ms: l.expires_at_ms,
+                kind: l.kind.into(),
             },
             None => ReadResult::default(),
         };
@@ -266,7 +267,7 @@ fn scan_page(
     let mut pairs = Vec::new();
     let mut bytes = 0;
     let mut exhausted = true;
-    mvcc::scan_at(&store.engine, &lo, &hi, at, judging_time_ms(store), |k, v, version| {
+    mvcc::scan_at(&store.engine, &lo, &hi, at, judging_time_ms(store), |k, v, version, kind| {
         if pairs.len() >= max_keys || bytes >= MAX_PAGE_BYTES {
             exhausted = false;
             return false;
@@ -276,6 +277,7 @@ fn scan_page(
             key: k.to_vec(),
             value: if keys_only { Vec::new() } else { v.to_vec() },
             version: Some(version.into()),
+            kind: kind.into(),
         });
         true
     });

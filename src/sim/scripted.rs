@@ -163,6 +163,7 @@ impl Scripted {
                     key: super::workload::encode_key(key),
                     condition: None,
                     op: Some(mutation::Op::Put(value.as_bytes().to_vec())),
+                    value_kind: 0,
                 }],
             })),
         };

@@ -442,6 +442,7 @@ fn put(key: &[u8], v: u64, condition: Option<condition::Kind>) -> Mutation {
         key: key.to_vec(),
         condition: condition.map(|kind| Condition { kind: Some(kind) }),
         op: Some(mutation::Op::Put(value_bytes(v))),
+        value_kind: 0,
     }
 }
 
@@ -451,12 +452,13 @@ fn delete(key: &[u8], condition: Option<condition::Kind>) -> Mutation {
         key: key.to_vec(),
         condition: condition.map(|kind| Condition { kind: Some(kind) }),
         op: Some(mutation::Op::Delete(true)),
+        value_kind: 0,
     }
 }
 
 fn increment(key: &[u8], delta: i64) -> Mutation {
     let inc = cairn_proto::internal::Increment { delta, min: None, max: None };
-    Mutation { expiry: None, key: key.to_vec(), condition: None, op: Some(mutation::Op::Increment(inc)) }
+    Mutation { expiry: None, key: key.to_vec(), condition: None, op: Some(mutation::Op::Increment(inc)), value_kind: 0 }
 }
 
 fn register_mutation(key: &[u8], input: &Input) -> Mutation {
@@ -468,6 +470,6 @@ fn register_mutation(key: &[u8], input: &Input) -> Mutation {
         Input::Delete => delete(key, None),
         Input::DeleteIfValue { expected } => delete(key, Some(ValueEquals(value_bytes(expected)))),
         // Reads never become mutations (they go through ReadIndex); a no-op keeps this total.
-        Input::Get => Mutation { expiry: None, key: key.to_vec(), condition: None, op: None },
+        Input::Get => Mutation { expiry: None, key: key.to_vec(), condition: None, op: None, value_kind: 0 },
     }
 }

@@ -16,6 +16,8 @@ pub struct Stored {
     pub version: Version,
     /// `NO_EXPIRY` unless the value expires.
     pub expires_at_ms: u64,
+    /// How the value's bytes are read (`keys::mvcc::kind`).
+    pub kind: u8,
 }
 
 /// A key's live value.
@@ -25,6 +27,8 @@ pub struct Live {
     pub version: Version,
     /// `NO_EXPIRY` unless the value expires.
     pub expires_at_ms: u64,
+    /// How the value's bytes are read (`keys::mvcc::kind`).
+    pub kind: u8,
 }
 
 /// The newest version of `key` at or below `at` (`Version::MAX` = latest), tombstones included.
@@ -37,10 +41,10 @@ pub fn read_at(engine: &Engine, key: &[u8], at: Version) -> Option<Stored> {
         // Compared escaped, as stored: unescaping would allocate on every point read.
         if let Some((_, version)) = mvcc::split_stored(k).filter(|(part, _)| Some(*part) == want) {
             found = Some(match mvcc::Record::decode(v) {
-                Some(mvcc::Record::Value { value, expires_at_ms }) => {
-                    Stored { value: Some(value.to_vec()), version, expires_at_ms }
+                Some(mvcc::Record::Value { value, expires_at_ms, kind }) => {
+                    Stored { value: Some(value.to_vec()), version, expires_at_ms, kind }
                 }
-                _ => Stored { value: None, version, expires_at_ms: mvcc::NO_EXPIRY },
+                _ => Stored { value: None, version, expires_at_ms: mvcc::NO_EXPIRY, kind: mvcc::kind::PLAIN },
             });
         }
         false
@@ -51,22 +55,23 @@ pub fn read_at(engine: &Engine, key: &[u8], at: Version) -> Option<Stored> {
 /// The live value of `key` as of `at`, judged at `now_ms` (tombstones and expired values read as absent).
 pub fn get_live(engine: &Engine, key: &[u8], at: Version, now_ms: u64) -> Option<Live> {
     match read_at(engine, key, at) {
-        Some(Stored { value: Some(value), version, expires_at_ms }) if !mvcc::expired(expires_at_ms, now_ms) => {
-            Some(Live { value, version, expires_at_ms })
+        Some(Stored { value: Some(value), version, expires_at_ms, kind }) if !mvcc::expired(expires_at_ms, now_ms) => {
+            Some(Live { value, version, expires_at_ms, kind })
         }
         _ => None,
     }
 }
 
 /// Visits live keys in `[start, end)` (encoded keys; empty end = +inf) as of `at`,
-/// judged at `now_ms`, in key order, until `f` returns false.
+/// judged at `now_ms`, in key order, until `f` returns false. `f` gets the key,
+/// its value, version and kind.
 pub fn scan_at(
     engine: &Engine,
     start: &[u8],
     end: &[u8],
     at: Version,
     now_ms: u64,
-    mut f: impl FnMut(&[u8], &[u8], Version) -> bool,
+    mut f: impl FnMut(&[u8], &[u8], Version, u8) -> bool,
 ) {
     let lo = mvcc::bound(start);
     let hi = if end.is_empty() { Vec::new() } else { mvcc::bound(end) };
@@ -77,9 +82,12 @@ pub fn scan_at(
         if decided.as_deref() == Some(key.as_slice()) || version > at {
             return true;
         }
-        let keep_going = match mvcc::decode_value(v, now_ms) {
-            Some(value) => f(&key, value, version),
-            None => true,
+        let keep_going = match mvcc::Record::decode(v) {
+            Some(r @ mvcc::Record::Value { kind, .. }) => match r.live_at(now_ms) {
+                Some((value, _)) => f(&key, value, version, kind),
+                None => true,
+            },
+            _ => true,
         };
         decided = Some(key);
         keep_going
@@ -137,7 +145,7 @@ mod tests {
             assert_eq!(get_live(&engine, b"exp", Version::MAX, 99).map(|l| l.expires_at_ms), Some(100), "{when}");
             assert_eq!(get_live(&engine, b"exp", Version::MAX, 100), None, "{when}: expired");
             let mut scanned = Vec::new();
-            scan_at(&engine, b"e", b"f", Version::MAX, 100, |k, _, _| {
+            scan_at(&engine, b"e", b"f", Version::MAX, 100, |k, _, _, _| {
                 scanned.push(k.to_vec());
                 true
             });

@@ -137,7 +137,7 @@ pub struct PrunerFilter {
 /// tombstone: an expiring value due at or before both `safe_point_ms` and the
 /// applied version of the local range that holds it (none holds it: keep it).
 pub fn reclaims(spans: &[AppliedSpan], safe_point_ms: u64, key: &[u8], value: &[u8]) -> bool {
-    if value.first() != Some(&mvcc_keys::TAG_EXPIRING) {
+    if !matches!(value.first(), Some(&mvcc_keys::TAG_EXPIRING | &mvcc_keys::TAG_KINDED)) {
         return false;
     }
     let Some(Record::Value { expires_at_ms, .. }) = Record::decode(value) else { return false };

@@ -8,9 +8,14 @@
 //! A stored value is a tag byte then its body: `0` a value (the body is the
 //! user value), `1` a tombstone (no body), `2` a value with an expiry (the body
 //! is the expiry instant, Unix milliseconds as a big-endian u64, then the user
-//! value). An expiring value is live only while the time it is judged at is
-//! before its expiry; who judges at what time is the reader's choice (see
-//! `judge`), never the record's.
+//! value), `3` a value of another kind than a plain one (the body is the kind
+//! byte, the expiry instant, `NO_EXPIRY` for none, then the value). An expiring
+//! value is live only while the time it is judged at is before its expiry; who
+//! judges at what time is the reader's choice, never the record's.
+//!
+//! A value's kind (`kind`) says how its bytes are to be read: plain bytes, or
+//! a Redis hash. It lives beside the value, not in it, so that a plain value is
+//! exactly what the client wrote whatever bytes it holds.
 
 use crate::hlc::Version;
 
@@ -18,6 +23,15 @@ const TERMINATOR: [u8; 2] = [0x00, 0x01];
 pub const TAG_VALUE: u8 = 0;
 pub const TAG_TOMBSTONE: u8 = 1;
 pub const TAG_EXPIRING: u8 = 2;
+pub const TAG_KINDED: u8 = 3;
+
+/// The kinds of value (the stored byte; `cairn.v1.ValueKind` on the wire).
+pub mod kind {
+    /// Bytes as written: what the native API's puts and Redis strings store.
+    pub const PLAIN: u8 = 0;
+    /// A Redis hash, encoded by `resp::hash`.
+    pub const REDIS_HASH: u8 = 1;
+}
 /// The expiry of a value that never expires.
 pub const NO_EXPIRY: u64 = 0;
 
@@ -112,6 +126,19 @@ pub fn encode_expiring_value(value: &[u8], expires_at_ms: u64) -> Vec<u8> {
     v
 }
 
+/// A value of `kind` that expires at `expires_at_ms` (`NO_EXPIRY`: never).
+pub fn encode_kinded_value(value: &[u8], expires_at_ms: u64, kind: u8) -> Vec<u8> {
+    if kind == kind::PLAIN {
+        return encode_expiring_value(value, expires_at_ms);
+    }
+    let mut v = Vec::with_capacity(value.len() + 10);
+    v.push(TAG_KINDED);
+    v.push(kind);
+    v.extend_from_slice(&expires_at_ms.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
 pub fn tombstone() -> Vec<u8> {
     vec![TAG_TOMBSTONE]
 }
@@ -119,10 +146,11 @@ pub fn tombstone() -> Vec<u8> {
 /// One stored record's value, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    /// A value, with its expiry (`NO_EXPIRY` for none).
+    /// A value, with its expiry (`NO_EXPIRY` for none) and kind.
     Value {
         value: &'a [u8],
         expires_at_ms: u64,
+        kind: u8,
     },
     Tombstone,
 }
@@ -130,12 +158,17 @@ pub enum Record<'a> {
 impl<'a> Record<'a> {
     pub fn decode(stored: &'a [u8]) -> Option<Record<'a>> {
         match stored.split_first()? {
-            (&TAG_VALUE, rest) => Some(Record::Value { value: rest, expires_at_ms: NO_EXPIRY }),
+            (&TAG_VALUE, rest) => Some(Record::Value { value: rest, expires_at_ms: NO_EXPIRY, kind: kind::PLAIN }),
             (&TAG_TOMBSTONE, _) => Some(Record::Tombstone),
             (&TAG_EXPIRING, rest) if rest.len() >= 8 => {
                 let (at, value) = rest.split_at(8);
                 let expires_at_ms = u64::from_be_bytes(at.try_into().ok()?);
-                Some(Record::Value { value, expires_at_ms })
+                Some(Record::Value { value, expires_at_ms, kind: kind::PLAIN })
+            }
+            (&TAG_KINDED, rest) if rest.len() >= 9 => {
+                let (head, value) = rest.split_at(9);
+                let expires_at_ms = u64::from_be_bytes(head[1..].try_into().ok()?);
+                Some(Record::Value { value, expires_at_ms, kind: head[0] })
             }
             _ => None,
         }
@@ -144,7 +177,9 @@ impl<'a> Record<'a> {
     /// The value and its expiry if it is live when judged at `now_ms`.
     pub fn live_at(self, now_ms: u64) -> Option<(&'a [u8], u64)> {
         match self {
-            Record::Value { value, expires_at_ms } if !expired(expires_at_ms, now_ms) => Some((value, expires_at_ms)),
+            Record::Value { value, expires_at_ms, .. } if !expired(expires_at_ms, now_ms) => {
+                Some((value, expires_at_ms))
+            }
             _ => None,
         }
     }
@@ -209,7 +244,7 @@ mod tests {
         let plain = encode_value(b"v");
         assert_eq!(encode_expiring_value(b"v", NO_EXPIRY), plain, "no expiry stores a plain value");
         let expiring = encode_expiring_value(b"v\x00x", 1_000);
-        assert_eq!(Record::decode(&expiring), Some(Record::Value { value: b"v\x00x", expires_at_ms: 1_000 }));
+        assert_eq!(Record::decode(&expiring), Some(Record::Value { value: b"v\x00x", expires_at_ms: 1_000, kind: 0 }));
         assert_eq!(decode_value(&expiring, 999), Some(&b"v\x00x"[..]));
         assert_eq!(decode_value(&expiring, 1_000), None, "gone at its expiry instant");
         assert_eq!(decode_value(&plain, u64::MAX), Some(&b"v"[..]));
@@ -217,5 +252,18 @@ mod tests {
         assert_eq!(Record::decode(&[TAG_EXPIRING, 1, 2]), None, "a truncated expiry is corrupt, not a value");
         assert_eq!(Record::decode(&[]), None);
         assert_eq!(Record::decode(&[9, 1]), None);
+    }
+
+    #[test]
+    fn kinded_values_keep_their_kind_and_expiry() {
+        assert_eq!(encode_kinded_value(b"v", 5, kind::PLAIN), encode_expiring_value(b"v", 5), "plain stays plain");
+        let hash = encode_kinded_value(b"h\x00", NO_EXPIRY, kind::REDIS_HASH);
+        let want = Record::Value { value: b"h\x00", expires_at_ms: NO_EXPIRY, kind: kind::REDIS_HASH };
+        assert_eq!(Record::decode(&hash), Some(want));
+        assert_eq!(decode_value(&hash, u64::MAX), Some(&b"h\x00"[..]));
+        let expiring = encode_kinded_value(b"h", 1_000, kind::REDIS_HASH);
+        assert_eq!(decode_value(&expiring, 999), Some(&b"h"[..]));
+        assert_eq!(decode_value(&expiring, 1_000), None);
+        assert_eq!(Record::decode(&[TAG_KINDED, 1, 0, 0]), None, "a truncated header is corrupt");
     }
 }

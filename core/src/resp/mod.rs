@@ -3,6 +3,7 @@
 //! (fuzz/fuzz_targets/resp_parser.rs) drives exactly the code a connection
 //! runs.
 
+pub mod hash;
 pub mod parse;
 pub mod reply;
 

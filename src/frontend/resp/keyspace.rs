@@ -87,6 +87,10 @@ pub async fn table(gw: &Gateway) -> Result<TableInfo, Reply> {
 /// non-idempotent command could apply it twice.
 pub fn error_reply(s: &Status) -> Reply {
     let msg = s.message();
+    if let Some(at) = msg.find("WRONGTYPE ") {
+        // The range judged the key's type (an increment of a hash): Redis's own error.
+        return Reply::Error(msg[at..].to_string());
+    }
     let retryable = matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted);
     let marked = s.metadata().get(crate::outcome::HEADER).is_some();
     if retryable && !(marked && gateway::maybe_applied(s)) {

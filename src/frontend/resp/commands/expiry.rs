@@ -130,6 +130,7 @@ async fn expire(srv: &RespServer, name: &str, a: &[Bytes]) -> Result<Reply> {
                 condition: None,
                 op: Some(mutation::Op::SetExpiry(Expiry { when: Some(when) })),
                 expiry: None,
+                value_kind: 0,
             }])
         })
         .await?;

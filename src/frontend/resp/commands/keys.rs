@@ -1,8 +1,10 @@
 //! Commands on keys whatever their type: DEL, UNLINK, EXISTS, TYPE (and the
-//! expiry commands, dispatched to `expiry`, and SCAN/KEYS/RANDOMKEY to `scan`).
+//! expiry commands, dispatched to `expiry`, and SCAN/KEYS/RANDOMKEY to `scan`;
+//! RENAME runs as a one-command transaction, `txn::run_one`).
 
 use super::super::keyspace;
 use super::super::session::Session;
+use super::super::txn::eval::type_name;
 use super::super::RespServer;
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
@@ -37,6 +39,7 @@ async fn delete(srv: &RespServer, keys: &[Bytes]) -> Result<Reply, Reply> {
                     key: keyspace::encode(&srv.gw, t, k)?,
                     condition: None,
                     op: Some(mutation::Op::Delete(true)),
+                    value_kind: 0,
                 })
             })
             .collect()
@@ -54,6 +57,9 @@ async fn exists(srv: &RespServer, session: &Session, keys: &[Bytes]) -> Result<R
 
 async fn key_type(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply, Reply> {
     let found = keyspace::read(&srv.gw, &[key.to_vec()], session.readonly).await?;
-    let present = found.first().is_some_and(|r| r.found);
-    Ok(Reply::Simple(if present { "string" } else { "none" }.into()))
+    let name = match found.first().filter(|r| r.found) {
+        Some(r) => type_name(u8::try_from(r.kind).unwrap_or(u8::MAX)),
+        None => "none",
+    };
+    Ok(Reply::Simple(name.into()))
 }

@@ -124,9 +124,14 @@ async fn read_run(srv: &RespServer, session: &mut Session, run: Vec<(Vec<Bytes>,
         })
         .collect();
     match keyspace::read(&srv.gw, &keys, session.readonly).await {
-        Ok(found) => {
-            found.into_iter().map(|r| if r.found { Reply::Bulk(Bytes::from(r.value)) } else { Reply::Nil }).collect()
-        }
+        Ok(found) => found
+            .into_iter()
+            .map(|r| match super::rmw::string_value(Some(&r)) {
+                Err(wrong_type) => wrong_type,
+                Ok(_) if r.found => Reply::Bulk(Bytes::from(r.value)),
+                Ok(_) => Reply::Nil,
+            })
+            .collect(),
         // Refused, not failed (too much to read at once, past the reply bound):
         // one by one, each within it. A TRYAGAIN would only repeat per command.
         Err(Reply::Error(m)) if m.starts_with("ERR ") && run.len() > 1 => {
@@ -143,7 +148,13 @@ async fn read_run(srv: &RespServer, session: &mut Session, run: Vec<(Vec<Bytes>,
 /// A write run's command as a mutation (a read has none).
 fn mutation_of(t: &TableInfo, b: &Batchable) -> Option<Mutation> {
     let Batchable::Write(key, op) = b else { return None };
-    Some(Mutation { expiry: None, key: crate::request::encode_key(t, key), condition: None, op: Some(op.clone()) })
+    Some(Mutation {
+        expiry: None,
+        key: crate::request::encode_key(t, key),
+        condition: None,
+        op: Some(op.clone()),
+        value_kind: 0,
+    })
 }
 
 async fn write_run(srv: &RespServer, session: &mut Session, run: Vec<(Vec<Bytes>, Batchable)>) -> Vec<Reply> {

@@ -5,11 +5,12 @@
 //! if the command ran alone at the moment its write applied.
 
 use super::super::keyspace;
+use super::super::txn::eval::wrong_type;
 use super::super::RespServer;
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
 use cairn_proto::internal::{expiry, mutation, Expiry, Mutation};
-use cairn_proto::kv::{condition, Condition, GetResponse};
+use cairn_proto::kv::{condition, Condition, GetResponse, ValueKind};
 
 pub type Result<T> = std::result::Result<T, Reply>;
 
@@ -32,6 +33,14 @@ pub fn bulk_or_nil(r: &GetResponse) -> Reply {
     }
 }
 
+/// A key read for a command on strings: WRONGTYPE if it holds another type.
+pub fn string_value(r: Option<&GetResponse>) -> Result<Option<&GetResponse>> {
+    match r {
+        Some(r) if r.found && r.kind != ValueKind::Plain as i32 => Err(wrong_type()),
+        r => Ok(r),
+    }
+}
+
 pub async fn read_one(srv: &RespServer, key: &[u8], stale: bool) -> Result<GetResponse> {
     Ok(keyspace::read(&srv.gw, &[key.to_vec()], stale).await?.pop().unwrap_or_default())
 }
@@ -51,6 +60,7 @@ pub async fn put(
             condition: condition.clone(),
             op: Some(mutation::Op::Put(value.to_vec())),
             expiry,
+            value_kind: 0,
         }])
     })
     .await?;
@@ -105,6 +115,7 @@ pub async fn read_modify_write<T>(
                 condition: unchanged.clone(),
                 op: Some(op.clone()),
                 expiry,
+                value_kind: 0,
             }])
         })
         .await?;

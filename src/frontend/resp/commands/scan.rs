@@ -8,6 +8,7 @@
 //! for the whole scan is returned at least once, as Redis promises.
 
 use super::super::keyspace;
+use super::super::txn::eval::type_name;
 use super::super::RespServer;
 use super::server::glob_match;
 use super::{parse_i64, syntax_error, upper};
@@ -43,8 +44,9 @@ fn slot_of_encoded(encoded: &[u8]) -> u16 {
 }
 
 /// Every key from slot `first` on, whole slots at a time, until at least `want`
-/// keys are gathered: the keys and the next slot (`SLOT_COUNT` at the end).
-async fn keys_from(srv: &RespServer, first: u16, want: usize) -> Result<(Vec<Bytes>, u32)> {
+/// keys are gathered: the keys with their value kinds, and the next slot
+/// (`SLOT_COUNT` at the end).
+async fn keys_from(srv: &RespServer, first: u16, want: usize) -> Result<(Vec<(Bytes, i32)>, u32)> {
     let t = keyspace::table(&srv.gw).await?;
     let params = ScanParams {
         start: keys::hash_slot_start(t.id, first),
@@ -71,7 +73,7 @@ async fn keys_from(srv: &RespServer, first: u16, want: usize) -> Result<(Vec<Byt
                 )));
             }
             last_slot = Some(slot);
-            out.push(user_key(&pair.key));
+            out.push((user_key(&pair.key), pair.kind));
         }
     }
     Ok((out, u32::from(SLOT_COUNT)))
@@ -84,7 +86,7 @@ async fn scan_command(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
         .and_then(|s| s.parse::<u32>().ok())
         .filter(|c| *c < u32::from(SLOT_COUNT))
         .ok_or_else(|| Reply::Error("ERR invalid cursor".into()))?;
-    let (mut pattern, mut count, mut type_ok) = (None, 10usize, true);
+    let (mut pattern, mut count, mut type_filter) = (None, 10usize, None::<String>);
     let mut i = 1;
     while i < a.len() {
         match (upper(&a[i]).as_str(), a.get(i + 1)) {
@@ -92,8 +94,7 @@ async fn scan_command(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
             ("COUNT", Some(n)) => {
                 count = usize::try_from(parse_i64(n)?).ok().filter(|n| *n >= 1).ok_or_else(syntax_error)?;
             }
-            // Every key is a string so far: another type matches nothing.
-            ("TYPE", Some(t)) => type_ok = t.eq_ignore_ascii_case(b"string"),
+            ("TYPE", Some(t)) => type_filter = Some(String::from_utf8_lossy(t).to_ascii_lowercase()),
             _ => return Err(syntax_error()),
         }
         i += 2;
@@ -101,8 +102,9 @@ async fn scan_command(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
     let (found, next) = keys_from(srv, cursor as u16, count.min(MAX_KEYS_PER_CALL)).await?;
     let keys: Vec<Reply> = found
         .into_iter()
-        .filter(|k| type_ok && pattern.as_ref().is_none_or(|p| glob_match(p, k, false)))
-        .map(Reply::Bulk)
+        .filter(|(_, kind)| type_filter.as_ref().is_none_or(|t| t == type_name(u8::try_from(*kind).unwrap_or(u8::MAX))))
+        .filter(|(k, _)| pattern.as_ref().is_none_or(|p| glob_match(p, k, false)))
+        .map(|(k, _)| Reply::Bulk(k))
         .collect();
     let next = if next >= u32::from(SLOT_COUNT) { 0 } else { next };
     Ok(Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), Reply::Array(keys)]))
@@ -115,7 +117,7 @@ async fn keys_command(srv: &RespServer, pattern: &[u8]) -> Result<Reply> {
     let mut slot: u32 = 0;
     while slot < u32::from(SLOT_COUNT) {
         let (found, next) = keys_from(srv, slot as u16, 10_000).await?;
-        for k in found.into_iter().filter(|k| glob_match(pattern, k, false)) {
+        for (k, _) in found.into_iter().filter(|(k, _)| glob_match(pattern, k, false)) {
             bytes += k.len();
             if bytes > MAX_KEYS_REPLY_BYTES {
                 return Err(Reply::Error(format!(
@@ -134,9 +136,9 @@ async fn keys_command(srv: &RespServer, pattern: &[u8]) -> Result<Reply> {
 async fn random_key(srv: &RespServer) -> Result<Reply> {
     let start: u16 = rand::random_range(0..SLOT_COUNT);
     let (found, _) = keys_from(srv, start, 1).await?;
-    if let Some(k) = found.into_iter().next() {
+    if let Some((k, _)) = found.into_iter().next() {
         return Ok(Reply::Bulk(k));
     }
     let (found, _) = keys_from(srv, 0, 1).await?;
-    Ok(found.into_iter().next().map_or(Reply::Nil, Reply::Bulk))
+    Ok(found.into_iter().next().map_or(Reply::Nil, |(k, _)| Reply::Bulk(k)))
 }

@@ -9,7 +9,7 @@ use super::super::keyspace::{self, error_reply};
 use super::super::session::Session;
 use super::super::RespServer;
 use super::expiry::option_expiry;
-use super::rmw::{bulk_or_nil, cond, put, read_modify_write, read_one, when, Change, Result};
+use super::rmw::{bulk_or_nil, cond, put, read_modify_write, read_one, string_value, when, Change, Result};
 use super::{parse_f64, parse_i64, syntax_error, upper};
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
@@ -58,6 +58,7 @@ fn count_hits(srv: &RespServer, found: bool) {
 
 async fn get(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply> {
     let r = read_one(srv, key, session.readonly).await?;
+    string_value(Some(&r))?;
     count_hits(srv, r.found);
     Ok(bulk_or_nil(&r))
 }
@@ -149,7 +150,7 @@ async fn set_returning_old(
     expiry: Option<Expiry>,
 ) -> Result<Reply> {
     read_modify_write(srv, key, |cur| {
-        let cur = cur.map(|r| r.value.as_slice());
+        let cur = string_value(cur)?.map(|r| r.value.as_slice());
         let old = cur.map_or(Reply::Nil, |v| Reply::Bulk(Bytes::copy_from_slice(v)));
         if condition.as_ref().is_none_or(|c| c.holds(cur)) {
             Ok((Change::Put(value.to_vec(), expiry), old))
@@ -166,7 +167,7 @@ async fn setnx(srv: &RespServer, key: &[u8], value: &[u8]) -> Result<Reply> {
 }
 
 async fn getdel(srv: &RespServer, key: &[u8]) -> Result<Reply> {
-    read_modify_write(srv, key, |cur| Ok((Change::Delete, cur.map_or(Reply::Nil, bulk_or_nil)))).await
+    read_modify_write(srv, key, |cur| Ok((Change::Delete, string_value(cur)?.map_or(Reply::Nil, bulk_or_nil)))).await
 }
 
 /// GETEX key [EX n | PX n | EXAT t | PXAT t | PERSIST]: GET, changing the expiry.
@@ -181,7 +182,7 @@ async fn getex(srv: &RespServer, session: &Session, a: &[Bytes]) -> Result<Reply
         _ => return Err(syntax_error()),
     };
     let persist = matches!(change.when, Some(expiry::When::Never(_)));
-    let reply = read_modify_write(srv, &a[0], |cur| match cur {
+    let reply = read_modify_write(srv, &a[0], |cur| match string_value(cur)? {
         // PERSIST on a key without an expiry writes nothing.
         Some(r) if persist && r.expires_at_ms == 0 => Ok((Change::Keep, bulk_or_nil(r))),
         Some(r) => Ok((Change::Expire(change), bulk_or_nil(r))),
@@ -195,7 +196,10 @@ async fn getex(srv: &RespServer, session: &Session, a: &[Bytes]) -> Result<Reply
 async fn mget(srv: &RespServer, session: &Session, keys: &[Bytes]) -> Result<Reply> {
     let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
     let found = keyspace::read(&srv.gw, &keys, session.readonly).await?;
-    Ok(Reply::Array(found.iter().map(bulk_or_nil).collect()))
+    // Like Redis, MGET answers nil for a key of another type.
+    Ok(Reply::Array(
+        found.iter().map(|r| if string_value(Some(r)).is_ok() { bulk_or_nil(r) } else { Reply::Nil }).collect(),
+    ))
 }
 
 /// Key/value pairs with later duplicates replacing earlier ones, in first-seen order.
@@ -234,6 +238,7 @@ async fn mset(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
                     key: keyspace::encode(&srv.gw, t, k)?,
                     condition: None,
                     op: Some(mutation::Op::Put(v.to_vec())),
+                    value_kind: 0,
                 })
             })
             .collect()
@@ -256,6 +261,7 @@ async fn msetnx(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
                     key: keyspace::encode(&srv.gw, t, k)?,
                     condition: cond(condition::Kind::IfAbsent(true)),
                     op: Some(mutation::Op::Put(v.to_vec())),
+                    value_kind: 0,
                 })
             })
             .collect()
@@ -266,7 +272,7 @@ async fn msetnx(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
 
 async fn append(srv: &RespServer, key: &[u8], suffix: &[u8]) -> Result<Reply> {
     read_modify_write(srv, key, |cur| {
-        let mut v = cur.map(|r| r.value.clone()).unwrap_or_default();
+        let mut v = string_value(cur)?.map(|r| r.value.clone()).unwrap_or_default();
         v.extend_from_slice(suffix);
         let len = v.len() as i64;
         Ok((Change::put_keeping_expiry(v), Reply::Integer(len)))
@@ -276,6 +282,7 @@ async fn append(srv: &RespServer, key: &[u8], suffix: &[u8]) -> Result<Reply> {
 
 async fn strlen(srv: &RespServer, session: &Session, key: &[u8]) -> Result<Reply> {
     let r = read_one(srv, key, session.readonly).await?;
+    string_value(Some(&r))?;
     Ok(Reply::Integer(if r.found { r.value.len() as i64 } else { 0 }))
 }
 
@@ -293,6 +300,7 @@ pub fn range_of(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usiz
 async fn getrange(srv: &RespServer, session: &Session, a: &[Bytes]) -> Result<Reply> {
     let (start, end) = (parse_i64(&a[1])?, parse_i64(&a[2])?);
     let r = read_one(srv, &a[0], session.readonly).await?;
+    string_value(Some(&r))?;
     let span = range_of(r.value.len(), start, end).unwrap_or(0..0);
     Ok(Reply::Bulk(Bytes::copy_from_slice(&r.value[span])))
 }
@@ -309,7 +317,7 @@ async fn setrange(srv: &RespServer, a: &[Bytes]) -> Result<Reply> {
     }
     let offset = offset as usize;
     read_modify_write(srv, &a[0], |cur| {
-        let mut v = cur.map(|r| r.value.clone()).unwrap_or_default();
+        let mut v = string_value(cur)?.map(|r| r.value.clone()).unwrap_or_default();
         if value.is_empty() {
             // Redis creates nothing and pads nothing for an empty write.
             return Ok((Change::Keep, Reply::Integer(v.len() as i64)));
@@ -331,6 +339,7 @@ async fn incr_by(srv: &RespServer, key: &[u8], delta: i64) -> Result<Reply> {
             key: keyspace::encode(&srv.gw, t, key)?,
             condition: None,
             op: Some(mutation::Op::Increment(Increment { delta, min: None, max: None })),
+            value_kind: 0,
         }])
     })
     .await?;
@@ -352,7 +361,7 @@ async fn incrbyfloat(srv: &RespServer, key: &[u8], by: &[u8]) -> Result<Reply> {
     let not_float = || Reply::Error("ERR value is not a valid float".into());
     let by = parse_f64(by).ok_or_else(not_float)?;
     read_modify_write(srv, key, |cur| {
-        let current = match cur {
+        let current = match string_value(cur)? {
             None => 0.0,
             Some(r) => parse_f64(&r.value).ok_or_else(not_float)?,
         };

@@ -6,12 +6,12 @@
 //! a non-integer) answers its error and changes nothing; the others still apply.
 
 use super::super::commands::expiry::{self as expiry_cmd, expire_target, option_expiry, ExpireTarget, Only};
-use super::super::commands::strings::{format_float, parse_set_options, range_of, SetOptions};
+use super::super::commands::strings::{format_float, parse_set_options, range_of, SetCondition, SetOptions};
 use super::super::commands::{not_integer, parse_f64, parse_i64, syntax_error, upper};
 use super::view::{Entry, View};
 use crate::limits::Limits;
 use bytes::Bytes;
-use cairn_core::keys::mvcc::NO_EXPIRY;
+use cairn_core::keys::mvcc::{kind, NO_EXPIRY};
 use cairn_core::resp::reply::Reply;
 use cairn_proto::internal::{expiry, Expiry};
 use cairn_proto::kv::GetResponse;
@@ -58,7 +58,9 @@ pub fn supported(name: &str) -> bool {
             | "persist"
             | "ping"
             | "echo"
-    )
+            | "rename"
+            | "renamenx"
+    ) || super::hashes::handles(name)
 }
 
 /// Runs one command (`name` lowercase, `a` its arguments, arity already checked).
@@ -76,6 +78,28 @@ fn get(view: &View, key: &[u8]) -> Result<Option<Entry>> {
 
 fn put(view: &mut View, key: &[u8], entry: Option<Entry>) -> Result<()> {
     view.put(key, entry).map_err(undeclared)
+}
+
+/// A key's entry for a command on strings: WRONGTYPE if it holds another type.
+fn string(view: &View, key: &[u8]) -> Result<Option<Entry>> {
+    match get(view, key)? {
+        Some(e) if e.kind != kind::PLAIN => Err(wrong_type()),
+        e => Ok(e),
+    }
+}
+
+/// Redis's error for a command on a key of another type.
+pub fn wrong_type() -> Reply {
+    Reply::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
+}
+
+/// The name TYPE answers for a key of `kind`.
+pub fn type_name(kind: u8) -> &'static str {
+    match kind {
+        kind::PLAIN => "string",
+        kind::REDIS_HASH => "hash",
+        _ => "unknown",
+    }
 }
 
 fn bulk(e: &Option<Entry>) -> Reply {
@@ -99,24 +123,25 @@ fn instant(view: &View, e: Option<&Expiry>, cur: &Option<Entry>) -> u64 {
 /// A new value for `key` that keeps its current expiry.
 fn replace_keeping_expiry(view: &mut View, key: &[u8], cur: &Option<Entry>, value: Vec<u8>) -> Result<()> {
     let expires_at_ms = cur.as_ref().map_or(NO_EXPIRY, |c| c.expires_at_ms);
-    put(view, key, Some(Entry { value, expires_at_ms }))
+    put(view, key, Some(Entry { expires_at_ms, ..Entry::plain(value) }))
 }
 
 fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Reply> {
     Ok(match name {
         "ping" => a.first().map_or(Reply::Simple("PONG".into()), |m| Reply::Bulk(m.clone())),
         "echo" => Reply::Bulk(a[0].clone()),
-        "get" => bulk(&get(view, &a[0])?),
+        "get" => bulk(&string(view, &a[0])?),
         "set" => {
             let SetOptions { condition, get_old, expiry } = parse_set_options(&a[2..])?;
-            let cur = get(view, &a[0])?;
+            let compares = get_old || matches!(condition, Some(SetCondition::IfEq(_)));
+            let cur = if compares { string(view, &a[0])? } else { get(view, &a[0])? };
             let old = if get_old { bulk(&cur) } else { Reply::Nil };
             if !condition.as_ref().is_none_or(|c| c.holds(cur.as_ref().map(|e| e.value.as_slice()))) {
                 return Ok(old);
             }
             check_value(limits, &a[1])?;
             let expires_at_ms = instant(view, expiry.as_ref(), &cur);
-            put(view, &a[0], Some(Entry { value: a[1].to_vec(), expires_at_ms }))?;
+            put(view, &a[0], Some(Entry { expires_at_ms, ..Entry::plain(a[1].to_vec()) }))?;
             if get_old {
                 old
             } else {
@@ -135,17 +160,17 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
             let e = option_expiry(if name == "setex" { "EX" } else { "PX" }, &a[1], name)?;
             check_value(limits, &a[2])?;
             let expires_at_ms = instant(view, Some(&e), &None);
-            put(view, &a[0], Some(Entry { value: a[2].to_vec(), expires_at_ms }))?;
+            put(view, &a[0], Some(Entry { expires_at_ms, ..Entry::plain(a[2].to_vec()) }))?;
             Reply::ok()
         }
         "getset" => {
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             check_value(limits, &a[1])?;
             put(view, &a[0], Some(Entry::plain(a[1].to_vec())))?;
             bulk(&cur)
         }
         "getdel" => {
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             if cur.is_some() {
                 put(view, &a[0], None)?;
             }
@@ -161,16 +186,21 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
                 },
                 _ => return Err(syntax_error()),
             };
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             if let (Some(c), Some(change)) = (&cur, change) {
                 let expires_at_ms = instant(view, Some(&change), &cur);
                 if expires_at_ms != c.expires_at_ms {
-                    put(view, &a[0], Some(Entry { value: c.value.clone(), expires_at_ms }))?;
+                    put(view, &a[0], Some(Entry { expires_at_ms, ..c.clone() }))?;
                 }
             }
             bulk(&cur)
         }
-        "mget" => Reply::Array(a.iter().map(|k| get(view, k).map(|e| bulk(&e))).collect::<Result<_>>()?),
+        "mget" => Reply::Array(
+            // Like Redis, MGET answers nil for a key of another type.
+            a.iter()
+                .map(|k| get(view, k).map(|e| bulk(&e.filter(|e| e.kind == kind::PLAIN))))
+                .collect::<Result<_>>()?,
+        ),
         "mset" | "msetnx" => {
             if !a.len().is_multiple_of(2) {
                 return Err(Reply::Error(format!("ERR wrong number of arguments for '{name}' command")));
@@ -191,7 +221,7 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
             }
         }
         "append" => {
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             let mut v = cur.as_ref().map(|e| e.value.clone()).unwrap_or_default();
             v.extend_from_slice(&a[1]);
             check_value(limits, &v)?;
@@ -199,10 +229,10 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
             replace_keeping_expiry(view, &a[0], &cur, v)?;
             Reply::Integer(len)
         }
-        "strlen" => Reply::Integer(get(view, &a[0])?.map_or(0, |e| e.value.len() as i64)),
+        "strlen" => Reply::Integer(string(view, &a[0])?.map_or(0, |e| e.value.len() as i64)),
         "getrange" | "substr" => {
             let (start, end) = (parse_i64(&a[1])?, parse_i64(&a[2])?);
-            let v = get(view, &a[0])?.map(|e| e.value).unwrap_or_default();
+            let v = string(view, &a[0])?.map(|e| e.value).unwrap_or_default();
             let span = range_of(v.len(), start, end).unwrap_or(0..0);
             Reply::Bulk(Bytes::copy_from_slice(&v[span]))
         }
@@ -211,7 +241,7 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
             if offset < 0 {
                 return Err(Reply::Error("ERR offset is out of range".into()));
             }
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             let mut v = cur.as_ref().map(|e| e.value.clone()).unwrap_or_default();
             if a[2].is_empty() {
                 return Ok(Reply::Integer(v.len() as i64));
@@ -240,7 +270,7 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
                     .checked_neg()
                     .ok_or_else(|| Reply::Error("ERR decrement would overflow".into()))?,
             };
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             let current = match &cur {
                 None => 0,
                 Some(e) => parse_i64(&e.value).map_err(|_| not_integer())?,
@@ -254,7 +284,7 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
         "incrbyfloat" => {
             let not_float = || Reply::Error("ERR value is not a valid float".into());
             let by = parse_f64(&a[1]).ok_or_else(not_float)?;
-            let cur = get(view, &a[0])?;
+            let cur = string(view, &a[0])?;
             let current = match &cur {
                 None => 0.0,
                 Some(e) => parse_f64(&e.value).ok_or_else(not_float)?,
@@ -284,13 +314,30 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
             }
             Reply::Integer(n)
         }
-        "type" => Reply::Simple(if get(view, &a[0])?.is_some() { "string" } else { "none" }.into()),
+        "type" => Reply::Simple(get(view, &a[0])?.map_or("none", |e| type_name(e.kind)).into()),
+        "rename" | "renamenx" => {
+            let Some(cur) = get(view, &a[0])? else { return Err(Reply::Error("ERR no such key".into())) };
+            if a[0] == a[1] {
+                return Ok(if name == "rename" { Reply::ok() } else { Reply::Integer(0) });
+            }
+            if name == "renamenx" && get(view, &a[1])?.is_some() {
+                return Ok(Reply::Integer(0));
+            }
+            // The value moves with its type and expiry, as in Redis.
+            put(view, &a[1], Some(cur))?;
+            put(view, &a[0], None)?;
+            if name == "rename" {
+                Reply::ok()
+            } else {
+                Reply::Integer(1)
+            }
+        }
         "expire" | "pexpire" | "expireat" | "pexpireat" => {
             let only = Only::parse(&a[2..])?;
             let ExpireTarget { at_ms, .. } = expire_target(name, &a[1], view.now_ms)?;
             match get(view, &a[0])? {
                 Some(e) if only.holds(e.expires_at_ms, at_ms) => {
-                    put(view, &a[0], Some(Entry { value: e.value, expires_at_ms: at_ms }))?;
+                    put(view, &a[0], Some(Entry { expires_at_ms: at_ms, ..e }))?;
                     Reply::Integer(1)
                 }
                 _ => Reply::Integer(0),
@@ -307,11 +354,12 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
         }
         "persist" => match get(view, &a[0])? {
             Some(e) if e.expires_at_ms != NO_EXPIRY => {
-                put(view, &a[0], Some(Entry::plain(e.value)))?;
+                put(view, &a[0], Some(Entry { expires_at_ms: NO_EXPIRY, ..e }))?;
                 Reply::Integer(1)
             }
             _ => Reply::Integer(0),
         },
+        _ if super::hashes::handles(name) => return super::hashes::run(view, limits, name, a),
         _ => return Err(Reply::Error(format!("ERR '{}' is not supported inside a transaction", name.to_uppercase()))),
     })
 }
@@ -336,7 +384,8 @@ mod tests {
         let mut v = View::new(10_000);
         for (i, (k, e)) in keys.iter().enumerate() {
             let version = Version { wall_ns: i as u64 + 1, logical: 0, node_id: 1 };
-            let found = e.map(|(val, exp)| (Entry { value: val.as_bytes().to_vec(), expires_at_ms: exp }, version));
+            let found =
+                e.map(|(val, exp)| (Entry { expires_at_ms: exp, ..Entry::plain(val.as_bytes().to_vec()) }, version));
             v.load(Bytes::copy_from_slice(k.as_bytes()), found);
         }
         v

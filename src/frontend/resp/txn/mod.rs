@@ -10,6 +10,7 @@
 //! All keys must share a slot (CROSSSLOT otherwise), so they share a range.
 
 pub mod eval;
+pub mod hashes;
 pub mod view;
 
 use super::commands::Spec;
@@ -174,6 +175,28 @@ async fn run(
     )))
 }
 
+/// Runs one command that reads or rewrites a key's whole value (the hash
+/// commands, RENAME) as a transaction of its own. A command that only reads
+/// needs no write and no turn: one read at one version is its answer (bounded-
+/// stale on a READONLY connection, as other reads are).
+pub async fn run_one(srv: &RespServer, spec: &Spec, args: &[Bytes], stale: bool) -> Reply {
+    if hashes::handles(spec.name) && hashes::reads_only(spec.name) {
+        let keys = keys_of(spec, args);
+        let view = match load_view(srv, &keys, &BTreeMap::new(), stale).await {
+            Ok(Some(view)) => view,
+            Ok(None) => return Reply::NilArray,
+            Err(e) => return e,
+        };
+        let mut view = view;
+        return eval::eval(&mut view, &srv.gw.limits, spec.name, &args[1..]);
+    }
+    match run(srv, &[args.to_vec()], &BTreeMap::new()).await {
+        Ok(Reply::Array(mut replies)) if replies.len() == 1 => replies.remove(0),
+        Ok(other) => other,
+        Err(e) => e,
+    }
+}
+
 /// Serializes this node's transactions and scripts slot by slot (hashed onto a
 /// fixed set of locks): contenders for one hot key on one node then take turns
 /// instead of colliding, and only contenders on different nodes can conflict.
@@ -200,19 +223,29 @@ pub async fn read_view(
     keys: &[Bytes],
     watched: &BTreeMap<Bytes, Option<Version>>,
 ) -> Result<Option<View>, Reply> {
+    load_view(srv, keys, watched, false).await
+}
+
+async fn load_view(
+    srv: &RespServer,
+    keys: &[Bytes],
+    watched: &BTreeMap<Bytes, Option<Version>>,
+    stale: bool,
+) -> Result<Option<View>, Reply> {
     let mut keys: Vec<Bytes> = keys.iter().chain(watched.keys()).cloned().collect();
     keys.sort();
     keys.dedup();
     keyspace::same_slot(keys.iter().map(|k| k.as_ref()))?;
     let encoded: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
-    let found = if keys.is_empty() { Vec::new() } else { keyspace::read(&srv.gw, &encoded, false).await? };
+    let found = if keys.is_empty() { Vec::new() } else { keyspace::read(&srv.gw, &encoded, stale).await? };
     let mut view = View::new(crate::hlc::wall_now_ms());
     for (k, r) in keys.into_iter().zip(found) {
         let version = r.found.then_some(r.version).flatten();
         if watched.get(&k).is_some_and(|w| *w != version) {
             return Ok(None);
         }
-        let entry = version.map(|v| (Entry { value: r.value, expires_at_ms: r.expires_at_ms }, v));
+        let kind = u8::try_from(r.kind).unwrap_or(u8::MAX);
+        let entry = version.map(|v| (Entry { value: r.value, expires_at_ms: r.expires_at_ms, kind }, v));
         view.load(k, entry);
     }
     Ok(Some(view))
@@ -254,5 +287,9 @@ fn mutation_of(e: &Effect, key: Vec<u8>) -> Mutation {
             (entry.expires_at_ms != 0).then_some(Expiry { when: Some(expiry::When::AtMs(entry.expires_at_ms)) }),
         ),
     };
-    Mutation { key, condition: Some(Condition { kind: Some(kind) }), op: Some(op), expiry }
+    let value_kind = match &e.change {
+        Some(Some(entry)) => entry.kind.into(),
+        _ => 0,
+    };
+    Mutation { key, condition: Some(Condition { kind: Some(kind) }), op: Some(op), expiry, value_kind }
 }

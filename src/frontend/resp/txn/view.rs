@@ -4,20 +4,23 @@
 //! ends up holding becomes one conditional write (`effects`).
 
 use bytes::Bytes;
-use cairn_core::keys::mvcc::{expired, NO_EXPIRY};
+use cairn_core::keys::mvcc::{expired, kind, NO_EXPIRY};
 use cairn_proto::kv::Version;
 use std::collections::HashMap;
 
-/// A live value and its expiry instant (Unix ms, `NO_EXPIRY` for none).
+/// A live value, its expiry instant (Unix ms, `NO_EXPIRY` for none) and its
+/// kind (`keys::mvcc::kind`: a string, or a hash in its stored form).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub value: Vec<u8>,
     pub expires_at_ms: u64,
+    pub kind: u8,
 }
 
 impl Entry {
+    /// A string without an expiry.
     pub fn plain(value: Vec<u8>) -> Entry {
-        Entry { value, expires_at_ms: NO_EXPIRY }
+        Entry { value, expires_at_ms: NO_EXPIRY, kind: kind::PLAIN }
     }
 }
 
@@ -119,12 +122,12 @@ mod tests {
         let mut view = View::new(1_000);
         view.load(Bytes::from_static(b"a"), Some((Entry::plain(b"1".to_vec()), v(5))));
         view.load(Bytes::from_static(b"b"), None);
-        view.load(Bytes::from_static(b"c"), Some((Entry { value: b"x".to_vec(), expires_at_ms: 900 }, v(6))));
+        view.load(Bytes::from_static(b"c"), Some((Entry { expires_at_ms: 900, ..Entry::plain(b"x".to_vec()) }, v(6))));
         view.load(Bytes::from_static(b"d"), None);
         assert_eq!(view.get(b"c"), Ok(None), "expired by the view's time");
         assert_eq!(view.get(b"zz"), Err(UNDECLARED));
         view.put(b"a", Some(Entry::plain(b"2".to_vec()))).unwrap();
-        view.put(b"b", Some(Entry { value: b"y".to_vec(), expires_at_ms: 500 })).unwrap();
+        view.put(b"b", Some(Entry { expires_at_ms: 500, ..Entry::plain(b"y".to_vec()) })).unwrap();
         view.put(b"d", None).unwrap();
         let effects = view.effects();
         type Summary<'a> = (&'a [u8], Option<Version>, Option<Option<&'a [u8]>>);
