@@ -42,6 +42,10 @@ pub enum Sabotage {
     /// its peer id, which its earlier incarnation may have had, so the leader
     /// can count the old replica's acknowledgements for the new one.
     ReuseReplicaIds,
+    /// `unconditional-transactions`: Redis transactions and scripts write their
+    /// effects without conditioning them on the versions they read, so a Lua
+    /// compare-and-set can overwrite a value that changed after its read.
+    UnconditionalTransactions,
 }
 
 impl Sabotage {
@@ -57,6 +61,7 @@ impl Sabotage {
             "never-sync-votes" => Some(Sabotage::NeverSyncVotes),
             "keep-removed-replica-data" => Some(Sabotage::KeepRemovedReplicaData),
             "reuse-replica-ids" => Some(Sabotage::ReuseReplicaIds),
+            "unconditional-transactions" => Some(Sabotage::UnconditionalTransactions),
             _ => None,
         }
     }

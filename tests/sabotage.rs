@@ -12,7 +12,17 @@ use common::serial;
 use std::time::Duration;
 
 async fn sabotaged(name: &'static str, faults: &[Fault], secs: u64) -> ChaosReport {
+    sabotaged_with(name, faults, secs, |_| {}).await
+}
+
+async fn sabotaged_with(
+    name: &'static str,
+    faults: &[Fault],
+    secs: u64,
+    adjust: impl FnOnce(&mut ChaosConfig),
+) -> ChaosReport {
     let mut cfg = ChaosConfig::from_env(secs);
+    adjust(&mut cfg);
     cfg.duration = Duration::from_secs(secs);
     cfg.faults = faults.to_vec();
     cfg.topology_changes = false;
@@ -53,4 +63,20 @@ async fn apply_retry_twice_is_caught_by_the_duplicate_and_counter_checks() {
     let r = sabotaged("apply-retry-twice", &[], 15).await;
     assert!(!r.duplicates.is_empty(), "the duplicate check missed it:\n{}", r.summary());
     assert!(r.counter_error.is_some(), "the counter bound missed it:\n{}", r.summary());
+}
+
+/// Redis transactions and scripts writing without their version conditions:
+/// Redis clients on every node race Lua compare-and-sets on few keys, one
+/// overwrites a value that changed after its read, and the linearizability
+/// checker rejects the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unconditional_transactions_are_caught_by_the_linearizability_checker() {
+    let _g = serial().await;
+    let r = sabotaged_with("unconditional-transactions", &[], 20, |cfg| {
+        cfg.register_keys = 1;
+        cfg.register_workers = 0;
+        cfg.resp_register_workers = 9;
+    })
+    .await;
+    assert!(!r.linearizable, "caught, but not by the linearizability checker:\n{}", r.summary());
 }

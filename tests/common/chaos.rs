@@ -3,12 +3,15 @@
 //! nemesis injects faults (partitions, kills, pauses, packet loss) while splits
 //! and leader transfers happen, and at the end the history is checked for
 //! linearizability, lost acknowledged writes, counter bounds and duplicated
-//! retries. The run is bounded in time and stops on its own.
+//! retries. Redis clients run beside the gRPC ones (GET/SET/SET NX/DEL and Lua
+//! compare-and-set on registers, INCR on a counter, SETs that must survive),
+//! under the same checks. The run is bounded in time and stops on its own.
 
 // Tests keep their own deadlines on the OS clock; the clock rule (clippy.toml) is for node code.
 #![allow(clippy::disallowed_methods)]
 #![allow(dead_code)]
 
+use super::resp_register::{self, RespReply};
 use super::Cluster;
 use cairn_check::{CounterCheck, Input, Outcome, Output, Recorder};
 use cairn_proto::kv::*;
@@ -71,6 +74,8 @@ pub struct ChaosConfig {
     pub env: Vec<(&'static str, &'static str)>,
     pub register_keys: usize,
     pub register_workers: usize,
+    /// Register clients speaking RESP (beside the gRPC ones).
+    pub resp_register_workers: usize,
     /// Cluster size (CAIRN_CHAOS_NODES, default 3). Ranges keep 3 replicas, so
     /// with more nodes a replica move lands on a node that had none.
     pub nodes: usize,
@@ -89,6 +94,7 @@ impl ChaosConfig {
             env: vec![],
             register_keys: 6,
             register_workers: 6,
+            resp_register_workers: 3,
             nodes: std::env::var("CAIRN_CHAOS_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(3),
         }
     }
@@ -114,6 +120,14 @@ pub struct ChaosReport {
     pub duplicates: Vec<String>,
     /// Why the cluster did not converge after healing, if it did not.
     pub convergence_error: Option<String>,
+    /// Register operations of the Redis clients (ok, indeterminate, failed), part of the totals above.
+    pub resp_ops: (usize, usize, usize),
+    pub resp_acked_unique: usize,
+    pub resp_lost: Vec<String>,
+    pub resp_counter_error: Option<String>,
+    pub resp_counter_figures: (i64, i64, i64),
+    /// Replies of the wrong shape for their command.
+    pub resp_problems: Vec<String>,
 }
 
 impl ChaosReport {
@@ -124,6 +138,9 @@ impl ChaosReport {
             && self.counter_error.is_none()
             && self.duplicates.is_empty()
             && self.convergence_error.is_none()
+            && self.resp_lost.is_empty()
+            && self.resp_counter_error.is_none()
+            && self.resp_problems.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -148,6 +165,19 @@ impl ChaosReport {
             verdict_of(&self.counter_error)
         );
         s += &format!("  duplicated retries: {}\n", first_few(&self.duplicates));
+        let (ok, unknown, failed) = self.resp_ops;
+        s += &format!("  Redis clients: register operations {ok} ok, {unknown} indeterminate, {failed} failed\n");
+        s += &format!(
+            "  Redis clients: acknowledged unique SETs: {}, lost: {}\n",
+            self.resp_acked_unique,
+            first_few(&self.resp_lost)
+        );
+        let (a, t, o) = self.resp_counter_figures;
+        s += &format!(
+            "  Redis clients: INCR counter: acknowledged {a} <= observed {o} <= attempted {t}: {}\n",
+            verdict_of(&self.resp_counter_error)
+        );
+        s += &format!("  Redis clients: malformed replies: {}\n", first_few(&self.resp_problems));
         s += &format!("  convergence after healing: {}\n", verdict_of(&self.convergence_error));
         s += &format!("  verdict: {verdict}\n");
         s
@@ -179,6 +209,14 @@ fn reg_key(generation: u64, slot: usize) -> String {
     format!("r/{generation:04}/{slot}")
 }
 
+/// Register keys of the Redis clients (in the Redis keyspace, so never the gRPC clients' keys).
+fn resp_reg_key(generation: u64, slot: usize) -> String {
+    format!("rr/{generation:04}/{slot}")
+}
+
+/// Process ids of the Redis register clients start here (the gRPC ones start at 0).
+const RESP_PROCESS_BASE: u64 = 1 << 24;
+
 struct Shared {
     start: Instant,
     rec: Recorder,
@@ -186,6 +224,128 @@ struct Shared {
     acked_unique: Mutex<Vec<String>>,
     counter: Mutex<(i64, i64)>,
     duplicates: Mutex<Vec<String>>,
+    resp_acked_unique: Mutex<Vec<String>>,
+    resp_counter: Mutex<(i64, i64)>,
+    resp_problems: Mutex<Vec<String>>,
+}
+
+/// One Redis client connection, made again after it breaks.
+struct RespConn {
+    addr: String,
+    conn: Option<redis::aio::MultiplexedConnection>,
+}
+
+impl RespConn {
+    fn new(addr: String) -> RespConn {
+        RespConn { addr, conn: None }
+    }
+
+    /// Sends `args`; `None` when no reply came (no connection, a timeout, a broken
+    /// connection), which for a write means it may or may not have applied.
+    async fn call(&mut self, args: &[String]) -> Option<RespReply> {
+        if self.conn.is_none() {
+            let client = redis::Client::open(format!("redis://{}/", self.addr)).ok()?;
+            self.conn = tokio::time::timeout(OP_TIMEOUT, client.get_multiplexed_async_connection()).await.ok()?.ok();
+        }
+        let conn = self.conn.as_mut()?;
+        let mut cmd = redis::cmd(&args[0]);
+        for a in &args[1..] {
+            cmd.arg(a);
+        }
+        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<redis::Value>(conn)).await {
+            Ok(Ok(v)) => Some(match v {
+                redis::Value::Nil => RespReply::Nil,
+                redis::Value::BulkString(b) => RespReply::Bulk(b),
+                redis::Value::Int(n) => RespReply::Int(n),
+                redis::Value::Okay => RespReply::Status("OK".into()),
+                redis::Value::SimpleString(s) => RespReply::Status(s),
+                other => RespReply::Error(format!("unexpected reply type {other:?}")),
+            }),
+            Ok(Err(e)) if e.code().is_some() => {
+                Some(RespReply::Error(format!("{} {}", e.code().unwrap_or_default(), e.detail().unwrap_or_default())))
+            }
+            _ => {
+                self.conn = None;
+                None
+            }
+        }
+    }
+}
+
+/// Register operations through a Redis client: GET, SET, SET NX, DEL, and Lua
+/// compare-and-set / compare-and-delete, recorded for the same checker.
+async fn resp_register_worker(sh: Arc<Shared>, addr: String, worker: u64, keys: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5E5 ^ (worker << 20));
+    let mut c = RespConn::new(addr);
+    let mut process = RESP_PROCESS_BASE + worker;
+    let mut seq = 0u64;
+    let mut seen: Vec<Option<u64>> = vec![None; keys];
+    let mut current = 0;
+    while !sh.stop.load(Ordering::Relaxed) {
+        let generation = (sh.start.elapsed().as_millis() / GENERATION.as_millis()) as u64;
+        if generation != current {
+            current = generation;
+            seen = vec![None; keys];
+        }
+        let k = rng.random_range(0..keys);
+        let key = resp_reg_key(generation, k);
+        seq += 1;
+        let fresh = (RESP_PROCESS_BASE + worker + 1) * 1_000_000_000 + seq;
+        let expected = seen[k].unwrap_or(fresh - 1);
+        let input = super::register::random_input(&mut rng, fresh, expected);
+        let pending = sh.rec.invoke(process, key.clone(), input);
+        let reply = c.call(&resp_register::command(&key, &input)).await;
+        let outcome = resp_register::outcome(&input, reply).unwrap_or_else(|problem| {
+            sh.resp_problems.lock().expect("lock").push(format!("{key}: {problem}"));
+            Outcome::Unknown
+        });
+        if let Outcome::Ok(Output::Value(v)) = &outcome {
+            seen[k] = *v;
+        }
+        let unknown = matches!(outcome, Outcome::Unknown);
+        sh.rec.complete(pending, outcome);
+        if unknown {
+            process += 1 << 32;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
+    }
+}
+
+/// SETs keys that are never overwritten; every acknowledged one must survive.
+async fn resp_unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
+    let mut c = RespConn::new(addr);
+    let mut n = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("ru/{worker}/{n:06}");
+        match c.call(&["SET".into(), key.clone(), "x".into()]).await {
+            Some(RespReply::Status(s)) if s == "OK" => sh.resp_acked_unique.lock().expect("lock").push(key),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// INCR on one counter, never retried (Redis has no request ids): an answered
+/// increment counts as acknowledged, one that surely failed as nothing, and any
+/// other as attempted, so acknowledged <= final value <= attempted.
+async fn resp_counter_worker(sh: Arc<Shared>, addr: String) {
+    let mut c = RespConn::new(addr);
+    while !sh.stop.load(Ordering::Relaxed) {
+        let reply = c.call(&["INCR".into(), "rc".into()]).await;
+        let (acked, attempted) = match &reply {
+            Some(RespReply::Int(_)) => (1, 1),
+            Some(RespReply::Error(e)) if resp_register::surely_not_applied(e) => (0, 0),
+            _ => (0, 1),
+        };
+        {
+            let mut ctr = sh.resp_counter.lock().expect("lock");
+            ctr.0 += acked;
+            ctr.1 += attempted;
+        }
+        if acked == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn register_worker(sh: Arc<Shared>, addr: String, worker: u64, keys: usize, seed: u64) {
@@ -439,19 +599,22 @@ async fn topology_change(addrs: &[String], rng: &mut StdRng, out: &mut BTreeMap<
     let mut c = super::client_at(&addrs[rng.random_range(0..addrs.len())]);
     let choice = rng.random_range(0..3);
     let (what, ok) = if choice == 0 {
-        let key = match rng.random_range(0..5) {
+        let (table, key) = match rng.random_range(0..7) {
             // Right at the counter: it moves to a new range while increments are in doubt.
-            0 => "c".to_string(),
-            1 | 2 => format!("r/{:04}", rng.random_range(1..20)),
-            _ => format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..2000)),
+            0 => (TABLE, "c".to_string()),
+            1 | 2 => (TABLE, format!("r/{:04}", rng.random_range(1..20))),
+            // The Redis keyspace splits at the start of the key's slot.
+            3 => ("redis", "rc".to_string()),
+            4 => ("redis", resp_reg_key(rng.random_range(1..20), rng.random_range(0..6))),
+            _ => (TABLE, format!("u/{}/{:06}", rng.random_range(0..2), rng.random_range(1..2000))),
         };
-        let req = SplitRangeRequest { table: TABLE.into(), key: key.into_bytes() };
+        let req = SplitRangeRequest { table: table.into(), key: key.into_bytes() };
         ("split", matches!(tokio::time::timeout(Duration::from_secs(5), c.split_range(req)).await, Ok(Ok(_))))
     } else {
         let move_replica = choice == 2;
         let status = tokio::time::timeout(OP_TIMEOUT, c.cluster_status(ClusterStatusRequest {})).await;
         let ranges: Vec<RangeStatus> = match status {
-            Ok(Ok(s)) => s.into_inner().ranges.into_iter().filter(|r| r.table == TABLE).collect(),
+            Ok(Ok(s)) => s.into_inner().ranges.into_iter().filter(|r| r.table == TABLE || r.table == "redis").collect(),
             _ => vec![],
         };
         let ok = if ranges.is_empty() {
@@ -518,6 +681,9 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         acked_unique: Mutex::new(vec![]),
         counter: Mutex::new((0, 0)),
         duplicates: Mutex::new(vec![]),
+        resp_acked_unique: Mutex::new(vec![]),
+        resp_counter: Mutex::new((0, 0)),
+        resp_problems: Mutex::new(vec![]),
     });
     let mut tasks = Vec::new();
     for w in 0..cfg.register_workers as u64 {
@@ -528,6 +694,12 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         tasks.push(tokio::spawn(unique_writer(sh.clone(), cl.grpc((w as usize + 1) % n), w)));
         tasks.push(tokio::spawn(counter_worker(sh.clone(), cl.grpc((w as usize + 2) % n), w, cfg.seed)));
     }
+    for w in 0..cfg.resp_register_workers as u64 {
+        let addr = cl.redis(w as usize % n);
+        tasks.push(tokio::spawn(resp_register_worker(sh.clone(), addr, w, cfg.register_keys, cfg.seed)));
+    }
+    tasks.push(tokio::spawn(resp_unique_writer(sh.clone(), cl.redis(1 % n), 0)));
+    tasks.push(tokio::spawn(resp_counter_worker(sh.clone(), cl.redis(2 % n))));
 
     // The nemesis: fault, hold, heal, rest; never past the end of the run.
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -579,12 +751,17 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     }
     report.convergence_error = converge(&cl, Duration::from_secs(60)).await.err();
     let mut fin = super::client_at(&cl.grpc(0));
+    let mut resp_fin = RespConn::new(cl.redis(0));
     let generations = (sh.start.elapsed().as_millis() / GENERATION.as_millis()) as u64;
     for g in 0..=generations {
         for k in 0..cfg.register_keys {
             let p = sh.rec.invoke(u64::MAX - k as u64, reg_key(g, k), Input::Get);
             let out = super::register::register_op(&mut fin, TABLE, &reg_key(g, k), &Input::Get, OP_TIMEOUT).await;
             sh.rec.complete(p, out);
+            let key = resp_reg_key(g, k);
+            let p = sh.rec.invoke(u64::MAX - 1000 - k as u64, key.clone(), Input::Get);
+            let reply = resp_fin.call(&resp_register::command(&key, &Input::Get)).await;
+            sh.rec.complete(p, resp_register::outcome(&Input::Get, reply).unwrap_or(Outcome::Failed));
         }
     }
 
@@ -594,6 +771,13 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
             Outcome::Ok(_) => report.ops_ok += 1,
             Outcome::Unknown => report.ops_unknown += 1,
             Outcome::Failed => report.ops_failed += 1,
+        }
+        if op.key.starts_with("rr/") {
+            match op.outcome {
+                Outcome::Ok(_) => report.resp_ops.0 += 1,
+                Outcome::Unknown => report.resp_ops.1 += 1,
+                Outcome::Failed => report.resp_ops.2 += 1,
+            }
         }
     }
     let lin = cairn_check::check(&ops, Duration::from_secs(120));
@@ -629,6 +813,27 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         report.counter_error = CounterCheck { acknowledged, attempted, observed }.verdict().err();
     }
     report.duplicates = sh.duplicates.lock().expect("lock").clone();
+
+    // The Redis clients' writes, read back through the native API (the same keyspace).
+    let resp_acked = sh.resp_acked_unique.lock().expect("lock").clone();
+    report.resp_acked_unique = resp_acked.len();
+    match super::scan_all(&mut scan_client, "redis", 500).await {
+        Ok(rows) => {
+            let present: BTreeSet<String> = rows.into_iter().map(|(k, _)| k).collect();
+            report.resp_lost = cairn_check::lost_writes(resp_acked, &present);
+        }
+        Err(e) => report.scan_problems.push(format!("final scan of the Redis keyspace failed: {e}")),
+    }
+    let (acknowledged, attempted) = *sh.resp_counter.lock().expect("lock");
+    match super::get(&mut scan_client, "redis", "rc").await {
+        Ok(v) => {
+            let observed = v.and_then(|s| s.parse().ok()).unwrap_or(0);
+            report.resp_counter_figures = (acknowledged, attempted, observed);
+            report.resp_counter_error = CounterCheck { acknowledged, attempted, observed }.verdict().err();
+        }
+        Err(e) => report.resp_counter_error = Some(format!("final read of the INCR counter failed: {e}")),
+    }
+    report.resp_problems = sh.resp_problems.lock().expect("lock").clone();
     if !report.ok() {
         for i in 0..n {
             eprintln!("--- node {} log tail ---\n{}", i + 1, cl.log(i));

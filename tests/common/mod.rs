@@ -9,6 +9,7 @@
 pub mod chaos;
 pub mod netlab;
 pub mod register;
+pub mod resp_register;
 
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::*;
@@ -75,7 +76,8 @@ impl Cluster {
     /// Starts `n` nodes, each in its own network namespace of a fresh lab, so
     /// that the test can cut links between them.
     pub async fn start_netlab(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
-        Self::start_in(n, extra, Some(netlab::NetLab::create(n)), env).await
+        // With the Redis front end on, so that RESP clients join the workloads.
+        Self::start_full(n, extra, Some(netlab::NetLab::create(n)), env, true).await
     }
 
     /// Starts `n` nodes on loopback that also serve the Redis protocol, and waits

@@ -17,6 +17,7 @@ use super::commands::Spec;
 use super::keyspace;
 use super::session::Session;
 use super::RespServer;
+use crate::sabotage::{self, Sabotage};
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
 use cairn_proto::internal::{expiry, mutation, Expiry, Mutation};
@@ -291,5 +292,7 @@ fn mutation_of(e: &Effect, key: Vec<u8>) -> Mutation {
         Some(Some(entry)) => entry.kind.into(),
         _ => 0,
     };
-    Mutation { key, condition: Some(Condition { kind: Some(kind) }), op: Some(op), expiry, value_kind }
+    let condition = Some(Condition { kind: Some(kind) });
+    let condition = condition.filter(|_| !sabotage::active(Sabotage::UnconditionalTransactions));
+    Mutation { key, condition, op: Some(op), expiry, value_kind }
 }
