@@ -110,3 +110,15 @@ fn the_cluster_simulation_catches_acknowledging_before_fsync() {
     let problems = caught("ack-before-fsync");
     assert!(!problems.is_empty(), "no seed caught a build that acknowledges before fsync");
 }
+
+/// Redis transactions and scripts writing without their version conditions: a
+/// Lua compare-and-set of a Redis client overwrites a value that changed after
+/// its read. Caught by the linearizability check over the Redis clients' keys.
+#[test]
+fn the_cluster_simulation_catches_unconditional_redis_scripts() {
+    let problems = caught("unconditional-transactions");
+    assert!(
+        problems.iter().any(|p| p.contains("NOT linearizable") && p.contains("rr/")),
+        "no seed caught a build whose scripts write without conditions: {problems:?}"
+    );
+}

@@ -158,7 +158,11 @@ pub async fn run(
         TcpListener::bind(&cfg.http_listen).await.with_context(|| format!("binding {}", cfg.http_listen))?;
     let redis_listener = match cfg.redis.listen.as_str() {
         "" => None,
-        addr => Some(TcpListener::bind(addr).await.with_context(|| format!("binding redis.listen {addr}"))?),
+        addr => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding redis.listen {addr}"))?;
+            let bound = listener.local_addr()?.to_string();
+            Some((resp::tcp_incoming(listener), bound))
+        }
     };
     let grpc_addr = cfg.advertise.clone().unwrap_or(grpc_listener.local_addr()?.to_string());
     let http_addr = http_listener.local_addr()?.to_string();
@@ -206,8 +210,8 @@ pub struct NodeIo<S> {
     /// Where this node's HLC reads physical time (the wall clock when `None`): a
     /// simulation gives each node its own, skewed and jumping.
     pub physical_clock: Option<crate::hlc::PhysicalClock>,
-    /// The Redis-protocol listener (none when it is off, and in a simulation).
-    pub redis: Option<TcpListener>,
+    /// The Redis-protocol clients and the address they reach (none when it is off).
+    pub redis: Option<(resp::Incoming, String)>,
 }
 
 /// Establishes the node's identity, starts its layers over `io`, calls `ready`
@@ -322,11 +326,10 @@ where
         });
     }
     let mut redis_addr = String::new();
-    if let Some(listener) = redis {
-        let bound = listener.local_addr()?.to_string();
+    if let Some((incoming, bound)) = redis {
         redis_addr = cfg.redis.advertise.clone().unwrap_or(bound);
         let server = RespServer::new(gw.clone(), cfg.redis.clone(), redis_addr.clone());
-        tokio::spawn(resp::serve(server, listener, stop_rx.clone()));
+        tokio::spawn(resp::serve(server, incoming, stop_rx.clone()));
         tokio::spawn(resp::keyspace::keep_ensured(gw.clone(), cfg.redis.hash_ranges, stop_rx.clone()));
     }
     super::clock_monitor::spawn(gw.clone(), stop_rx.clone());

@@ -14,6 +14,9 @@
 pub mod net;
 #[path = "../common/register.rs"]
 pub mod register;
+pub mod resp;
+#[path = "../common/resp_register.rs"]
+pub mod resp_register;
 pub mod workload;
 
 use cairn::server::node::{serve, NodeIo, StoreDriver};
@@ -76,6 +79,8 @@ pub struct Shared {
     pub acked_unique: Vec<String>,
     /// (acknowledged, attempted, observed at the end)
     pub counter: (i64, i64, i64),
+    /// The Redis clients' INCR counter: (acknowledged, attempted, observed at the end).
+    pub resp_counter: (i64, i64, i64),
     pub duplicates: Vec<String>,
     pub lost: Vec<String>,
     pub operations: BTreeMap<&'static str, u64>,
@@ -102,6 +107,9 @@ pub struct Report {
     pub ops_failed: usize,
     pub acked_unique: usize,
     pub counter: (i64, i64, i64),
+    pub resp_counter: (i64, i64, i64),
+    /// Register operations of the Redis clients that completed (part of `ops_ok`).
+    pub resp_ops_ok: usize,
     pub linearizability: String,
     pub sim_secs: f64,
     /// Simulated seconds from healing until every node routed to every range.
@@ -120,6 +128,12 @@ impl fmt::Display for Report {
             self.ops_ok, self.ops_unknown, self.ops_failed, self.linearizability
         )?;
         writeln!(f, "  unique writes acknowledged and read back: {}", self.acked_unique)?;
+        let (a, t, o) = self.resp_counter;
+        writeln!(
+            f,
+            "  Redis clients: {} register ops completed; INCR {a} acknowledged <= {o} read <= {t} attempted",
+            self.resp_ops_ok
+        )?;
         writeln!(f, "  routing converged {:.1} s after healing", self.converged_after_secs)?;
         let (acked, attempted, observed) = self.counter;
         write!(
@@ -145,6 +159,9 @@ fn node_config(node: u64, seed: u64) -> ServerConfig {
         ..ServerConfig::default()
     };
     cfg.raft.election_seed = Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ node);
+    // The Redis keyspace in two ranges: enough for a RESP client to cross ranges, few
+    // enough to keep a seed quick.
+    cfg.redis.hash_ranges = 2;
     cfg
 }
 
@@ -156,7 +173,7 @@ async fn node_software(node: u64, disk: Arc<SimDisk>, offset_ns: Arc<AtomicI64>,
     let physical_clock: cairn::hlc::PhysicalClock =
         Arc::new(move || sim_wall_ns().saturating_add_signed(offset_ns.load(Ordering::Relaxed)));
     let io = NodeIo {
-        redis: None,
+        redis: Some((net::redis_incoming(node).await?, format!("{}:{}", net::host_name(node), net::REDIS_PORT))),
         engine,
         grpc_incoming: net::incoming().await?,
         grpc_addr: net::node_addr(node),
@@ -332,6 +349,7 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         history: Vec::new(),
         acked_unique: Vec::new(),
         counter: (0, 0, 0),
+        resp_counter: (0, 0, 0),
         duplicates: Vec::new(),
         lost: Vec::new(),
         operations: BTreeMap::new(),
@@ -422,6 +440,10 @@ fn check(
     if let Err(e) = (cairn_check::CounterCheck { acknowledged, attempted, observed }).verdict() {
         problems.push(format!("counter: {e}"));
     }
+    let (acknowledged, attempted, observed) = sh.resp_counter;
+    if let Err(e) = (cairn_check::CounterCheck { acknowledged, attempted, observed }).verdict() {
+        problems.push(format!("the Redis clients' INCR counter: {e}"));
+    }
     let lin = cairn_check::check(&sh.history, Duration::from_secs(60));
     if !lin.is_ok() {
         problems.push(lin.to_string());
@@ -436,6 +458,7 @@ fn check(
     }
     sh.acked_unique.hash(&mut digest);
     sh.counter.hash(&mut digest);
+    sh.resp_counter.hash(&mut digest);
     Ok(Report {
         seed: cfg.seed,
         faults,
@@ -445,6 +468,12 @@ fn check(
         ops_failed: count(|o| matches!(o, Outcome::Failed)),
         acked_unique: sh.acked_unique.len(),
         counter: sh.counter,
+        resp_counter: sh.resp_counter,
+        resp_ops_ok: sh
+            .history
+            .iter()
+            .filter(|o| o.key.starts_with("rr/") && matches!(o.outcome, Outcome::Ok(_)))
+            .count(),
         linearizability: lin.to_string(),
         sim_secs,
         converged_after_secs: sh.converged_at_ms.saturating_sub(sh.healed_at_ms) as f64 / 1000.0,

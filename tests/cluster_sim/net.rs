@@ -1,6 +1,7 @@
 //! tonic over turmoil's simulated TCP: the listener a simulated node serves
 //! its gRPC API on, and the connector that every channel of the process
-//! (node-to-node and client) dials through.
+//! (node-to-node and client) dials through; and the simulated listener of its
+//! Redis front end.
 
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
@@ -11,6 +12,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Every simulated node serves gRPC on this port of its own simulated host.
 pub const GRPC_PORT: u16 = 7400;
+
+/// Every simulated node serves the Redis protocol on this port.
+pub const REDIS_PORT: u16 = 6379;
 
 /// The address a node advertises, and clients and peers dial.
 pub fn node_addr(node: u64) -> String {
@@ -54,6 +58,23 @@ pub async fn incoming() -> std::io::Result<impl Stream<Item = std::io::Result<Si
         let next = listener.accept().await.map(|(stream, _)| SimConn(stream));
         Some((next, listener))
     }))
+}
+
+/// The Redis clients reaching this host's Redis port.
+pub async fn redis_incoming(node: u64) -> std::io::Result<cairn::frontend::resp::Incoming> {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", REDIS_PORT)).await?;
+    let local = format!("{}:{REDIS_PORT}", host_name(node));
+    Ok(Box::pin(futures::stream::unfold(listener, move |listener| {
+        let local = local.clone();
+        async move {
+            let next = listener.accept().await.map(|(stream, peer)| cairn::frontend::resp::Accepted {
+                stream: Box::new(stream),
+                peer: peer.to_string(),
+                local,
+            });
+            Some((next, listener))
+        }
+    })))
 }
 
 /// A lazy channel whose connections are simulated TCP streams to the URI's host.

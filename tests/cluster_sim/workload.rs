@@ -7,11 +7,16 @@
 //! apply again), and an operator who splits ranges, moves leaders, removes
 //! replicas (which the controller must then replace) and drops and re-creates a
 //! second table that every node has cached (a write through one node must then
-//! be visible through every other). After the faults, the final phase checks
-//! that routing converged and reads everything back.
+//! be visible through every other). Redis clients run register operations as
+//! Redis commands (GET, SET, SET NX, DEL, Lua compare-and-set) on keys of the
+//! Redis keyspace, for the same linearizability check, and INCR a counter.
+//! After the faults, the final phase checks that routing converged and reads
+//! everything back.
 
 use super::net::channel_to;
 use super::register::{random_input, register_op};
+use super::resp::SimRedis;
+use super::resp_register::{self, RespReply};
 use super::{Phase, Shared};
 use cairn::sim::placement;
 use cairn_check::{Operation, Outcome, Output};
@@ -32,6 +37,10 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 pub const TABLE: &str = "sim";
+/// The Redis keyspace, which every node creates and serves.
+const REDIS_TABLE: &str = "redis";
+/// Process ids of the Redis register clients start here.
+const RESP_PROCESS_BASE: u64 = 1 << 24;
 /// The table the operator drops and creates anew while every node has it cached.
 pub const RECREATED_TABLE: &str = "again";
 /// Per-request patience of the clients: beyond it, a write's outcome is unknown.
@@ -82,6 +91,18 @@ pub async fn run(shared: Rc<RefCell<Shared>>, seed: u64, nodes: u64, fault_ms: u
         workers.push(tokio::task::spawn_local(unique_writer(shared.clone(), (w + 1) % nodes + 1, w, stop_at_ns)));
     }
     workers.push(tokio::task::spawn_local(counter_worker(shared.clone(), nodes, seed, stop_at_ns)));
+    for w in 0..2u64 {
+        let node = w % nodes + 1;
+        workers.push(tokio::task::spawn_local(resp_register_worker(
+            shared.clone(),
+            node,
+            w,
+            seed,
+            started_ns,
+            stop_at_ns,
+        )));
+    }
+    workers.push(tokio::task::spawn_local(resp_counter_worker(shared.clone(), nodes, seed, stop_at_ns)));
     workers.push(tokio::task::spawn_local(batch_worker(shared.clone(), nodes, seed, stop_at_ns)));
     workers.push(tokio::task::spawn_local(operator(shared.clone(), nodes, seed, stop_at_ns)));
     for w in workers {
@@ -135,9 +156,13 @@ async fn setup(nodes: u64) -> Result<(), String> {
     Err(last)
 }
 
-/// Every range of the table has a leader and `min(nodes, 3)` voters (the replication factor), and no learners.
+/// Every range of the table (and of the Redis keyspace) has a leader and
+/// `min(nodes, 3)` voters (the replication factor), and no learners.
 fn fully_replicated(s: &ClusterStatusResponse, nodes: u64) -> Result<(), String> {
-    let ranges: Vec<_> = s.ranges.iter().filter(|r| r.table == TABLE).collect();
+    if !s.ranges.iter().any(|r| r.table == REDIS_TABLE) {
+        return Err("no ranges of the Redis keyspace yet".into());
+    }
+    let ranges: Vec<_> = s.ranges.iter().filter(|r| r.table == TABLE || r.table == REDIS_TABLE).collect();
     if ranges.is_empty() {
         return Err("no ranges of the table yet".into());
     }
@@ -184,6 +209,76 @@ async fn register_worker(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, se
             process += 1 << 32;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// Register operations as Redis commands through one node's Redis front end.
+async fn resp_register_worker(
+    shared: Rc<RefCell<Shared>>,
+    node: u64,
+    worker: u64,
+    seed: u64,
+    start_ns: u64,
+    stop_ns: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (worker << 24) ^ 0x4E5B);
+    let mut c = SimRedis::new(node, OP_TIMEOUT);
+    let mut process = RESP_PROCESS_BASE + worker;
+    let mut seq = 0u64;
+    let mut seen: Vec<Option<u64>> = vec![None; REGISTER_SLOTS as usize];
+    let mut current = u64::MAX;
+    while sim_ns() < stop_ns {
+        let generation = (sim_ns() - start_ns) / (GENERATION_MS * 1_000_000);
+        if generation != current {
+            current = generation;
+            seen = vec![None; REGISTER_SLOTS as usize];
+        }
+        let slot = rng.random_range(0..REGISTER_SLOTS) as usize;
+        let key = format!("rr/{generation:04}/{slot}");
+        seq += 1;
+        let fresh = (RESP_PROCESS_BASE + worker + 1) * 1_000_000_000 + seq;
+        let expected = seen[slot].unwrap_or(fresh - 1);
+        let input = random_input(&mut rng, fresh, expected);
+        let invoke_ns = sim_ns();
+        let reply = c.call(&resp_register::command(&key, &input)).await;
+        let outcome = resp_register::outcome(&input, reply).unwrap_or_else(|problem| {
+            shared.borrow_mut().problems.push(format!("Redis client, {key}: {problem}"));
+            Outcome::Unknown
+        });
+        if let Outcome::Ok(Output::Value(v)) = &outcome {
+            seen[slot] = *v;
+        }
+        let op = Operation { process, key, input, invoke_ns, complete_ns: sim_ns(), outcome };
+        shared.borrow_mut().history.push(op);
+        if matches!(outcome, Outcome::Unknown) {
+            process += 1 << 32;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// INCR on one counter through any node's Redis front end, never retried (Redis
+/// has no request ids): acknowledged <= final value <= attempted.
+async fn resp_counter_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1C4);
+    while sim_ns() < stop_ns {
+        let mut c = SimRedis::new(rng.random_range(1..=nodes), OP_TIMEOUT);
+        for _ in 0..rng.random_range(1..20) {
+            let (acked, attempted) = match c.call(&["INCR".into(), "rc".into()]).await {
+                Some(RespReply::Int(_)) => (1, 1),
+                Some(RespReply::Error(e)) if resp_register::surely_not_applied(&e) => (0, 0),
+                _ => (0, 1),
+            };
+            {
+                let mut sh = shared.borrow_mut();
+                sh.resp_counter.0 += acked;
+                sh.resp_counter.1 += attempted;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
+            if sim_ns() >= stop_ns {
+                break;
+            }
+        }
     }
 }
 
@@ -515,6 +610,15 @@ async fn final_checks(shared: &Rc<RefCell<Shared>>, nodes: u64) {
             shared.borrow_mut().counter.2 = observed;
         }
         Err(e) => shared.borrow_mut().problems.push(format!("final counter read failed: {e}")),
+    }
+    let mut redis = SimRedis::new(1, OP_TIMEOUT);
+    match redis.call(&["GET".into(), "rc".into()]).await {
+        Some(RespReply::Bulk(v)) => {
+            let observed = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
+            shared.borrow_mut().resp_counter.2 = observed;
+        }
+        Some(RespReply::Nil) => shared.borrow_mut().resp_counter.2 = 0,
+        other => shared.borrow_mut().problems.push(format!("final read of the INCR counter failed: {other:?}")),
     }
     shared.borrow_mut().progress = "placement check".into();
     let misplaced = placement_settled(shared).await;

@@ -259,7 +259,7 @@ impl RespConn {
                 redis::Value::Int(n) => RespReply::Int(n),
                 redis::Value::Okay => RespReply::Status("OK".into()),
                 redis::Value::SimpleString(s) => RespReply::Status(s),
-                other => RespReply::Error(format!("unexpected reply type {other:?}")),
+                other => RespReply::Unexpected(format!("{other:?}")),
             }),
             Ok(Err(e)) if e.code().is_some() => {
                 Some(RespReply::Error(format!("{} {}", e.code().unwrap_or_default(), e.detail().unwrap_or_default())))

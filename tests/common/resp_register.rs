@@ -23,6 +23,8 @@ pub enum RespReply {
     Status(String),
     /// An error reply, code first (`TRYAGAIN …`, `ERR …`).
     Error(String),
+    /// A reply of a type these commands never answer (described).
+    Unexpected(String),
 }
 
 /// The command (name and arguments) that performs `input` on `key`.
@@ -51,6 +53,7 @@ pub fn surely_not_applied(error: &str) -> bool {
 /// which the run must report rather than record as in doubt).
 pub fn outcome(input: &Input, reply: Option<RespReply>) -> Result<Outcome, String> {
     let reply = match reply {
+        Some(RespReply::Unexpected(r)) => return Err(format!("unexpected reply {r} to {input:?}")),
         // A read has no effect, so one without an answer is simply dropped from the history.
         None | Some(RespReply::Error(_)) if matches!(input, Input::Get) => return Ok(Outcome::Failed),
         None => return Ok(Outcome::Unknown),

@@ -8,16 +8,14 @@
 //! the error runs.
 
 use super::session::{ClientInfo, Session};
-use super::{commands, RespServer};
+use super::{commands, Accepted, ClientStream, RespServer};
 use bytes::BytesMut;
 use cairn_core::resp::parse::{ParseLimits, RequestParser};
 use cairn_core::resp::reply::{encode, Protocol, Reply};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Replies are written out once this much is pending, so a long pipeline's
@@ -30,7 +28,7 @@ const READ_CHUNK: usize = 16 << 10;
 const MAX_PIPELINE: usize = 1024;
 
 /// Tells a client it cannot be served, then closes its connection.
-pub async fn refuse(mut stream: TcpStream, message: &str) {
+pub async fn refuse(mut stream: Box<dyn ClientStream>, message: &str) {
     let mut out = Vec::new();
     encode(&Reply::Error(message.to_string()), Protocol::Resp2, &mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
@@ -41,18 +39,13 @@ fn now_ms() -> u64 {
 }
 
 /// Serves one client until it quits, breaks the protocol, idles out, or the node stops.
-pub async fn run(
-    server: Arc<RespServer>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(server: Arc<RespServer>, client: Accepted, id: u64, mut stop: watch::Receiver<bool>) {
+    let Accepted { mut stream, peer, local } = client;
     server.stats.connections.fetch_add(1, Ordering::Relaxed);
     let info = server.clients.register(ClientInfo {
         id,
-        addr: peer.to_string(),
-        laddr: stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        addr: peer.clone(),
+        laddr: local,
         connected_ms: now_ms(),
         last_command_ms: now_ms(),
         resp: 2,
@@ -68,7 +61,7 @@ pub async fn run(
 
 async fn serve_client(
     server: &RespServer,
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn ClientStream>,
     session: &mut Session,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -172,7 +165,7 @@ async fn serve_client(
 /// Closes gracefully after a protocol error: stops sending, then drains what the
 /// client still sends for a moment, so that closing with unread input does not
 /// reset the connection and destroy the error reply before the client reads it.
-async fn linger(stream: &mut TcpStream) {
+async fn linger(stream: &mut Box<dyn ClientStream>) {
     const DRAIN_BYTES: usize = 8 << 20;
     let _ = stream.shutdown().await;
     let mut sink = vec![0u8; READ_CHUNK];
@@ -190,7 +183,7 @@ async fn linger(stream: &mut TcpStream) {
     }
 }
 
-async fn write_out(stream: &mut TcpStream, output: &mut Vec<u8>) -> Result<(), String> {
+async fn write_out(stream: &mut Box<dyn ClientStream>, output: &mut Vec<u8>) -> Result<(), String> {
     if output.is_empty() {
         return Ok(());
     }

@@ -18,8 +18,36 @@ use crate::gateway::Gateway;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_stream::{Stream, StreamExt};
+
+/// A client connection's bytes: a TCP socket, or a simulated one in a simulation.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+
+/// One accepted client: its stream, its address and the address it reached.
+pub struct Accepted {
+    pub stream: Box<dyn ClientStream>,
+    pub peer: String,
+    pub local: String,
+}
+
+/// Where a node's Redis clients come from.
+pub type Incoming = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Accepted>> + Send>>;
+
+/// The clients a TCP listener accepts (with Nagle off: replies are small and latency-bound).
+pub fn tcp_incoming(listener: TcpListener) -> Incoming {
+    Box::pin(futures::stream::unfold(listener, |listener| async move {
+        let next = listener.accept().await.map(|(stream, peer)| {
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            Accepted { stream: Box::new(stream) as Box<dyn ClientStream>, peer: peer.to_string(), local }
+        });
+        Some((next, listener))
+    }))
+}
 
 /// `[redis]` in the node's config file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,32 +169,32 @@ impl RespServer {
 
 /// Accepts clients until `stop` flips. Past `max_clients`, a client is sent
 /// Redis's error and disconnected at once, so it costs no more than that.
-pub async fn serve(server: Arc<RespServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(server: Arc<RespServer>, mut incoming: Incoming, mut stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(server.cfg.max_clients));
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = incoming.next() => a,
             _ = stop.changed() => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
+        let client = match accepted {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
                 tracing::warn!("redis accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
+            None => return,
         };
-        let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             server.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(connection::refuse(stream, "ERR max number of clients reached"));
+            tokio::spawn(connection::refuse(client.stream, "ERR max number of clients reached"));
             continue;
         };
         let id = server.client_id();
         let server = server.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            connection::run(server, stream, peer, id, stop).await;
+            connection::run(server, client, id, stop).await;
             drop(permit);
         });
     }
