@@ -328,7 +328,9 @@ where
     let mut redis_addr = String::new();
     if let Some((incoming, bound)) = redis {
         redis_addr = cfg.redis.advertise.clone().unwrap_or(bound);
-        let server = RespServer::new(gw.clone(), cfg.redis.clone(), redis_addr.clone());
+        // A simulation seeds the node's randomness (for exact replay); a real node draws it.
+        let seed = cfg.raft.election_seed.map_or_else(rand::random, |s| s ^ 0x7E5);
+        let server = RespServer::new(gw.clone(), cfg.redis.clone(), redis_addr.clone(), seed);
         tokio::spawn(resp::serve(server, incoming, stop_rx.clone()));
         tokio::spawn(resp::keyspace::keep_ensured(gw.clone(), cfg.redis.hash_ranges, stop_rx.clone()));
     }

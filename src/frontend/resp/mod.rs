@@ -144,11 +144,16 @@ pub struct RespServer {
     pub slot_locks: txn::SlotLocks,
     /// Other nodes' Redis addresses (cluster mode's MOVED), from the registry.
     pub peers: parking_lot::RwLock<std::collections::HashMap<u64, String>>,
+    /// The pauses after a transaction's conflict: seeded, so a simulation replays exactly.
+    pause_rng: parking_lot::Mutex<rand::rngs::StdRng>,
 }
 
 impl RespServer {
-    pub fn new(gw: Arc<Gateway>, cfg: RespConfig, advertised: String) -> Arc<Self> {
+    /// `seed` seeds the server's only randomness (conflict pauses).
+    pub fn new(gw: Arc<Gateway>, cfg: RespConfig, advertised: String, seed: u64) -> Arc<Self> {
+        use rand::SeedableRng;
         Arc::new(RespServer {
+            pause_rng: parking_lot::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
             gw,
             cfg,
             advertised,
@@ -164,6 +169,13 @@ impl RespServer {
 
     fn client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A short random pause after a conflict, so that contenders for a hot key do
+    /// not keep colliding in lockstep.
+    pub async fn conflict_pause(&self) {
+        let ms = rand::Rng::random_range(&mut *self.pause_rng.lock(), 0..5u64);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
 

@@ -103,7 +103,7 @@ async fn eval(srv: &RespServer, body: Arc<[u8]>, a: &[Bytes], read_only: bool) -
         if txn::commit(srv, &view).await? {
             return Ok(reply);
         }
-        txn::conflict_pause().await;
+        srv.conflict_pause().await;
     }
     Err(Reply::Error(format!(
         "TRYAGAIN the script's keys changed under {MAX_SCRIPT_ATTEMPTS} attempts in a row; nothing was written"

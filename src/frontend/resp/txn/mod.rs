@@ -169,7 +169,7 @@ async fn run(
         if commit(srv, &view).await? {
             return Ok(Reply::Array(replies));
         }
-        conflict_pause().await;
+        srv.conflict_pause().await;
     }
     Err(Reply::Error(format!(
         "TRYAGAIN the transaction's keys changed under {MAX_EXEC_ATTEMPTS} attempts in a row; nothing was written"
@@ -265,13 +265,6 @@ pub async fn commit(srv: &RespServer, view: &View) -> Result<bool, Reply> {
     })
     .await?;
     Ok(res.iter().all(|r| r.succeeded))
-}
-
-/// A short random pause after a conflict, so that contenders for a hot key do
-/// not keep colliding in lockstep.
-pub async fn conflict_pause() {
-    let ms = rand::random_range(0..5u64);
-    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
 
 /// An effect as a mutation, conditioned on the key's version as read.
