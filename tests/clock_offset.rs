@@ -101,7 +101,9 @@ async fn a_node_whose_clock_jumps_stops_serving_until_its_clock_is_back() {
 
 async fn redis_conn(addr: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(format!("redis://{addr}/")).expect("redis url");
-    client.get_multiplexed_async_connection().await.expect("connect")
+    // Longer than the crate's 500 ms default: a reply may wait out a leader change.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect")
 }
 
 async fn redis_get(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {

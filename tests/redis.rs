@@ -19,9 +19,14 @@ async fn connect(addr: &str) -> MultiplexedConnection {
     connect_with(&format!("redis://{addr}/")).await
 }
 
+/// The redis crate gives up on a reply after 500 ms by default, shorter than a
+/// leader change can take; redis-py and redis-cli wait. Tests wait 10 s.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn connect_with(url: &str) -> MultiplexedConnection {
     let client = redis::Client::open(url).expect("redis url");
-    client.get_multiplexed_async_connection().await.expect("connect")
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect")
 }
 
 async fn q<T: redis::FromRedisValue>(c: &mut MultiplexedConnection, args: &[&str]) -> RedisResult<T> {
@@ -854,7 +859,11 @@ async fn a_cluster_client_follows_slots_through_a_split_and_a_leader_change() {
 
     // A cluster-aware client.
     let urls: Vec<String> = (0..3).map(|i| format!("redis://{}/", cl.redis(i))).collect();
-    let client = redis::cluster::ClusterClient::new(urls).expect("cluster client");
+    let client = redis::cluster::ClusterClient::builder(urls)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .retries(32)
+        .build()
+        .expect("cluster client");
     let mut c = client.get_async_connection().await.expect("cluster connection");
     let write_and_check = |c: &mut redis::cluster_async::ClusterConnection, from: usize, to: usize| {
         let mut c = c.clone();

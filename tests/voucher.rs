@@ -45,8 +45,12 @@ async fn voucher_claims_never_oversell_while_the_leader_is_killed() {
     // The leader dies early, while the quota is still being claimed, and comes back later.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let survivor = cl.redis((victim + 1) % 3);
-    let mut probe =
-        redis::Client::open(format!("redis://{survivor}/")).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let mut probe = redis::Client::open(format!("redis://{survivor}/"))
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
     let left: i64 = redis::cmd("GET").arg(key).query_async::<String>(&mut probe).await.unwrap().parse().unwrap();
     assert!(left > 0, "the quota ran out before the kill: the failover would prove nothing");
     cl.kill(victim);

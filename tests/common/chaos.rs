@@ -245,7 +245,10 @@ impl RespConn {
     async fn call(&mut self, args: &[String]) -> Option<RespReply> {
         if self.conn.is_none() {
             let client = redis::Client::open(format!("redis://{}/", self.addr)).ok()?;
-            self.conn = tokio::time::timeout(OP_TIMEOUT, client.get_multiplexed_async_connection()).await.ok()?.ok();
+            // The crate's own reply timeout (500 ms by default) would cut leader changes short.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(OP_TIMEOUT));
+            let connect = client.get_multiplexed_async_connection_with_config(&config);
+            self.conn = tokio::time::timeout(OP_TIMEOUT, connect).await.ok()?.ok();
         }
         let conn = self.conn.as_mut()?;
         let mut cmd = redis::cmd(&args[0]);
