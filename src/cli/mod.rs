@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Start a local cluster (3 nodes on loopback) and keep it running until Ctrl-C.
     Demo(demo::DemoArgs),
     #[command(flatten)]
@@ -63,6 +63,9 @@ pub struct ServerArgs {
     pub replication_factor: Option<usize>,
     #[arg(long)]
     pub split_threshold_bytes: Option<u64>,
+    /// A node not heard from for this long is dead: its replicas are replaced elsewhere.
+    #[arg(long)]
+    pub dead_after_secs: Option<u64>,
     #[arg(long)]
     pub split_check_interval_ms: Option<u64>,
     /// Drop the oldest half of a range's Raft log once it holds this many applied entries.
@@ -126,6 +129,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.split_threshold_bytes {
             c.split_threshold_bytes = v;
+        }
+        if let Some(v) = self.dead_after_secs {
+            c.dead_after_secs = v;
         }
         if let Some(v) = self.split_check_interval_ms {
             c.split_check_interval_ms = v;

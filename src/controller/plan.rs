@@ -1,12 +1,16 @@
-//! Pure placement decisions: which replicas to add where, and which extra
-//! replicas to remove.
+//! Pure placement decisions: which replicas to add where, which extra
+//! replicas to remove, and which replicas on dead nodes to replace.
 
 use std::collections::{BTreeMap, HashSet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     pub id: u64,
+    /// Heard from recently: may take new replicas.
     pub live: bool,
+    /// Silent for `dead_after`: its replicas are replaced (a node neither live nor
+    /// dead is suspect: it takes nothing new and keeps what it has).
+    pub dead: bool,
     pub zone: String,
 }
 
@@ -23,12 +27,17 @@ pub enum Action {
     AddReplica { range: u64, node: u64 },
     /// Remove the replica of `range` on `node`: the range has more voters than it should.
     RemoveReplica { range: u64, node: u64 },
+    /// Remove the replica of `range` on dead `node`: the range already has its
+    /// voters on other nodes (it was replaced first, so no quorum is ever at risk).
+    RemoveDeadReplica { range: u64, node: u64 },
 }
 
 impl Action {
     pub fn range(&self) -> u64 {
         match self {
-            Action::AddReplica { range, .. } | Action::RemoveReplica { range, .. } => *range,
+            Action::AddReplica { range, .. }
+            | Action::RemoveReplica { range, .. }
+            | Action::RemoveDeadReplica { range, .. } => *range,
         }
     }
 }
@@ -40,8 +49,11 @@ impl Action {
 /// A range with more than `rf` voters, all on live nodes, loses one: the one
 /// whose zone the range uses twice, then on the most loaded node, then the
 /// highest id. (Adds decided on a directory that lagged the range can leave
-/// one too many; a replica on a dead node is left alone, as its node may
-/// come back.) At most `max_actions` actions are returned.
+/// one too many.) A replica on a dead node is replaced: first a new replica on
+/// a live node (add first), then, once the range has `rf` voters on nodes that
+/// are not dead, the dead node's replica is removed; with no live node to take
+/// it, the dead replica stays (its node may come back). At most `max_actions`
+/// actions are returned.
 pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: usize) -> Vec<Action> {
     let live: Vec<&NodeView> = nodes.iter().filter(|n| n.live).collect();
     let target = rf.min(live.len());
@@ -54,6 +66,7 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
         }
     }
     let zone_of = |id: u64| nodes.iter().find(|n| n.id == id).map(|n| n.zone.clone()).unwrap_or_default();
+    let dead: HashSet<u64> = nodes.iter().filter(|n| n.dead).map(|n| n.id).collect();
     let mut actions = Vec::new();
     for r in ranges {
         if actions.len() >= max_actions {
@@ -64,6 +77,13 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
             continue;
         }
         let voters = r.replicas.iter().filter(|(_, learner)| !learner).count();
+        if let Some((gone, _)) = r.replicas.iter().find(|(n, _)| dead.contains(n)) {
+            let healthy = r.replicas.iter().filter(|(n, learner)| !learner && !dead.contains(n)).count();
+            if healthy >= rf {
+                actions.push(Action::RemoveDeadReplica { range: r.id, node: *gone });
+                continue;
+            }
+        }
         if voters > rf && r.replicas.iter().all(|(n, _)| load.contains_key(n)) {
             let zones: Vec<String> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
             let shares_zone = |n: u64| zones.iter().filter(|z| **z == zone_of(n)).count() > 1;
@@ -80,7 +100,8 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
             }
             continue;
         }
-        if r.replicas.len() >= target {
+        // A replica on a dead node does not count: it is being replaced.
+        if r.replicas.iter().filter(|(n, _)| !dead.contains(n)).count() >= target {
             continue;
         }
         let hosting: HashSet<u64> = r.replicas.iter().map(|(n, _)| *n).collect();
@@ -104,7 +125,35 @@ mod tests {
     use super::*;
 
     fn node(id: u64, zone: &str) -> NodeView {
-        NodeView { id, live: true, zone: zone.into() }
+        NodeView { id, live: true, dead: false, zone: zone.into() }
+    }
+
+    fn dead_node(id: u64) -> NodeView {
+        NodeView { id, live: false, dead: true, zone: String::new() }
+    }
+
+    #[test]
+    fn replaces_a_dead_nodes_replica_adding_first_then_removing() {
+        let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        nodes.push(dead_node(4));
+        let before = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)] }];
+        assert_eq!(plan(&nodes, &before, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "add first");
+        let learning = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, true)] }];
+        assert_eq!(plan(&nodes, &learning, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "promote");
+        let replaced = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, false)] }];
+        assert_eq!(plan(&nodes, &replaced, 3, 10), vec![Action::RemoveDeadReplica { range: 1, node: 4 }]);
+    }
+
+    #[test]
+    fn keeps_a_dead_replica_that_no_live_node_can_replace_and_the_replicas_of_a_suspect() {
+        let mut nodes: Vec<_> = (1..=2).map(|i| node(i, "")).collect();
+        nodes.push(dead_node(3));
+        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)] }];
+        assert_eq!(plan(&nodes, &ranges, 3, 10), vec![], "nowhere to go: the node may come back");
+        let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        nodes.push(NodeView { id: 4, live: false, dead: false, zone: String::new() });
+        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)] }];
+        assert_eq!(plan(&nodes, &ranges, 3, 10), vec![], "a suspect node keeps its replicas");
     }
 
     #[test]
@@ -118,7 +167,7 @@ mod tests {
     #[test]
     fn caps_rf_at_live_nodes_and_finishes_learners_first() {
         let mut nodes = vec![node(1, ""), node(2, "")];
-        nodes.push(NodeView { id: 3, live: false, zone: String::new() });
+        nodes.push(NodeView { id: 3, live: false, dead: false, zone: String::new() });
         let ranges = vec![
             RangeView { id: 1, replicas: vec![(1, false), (2, false)] },
             RangeView { id: 2, replicas: vec![(1, false), (2, true)] },
@@ -137,7 +186,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Action::AddReplica { node, .. } => *node,
-                Action::RemoveReplica { .. } => panic!("unexpected removal: {a:?}"),
+                _ => panic!("unexpected removal: {a:?}"),
             })
             .collect();
         assert_eq!(targets.len(), 3, "each new replica goes to the least-loaded node");
@@ -157,7 +206,7 @@ mod tests {
     #[test]
     fn leaves_an_over_replicated_range_alone_while_a_replica_node_is_down() {
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
-        nodes.push(NodeView { id: 4, live: false, zone: String::new() });
+        nodes.push(NodeView { id: 4, live: false, dead: false, zone: String::new() });
         let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)] }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![]);
     }

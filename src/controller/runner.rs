@@ -20,6 +20,8 @@ const EXTRA_VOTER_GRACE: Duration = Duration::from_secs(30);
 pub struct Controller {
     gw: Arc<Gateway>,
     rf: usize,
+    /// A node silent this long is dead (`plan::NodeView::dead`).
+    dead_after_ms: u64,
     in_flight: Arc<Mutex<HashSet<u64>>>,
     /// Ranges found with a voter too many, and since when (without a break). An
     /// extra voter is removed only once it has been there for `EXTRA_VOTER_GRACE`,
@@ -29,8 +31,8 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(gw: Arc<Gateway>, rf: usize) -> Self {
-        Controller { gw, rf, in_flight: Default::default(), over_replicated: Default::default() }
+    pub fn new(gw: Arc<Gateway>, rf: usize, dead_after_ms: u64) -> Self {
+        Controller { gw, rf, dead_after_ms, in_flight: Default::default(), over_replicated: Default::default() }
     }
 
     fn leads_meta(&self) -> bool {
@@ -48,7 +50,12 @@ impl Controller {
         let now = crate::hlc::wall_now_ms();
         let nodes: Vec<NodeView> = nodes
             .iter()
-            .map(|n| NodeView { id: n.id, live: registry::is_live(n, now), zone: n.zone.clone() })
+            .map(|n| NodeView {
+                id: n.id,
+                live: registry::is_live(n, now),
+                dead: registry::is_dead(n, now, self.dead_after_ms),
+                zone: n.zone.clone(),
+            })
             .collect();
         let busy = self.in_flight.lock().clone();
         let ranges: Vec<RangeView> = records
@@ -57,6 +64,7 @@ impl Controller {
             .filter(|d| !busy.contains(&d.id))
             .map(|d| RangeView { id: d.id, replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect() })
             .collect();
+        let dead: Arc<HashSet<u64>> = Arc::new(nodes.iter().filter(|n| n.dead).map(|n| n.id).collect());
         let room = MAX_CONCURRENT_ACTIONS.saturating_sub(busy.len());
         let actions = plan::plan(&nodes, &ranges, self.rf, room);
         let now = crate::clock::now();
@@ -78,8 +86,9 @@ impl Controller {
             }
             self.in_flight.lock().insert(range);
             let me = self.clone();
+            let dead = dead.clone();
             tokio::spawn(async move {
-                me.execute(action).await;
+                me.execute(action, &dead).await;
                 me.in_flight.lock().remove(&range);
             });
         }
@@ -89,7 +98,9 @@ impl Controller {
     /// directory the plan read is written by range leaders and can lag a
     /// membership change, and acting on a stale count adds a replica too many
     /// (or removes one too many).
-    async fn execute(&self, action: Action) {
+    /// `dead`: the nodes found dead when the action was planned (their replicas
+    /// do not count towards the replication factor).
+    async fn execute(&self, action: Action, dead: &HashSet<u64>) {
         let range = action.range();
         let desc = match admin::status(&self.gw, range).await {
             Ok(s) => s.desc.unwrap_or_default(),
@@ -102,13 +113,24 @@ impl Controller {
         let result = match action {
             Action::AddReplica { node, .. } => {
                 let finishing = desc.replicas.iter().any(|r| r.node_id == node && r.learner);
-                if !finishing && voters >= self.rf {
-                    tracing::info!(range, node, voters, "controller: add replica no longer needed");
+                let healthy = desc.replicas.iter().filter(|r| !r.learner && !dead.contains(&r.node_id)).count();
+                if !finishing && healthy >= self.rf {
+                    tracing::info!(range, node, healthy, "controller: add replica no longer needed");
                     return;
                 }
                 tracing::info!(range, node, "controller: add replica");
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "add_replica").increment(1);
                 admin::add_replica(&self.gw, range, node).await.map(|_| ())
+            }
+            Action::RemoveDeadReplica { node, .. } => {
+                // Still replaced: `rf` voters on other nodes, as the range's leader sees it.
+                let elsewhere = desc.replicas.iter().filter(|r| !r.learner && r.node_id != node).count();
+                if elsewhere < self.rf {
+                    return;
+                }
+                tracing::info!(range, node, "controller: remove the replica of a dead node (replaced)");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "replace_dead").increment(1);
+                admin::remove_replica(&self.gw, range, node).await.map(|_| ())
             }
             Action::RemoveReplica { node, .. } => {
                 if voters <= self.rf || desc.replicas.iter().any(|r| r.learner) {

@@ -15,6 +15,12 @@ pub fn is_live(n: &NodeInfo, now_ms: u64) -> bool {
     now_ms.saturating_sub(n.heartbeat_ms) < LIVENESS_TIMEOUT_MS
 }
 
+/// Whether a node has been silent for `dead_after_ms`: its replicas are to be replaced.
+/// Between live and dead a node is suspect: not given new replicas, its own kept.
+pub fn is_dead(n: &NodeInfo, now_ms: u64, dead_after_ms: u64) -> bool {
+    now_ms.saturating_sub(n.heartbeat_ms) >= dead_after_ms.max(LIVENESS_TIMEOUT_MS)
+}
+
 pub async fn list(gw: &Gateway) -> Result<Vec<NodeInfo>, Status> {
     let pairs = scan_prefix(gw, NODE_PREFIX).await?;
     Ok(pairs.into_iter().filter_map(|p| NodeInfo::decode(p.value.as_slice()).ok()).collect())

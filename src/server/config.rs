@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub join: Vec<String>,
     pub zone: String,
     pub replication_factor: usize,
+    /// A node not heard from for this long is dead: the controller replaces each of
+    /// its replicas on another node, then removes it.
+    pub dead_after_secs: u64,
     /// A range whose data passes this size is split in two.
     pub split_threshold_bytes: u64,
     pub split_check_interval_ms: u64,
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             join: Vec::new(),
             zone: String::new(),
             replication_factor: 3,
+            dead_after_secs: 300,
             split_threshold_bytes: 64 << 20,
             split_check_interval_ms: 5_000,
             max_connections: 4096,
@@ -99,6 +103,15 @@ impl ServerConfig {
             if j.is_empty() || !j.contains(':') {
                 return Err(format!("join address {j:?} must be host:port"));
             }
+        }
+        // Shorter than the liveness timeout, a node that merely missed heartbeats would
+        // lose its replicas.
+        let min_dead_after = crate::meta::registry::LIVENESS_TIMEOUT_MS.div_ceil(1000);
+        if self.dead_after_secs < min_dead_after {
+            return Err(format!(
+                "dead_after_secs must be at least {min_dead_after} (the liveness timeout), got {}",
+                self.dead_after_secs
+            ));
         }
         if !(1..=7).contains(&self.replication_factor) {
             return Err(format!("replication_factor must be 1 to 7, got {}", self.replication_factor));

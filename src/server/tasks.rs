@@ -57,7 +57,7 @@ pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, addrs: Advertised, stop: 
             }
         }
     });
-    let ctl = controller::runner::Controller::new(gw, cfg.replication_factor);
+    let ctl = controller::runner::Controller::new(gw, cfg.replication_factor, cfg.dead_after_secs.saturating_mul(1000));
     every(stop, Duration::from_secs(2), move || ctl.clone().tick());
 }
 

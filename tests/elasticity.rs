@@ -1,0 +1,155 @@
+//! The controller looking after the cluster on its own, on real `cairn server`
+//! processes with a client workload running throughout: a node killed for good
+//! is replaced (every range back at its replication factor on live nodes), no
+//! acknowledged write is lost, and the dead node, restarted, collects the
+//! replicas it no longer holds.
+
+// Tests keep their own deadlines on the OS clock; the clock rule (clippy.toml) is for node code.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TABLE: &str = "elastic";
+/// The shortest `dead_after` a node accepts (the liveness timeout).
+const DEAD_AFTER_SECS: u64 = 10;
+/// Once the node is dead, every range must have its replicas back within this:
+/// a few controller rounds, each a learner add, a snapshot and two conf changes.
+const REPLACEMENT_BOUND: Duration = Duration::from_secs(60);
+
+/// Disk bytes under `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        total += if meta.is_dir() { disk_bytes(&entry.path()) } else { meta.len() };
+    }
+    total
+}
+
+/// What is still wrong with the ranges, as node `i` sees them: each must have a
+/// leader and `rf` voters, none on `gone`, and no learner.
+async fn unreplaced(cl: &Cluster, i: usize, gone: u64, rf: usize) -> Result<(), String> {
+    let s = cl.status(i).await.map_err(|e| e.message().to_string())?;
+    for r in &s.ranges {
+        let voters = r.replicas.iter().filter(|x| !x.learner).count();
+        let on_gone = r.replicas.iter().any(|x| x.node_id == gone);
+        if voters != rf || on_gone || r.leader_node_id == 0 || r.replicas.len() != rf {
+            return Err(format!(
+                "range {} ({}): replicas {:?}, leader {}",
+                r.id, r.table, r.replicas, r.leader_node_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
+    let _g = serial().await;
+    let dead_after = DEAD_AFTER_SECS.to_string();
+    let mut cl = Cluster::start(4, &["--dead-after-secs", &dead_after]).await;
+    let mut admin = cl.client(0).await;
+    create_table(&mut admin, TABLE, &["k/2", "k/5", "k/8"]).await;
+    cl.wait_replicated(3, Duration::from_secs(60)).await;
+
+    // A writer through node 1 for the whole test; every acknowledged key must survive.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (stop, acked, addr) = (stop.clone(), acked.clone(), cl.grpc(0));
+        tokio::spawn(async move {
+            let mut c = client_at(&addr);
+            let value = "v".repeat(1024);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k/{}/{n:06}", n % 10);
+                match tokio::time::timeout(Duration::from_secs(3), put(&mut c, TABLE, &key, &value)).await {
+                    Ok(Ok(_)) => acked.lock().unwrap().push(key),
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The victim: the node (other than node 1, which the writer and the checks use)
+    // holding the most replicas.
+    let status = cl.status(0).await.unwrap();
+    let held_by = |i: usize| {
+        let id = cl.node_id(i);
+        status.ranges.iter().filter(|r| r.replicas.iter().any(|x| x.node_id == id)).count()
+    };
+    let victim = (1..4).max_by_key(|i| held_by(*i)).unwrap_or(3);
+    let gone = cl.node_id(victim);
+    let held = held_by(victim);
+    assert!(held >= 2, "node {gone} holds {held} replicas: too few to show a replacement");
+    let used_before = status.nodes.iter().find(|n| n.id == gone).map_or(0, |n| n.used_bytes);
+    let acked_before = acked.lock().unwrap().len();
+    cl.kill(victim);
+    let killed = Instant::now();
+
+    // Dead after `dead_after`, then replaced: add first, then remove.
+    let deadline = killed + Duration::from_secs(DEAD_AFTER_SECS) + REPLACEMENT_BOUND;
+    while let Err(last) = unreplaced(&cl, 0, gone, 3).await {
+        let waited = deadline - killed;
+        assert!(Instant::now() < deadline, "not replaced {waited:?} after the kill: {last}\n{}", cl.log(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let replaced_after = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > acked_before + 100,
+        "the writer went on through the replacement: {} then {}",
+        acked_before,
+        acked.len()
+    );
+
+    // Read back through a surviving node other than the writer's.
+    let mut reader = cl.client(if victim == 1 { 2 } else { 1 }).await;
+    let present: BTreeSet<String> =
+        scan_all(&mut reader, TABLE, 1000).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    let lost = cairn_check::lost_writes(acked.clone(), &present);
+    assert!(lost.is_empty(), "{} acknowledged writes lost, first {:?}", lost.len(), &lost[..lost.len().min(5)]);
+
+    // Back from the dead: its replicas were removed, so it collects them.
+    cl.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let used_after;
+    loop {
+        let s = cl.status(0).await.unwrap();
+        let hosted = s.nodes.iter().find(|n| n.id == gone).map(|n| n.replicas);
+        let live = s.nodes.iter().any(|n| n.id == gone && n.live);
+        if live && hosted == Some(0) {
+            used_after = s.nodes.iter().find(|n| n.id == gone).map_or(0, |n| n.used_bytes);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {gone} still reports {hosted:?} replicas after its return\n{}",
+            cl.log(victim)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    unreplaced(&cl, 0, gone, 3).await.expect("the returning node is not put back: the ranges are whole without it");
+    println!(
+        "node {gone} held {held} replicas; every range was back at 3 voters {replaced_after:.1?} after the kill \
+         (dead_after {DEAD_AFTER_SECS}s); {} writes acknowledged, none lost; back, it hosts 0 replicas \
+         (used bytes it reported: {used_before} before the kill, {used_after} after; its data dir now {} bytes)",
+        acked.len(),
+        disk_bytes(&cl.nodes[victim].dir)
+    );
+}
