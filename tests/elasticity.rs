@@ -153,3 +153,113 @@ async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
         disk_bytes(&cl.nodes[victim].dir)
     );
 }
+
+/// How many ranges node `id` leads, and how many it holds a replica of, as node `i` sees it.
+async fn led_and_held(cl: &Cluster, i: usize, id: u64) -> (usize, usize) {
+    let s = cl.status(i).await.unwrap();
+    let led = s.ranges.iter().filter(|r| r.leader_node_id == id).count();
+    let held = s.ranges.iter().filter(|r| r.replicas.iter().any(|x| x.node_id == id)).count();
+    (led, held)
+}
+
+async fn state_of(cl: &Cluster, i: usize, id: u64) -> String {
+    let s = cl.status(i).await.unwrap();
+    s.nodes.iter().find(|n| n.id == id).map(|n| n.state.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_sheds_its_leaders_and_a_decommissioned_one_its_replicas() {
+    use cairn_proto::kv::{NodeState, SetNodeStateRequest};
+    let _g = serial().await;
+    let mut cl = Cluster::start(4, &[]).await;
+    let mut admin = cl.client(0).await;
+    create_table(&mut admin, TABLE, &["k/2", "k/5", "k/8"]).await;
+    cl.wait_replicated(3, Duration::from_secs(60)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (stop, acked, addr) = (stop.clone(), acked.clone(), cl.grpc(0));
+        tokio::spawn(async move {
+            let mut c = client_at(&addr);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k/{}/{n:06}", n % 10);
+                match tokio::time::timeout(Duration::from_secs(3), put(&mut c, TABLE, &key, "v")).await {
+                    Ok(Ok(_)) => acked.lock().unwrap().push(key),
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // The node (other than node 1, the writer's) holding the most replicas is given
+    // the leadership of each of them, then drained.
+    let mut target = 1;
+    let mut most = 0;
+    for i in 1..4 {
+        let (_, held) = led_and_held(&cl, 0, cl.node_id(i)).await;
+        if held > most {
+            (target, most) = (i, held);
+        }
+    }
+    let id = cl.node_id(target);
+    for r in cl.status(0).await.unwrap().ranges.iter().filter(|r| r.replicas.iter().any(|x| x.node_id == id)) {
+        let req = cairn_proto::kv::TransferLeaderRequest { range_id: r.id, node_id: id };
+        let _ = admin.transfer_leader(req).await;
+    }
+    let (led_before, held_before) = led_and_held(&cl, 0, id).await;
+    assert!(led_before >= 2 && held_before >= 2, "node {id} leads {led_before} and holds {held_before}: too few");
+    let set = |state: NodeState| SetNodeStateRequest { node_id: id, state: state as i32 };
+    admin.set_node_state(set(NodeState::Draining)).await.expect("drain");
+    let started = Instant::now();
+    loop {
+        let (led, held) = led_and_held(&cl, 0, id).await;
+        if led == 0 {
+            assert!(held > 0, "a drained node keeps its replicas");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "node {id} still leads {led} ranges after draining");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let drained_after = started.elapsed();
+    assert_eq!(state_of(&cl, 0, id).await, "draining");
+
+    // Decommissioned: every replica moves off it, add first, and then it can go.
+    admin.set_node_state(set(NodeState::Decommissioning)).await.expect("decommission");
+    let started = Instant::now();
+    loop {
+        let (_, held) = led_and_held(&cl, 0, id).await;
+        if held == 0 && unreplaced(&cl, 0, id, 3).await.is_ok() && state_of(&cl, 0, id).await == "decommissioned" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "node {id} still holds {held} replicas: {:?}",
+            unreplaced(&cl, 0, id, 3).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let decommissioned_after = started.elapsed();
+    cl.kill(target);
+    // Stopping it costs no range a voter: writes go on.
+    let acked_at_stop = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(acked.len() > acked_at_stop + 50, "writes stalled after the decommissioned node stopped");
+    let reader_index = if target == 1 { 2 } else { 1 };
+    let mut reader = cl.client(reader_index).await;
+    let present: BTreeSet<String> =
+        scan_all(&mut reader, TABLE, 1000).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    let lost = cairn_check::lost_writes(acked.clone(), &present);
+    assert!(lost.is_empty(), "{} acknowledged writes lost, first {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    println!(
+        "node {id} led {led_before} ranges, none {drained_after:.1?} after the drain; it held {held_before} \
+         replicas, none {decommissioned_after:.1?} after the decommission; {} writes acknowledged, none lost",
+        acked.len()
+    );
+}

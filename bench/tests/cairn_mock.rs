@@ -125,6 +125,9 @@ impl Cairn for Mock {
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn set_node_state(&self, _: Request<SetNodeStateRequest>) -> Result<Response<SetNodeStateResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 /// Starts the mock on an ephemeral port; returns its address and state.

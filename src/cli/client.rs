@@ -72,6 +72,31 @@ pub enum ClientCommand {
     /// Split ranges and move their replicas and leaders.
     #[command(subcommand)]
     Range(RangeCommand),
+    /// List nodes; drain or decommission one.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `node ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Show every node and its state (live, suspect, dead, draining, decommissioning, decommissioned).
+    List,
+    /// Move every leader off a node (before restarting it); it takes no new replica.
+    Drain {
+        /// Node id (see `node list`).
+        id: u64,
+    },
+    /// Move every replica off a node; once it is decommissioned it can be stopped.
+    Decommission {
+        /// Node id (see `node list`).
+        id: u64,
+    },
+    /// Undo a drain or a decommission.
+    Activate {
+        /// Node id (see `node list`).
+        id: u64,
+    },
 }
 
 /// `table ...`
@@ -375,6 +400,7 @@ pub async fn run(addr: &str, json: bool, cmd: ClientCommand) -> anyhow::Result<(
         ClientCommand::Scan(args) => scan(&mut client, &mut out, json, args).await,
         ClientCommand::Cluster(ClusterCommand::Status) => cluster_status(&mut client, &mut out, json).await,
         ClientCommand::Range(cmd) => range(&mut client, &mut out, json, cmd).await,
+        ClientCommand::Node(cmd) => node(&mut client, &mut out, json, cmd).await,
     };
     // Flush whatever was printed, also before reporting a later error.
     let flushed = out.flush().map_err(anyhow::Error::from);
@@ -740,6 +766,62 @@ async fn scan(client: &mut Client, out: &mut Out, json: bool, args: ScanArgs) ->
 // Cluster status and range administration
 // ---------------------------------------------------------------------------
 
+async fn node(client: &mut Client, out: &mut Out, json: bool, cmd: NodeCommand) -> anyhow::Result<()> {
+    let (id, state) = match cmd {
+        NodeCommand::List => return node_list(client, out, json).await,
+        NodeCommand::Drain { id } => (id, kv::NodeState::Draining),
+        NodeCommand::Decommission { id } => (id, kv::NodeState::Decommissioning),
+        NodeCommand::Activate { id } => (id, kv::NodeState::Active),
+    };
+    call(client.set_node_state(kv::SetNodeStateRequest { node_id: id, state: state as i32 })).await?;
+    if json {
+        return print_json(out, &json!({ "node_id": id, "state": state.as_str_name() }));
+    }
+    let what = match state {
+        kv::NodeState::Draining => "draining: its leaders move to other nodes",
+        kv::NodeState::Decommissioning => {
+            "decommissioning: its replicas move to other nodes; `node list` shows decommissioned when it can be stopped"
+        }
+        kv::NodeState::Active => "active",
+    };
+    writeln!(out, "node {id} {what}")?;
+    Ok(())
+}
+
+async fn node_list(client: &mut Client, out: &mut Out, json: bool) -> anyhow::Result<()> {
+    let mut resp = call(client.cluster_status(kv::ClusterStatusRequest {})).await?;
+    resp.nodes.sort_by_key(|n| n.id);
+    if json {
+        return print_json(out, &json!(resp.nodes.iter().map(node_json).collect::<Vec<_>>()));
+    }
+    print_nodes(out, &resp.nodes)
+}
+
+fn print_nodes(out: &mut Out, list: &[kv::NodeStatus]) -> anyhow::Result<()> {
+    let mut nodes = Columns::new(&[
+        ("ID", R),
+        ("ADDR", L),
+        ("ZONE", L),
+        ("STATE", L),
+        ("REPLICAS", R),
+        ("LEADERS", R),
+        ("USED", R),
+    ]);
+    for n in list {
+        nodes.row(vec![
+            n.id.to_string(),
+            n.addr.clone(),
+            if n.zone.is_empty() { "-".into() } else { n.zone.clone() },
+            n.state.clone(),
+            n.replicas.to_string(),
+            n.leaders.to_string(),
+            human_bytes(n.used_bytes),
+        ]);
+    }
+    nodes.print(out)?;
+    Ok(())
+}
+
 async fn cluster_status(client: &mut Client, out: &mut Out, json: bool) -> anyhow::Result<()> {
     let mut resp = call(client.cluster_status(kv::ClusterStatusRequest {})).await?;
     resp.nodes.sort_by_key(|n| n.id);
@@ -757,20 +839,7 @@ async fn cluster_status(client: &mut Client, out: &mut Out, json: bool) -> anyho
     writeln!(out, "cluster {}", resp.cluster_id)?;
     writeln!(out)?;
     writeln!(out, "NODES")?;
-    let mut nodes =
-        Columns::new(&[("ID", R), ("ADDR", L), ("ZONE", L), ("LIVE", L), ("REPLICAS", R), ("LEADERS", R), ("USED", R)]);
-    for n in &resp.nodes {
-        nodes.row(vec![
-            n.id.to_string(),
-            n.addr.clone(),
-            if n.zone.is_empty() { "-".into() } else { n.zone.clone() },
-            if n.live { "yes" } else { "no" }.into(),
-            n.replicas.to_string(),
-            n.leaders.to_string(),
-            human_bytes(n.used_bytes),
-        ]);
-    }
-    nodes.print(out)?;
+    print_nodes(out, &resp.nodes)?;
     writeln!(out)?;
     writeln!(out, "RANGES")?;
     print_ranges(out, resp.ranges.iter())
@@ -871,6 +940,7 @@ fn node_json(n: &kv::NodeStatus) -> Value {
         "http_addr": n.http_addr,
         "zone": n.zone,
         "live": n.live,
+        "state": n.state,
         "last_heartbeat_ms": n.last_heartbeat_ms,
         "capacity_bytes": n.capacity_bytes,
         "used_bytes": n.used_bytes,

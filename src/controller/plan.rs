@@ -1,5 +1,6 @@
 //! Pure placement decisions: which replicas to add where, which extra
-//! replicas to remove, and which replicas on dead nodes to replace.
+//! replicas to remove, which replicas of dead or decommissioning nodes to
+//! replace, and which leaders to move off draining nodes.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -11,7 +12,24 @@ pub struct NodeView {
     /// Silent for `dead_after`: its replicas are replaced (a node neither live nor
     /// dead is suspect: it takes nothing new and keeps what it has).
     pub dead: bool,
+    /// An operator is draining it: its leaders move away; it takes no new replica.
+    pub draining: bool,
+    /// An operator is decommissioning it: its replicas are replaced elsewhere, as a
+    /// dead node's are, and its leaders move away.
+    pub decommissioning: bool,
     pub zone: String,
+}
+
+impl NodeView {
+    /// May take new replicas and leaders.
+    fn accepts(&self) -> bool {
+        self.live && !self.draining && !self.decommissioning
+    }
+
+    /// Its replicas are to be replaced.
+    fn departing(&self) -> bool {
+        self.dead || self.decommissioning
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +37,8 @@ pub struct RangeView {
     pub id: u64,
     /// (node id, is learner)
     pub replicas: Vec<(u64, bool)>,
+    /// The node of its leader, 0 if unknown.
+    pub leader: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,9 +47,12 @@ pub enum Action {
     AddReplica { range: u64, node: u64 },
     /// Remove the replica of `range` on `node`: the range has more voters than it should.
     RemoveReplica { range: u64, node: u64 },
-    /// Remove the replica of `range` on dead `node`: the range already has its
-    /// voters on other nodes (it was replaced first, so no quorum is ever at risk).
-    RemoveDeadReplica { range: u64, node: u64 },
+    /// Remove the replica of `range` on a dead or decommissioning `node`: the range
+    /// already has its voters on other nodes (it was replaced first, so no quorum
+    /// is ever at risk).
+    RetireReplica { range: u64, node: u64 },
+    /// Move the leadership of `range` to its voter on `to` (off a draining node).
+    TransferLeader { range: u64, to: u64 },
 }
 
 impl Action {
@@ -37,7 +60,8 @@ impl Action {
         match self {
             Action::AddReplica { range, .. }
             | Action::RemoveReplica { range, .. }
-            | Action::RemoveDeadReplica { range, .. } => *range,
+            | Action::RetireReplica { range, .. }
+            | Action::TransferLeader { range, .. } => *range,
         }
     }
 }
@@ -49,14 +73,25 @@ impl Action {
 /// A range with more than `rf` voters, all on live nodes, loses one: the one
 /// whose zone the range uses twice, then on the most loaded node, then the
 /// highest id. (Adds decided on a directory that lagged the range can leave
-/// one too many.) A replica on a dead node is replaced: first a new replica on
-/// a live node (add first), then, once the range has `rf` voters on nodes that
-/// are not dead, the dead node's replica is removed; with no live node to take
-/// it, the dead replica stays (its node may come back). At most `max_actions`
+/// one too many.) A replica on a dead or decommissioning node is replaced:
+/// first a new replica on a live node (add first), then, once the range has
+/// `rf` voters on other nodes, the old one is removed; with no live node to
+/// take it, it stays (a dead node may come back; a decommission waits). A range
+/// led from a draining or decommissioning node has its leadership moved to the
+/// voter on an accepting node that leads the fewest ranges. Nodes that are
+/// draining or decommissioning take no new replica. At most `max_actions`
 /// actions are returned.
 pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: usize) -> Vec<Action> {
-    let live: Vec<&NodeView> = nodes.iter().filter(|n| n.live).collect();
+    let live: Vec<&NodeView> = nodes.iter().filter(|n| n.accepts()).collect();
     let target = rf.min(live.len());
+    let mut leaders: BTreeMap<u64, usize> = live.iter().map(|n| (n.id, 0)).collect();
+    for r in ranges {
+        if let Some(c) = leaders.get_mut(&r.leader) {
+            *c += 1;
+        }
+    }
+    let shedding: HashSet<u64> =
+        nodes.iter().filter(|n| !n.dead && (n.draining || n.decommissioning)).map(|n| n.id).collect();
     let mut load: BTreeMap<u64, usize> = live.iter().map(|n| (n.id, 0)).collect();
     for r in ranges {
         for (n, _) in &r.replicas {
@@ -66,7 +101,7 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
         }
     }
     let zone_of = |id: u64| nodes.iter().find(|n| n.id == id).map(|n| n.zone.clone()).unwrap_or_default();
-    let dead: HashSet<u64> = nodes.iter().filter(|n| n.dead).map(|n| n.id).collect();
+    let dead: HashSet<u64> = nodes.iter().filter(|n| n.departing()).map(|n| n.id).collect();
     let mut actions = Vec::new();
     for r in ranges {
         if actions.len() >= max_actions {
@@ -76,11 +111,24 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
             actions.push(Action::AddReplica { range: r.id, node: *n });
             continue;
         }
+        if shedding.contains(&r.leader) {
+            let to = r
+                .replicas
+                .iter()
+                .filter(|(n, learner)| !learner && leaders.contains_key(n))
+                .map(|(n, _)| *n)
+                .min_by_key(|n| (leaders.get(n).copied().unwrap_or(0), *n));
+            if let Some(to) = to {
+                actions.push(Action::TransferLeader { range: r.id, to });
+                *leaders.entry(to).or_default() += 1;
+                continue;
+            }
+        }
         let voters = r.replicas.iter().filter(|(_, learner)| !learner).count();
         if let Some((gone, _)) = r.replicas.iter().find(|(n, _)| dead.contains(n)) {
             let healthy = r.replicas.iter().filter(|(n, learner)| !learner && !dead.contains(n)).count();
             if healthy >= rf {
-                actions.push(Action::RemoveDeadReplica { range: r.id, node: *gone });
+                actions.push(Action::RetireReplica { range: r.id, node: *gone });
                 continue;
             }
         }
@@ -125,41 +173,83 @@ mod tests {
     use super::*;
 
     fn node(id: u64, zone: &str) -> NodeView {
-        NodeView { id, live: true, dead: false, zone: zone.into() }
+        NodeView { id, live: true, dead: false, draining: false, decommissioning: false, zone: zone.into() }
     }
 
     fn dead_node(id: u64) -> NodeView {
-        NodeView { id, live: false, dead: true, zone: String::new() }
+        NodeView { live: false, dead: true, ..node(id, "") }
+    }
+
+    fn range(id: u64, replicas: &[(u64, bool)]) -> RangeView {
+        RangeView { id, replicas: replicas.to_vec(), leader: 0 }
+    }
+
+    #[test]
+    fn a_decommissioning_node_is_replaced_like_a_dead_one_and_sheds_its_leaders() {
+        let mut nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
+        nodes[3].decommissioning = true;
+        let mut led = range(1, &[(1, false), (2, false), (4, false)]);
+        led.leader = 4;
+        let other = range(2, &[(1, false), (2, false), (3, false)]);
+        let acts = plan(&nodes, &[led.clone(), other.clone()], 3, 10);
+        assert_eq!(acts, vec![Action::TransferLeader { range: 1, to: 1 }], "leadership leaves first");
+        led.leader = 1;
+        assert_eq!(plan(&nodes, &[led.clone(), other.clone()], 3, 10), vec![Action::AddReplica { range: 1, node: 3 }]);
+        led.replicas.push((3, false));
+        assert_eq!(plan(&nodes, &[led, other], 3, 10), vec![Action::RetireReplica { range: 1, node: 4 }]);
+    }
+
+    #[test]
+    fn a_draining_node_keeps_its_replicas_takes_none_and_hands_its_leaders_to_the_least_loaded() {
+        let mut nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
+        nodes[0].draining = true;
+        let ranges: Vec<RangeView> = vec![
+            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 1 },
+            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 1 },
+            RangeView { id: 3, replicas: vec![(2, false)], leader: 2 },
+        ];
+        let acts = plan(&nodes, &ranges, 3, 10);
+        assert_eq!(
+            acts,
+            vec![
+                Action::TransferLeader { range: 1, to: 3 },
+                Action::TransferLeader { range: 2, to: 2 },
+                Action::AddReplica { range: 3, node: 4 },
+            ],
+            "leaders go to the voters leading the fewest; nothing new lands on node 1"
+        );
     }
 
     #[test]
     fn replaces_a_dead_nodes_replica_adding_first_then_removing() {
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
         nodes.push(dead_node(4));
-        let before = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)] }];
+        let before = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)], leader: 0 }];
         assert_eq!(plan(&nodes, &before, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "add first");
-        let learning = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, true)] }];
+        let learning =
+            vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, true)], leader: 0 }];
         assert_eq!(plan(&nodes, &learning, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "promote");
-        let replaced = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, false)] }];
-        assert_eq!(plan(&nodes, &replaced, 3, 10), vec![Action::RemoveDeadReplica { range: 1, node: 4 }]);
+        let replaced =
+            vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, false)], leader: 0 }];
+        assert_eq!(plan(&nodes, &replaced, 3, 10), vec![Action::RetireReplica { range: 1, node: 4 }]);
     }
 
     #[test]
     fn keeps_a_dead_replica_that_no_live_node_can_replace_and_the_replicas_of_a_suspect() {
         let mut nodes: Vec<_> = (1..=2).map(|i| node(i, "")).collect();
         nodes.push(dead_node(3));
-        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)] }];
+        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 0 }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![], "nowhere to go: the node may come back");
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
-        nodes.push(NodeView { id: 4, live: false, dead: false, zone: String::new() });
-        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)] }];
+        nodes.push(NodeView { live: false, ..node(4, "") });
+        let ranges = vec![range(1, &[(1, false), (2, false), (4, false)])];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![], "a suspect node keeps its replicas");
     }
 
     #[test]
     fn fills_up_to_rf_preferring_new_zones_and_light_nodes() {
         let nodes = vec![node(1, "a"), node(2, "a"), node(3, "b"), node(4, "c")];
-        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)] }];
+        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)], leader: 0 }];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(acts, vec![Action::AddReplica { range: 10, node: 3 }]);
     }
@@ -167,10 +257,10 @@ mod tests {
     #[test]
     fn caps_rf_at_live_nodes_and_finishes_learners_first() {
         let mut nodes = vec![node(1, ""), node(2, "")];
-        nodes.push(NodeView { id: 3, live: false, dead: false, zone: String::new() });
+        nodes.push(NodeView { live: false, ..node(3, "") });
         let ranges = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false)] },
-            RangeView { id: 2, replicas: vec![(1, false), (2, true)] },
+            RangeView { id: 1, replicas: vec![(1, false), (2, false)], leader: 0 },
+            RangeView { id: 2, replicas: vec![(1, false), (2, true)], leader: 0 },
         ];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(acts, vec![Action::AddReplica { range: 2, node: 2 }]);
@@ -179,7 +269,7 @@ mod tests {
     #[test]
     fn spreads_load_and_respects_max_actions() {
         let nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
-        let ranges: Vec<_> = (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)] }).collect();
+        let ranges: Vec<_> = (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)], leader: 0 }).collect();
         let acts = plan(&nodes, &ranges, 2, 3);
         assert_eq!(acts.len(), 3);
         let targets: HashSet<u64> = acts
@@ -196,8 +286,8 @@ mod tests {
     fn removes_the_extra_voter_from_a_shared_zone_then_the_busiest_node() {
         let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "a")];
         let ranges = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)] },
-            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)] },
+            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)], leader: 0 },
+            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 0 },
         ];
         // Nodes 1 and 4 share zone a; node 1 holds more replicas.
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![Action::RemoveReplica { range: 1, node: 1 }]);
@@ -206,8 +296,9 @@ mod tests {
     #[test]
     fn leaves_an_over_replicated_range_alone_while_a_replica_node_is_down() {
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
-        nodes.push(NodeView { id: 4, live: false, dead: false, zone: String::new() });
-        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)] }];
+        nodes.push(NodeView { live: false, ..node(4, "") });
+        let ranges =
+            vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)], leader: 0 }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![]);
     }
 }

@@ -7,6 +7,7 @@ use super::plan::{self, Action, NodeView, RangeView};
 use crate::gateway::Gateway;
 use crate::meta::admin;
 use crate::meta::{self, registry};
+use cairn_proto::kv::NodeState;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,10 +44,11 @@ impl Controller {
         if !self.leads_meta() {
             return;
         }
-        let (nodes, records) = match (registry::list(&self.gw).await, self.gw.load_directory().await) {
-            (Ok(n), Ok(r)) => (n, r),
-            _ => return,
-        };
+        let (nodes, records, states) =
+            match (registry::list(&self.gw).await, self.gw.load_directory().await, registry::states(&self.gw).await) {
+                (Ok(n), Ok(r), Ok(s)) => (n, r, s),
+                _ => return,
+            };
         let now = crate::hlc::wall_now_ms();
         let nodes: Vec<NodeView> = nodes
             .iter()
@@ -54,17 +56,24 @@ impl Controller {
                 id: n.id,
                 live: registry::is_live(n, now),
                 dead: registry::is_dead(n, now, self.dead_after_ms),
+                draining: states.get(&n.id) == Some(&NodeState::Draining),
+                decommissioning: states.get(&n.id) == Some(&NodeState::Decommissioning),
                 zone: n.zone.clone(),
             })
             .collect();
         let busy = self.in_flight.lock().clone();
         let ranges: Vec<RangeView> = records
             .iter()
-            .filter_map(|r| r.desc.as_ref())
-            .filter(|d| !busy.contains(&d.id))
-            .map(|d| RangeView { id: d.id, replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect() })
+            .filter_map(|r| r.desc.as_ref().map(|d| (d, r.leader_node_id)))
+            .filter(|(d, _)| !busy.contains(&d.id))
+            .map(|(d, leader)| RangeView {
+                id: d.id,
+                replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect(),
+                leader,
+            })
             .collect();
-        let dead: Arc<HashSet<u64>> = Arc::new(nodes.iter().filter(|n| n.dead).map(|n| n.id).collect());
+        let dead: Arc<HashSet<u64>> =
+            Arc::new(nodes.iter().filter(|n| n.dead || n.decommissioning).map(|n| n.id).collect());
         let room = MAX_CONCURRENT_ACTIONS.saturating_sub(busy.len());
         let actions = plan::plan(&nodes, &ranges, self.rf, room);
         let now = crate::clock::now();
@@ -98,8 +107,8 @@ impl Controller {
     /// directory the plan read is written by range leaders and can lag a
     /// membership change, and acting on a stale count adds a replica too many
     /// (or removes one too many).
-    /// `dead`: the nodes found dead when the action was planned (their replicas
-    /// do not count towards the replication factor).
+    /// `dead`: the nodes found dead or decommissioning when the action was planned
+    /// (their replicas do not count towards the replication factor).
     async fn execute(&self, action: Action, dead: &HashSet<u64>) {
         let range = action.range();
         let desc = match admin::status(&self.gw, range).await {
@@ -122,15 +131,27 @@ impl Controller {
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "add_replica").increment(1);
                 admin::add_replica(&self.gw, range, node).await.map(|_| ())
             }
-            Action::RemoveDeadReplica { node, .. } => {
+            Action::RetireReplica { node, .. } => {
                 // Still replaced: `rf` voters on other nodes, as the range's leader sees it.
                 let elsewhere = desc.replicas.iter().filter(|r| !r.learner && r.node_id != node).count();
                 if elsewhere < self.rf {
                     return;
                 }
-                tracing::info!(range, node, "controller: remove the replica of a dead node (replaced)");
-                metrics::counter!("cairn_controller_decisions_total", "kind" => "replace_dead").increment(1);
+                tracing::info!(
+                    range,
+                    node,
+                    "controller: remove the replaced replica of a dead or decommissioning node"
+                );
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "retire_replica").increment(1);
                 admin::remove_replica(&self.gw, range, node).await.map(|_| ())
+            }
+            Action::TransferLeader { to, .. } => {
+                if !desc.replicas.iter().any(|r| r.node_id == to && !r.learner) {
+                    return;
+                }
+                tracing::info!(range, to, "controller: move leadership off a draining or decommissioning node");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "transfer_leader").increment(1);
+                admin::transfer_leader(&self.gw, range, to).await.map(|_| ())
             }
             Action::RemoveReplica { node, .. } => {
                 if voters <= self.rf || desc.replicas.iter().any(|r| r.learner) {

@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 
 pub struct KvService {
     pub gw: Arc<Gateway>,
+    /// After how long without a heartbeat a node is reported dead (the controller's setting).
+    pub dead_after_ms: u64,
 }
 
 fn invalid(e: impl std::fmt::Display) -> Status {
@@ -285,6 +287,7 @@ impl Cairn for KvService {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         let now = crate::hlc::wall_now_ms();
         let nodes = registry::list(&self.gw).await?;
+        let intents = registry::states(&self.gw).await?;
         let tables = catalog::list(&self.gw).await.unwrap_or_default();
         let mut records = self.gw.load_directory().await?;
         records.sort_by(|a, b| {
@@ -297,6 +300,7 @@ impl Cairn for KvService {
             nodes: nodes
                 .into_iter()
                 .map(|n| NodeStatus {
+                    state: node_state(&n, intents.get(&n.id).copied(), now, self.dead_after_ms).into(),
                     live: registry::is_live(&n, now),
                     id: n.id,
                     addr: n.addr,
@@ -353,6 +357,35 @@ impl Cairn for KvService {
         let r = req.into_inner();
         let a = admin::transfer_leader(&self.gw, r.range_id, r.node_id).await?;
         Ok(Response::new(TransferLeaderResponse { range: self.admin_status(a).await }))
+    }
+
+    async fn set_node_state(
+        &self,
+        req: Request<SetNodeStateRequest>,
+    ) -> Result<Response<SetNodeStateResponse>, Status> {
+        let r = req.into_inner();
+        let state = NodeState::try_from(r.state).map_err(|_| invalid(format!("unknown node state {}", r.state)))?;
+        registry::set_state(&self.gw, r.node_id, state).await?;
+        tracing::info!(node_id = r.node_id, ?state, "node state set by an operator");
+        Ok(Response::new(SetNodeStateResponse {}))
+    }
+}
+
+/// How a node stands: its operator state first (a decommissioned node is one
+/// decommissioning that holds no replica any more), else its liveness.
+fn node_state(
+    n: &cairn_proto::internal::NodeInfo,
+    intent: Option<NodeState>,
+    now_ms: u64,
+    dead_after_ms: u64,
+) -> &'static str {
+    match intent {
+        Some(NodeState::Decommissioning) if n.replicas == 0 => "decommissioned",
+        Some(NodeState::Decommissioning) => "decommissioning",
+        Some(NodeState::Draining) => "draining",
+        _ if registry::is_live(n, now_ms) => "live",
+        _ if registry::is_dead(n, now_ms, dead_after_ms) => "dead",
+        _ => "suspect",
     }
 }
 

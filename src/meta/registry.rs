@@ -1,10 +1,13 @@
 //! The node registry: node ids, addresses, zones, liveness heartbeats and
-//! capacity. A node is live while its last heartbeat is recent.
+//! capacity, and operators' intents for nodes (drain, decommission). A node is
+//! live while its last heartbeat is recent.
 
-use super::{node_key, scan_prefix, write, CTR_NODE, NODE_PREFIX};
+use super::{node_key, node_state_key, scan_prefix, write, CTR_NODE, NODE_PREFIX, NODE_STATE_PREFIX};
 use crate::gateway::Gateway;
 use cairn_proto::internal::{mutation, JoinRequest, JoinResponse, Mutation, NodeInfo};
+use cairn_proto::kv::NodeState;
 use prost::Message as _;
+use std::collections::HashMap;
 use tonic::Status;
 
 /// How often nodes heartbeat, and after how long without one a node counts as dead.
@@ -34,6 +37,32 @@ pub async fn put(gw: &Gateway, info: NodeInfo) -> Result<(), Status> {
         op: Some(mutation::Op::Put(info.encode_to_vec())),
         value_kind: 0,
     };
+    write(gw, vec![m]).await.map(|_| ())
+}
+
+/// Every node's operator state (nodes not listed are active).
+pub async fn states(gw: &Gateway) -> Result<HashMap<u64, NodeState>, Status> {
+    let pairs = scan_prefix(gw, NODE_STATE_PREFIX).await?;
+    Ok(pairs
+        .into_iter()
+        .filter_map(|p| {
+            let id = u64::from_be_bytes(p.key.get(p.key.len().checked_sub(8)?..)?.try_into().ok()?);
+            let state = std::str::from_utf8(&p.value).ok()?.parse::<i32>().ok()?;
+            Some((id, NodeState::try_from(state).ok()?))
+        })
+        .collect())
+}
+
+/// Records an operator's intent for a registered node (active clears it).
+pub async fn set_state(gw: &Gateway, node_id: u64, state: NodeState) -> Result<(), Status> {
+    if !list(gw).await?.iter().any(|n| n.id == node_id) {
+        return Err(Status::not_found(format!("node {node_id} is not registered")));
+    }
+    let op = match state {
+        NodeState::Active => mutation::Op::Delete(true),
+        s => mutation::Op::Put((s as i32).to_string().into_bytes()),
+    };
+    let m = Mutation { expiry: None, key: node_state_key(node_id), condition: None, op: Some(op), value_kind: 0 };
     write(gw, vec![m]).await.map(|_| ())
 }
 

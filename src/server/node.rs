@@ -290,7 +290,7 @@ where
     ));
 
     let max_msg = cfg.limits.max_batch_bytes * 2 + (1 << 20);
-    let kv = CairnServer::new(KvService { gw: gw.clone() })
+    let kv = CairnServer::new(KvService { gw: gw.clone(), dead_after_ms: cfg.dead_after_secs.saturating_mul(1000) })
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
     let kv = tonic::service::interceptor::InterceptedService::new(

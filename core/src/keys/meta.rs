@@ -6,6 +6,7 @@
 //! - `cat/<table name>` → `TableInfo`
 //! - `dir/<range id BE>` → `RangeRecord` (written by range leaders; older epochs never overwrite newer)
 //! - `node/<node id BE>` → `NodeInfo`
+//! - `nstate/<node id BE>` → an operator's `NodeState` for the node (decimal), absent when active
 //! - `ctr/table`, `ctr/range`, `ctr/node` → decimal counters (atomic increments)
 
 use super::{encode_range_key, prefix_end, table_prefix, FIRST_USER_TABLE_ID, SYSTEM_TABLE_ID};
@@ -17,6 +18,7 @@ pub const FIRST_USER_RANGE_ID: u64 = 2;
 pub const TABLE_PREFIX: &[u8] = b"cat/";
 pub const DIR_PREFIX: &[u8] = b"dir/";
 pub const NODE_PREFIX: &[u8] = b"node/";
+pub const NODE_STATE_PREFIX: &[u8] = b"nstate/";
 pub const CTR_TABLE: &[u8] = b"ctr/table";
 pub const CTR_RANGE: &[u8] = b"ctr/range";
 pub const CTR_NODE: &[u8] = b"ctr/node";
@@ -37,6 +39,12 @@ pub fn dir_key(range_id: u64) -> Vec<u8> {
 
 pub fn node_key(node_id: u64) -> Vec<u8> {
     let mut k = NODE_PREFIX.to_vec();
+    k.extend_from_slice(&node_id.to_be_bytes());
+    key(&k)
+}
+
+pub fn node_state_key(node_id: u64) -> Vec<u8> {
+    let mut k = NODE_STATE_PREFIX.to_vec();
     k.extend_from_slice(&node_id.to_be_bytes());
     key(&k)
 }
