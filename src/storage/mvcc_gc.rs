@@ -278,6 +278,9 @@ mod tests {
             &mvcc::encode(b"f", v(now - 8 * min)),
             &mvcc::encode_expiring_value(b"f", (now - min / 2) / ms),
         );
+        // An expired value of another kind (a Redis hash) is reclaimed alike.
+        let hash = mvcc::encode_kinded_value(&[9; 4096], expired_at, mvcc::kind::REDIS_HASH);
+        b.put(Cf::Data, &mvcc::encode(b"h", v(now - 8 * min)), &hash);
         // Outside every local range: kept.
         b.put(Cf::Data, &mvcc::encode(b"z", v(now - 8 * min)), &mvcc::encode_expiring_value(b"z", expired_at));
         engine.commit(b, true);
@@ -295,6 +298,7 @@ mod tests {
         *applied.lock() = v(now - min);
         engine.compact_all(Cf::Data);
         assert_eq!(raw(b"e"), vec![mvcc::tombstone()], "reclaimed as a tombstone");
+        assert_eq!(raw(b"h"), vec![mvcc::tombstone()], "an expired hash is reclaimed too");
         assert_eq!(crate::storage::mvcc::get_live(&engine, b"e", Version::MAX, 0), None, "nothing shows through");
         assert_eq!(raw(b"f").len(), 1);
         assert_ne!(raw(b"f")[0], mvcc::tombstone());
