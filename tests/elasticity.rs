@@ -52,6 +52,55 @@ async fn unreplaced(cl: &Cluster, i: usize, gone: u64, rf: usize) -> Result<(), 
     Ok(())
 }
 
+/// A client writing unique keys through node 1 for as long as a test runs; every
+/// acknowledged key must be readable at the end.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(cl: &Cluster, value_bytes: usize) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (stop2, acked2, addr) = (stop.clone(), acked.clone(), cl.grpc(0));
+        let task = tokio::spawn(async move {
+            let mut c = client_at(&addr);
+            let value = "v".repeat(value_bytes);
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k/{}/{n:06}", n % 10);
+                match tokio::time::timeout(Duration::from_secs(3), put(&mut c, TABLE, &key, &value)).await {
+                    Ok(Ok(_)) => acked2.lock().unwrap().push(key),
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Writer { stop, acked, task }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the writer and checks, through node `reader`, that no acknowledged key was
+    /// lost; returns how many were acknowledged.
+    async fn finish(self, cl: &Cluster, reader: usize) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let acked: Vec<String> = self.acked.lock().unwrap().clone();
+        let mut c = cl.client(reader).await;
+        let present: BTreeSet<String> =
+            scan_all(&mut c, TABLE, 1000).await.unwrap().into_iter().map(|(k, _)| k).collect();
+        let lost = cairn_check::lost_writes(acked.clone(), &present);
+        assert!(lost.is_empty(), "{} acknowledged writes lost, first {:?}", lost.len(), &lost[..lost.len().min(5)]);
+        acked.len()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
     let _g = serial().await;
@@ -62,25 +111,7 @@ async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
     cl.wait_replicated(3, Duration::from_secs(60)).await;
 
     // A writer through node 1 for the whole test; every acknowledged key must survive.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let writer = {
-        let (stop, acked, addr) = (stop.clone(), acked.clone(), cl.grpc(0));
-        tokio::spawn(async move {
-            let mut c = client_at(&addr);
-            let value = "v".repeat(1024);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let key = format!("k/{}/{n:06}", n % 10);
-                match tokio::time::timeout(Duration::from_secs(3), put(&mut c, TABLE, &key, &value)).await {
-                    Ok(Ok(_)) => acked.lock().unwrap().push(key),
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = Writer::start(&cl, 1024);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The victim: the node (other than node 1, which the writer and the checks use)
@@ -95,7 +126,7 @@ async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
     let held = held_by(victim);
     assert!(held >= 2, "node {gone} holds {held} replicas: too few to show a replacement");
     let used_before = status.nodes.iter().find(|n| n.id == gone).map_or(0, |n| n.used_bytes);
-    let acked_before = acked.lock().unwrap().len();
+    let acked_before = writer.acked();
     cl.kill(victim);
     let killed = Instant::now();
 
@@ -108,22 +139,9 @@ async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
     }
     let replaced_after = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > acked_before + 100,
-        "the writer went on through the replacement: {} then {}",
-        acked_before,
-        acked.len()
-    );
-
     // Read back through a surviving node other than the writer's.
-    let mut reader = cl.client(if victim == 1 { 2 } else { 1 }).await;
-    let present: BTreeSet<String> =
-        scan_all(&mut reader, TABLE, 1000).await.unwrap().into_iter().map(|(k, _)| k).collect();
-    let lost = cairn_check::lost_writes(acked.clone(), &present);
-    assert!(lost.is_empty(), "{} acknowledged writes lost, first {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    let acked = writer.finish(&cl, if victim == 1 { 2 } else { 1 }).await;
+    assert!(acked > acked_before + 100, "the writer went on through the replacement: {acked_before} then {acked}");
 
     // Back from the dead: its replicas were removed, so it collects them.
     cl.restart(victim);
@@ -149,7 +167,7 @@ async fn a_dead_node_is_replaced_and_collects_its_replicas_when_it_returns() {
         "node {gone} held {held} replicas; every range was back at 3 voters {replaced_after:.1?} after the kill \
          (dead_after {DEAD_AFTER_SECS}s); {} writes acknowledged, none lost; back, it hosts 0 replicas \
          (used bytes it reported: {used_before} before the kill, {used_after} after; its data dir now {} bytes)",
-        acked.len(),
+        acked,
         disk_bytes(&cl.nodes[victim].dir)
     );
 }
@@ -176,24 +194,7 @@ async fn a_drained_node_sheds_its_leaders_and_a_decommissioned_one_its_replicas(
     create_table(&mut admin, TABLE, &["k/2", "k/5", "k/8"]).await;
     cl.wait_replicated(3, Duration::from_secs(60)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let writer = {
-        let (stop, acked, addr) = (stop.clone(), acked.clone(), cl.grpc(0));
-        tokio::spawn(async move {
-            let mut c = client_at(&addr);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let key = format!("k/{}/{n:06}", n % 10);
-                match tokio::time::timeout(Duration::from_secs(3), put(&mut c, TABLE, &key, "v")).await {
-                    Ok(Ok(_)) => acked.lock().unwrap().push(key),
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = Writer::start(&cl, 1);
 
     // The node (other than node 1, the writer's) holding the most replicas is given
     // the leadership of each of them, then drained.
@@ -245,21 +246,13 @@ async fn a_drained_node_sheds_its_leaders_and_a_decommissioned_one_its_replicas(
     let decommissioned_after = started.elapsed();
     cl.kill(target);
     // Stopping it costs no range a voter: writes go on.
-    let acked_at_stop = acked.lock().unwrap().len();
+    let acked_at_stop = writer.acked();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(acked.len() > acked_at_stop + 50, "writes stalled after the decommissioned node stopped");
-    let reader_index = if target == 1 { 2 } else { 1 };
-    let mut reader = cl.client(reader_index).await;
-    let present: BTreeSet<String> =
-        scan_all(&mut reader, TABLE, 1000).await.unwrap().into_iter().map(|(k, _)| k).collect();
-    let lost = cairn_check::lost_writes(acked.clone(), &present);
-    assert!(lost.is_empty(), "{} acknowledged writes lost, first {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    let acked = writer.finish(&cl, if target == 1 { 2 } else { 1 }).await;
+    assert!(acked > acked_at_stop + 50, "writes stalled after the decommissioned node stopped");
     println!(
         "node {id} led {led_before} ranges, none {drained_after:.1?} after the drain; it held {held_before} \
          replicas, none {decommissioned_after:.1?} after the decommission; {} writes acknowledged, none lost",
-        acked.len()
+        acked
     );
 }
