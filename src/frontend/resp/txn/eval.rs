@@ -365,12 +365,17 @@ fn run(view: &mut View, limits: &Limits, name: &str, a: &[Bytes]) -> Result<Repl
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use cairn_proto::kv::Version;
 
     fn run_all(view: &mut View, commands: &[&[&str]]) -> Vec<Reply> {
-        let limits = Limits { max_value_bytes: 16, ..Limits::default() };
+        run_within(view, 16, commands)
+    }
+
+    /// Runs each command (name first) against `view`, with values bounded at `max_value_bytes`.
+    pub(in super::super) fn run_within(view: &mut View, max_value_bytes: usize, commands: &[&[&str]]) -> Vec<Reply> {
+        let limits = Limits { max_value_bytes, ..Limits::default() };
         commands
             .iter()
             .map(|c| {

@@ -246,19 +246,12 @@ fn hrandfield(fields: &Fields, a: &[Bytes]) -> Result<Reply> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::eval::eval;
+    use super::super::eval::tests::run_within;
     use super::*;
     use cairn_proto::kv::Version;
 
     fn run_all(view: &mut View, commands: &[&[&str]]) -> Vec<Reply> {
-        let limits = Limits { max_value_bytes: 64, ..Limits::default() };
-        commands
-            .iter()
-            .map(|c| {
-                let args: Vec<Bytes> = c[1..].iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
-                eval(view, &limits, c[0], &args)
-            })
-            .collect()
+        run_within(view, 64, commands)
     }
 
     fn b(s: &str) -> Reply {
