@@ -128,6 +128,12 @@ impl Cairn for Mock {
     async fn set_node_state(&self, _: Request<SetNodeStateRequest>) -> Result<Response<SetNodeStateResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn list_cluster_events(
+        &self,
+        _: Request<ListClusterEventsRequest>,
+    ) -> Result<Response<ListClusterEventsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 /// Starts the mock on an ephemeral port; returns its address and state.

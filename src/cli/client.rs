@@ -248,6 +248,13 @@ pub struct PageToken(Vec<u8>);
 pub enum ClusterCommand {
     /// Show nodes and ranges.
     Status,
+    /// Show the controller's recent decisions (replica adds, moves, removals,
+    /// leader transfers, splits), newest first, with their reasons and outcomes.
+    Events {
+        /// How many to show (0: all that are kept).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 /// `range ...`
@@ -399,6 +406,9 @@ pub async fn run(addr: &str, json: bool, cmd: ClientCommand) -> anyhow::Result<(
         ClientCommand::Incr(args) => incr(&mut client, &mut out, json, args).await,
         ClientCommand::Scan(args) => scan(&mut client, &mut out, json, args).await,
         ClientCommand::Cluster(ClusterCommand::Status) => cluster_status(&mut client, &mut out, json).await,
+        ClientCommand::Cluster(ClusterCommand::Events { limit }) => {
+            cluster_events(&mut client, &mut out, json, limit).await
+        }
         ClientCommand::Range(cmd) => range(&mut client, &mut out, json, cmd).await,
         ClientCommand::Node(cmd) => node(&mut client, &mut out, json, cmd).await,
     };
@@ -843,6 +853,63 @@ async fn cluster_status(client: &mut Client, out: &mut Out, json: bool) -> anyho
     writeln!(out)?;
     writeln!(out, "RANGES")?;
     print_ranges(out, resp.ranges.iter())
+}
+
+async fn cluster_events(client: &mut Client, out: &mut Out, json: bool, limit: u32) -> anyhow::Result<()> {
+    let resp = call(client.list_cluster_events(kv::ListClusterEventsRequest { limit })).await?;
+    if json {
+        let events: Vec<Value> = resp
+            .events
+            .iter()
+            .map(|e| {
+                json!({
+                    "seq": e.seq,
+                    "at_ms": e.at_ms,
+                    "kind": e.kind,
+                    "range_id": e.range_id,
+                    "from_node_id": e.from_node_id,
+                    "to_node_id": e.to_node_id,
+                    "reason": e.reason,
+                    "outcome": e.outcome,
+                    "recorded_by": e.recorded_by,
+                })
+            })
+            .collect();
+        return print_json(out, &json!(events));
+    }
+    let node = |id: u64| if id == 0 { "-".to_string() } else { id.to_string() };
+    let mut t = Columns::new(&[
+        ("SEQ", R),
+        ("AT", L),
+        ("KIND", L),
+        ("RANGE", R),
+        ("FROM", R),
+        ("TO", R),
+        ("OUTCOME", L),
+        ("REASON", L),
+    ]);
+    for e in &resp.events {
+        t.row(vec![
+            e.seq.to_string(),
+            format_ms(e.at_ms),
+            e.kind.clone(),
+            e.range_id.to_string(),
+            node(e.from_node_id),
+            node(e.to_node_id),
+            e.outcome.clone(),
+            e.reason.clone(),
+        ]);
+    }
+    t.print(out)?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+fn format_ms(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }
 
 async fn range(client: &mut Client, out: &mut Out, json: bool, cmd: RangeCommand) -> anyhow::Result<()> {

@@ -3,5 +3,6 @@
 //! (`plan`), so they can be tested and simulated without I/O; `runner` turns
 //! them into membership changes.
 
+pub mod balance;
 pub mod plan;
 pub mod runner;

@@ -22,7 +22,7 @@ pub struct NodeView {
 
 impl NodeView {
     /// May take new replicas and leaders.
-    fn accepts(&self) -> bool {
+    pub(super) fn accepts(&self) -> bool {
         self.live && !self.draining && !self.decommissioning
     }
 
@@ -39,6 +39,8 @@ pub struct RangeView {
     pub replicas: Vec<(u64, bool)>,
     /// The node of its leader, 0 if unknown.
     pub leader: u64,
+    /// Approximate size of its data.
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +53,13 @@ pub enum Action {
     /// already has its voters on other nodes (it was replaced first, so no quorum
     /// is ever at risk).
     RetireReplica { range: u64, node: u64 },
-    /// Move the leadership of `range` to its voter on `to` (off a draining node).
+    /// Move the leadership of `range` to its voter on `to` (off a draining node, or
+    /// to balance leaderships).
     TransferLeader { range: u64, to: u64 },
+    /// Move the replica of `range` on `from` to `to`, to balance replicas or bytes:
+    /// add on `to` (learner, then voter), move the leadership off `from` if it is
+    /// there, then remove `from`.
+    MoveReplica { range: u64, from: u64, to: u64 },
 }
 
 impl Action {
@@ -61,7 +68,8 @@ impl Action {
             Action::AddReplica { range, .. }
             | Action::RemoveReplica { range, .. }
             | Action::RetireReplica { range, .. }
-            | Action::TransferLeader { range, .. } => *range,
+            | Action::TransferLeader { range, .. }
+            | Action::MoveReplica { range, .. } => *range,
         }
     }
 }
@@ -181,7 +189,7 @@ mod tests {
     }
 
     fn range(id: u64, replicas: &[(u64, bool)]) -> RangeView {
-        RangeView { id, replicas: replicas.to_vec(), leader: 0 }
+        RangeView { id, replicas: replicas.to_vec(), leader: 0, bytes: 0 }
     }
 
     #[test]
@@ -204,9 +212,9 @@ mod tests {
         let mut nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
         nodes[0].draining = true;
         let ranges: Vec<RangeView> = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 1 },
-            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 1 },
-            RangeView { id: 3, replicas: vec![(2, false)], leader: 2 },
+            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 1, bytes: 0 },
+            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 1, bytes: 0 },
+            RangeView { id: 3, replicas: vec![(2, false)], leader: 2, bytes: 0 },
         ];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(
@@ -224,13 +232,21 @@ mod tests {
     fn replaces_a_dead_nodes_replica_adding_first_then_removing() {
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
         nodes.push(dead_node(4));
-        let before = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)], leader: 0 }];
+        let before = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)], leader: 0, bytes: 0 }];
         assert_eq!(plan(&nodes, &before, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "add first");
-        let learning =
-            vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, true)], leader: 0 }];
+        let learning = vec![RangeView {
+            id: 1,
+            replicas: vec![(1, false), (2, false), (4, false), (3, true)],
+            leader: 0,
+            bytes: 0,
+        }];
         assert_eq!(plan(&nodes, &learning, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "promote");
-        let replaced =
-            vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false), (3, false)], leader: 0 }];
+        let replaced = vec![RangeView {
+            id: 1,
+            replicas: vec![(1, false), (2, false), (4, false), (3, false)],
+            leader: 0,
+            bytes: 0,
+        }];
         assert_eq!(plan(&nodes, &replaced, 3, 10), vec![Action::RetireReplica { range: 1, node: 4 }]);
     }
 
@@ -238,7 +254,7 @@ mod tests {
     fn keeps_a_dead_replica_that_no_live_node_can_replace_and_the_replicas_of_a_suspect() {
         let mut nodes: Vec<_> = (1..=2).map(|i| node(i, "")).collect();
         nodes.push(dead_node(3));
-        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 0 }];
+        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 0, bytes: 0 }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![], "nowhere to go: the node may come back");
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
         nodes.push(NodeView { live: false, ..node(4, "") });
@@ -249,7 +265,7 @@ mod tests {
     #[test]
     fn fills_up_to_rf_preferring_new_zones_and_light_nodes() {
         let nodes = vec![node(1, "a"), node(2, "a"), node(3, "b"), node(4, "c")];
-        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)], leader: 0 }];
+        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)], leader: 0, bytes: 0 }];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(acts, vec![Action::AddReplica { range: 10, node: 3 }]);
     }
@@ -259,8 +275,8 @@ mod tests {
         let mut nodes = vec![node(1, ""), node(2, "")];
         nodes.push(NodeView { live: false, ..node(3, "") });
         let ranges = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false)], leader: 0 },
-            RangeView { id: 2, replicas: vec![(1, false), (2, true)], leader: 0 },
+            RangeView { id: 1, replicas: vec![(1, false), (2, false)], leader: 0, bytes: 0 },
+            RangeView { id: 2, replicas: vec![(1, false), (2, true)], leader: 0, bytes: 0 },
         ];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(acts, vec![Action::AddReplica { range: 2, node: 2 }]);
@@ -269,7 +285,8 @@ mod tests {
     #[test]
     fn spreads_load_and_respects_max_actions() {
         let nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
-        let ranges: Vec<_> = (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)], leader: 0 }).collect();
+        let ranges: Vec<_> =
+            (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)], leader: 0, bytes: 0 }).collect();
         let acts = plan(&nodes, &ranges, 2, 3);
         assert_eq!(acts.len(), 3);
         let targets: HashSet<u64> = acts
@@ -286,8 +303,8 @@ mod tests {
     fn removes_the_extra_voter_from_a_shared_zone_then_the_busiest_node() {
         let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "a")];
         let ranges = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)], leader: 0 },
-            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 0 },
+            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)], leader: 0, bytes: 0 },
+            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 0, bytes: 0 },
         ];
         // Nodes 1 and 4 share zone a; node 1 holds more replicas.
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![Action::RemoveReplica { range: 1, node: 1 }]);
@@ -297,8 +314,12 @@ mod tests {
     fn leaves_an_over_replicated_range_alone_while_a_replica_node_is_down() {
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
         nodes.push(NodeView { live: false, ..node(4, "") });
-        let ranges =
-            vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)], leader: 0 }];
+        let ranges = vec![RangeView {
+            id: 1,
+            replicas: vec![(1, false), (2, false), (3, false), (4, false)],
+            leader: 0,
+            bytes: 0,
+        }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![]);
     }
 }

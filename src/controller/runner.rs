@@ -1,19 +1,24 @@
 //! Runs the controller on the node that leads the meta range: reads the
 //! cluster view, asks `plan` for actions, and executes them (bounded in
 //! number, never two on the same range at once, each re-checked against the
-//! range's leader first). Every decision is logged and counted.
+//! range's leader first). Balancing (`balance`) runs only when nothing needs
+//! repair and nothing is in flight. Every decision is logged, counted and
+//! recorded in the cluster event log (`meta::events`) with its reason.
 
+use super::balance::{self, Decision};
 use super::plan::{self, Action, NodeView, RangeView};
 use crate::gateway::Gateway;
 use crate::meta::admin;
-use crate::meta::{self, registry};
-use cairn_proto::kv::NodeState;
+use crate::meta::{self, events, registry};
+use cairn_proto::kv::{ClusterEvent, NodeState};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MAX_CONCURRENT_ACTIONS: usize = 4;
+/// Replica moves started at once for balancing (each one a snapshot sent).
+const MAX_CONCURRENT_MOVES: usize = 2;
 /// How long a range must have stayed over-replicated before its extra voter goes.
 const EXTRA_VOTER_GRACE: Duration = Duration::from_secs(30);
 
@@ -64,40 +69,50 @@ impl Controller {
         let busy = self.in_flight.lock().clone();
         let ranges: Vec<RangeView> = records
             .iter()
-            .filter_map(|r| r.desc.as_ref().map(|d| (d, r.leader_node_id)))
-            .filter(|(d, _)| !busy.contains(&d.id))
-            .map(|(d, leader)| RangeView {
+            .filter_map(|r| r.desc.as_ref().map(|d| (d, r.leader_node_id, r.approximate_bytes)))
+            .filter(|(d, _, _)| !busy.contains(&d.id))
+            .map(|(d, leader, bytes)| RangeView {
                 id: d.id,
                 replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect(),
                 leader,
+                bytes,
             })
             .collect();
         let dead: Arc<HashSet<u64>> =
             Arc::new(nodes.iter().filter(|n| n.dead || n.decommissioning).map(|n| n.id).collect());
         let room = MAX_CONCURRENT_ACTIONS.saturating_sub(busy.len());
-        let actions = plan::plan(&nodes, &ranges, self.rf, room);
+        let mut decisions: Vec<Decision> = plan::plan(&nodes, &ranges, self.rf, room)
+            .into_iter()
+            .map(|action| Decision { why: repair_reason(&action, &nodes, self.rf), action })
+            .collect();
+        // Balancing reads the directory, which shows a move only once it is done:
+        // with anything in flight it would decide on counts about to change.
+        if decisions.is_empty() && busy.is_empty() {
+            decisions = balance::balance(&nodes, &ranges, self.rf, MAX_CONCURRENT_MOVES, room);
+        }
         let now = crate::clock::now();
         let overdue: HashSet<u64> = {
             let mut over = self.over_replicated.lock();
             let since_before = std::mem::take(&mut *over);
-            for a in actions.iter().filter(|a| matches!(a, Action::RemoveReplica { .. })) {
-                over.insert(a.range(), since_before.get(&a.range()).copied().unwrap_or(now));
+            for d in decisions.iter().filter(|d| matches!(d.action, Action::RemoveReplica { .. })) {
+                let range = d.action.range();
+                over.insert(range, since_before.get(&range).copied().unwrap_or(now));
             }
             over.iter()
                 .filter(|(_, since)| now.saturating_duration_since(**since) >= EXTRA_VOTER_GRACE)
                 .map(|(r, _)| *r)
                 .collect()
         };
-        for action in actions {
-            let range = action.range();
-            if matches!(action, Action::RemoveReplica { .. }) && !overdue.contains(&range) {
+        for decision in decisions {
+            let range = decision.action.range();
+            if matches!(decision.action, Action::RemoveReplica { .. }) && !overdue.contains(&range) {
                 continue;
             }
             self.in_flight.lock().insert(range);
             let me = self.clone();
             let dead = dead.clone();
             tokio::spawn(async move {
-                me.execute(action, &dead).await;
+                me.carry_out(decision, &dead).await;
                 me.in_flight.lock().remove(&range);
             });
         }
@@ -109,15 +124,44 @@ impl Controller {
     /// (or removes one too many).
     /// `dead`: the nodes found dead or decommissioning when the action was planned
     /// (their replicas do not count towards the replication factor).
-    async fn execute(&self, action: Action, dead: &HashSet<u64>) {
+    async fn carry_out(&self, decision: Decision, dead: &HashSet<u64>) {
+        let Decision { action, why } = decision;
+        let Some(result) = self.execute(action.clone(), dead).await else { return };
+        let outcome = match &result {
+            Ok(()) => "done".to_string(),
+            Err(e) => format!("failed: {}", e.message()),
+        };
+        let (kind, from, to) = match action {
+            Action::AddReplica { node, .. } => ("add_replica", 0, node),
+            Action::RemoveReplica { node, .. } => ("remove_replica", node, 0),
+            Action::RetireReplica { node, .. } => ("retire_replica", node, 0),
+            Action::TransferLeader { to, .. } => ("transfer_leader", 0, to),
+            Action::MoveReplica { from, to, .. } => ("move_replica", from, to),
+        };
+        let event = ClusterEvent {
+            kind: kind.into(),
+            range_id: action.range(),
+            from_node_id: from,
+            to_node_id: to,
+            reason: why,
+            outcome,
+            ..Default::default()
+        };
+        events::record_or_log(&self.gw, event).await;
+    }
+
+    /// `None` when the action was no longer needed and nothing was done.
+    async fn execute(&self, action: Action, dead: &HashSet<u64>) -> Option<Result<(), tonic::Status>> {
         let range = action.range();
-        let desc = match admin::status(&self.gw, range).await {
-            Ok(s) => s.desc.unwrap_or_default(),
+        let status = match admin::status(&self.gw, range).await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!(range, "controller: cannot read range status: {}", e.message());
-                return;
+                return None;
             }
         };
+        let leader = status.leader_node_id;
+        let desc = status.desc.unwrap_or_default();
         let voters = desc.replicas.iter().filter(|r| !r.learner).count();
         let result = match action {
             Action::AddReplica { node, .. } => {
@@ -125,7 +169,7 @@ impl Controller {
                 let healthy = desc.replicas.iter().filter(|r| !r.learner && !dead.contains(&r.node_id)).count();
                 if !finishing && healthy >= self.rf {
                     tracing::info!(range, node, healthy, "controller: add replica no longer needed");
-                    return;
+                    return None;
                 }
                 tracing::info!(range, node, "controller: add replica");
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "add_replica").increment(1);
@@ -135,7 +179,7 @@ impl Controller {
                 // Still replaced: `rf` voters on other nodes, as the range's leader sees it.
                 let elsewhere = desc.replicas.iter().filter(|r| !r.learner && r.node_id != node).count();
                 if elsewhere < self.rf {
-                    return;
+                    return None;
                 }
                 tracing::info!(
                     range,
@@ -146,24 +190,64 @@ impl Controller {
                 admin::remove_replica(&self.gw, range, node).await.map(|_| ())
             }
             Action::TransferLeader { to, .. } => {
-                if !desc.replicas.iter().any(|r| r.node_id == to && !r.learner) {
-                    return;
+                if leader == to || !desc.replicas.iter().any(|r| r.node_id == to && !r.learner) {
+                    return None;
                 }
-                tracing::info!(range, to, "controller: move leadership off a draining or decommissioning node");
+                tracing::info!(range, to, "controller: transfer leadership");
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "transfer_leader").increment(1);
                 admin::transfer_leader(&self.gw, range, to).await.map(|_| ())
             }
             Action::RemoveReplica { node, .. } => {
                 if voters <= self.rf || desc.replicas.iter().any(|r| r.learner) {
-                    return;
+                    return None;
                 }
                 tracing::info!(range, node, voters, "controller: remove extra replica");
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "remove_replica").increment(1);
                 admin::remove_replica(&self.gw, range, node).await.map(|_| ())
             }
+            Action::MoveReplica { from, to, .. } => {
+                // Still as planned: whole, with a voter on `from` and none on `to`.
+                let on = |n: u64| desc.replicas.iter().find(|r| r.node_id == n);
+                let whole = voters == self.rf && voters == desc.replicas.len();
+                if !whole || on(from).is_none() || on(to).is_some() {
+                    return None;
+                }
+                tracing::info!(range, from, to, "controller: move replica");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "move_replica").increment(1);
+                // Add first: the range never has fewer than `rf` voters. Removing the
+                // leader's replica hands its leadership to another voter first. If the
+                // removal fails, the range is left a voter over and the repair plan
+                // removes the extra one.
+                match admin::add_replica(&self.gw, range, to).await {
+                    Ok(_) => admin::remove_replica(&self.gw, range, from).await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!(range, ?action, "controller: action failed: {}", e.message());
         }
+        Some(result)
+    }
+}
+
+/// Why the repair plan chose `action` (for the decision log).
+fn repair_reason(action: &Action, nodes: &[NodeView], rf: usize) -> String {
+    let state = |id: u64| match nodes.iter().find(|n| n.id == id) {
+        Some(n) if n.dead => "dead",
+        Some(n) if n.decommissioning => "decommissioning",
+        Some(n) if n.draining => "draining",
+        Some(n) if !n.live => "suspect",
+        Some(_) => "live",
+        None => "unknown",
+    };
+    match action {
+        Action::AddReplica { .. } => format!("the range has fewer than {rf} replicas on live nodes that stay"),
+        Action::RemoveReplica { .. } => format!("the range has more than {rf} voters"),
+        Action::RetireReplica { node, .. } => {
+            format!("node {node} is {} and the range has {rf} voters elsewhere", state(*node))
+        }
+        Action::TransferLeader { .. } => "the leader's node is draining or decommissioning".to_string(),
+        Action::MoveReplica { .. } => "balancing".to_string(),
     }
 }

@@ -5,7 +5,7 @@
 use crate::gateway::scan::{self, ScanParams};
 use crate::gateway::{self, new_request_id, ops, Gateway};
 use crate::keys;
-use crate::meta::{admin, catalog, registry};
+use crate::meta::{admin, catalog, events, registry};
 use crate::outcome;
 use crate::request;
 use cairn_proto::internal::{Mutation, MutationResult, RangeDescriptor, RangeRecord, TableInfo};
@@ -368,6 +368,14 @@ impl Cairn for KvService {
         registry::set_state(&self.gw, r.node_id, state).await?;
         tracing::info!(node_id = r.node_id, ?state, "node state set by an operator");
         Ok(Response::new(SetNodeStateResponse {}))
+    }
+
+    async fn list_cluster_events(
+        &self,
+        req: Request<ListClusterEventsRequest>,
+    ) -> Result<Response<ListClusterEventsResponse>, Status> {
+        let limit = req.into_inner().limit as usize;
+        Ok(Response::new(ListClusterEventsResponse { events: events::list(&self.gw, limit).await? }))
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod events;
 pub mod registry;
 
 use crate::gateway::{scan, Gateway, Target};

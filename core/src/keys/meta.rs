@@ -7,7 +7,8 @@
 //! - `dir/<range id BE>` → `RangeRecord` (written by range leaders; older epochs never overwrite newer)
 //! - `node/<node id BE>` → `NodeInfo`
 //! - `nstate/<node id BE>` → an operator's `NodeState` for the node (decimal), absent when active
-//! - `ctr/table`, `ctr/range`, `ctr/node` → decimal counters (atomic increments)
+//! - `event/<seq BE>` → `ClusterEvent`, the controller's decision log (the newest `EVENTS_KEPT`)
+//! - `ctr/table`, `ctr/range`, `ctr/node`, `ctr/event` → decimal counters (atomic increments)
 
 use super::{encode_range_key, prefix_end, table_prefix, FIRST_USER_TABLE_ID, SYSTEM_TABLE_ID};
 
@@ -22,6 +23,10 @@ pub const NODE_STATE_PREFIX: &[u8] = b"nstate/";
 pub const CTR_TABLE: &[u8] = b"ctr/table";
 pub const CTR_RANGE: &[u8] = b"ctr/range";
 pub const CTR_NODE: &[u8] = b"ctr/node";
+pub const EVENT_PREFIX: &[u8] = b"event/";
+pub const CTR_EVENT: &[u8] = b"ctr/event";
+/// How many decisions the log keeps (the oldest goes as each new one is recorded).
+pub const EVENTS_KEPT: u64 = 1000;
 
 pub fn key(user: &[u8]) -> Vec<u8> {
     encode_range_key(SYSTEM_TABLE_ID, user)
@@ -46,6 +51,12 @@ pub fn node_key(node_id: u64) -> Vec<u8> {
 pub fn node_state_key(node_id: u64) -> Vec<u8> {
     let mut k = NODE_STATE_PREFIX.to_vec();
     k.extend_from_slice(&node_id.to_be_bytes());
+    key(&k)
+}
+
+pub fn event_key(seq: u64) -> Vec<u8> {
+    let mut k = EVENT_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
     key(&k)
 }
 
