@@ -42,6 +42,16 @@ async fn ranges_split_automatically_when_large_and_routing_follows() {
     for k in keys.iter().step_by(37) {
         assert_eq!(get(&mut c2, "big", k).await.unwrap().map(|v| v.len()), Some(1000));
     }
+    // Each split is in the cluster event log, with its reason.
+    let events = c2
+        .list_cluster_events(cairn_proto::kv::ListClusterEventsRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let splits: Vec<_> = events.iter().filter(|e| e.kind == "split" && e.outcome == "done").collect();
+    assert!(splits.len() >= ranges - 1, "{} ranges, but {} splits logged: {events:?}", ranges, splits.len());
+    assert!(splits.iter().all(|e| e.reason.contains("over the split threshold of 65536")), "{splits:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,9 +7,10 @@ use crate::controller;
 use crate::gateway::Gateway;
 use crate::keys::{self, SLOT_COUNT};
 use crate::meta::admin;
-use crate::meta::{self, catalog, registry};
+use crate::meta::{self, catalog, events, registry};
 use crate::storage::{mvcc, Cf};
 use cairn_proto::internal::{NodeInfo, RangeDescriptor, RangeRecord};
+use cairn_proto::kv::ClusterEvent;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -225,7 +226,16 @@ async fn split_check(gw: Arc<Gateway>, threshold: u64) {
         if !desc.end.is_empty() && key >= desc.end {
             continue;
         }
-        match admin::split_at(&gw, &key).await {
+        let result = admin::split_at(&gw, &key).await;
+        let outcome = result.as_ref().map_or_else(|e| format!("failed: {}", e.message()), |_| "done".to_string());
+        let right_id = result.as_ref().ok().and_then(|(_, right)| right.as_ref().map(|d| d.id)).unwrap_or(0);
+        let reason = format!(
+            "{exact} bytes, over the split threshold of {threshold}{}",
+            if right_id == 0 { String::new() } else { format!("; the right half is range {right_id}") }
+        );
+        let event = ClusterEvent { kind: "split".into(), range_id: desc.id, reason, outcome, ..Default::default() };
+        events::record_or_log(&gw, event).await;
+        match result {
             Ok((_, right)) => {
                 // RocksDB's estimate leaves out the memtables, so both halves start from what
                 // the scan counted: zero would hide data not yet flushed, and a half that is
