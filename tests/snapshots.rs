@@ -67,6 +67,10 @@ async fn a_large_range_is_caught_up_on_a_new_replica_in_bounded_memory() {
             "1099511627776",
             "--snapshot-buffer-bytes",
             "67108864",
+            // The new replica is placed by hand, and the range stays one range.
+            "--no-rebalance",
+            "--load-split-qps",
+            "0",
         ],
     )
     .await;

@@ -134,6 +134,9 @@ impl Cairn for Mock {
     ) -> Result<Response<ListClusterEventsResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn list_hot_keys(&self, _: Request<ListHotKeysRequest>) -> Result<Response<ListHotKeysResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 /// Starts the mock on an ephemeral port; returns its address and state.

@@ -8,6 +8,7 @@ pub mod dedupe;
 pub mod hlc;
 pub mod keys;
 pub mod limits;
+pub mod load;
 pub mod outcome;
 pub mod peer;
 pub mod request;

@@ -255,6 +255,13 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Show the hottest keys across the cluster (requests per second), noting
+    /// keys too hot for their range to split around them.
+    Hot {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 /// `range ...`
@@ -409,6 +416,7 @@ pub async fn run(addr: &str, json: bool, cmd: ClientCommand) -> anyhow::Result<(
         ClientCommand::Cluster(ClusterCommand::Events { limit }) => {
             cluster_events(&mut client, &mut out, json, limit).await
         }
+        ClientCommand::Cluster(ClusterCommand::Hot { limit }) => cluster_hot(&mut client, &mut out, json, limit).await,
         ClientCommand::Range(cmd) => range(&mut client, &mut out, json, cmd).await,
         ClientCommand::Node(cmd) => node(&mut client, &mut out, json, cmd).await,
     };
@@ -898,6 +906,40 @@ async fn cluster_events(client: &mut Client, out: &mut Out, json: bool, limit: u
             node(e.to_node_id),
             e.outcome.clone(),
             e.reason.clone(),
+        ]);
+    }
+    t.print(out)?;
+    Ok(())
+}
+
+async fn cluster_hot(client: &mut Client, out: &mut Out, json: bool, limit: u32) -> anyhow::Result<()> {
+    let resp = call(client.list_hot_keys(kv::ListHotKeysRequest { limit })).await?;
+    if json {
+        let keys: Vec<Value> = resp
+            .keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "table": k.table,
+                    "key": String::from_utf8_lossy(&k.key),
+                    "qps": k.qps,
+                    "node_id": k.node_id,
+                    "range_id": k.range_id,
+                    "note": k.note,
+                })
+            })
+            .collect();
+        return print_json(out, &json!({ "load_split_qps": resp.load_split_qps, "keys": keys }));
+    }
+    let mut t = Columns::new(&[("TABLE", L), ("KEY", L), ("QPS", R), ("NODE", R), ("RANGE", R), ("NOTE", L)]);
+    for k in &resp.keys {
+        t.row(vec![
+            if k.table.is_empty() { "-".into() } else { k.table.clone() },
+            String::from_utf8_lossy(&k.key).into_owned(),
+            k.qps.to_string(),
+            k.node_id.to_string(),
+            k.range_id.to_string(),
+            k.note.clone(),
         ]);
     }
     t.print(out)?;

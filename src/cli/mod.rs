@@ -54,6 +54,10 @@ pub struct ServerArgs {
     /// the slots' leaders in CLUSTER SLOTS/SHARDS/NODES (`[redis] cluster_mode`).
     #[arg(long)]
     pub redis_cluster_mode: bool,
+    /// Do not balance replicas and leaders across nodes (repairs still run): for
+    /// placing them by hand. Read by whichever node leads the meta range.
+    #[arg(long)]
+    pub no_rebalance: bool,
     /// Join an existing cluster through these members (comma-separated host:port).
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
@@ -68,6 +72,12 @@ pub struct ServerArgs {
     pub dead_after_secs: Option<u64>,
     #[arg(long)]
     pub split_check_interval_ms: Option<u64>,
+    /// Split a range that serves more requests per second than this for
+    /// --load-split-sustain-ms, where its load divides (0: never split by load).
+    #[arg(long)]
+    pub load_split_qps: Option<u64>,
+    #[arg(long)]
+    pub load_split_sustain_ms: Option<u64>,
     /// Drop the oldest half of a range's Raft log once it holds this many applied entries.
     #[arg(long)]
     pub raft_log_gc_threshold: Option<u64>,
@@ -118,6 +128,9 @@ impl ServerArgs {
         if self.redis_cluster_mode {
             c.redis.cluster_mode = true;
         }
+        if self.no_rebalance {
+            c.rebalance = false;
+        }
         if !self.join.is_empty() {
             c.join = self.join;
         }
@@ -132,6 +145,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.dead_after_secs {
             c.dead_after_secs = v;
+        }
+        if let Some(v) = self.load_split_qps {
+            c.load_split_qps = v;
+        }
+        if let Some(v) = self.load_split_sustain_ms {
+            c.load_split_sustain_ms = v;
         }
         if let Some(v) = self.split_check_interval_ms {
             c.split_check_interval_ms = v;

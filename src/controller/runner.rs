@@ -28,6 +28,8 @@ pub struct Controller {
     rf: usize,
     /// A node silent this long is dead (`plan::NodeView::dead`).
     dead_after_ms: u64,
+    /// Whether to balance replicas and leaders once nothing needs repair.
+    rebalance: bool,
     in_flight: Arc<Mutex<HashSet<u64>>>,
     /// Ranges found with a voter too many, and since when (without a break). An
     /// extra voter is removed only once it has been there for `EXTRA_VOTER_GRACE`,
@@ -37,8 +39,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(gw: Arc<Gateway>, rf: usize, dead_after_ms: u64) -> Self {
-        Controller { gw, rf, dead_after_ms, in_flight: Default::default(), over_replicated: Default::default() }
+    pub fn new(gw: Arc<Gateway>, rf: usize, dead_after_ms: u64, rebalance: bool) -> Self {
+        Controller {
+            gw,
+            rf,
+            dead_after_ms,
+            rebalance,
+            in_flight: Default::default(),
+            over_replicated: Default::default(),
+        }
     }
 
     fn leads_meta(&self) -> bool {
@@ -87,7 +96,7 @@ impl Controller {
             .collect();
         // Balancing reads the directory, which shows a move only once it is done:
         // with anything in flight it would decide on counts about to change.
-        if decisions.is_empty() && busy.is_empty() {
+        if self.rebalance && decisions.is_empty() && busy.is_empty() {
             decisions = balance::balance(&nodes, &ranges, self.rf, MAX_CONCURRENT_MOVES, room);
         }
         let now = crate::clock::now();

@@ -20,6 +20,8 @@ pub struct KvService {
     pub gw: Arc<Gateway>,
     /// After how long without a heartbeat a node is reported dead (the controller's setting).
     pub dead_after_ms: u64,
+    /// The load-split threshold (hot keys above half of it are noted as such).
+    pub load_split_qps: u64,
 }
 
 fn invalid(e: impl std::fmt::Display) -> Status {
@@ -376,6 +378,45 @@ impl Cairn for KvService {
     ) -> Result<Response<ListClusterEventsResponse>, Status> {
         let limit = req.into_inner().limit as usize;
         Ok(Response::new(ListClusterEventsResponse { events: events::list(&self.gw, limit).await? }))
+    }
+
+    async fn list_hot_keys(&self, req: Request<ListHotKeysRequest>) -> Result<Response<ListHotKeysResponse>, Status> {
+        const DEFAULT_LIMIT: usize = 20;
+        let limit = match req.into_inner().limit as usize {
+            0 => DEFAULT_LIMIT,
+            n => n.min(1000),
+        };
+        let now = crate::hlc::wall_now_ms();
+        let nodes = registry::list(&self.gw).await?;
+        let tables = catalog::list(&self.gw).await?;
+        let dir = self.gw.directory();
+        let mut keys: Vec<HotKeyStatus> = nodes
+            .iter()
+            .filter(|n| registry::is_live(n, now))
+            .flat_map(|n| n.hot_keys.iter().map(move |h| (n.id, h)))
+            .map(|(node_id, h)| {
+                let (key, table) = match catalog::user_key(&tables, &h.key) {
+                    Some((k, table)) => (k.to_vec(), table),
+                    None => (h.key.clone(), String::new()),
+                };
+                let range_id = dir.lookup(&h.key).and_then(|r| r.desc.as_ref()).map_or(0, |d| d.id);
+                let alone_hot = self.load_split_qps > 0 && h.qps.saturating_mul(2) >= self.load_split_qps;
+                let note = if alone_hot {
+                    format!(
+                        "this key alone carries {} requests/s against a load-split threshold of {} per range: a \
+                         range cannot split inside one key; spread its reads over the replicas with follower \
+                         reads (READONLY on a Redis connection, stale reads on the native API)",
+                        h.qps, self.load_split_qps
+                    )
+                } else {
+                    String::new()
+                };
+                HotKeyStatus { table, key, qps: h.qps, node_id, range_id, note }
+            })
+            .collect();
+        keys.sort_by(|a, b| b.qps.cmp(&a.qps).then_with(|| a.key.cmp(&b.key)));
+        keys.truncate(limit);
+        Ok(Response::new(ListHotKeysResponse { keys, load_split_qps: self.load_split_qps }))
     }
 }
 

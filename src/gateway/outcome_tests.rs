@@ -20,6 +20,7 @@ fn gateway_routing_to(peer: &str) -> Gateway {
         registry: Default::default(),
         engine: engine.clone(),
         hlc: std::sync::Arc::new(crate::hlc::Hlc::new(1)),
+        hot_keys: Default::default(),
     };
     let book = Arc::new(AddressBook::load(engine));
     book.learn(2, peer);

@@ -18,6 +18,16 @@ pub const MAX_SPLIT_KEYS: usize = 1024;
 
 pub use crate::request::is_hashed;
 
+/// An encoded key's table (by name, among `tables`) and the key as the table's
+/// clients wrote it (a hashed table's slot prefix removed); `None` for a key of
+/// no listed table.
+pub fn user_key<'k>(tables: &[TableInfo], encoded: &'k [u8]) -> Option<(&'k [u8], String)> {
+    let (table_id, rest) = keys::decode_table(encoded)?;
+    let t = tables.iter().find(|t| t.id == table_id)?;
+    let key = if is_hashed(t) { rest.get(2..)? } else { rest };
+    Some((key, t.name.clone()))
+}
+
 /// Looks a table up (cache first). Dropped or unknown tables are NotFound.
 pub async fn get(gw: &Gateway, name: &str) -> Result<TableInfo, Status> {
     if let Some(t) = gw.tables.read().get(name) {

@@ -15,8 +15,8 @@ use crate::limits::InputError;
 use crate::sabotage::{self, Sabotage};
 use crate::storage::mvcc;
 use cairn_proto::internal::{
-    range_request, AdminResponse, RangeEpoch, RangeError, RangeRequest, RangeResponse, RangeScanPage, RangeScanRequest,
-    ReadRequest, ReadResult, ScannedPair,
+    raft_command, range_request, AdminResponse, RangeEpoch, RangeError, RangeRequest, RangeResponse, RangeScanPage,
+    RangeScanRequest, ReadRequest, ReadResult, ScannedPair,
 };
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -34,7 +34,26 @@ fn error_response(e: RangeError) -> RangeResponse {
     RangeResponse { error: Some(e), ..Default::default() }
 }
 
+/// Counts a request towards its range's load and the node's hot keys (system
+/// keys of the meta range are left out of the hot keys).
+fn record_load(store: &StoreHandle, req: &RangeRequest) {
+    let (keys, write): (Vec<&[u8]>, bool) = match &req.req {
+        Some(range_request::Req::Command(c)) => match &c.cmd {
+            Some(raft_command::Cmd::Write(w)) => (w.mutations.iter().map(|m| m.key.as_slice()).collect(), true),
+            _ => return,
+        },
+        Some(range_request::Req::Read(r)) => (r.keys.iter().map(Vec::as_slice).collect(), false),
+        _ => return,
+    };
+    let Some(replica) = store.registry.read().get(&req.range_id).cloned() else { return };
+    replica.load.record(keys.iter().copied(), write);
+    for k in keys.into_iter().filter(|k| !keys::meta::is_meta_key(k)) {
+        store.hot_keys.record(k);
+    }
+}
+
 pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
+    record_load(store, &req);
     let range_id = req.range_id;
     let epoch = req.epoch;
     match req.req {

@@ -8,6 +8,7 @@ pub mod address_book;
 pub mod apply;
 pub mod errors;
 pub mod executor;
+pub mod load;
 pub mod membership;
 pub mod msg;
 pub mod quarantine;

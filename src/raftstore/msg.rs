@@ -64,6 +64,8 @@ pub struct StoreHandle {
     pub engine: Arc<Engine>,
     /// The node's clock: reads judge expiring values at its time.
     pub hlc: Arc<crate::hlc::Hlc>,
+    /// The hottest keys of the requests this node served.
+    pub hot_keys: Arc<super::load::NodeHotKeys>,
 }
 
 impl StoreHandle {

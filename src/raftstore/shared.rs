@@ -25,6 +25,8 @@ pub struct ReplicaShared {
     pub data_lock: RwLock<()>,
     /// Bytes written through this replica since start-up (for the split check).
     pub written_bytes: AtomicU64,
+    /// Requests this replica served (for load-based splits).
+    pub load: super::load::RangeLoad,
     /// Wall-clock ms of the last message from the leader (bounded-staleness reads).
     pub leader_contact_ms: AtomicU64,
     /// While this replica leads: the earliest instant (Unix ms) its reads judge
@@ -58,8 +60,9 @@ impl AppliedVersions for RegistryAppliedVersions {
 
 impl ReplicaShared {
     pub fn new(desc: RangeDescriptor, initialized: bool) -> Self {
+        let range_id = desc.id;
         ReplicaShared {
-            range_id: desc.id,
+            range_id,
             desc: RwLock::new(desc),
             initialized: AtomicBool::new(initialized),
             leader_id: AtomicU64::new(0),
@@ -69,6 +72,7 @@ impl ReplicaShared {
             destroyed: AtomicBool::new(false),
             data_lock: RwLock::new(()),
             written_bytes: AtomicU64::new(0),
+            load: super::load::RangeLoad::new(range_id),
             leader_contact_ms: AtomicU64::new(0),
             expiry_floor_ms: AtomicU64::new(0),
         }

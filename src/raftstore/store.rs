@@ -211,7 +211,8 @@ impl Store {
             }
         }
         tracing::info!(node_id, replicas = store.replicas.len(), "store loaded");
-        let handle = StoreHandle { node_id, tx, registry, engine, hlc: store.hlc.clone() };
+        let handle =
+            StoreHandle { node_id, tx, registry, engine, hlc: store.hlc.clone(), hot_keys: Default::default() };
         Ok((store, handle))
     }
 

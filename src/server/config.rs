@@ -27,6 +27,12 @@ pub struct ServerConfig {
     /// A range whose data passes this size is split in two.
     pub split_threshold_bytes: u64,
     pub split_check_interval_ms: u64,
+    /// A range serving more requests per second than this (reads and writes) for
+    /// `load_split_sustain_ms` is split where its load divides; 0 turns it off.
+    pub load_split_qps: u64,
+    pub load_split_sustain_ms: u64,
+    /// Balance replicas and leaders across nodes (the controller's repairs run either way).
+    pub rebalance: bool,
     pub max_connections: usize,
     /// Threads of the node's async runtime (gRPC, gateway, transport); 0 means one per CPU
     /// core. Nodes sharing a machine (`cairn demo`) each take their share of the cores.
@@ -58,6 +64,9 @@ impl Default for ServerConfig {
             dead_after_secs: 300,
             split_threshold_bytes: 64 << 20,
             split_check_interval_ms: 5_000,
+            load_split_qps: 2_500,
+            load_split_sustain_ms: 10_000,
+            rebalance: true,
             max_connections: 4096,
             worker_threads: 0,
             mvcc_retention_secs: crate::storage::mvcc_gc::DEFAULT_RETENTION.as_secs(),
@@ -136,6 +145,9 @@ impl ServerConfig {
         }
         if self.split_threshold_bytes < 4096 {
             return Err("split_threshold_bytes must be at least 4096".into());
+        }
+        if self.load_split_qps != 0 && self.load_split_qps < 10 {
+            return Err(format!("load_split_qps must be 0 (off) or at least 10, got {}", self.load_split_qps));
         }
         let r = &self.raft;
         if r.tick_ms == 0 || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {

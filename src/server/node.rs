@@ -290,9 +290,13 @@ where
     ));
 
     let max_msg = cfg.limits.max_batch_bytes * 2 + (1 << 20);
-    let kv = CairnServer::new(KvService { gw: gw.clone(), dead_after_ms: cfg.dead_after_secs.saturating_mul(1000) })
-        .max_decoding_message_size(max_msg)
-        .max_encoding_message_size(max_msg);
+    let kv = CairnServer::new(KvService {
+        gw: gw.clone(),
+        dead_after_ms: cfg.dead_after_secs.saturating_mul(1000),
+        load_split_qps: cfg.load_split_qps,
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
     let kv = tonic::service::interceptor::InterceptedService::new(
         kv,
         crate::frontend::grpc_kv::refuse_while_clock_untrusted(gw.node_id, gw.hlc.clone()),

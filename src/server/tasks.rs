@@ -9,7 +9,8 @@ use crate::keys::{self, SLOT_COUNT};
 use crate::meta::admin;
 use crate::meta::{self, catalog, events, registry};
 use crate::storage::{mvcc, Cf};
-use cairn_proto::internal::{NodeInfo, RangeDescriptor, RangeRecord};
+use cairn_core::load::split_finder::Verdict;
+use cairn_proto::internal::{HotKey, NodeInfo, RangeDescriptor, RangeRecord};
 use cairn_proto::kv::ClusterEvent;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 
 /// A range leader re-reports its record at least this often, even unchanged.
 const REPORT_REFRESH: Duration = Duration::from_secs(30);
+/// Hot keys each heartbeat carries.
+const HOT_KEYS_REPORTED: usize = 10;
 
 /// The addresses a node's heartbeat advertises.
 #[derive(Clone)]
@@ -44,6 +47,15 @@ pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, addrs: Advertised, stop: 
         let gw = gw.clone();
         move || split_check(gw.clone(), threshold)
     });
+    let load = LoadSplit {
+        qps: cfg.load_split_qps,
+        sustain: Duration::from_millis(cfg.load_split_sustain_ms),
+        hot: Default::default(),
+    };
+    every(stop.clone(), LOAD_CHECK_INTERVAL, {
+        let gw = gw.clone();
+        move || load_split_check(gw.clone(), load.clone())
+    });
     every(stop.clone(), Duration::from_secs(10), {
         let gw = gw.clone();
         move || {
@@ -58,7 +70,12 @@ pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, addrs: Advertised, stop: 
             }
         }
     });
-    let ctl = controller::runner::Controller::new(gw, cfg.replication_factor, cfg.dead_after_secs.saturating_mul(1000));
+    let ctl = controller::runner::Controller::new(
+        gw,
+        cfg.replication_factor,
+        cfg.dead_after_secs.saturating_mul(1000),
+        cfg.rebalance,
+    );
     every(stop, Duration::from_secs(2), move || ctl.clone().tick());
 }
 
@@ -87,6 +104,19 @@ async fn heartbeat(gw: Arc<Gateway>, addrs: Advertised, zone: String) {
     };
     metrics::gauge!("cairn_replicas").set(replicas as f64);
     metrics::gauge!("cairn_leaders").set(leaders as f64);
+    // One hot-key window per heartbeat: what the heartbeat carries is the last
+    // complete one.
+    gw.store.hot_keys.roll();
+    let (top, _) = gw.store.hot_keys.top(HOT_KEYS_REPORTED);
+    let per_sec = 1000.0 / registry::HEARTBEAT_INTERVAL_MS as f64;
+    let hot_keys = top
+        .into_iter()
+        .map(|c| {
+            let qps = (c.count as f64 * per_sec).round() as u64;
+            HotKey { key: c.key, qps }
+        })
+        .collect::<Vec<_>>();
+    metrics::gauge!("cairn_hottest_key_qps").set(hot_keys.first().map_or(0.0, |h| h.qps as f64));
     let info = NodeInfo {
         id: gw.node_id,
         addr: addrs.grpc,
@@ -98,6 +128,7 @@ async fn heartbeat(gw: Arc<Gateway>, addrs: Advertised, zone: String) {
         used_bytes: gw.store.engine.total_size(),
         replicas,
         leaders,
+        hot_keys,
     };
     if let Err(e) = registry::put(&gw, info).await {
         tracing::debug!("heartbeat not recorded: {}", e.message());
@@ -148,6 +179,125 @@ async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMa
             }
         }
     }
+}
+
+/// How often each led range's request rate is measured.
+const LOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Load-based splitting: a range over `qps` for `sustain` is split where its
+/// sampled request keys divide in two.
+#[derive(Clone)]
+struct LoadSplit {
+    qps: u64,
+    sustain: Duration,
+    /// Ranges found hot: since when, and whether "no split point" was logged.
+    hot: Arc<parking_lot::Mutex<HashMap<u64, (Instant, bool)>>>,
+}
+
+async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
+    let replicas: Vec<_> = gw.store.registry.read().values().cloned().collect();
+    let secs = LOAD_CHECK_INTERVAL.as_secs_f64();
+    for r in replicas {
+        let (reads, writes) = r.load.take_counts();
+        let qps = ((reads + writes) as f64 / secs) as u64;
+        let eligible = r.is_leader() && r.initialized() && r.range_id != meta::META_RANGE_ID && load.qps > 0;
+        if !eligible || qps < load.qps {
+            r.load.set_sampling(false);
+            load.hot.lock().remove(&r.range_id);
+            continue;
+        }
+        let now = crate::clock::now();
+        let (since, noted) = *load.hot.lock().entry(r.range_id).or_insert((now, false));
+        r.load.set_sampling(true);
+        if now.saturating_duration_since(since) < load.sustain {
+            continue;
+        }
+        let desc = r.desc();
+        let rate = format!(
+            "{qps} requests/s ({} reads, {} writes) over the load-split threshold of {} for {:?}",
+            (reads as f64 / secs) as u64,
+            (writes as f64 / secs) as u64,
+            load.qps,
+            load.sustain
+        );
+        match r.load.verdict() {
+            Some(Verdict::SplitAt { key, left_share }) => {
+                let tables = catalog::list(&gw).await.unwrap_or_default();
+                let Some(at) = load_split_point(&tables, &key, &desc) else { continue };
+                let result = admin::split_at(&gw, &at).await;
+                let outcome = result.as_ref().map_or_else(|e| format!("failed: {}", e.message()), |_| "done".into());
+                let reason =
+                    format!("{rate}; {:.0}% of the sampled requests fall left of the split", left_share * 100.0);
+                tracing::info!(range_id = desc.id, qps, "load-based split: {outcome}");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "load_split").increment(1);
+                let event = ClusterEvent {
+                    kind: "load_split".into(),
+                    range_id: desc.id,
+                    reason,
+                    outcome,
+                    ..Default::default()
+                };
+                events::record_or_log(&gw, event).await;
+                r.load.set_sampling(false);
+                load.hot.lock().remove(&r.range_id);
+            }
+            Some(Verdict::NoSplit { key, share }) if !noted => {
+                let tables = catalog::list(&gw).await.unwrap_or_default();
+                let reason = format!(
+                    "{rate}, but {:.0}% of it is one key ({}): a range cannot split inside a key; spread its \
+                     reads with follower reads",
+                    share * 100.0,
+                    display_key(&tables, &key)
+                );
+                let event = ClusterEvent {
+                    kind: "load_split_skipped".into(),
+                    range_id: desc.id,
+                    reason,
+                    outcome: "no split point".into(),
+                    ..Default::default()
+                };
+                events::record_or_log(&gw, event).await;
+                if let Some(h) = load.hot.lock().get_mut(&r.range_id) {
+                    h.1 = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An encoded key as its table's clients know it: `table/key`.
+fn display_key(tables: &[cairn_proto::internal::TableInfo], key: &[u8]) -> String {
+    match catalog::user_key(tables, key) {
+        Some((k, table)) => format!("{table}/{}", String::from_utf8_lossy(k)),
+        None => String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+/// Where a range may split for load at sampled key `key`: the key itself in a
+/// range-partitioned table; in a hash-partitioned one the start of its slot
+/// (slots stay whole), or of the next slot when that is the range's start.
+/// `None` when no such point lies strictly inside the range.
+fn load_split_point(
+    tables: &[cairn_proto::internal::TableInfo],
+    key: &[u8],
+    desc: &RangeDescriptor,
+) -> Option<Vec<u8>> {
+    let (table_id, rest) = keys::decode_table(key)?;
+    let hashed = tables.iter().find(|t| t.id == table_id).is_some_and(catalog::is_hashed);
+    let at = if hashed {
+        let slot = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+        let start = keys::hash_slot_start(table_id, slot);
+        if start.as_slice() > desc.start.as_slice() {
+            start
+        } else {
+            keys::hash_slot_start(table_id, slot.checked_add(1).filter(|s| *s < SLOT_COUNT)?)
+        }
+    } else {
+        key.to_vec()
+    };
+    let inside = at.as_slice() > desc.start.as_slice() && (desc.end.is_empty() || at < desc.end);
+    inside.then_some(at)
 }
 
 /// Picks the key that splits `[start, end)` into halves by bytes. Pure: the

@@ -1,0 +1,110 @@
+//! Request load, as this node serves it: per replica, requests counted per
+//! window (reads and writes apart) and, while the split check finds the range
+//! hot, a split finder fed with its request keys; per node, a sketch of the
+//! hottest keys over the current and the last window. Recording is a few
+//! counter updates under uncontended locks.
+
+use cairn_core::load::hot_keys::{Counted, HotKeys};
+use cairn_core::load::split_finder::{SplitFinder, Verdict};
+use parking_lot::Mutex;
+
+/// Counters of the hot-key sketch (keys requested more than 1/64 of the time
+/// are certain to be found).
+const HOT_KEY_COUNTERS: usize = 64;
+
+#[derive(Default)]
+struct Window {
+    reads: u64,
+    writes: u64,
+    finder: Option<SplitFinder>,
+    /// xorshift state for reservoir sampling (seeded per range, so runs replay).
+    rng: u64,
+}
+
+/// One replica's load.
+pub struct RangeLoad {
+    window: Mutex<Window>,
+}
+
+impl RangeLoad {
+    pub fn new(range_id: u64) -> Self {
+        let seed = range_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        RangeLoad { window: Mutex::new(Window { rng: seed, ..Default::default() }) }
+    }
+
+    /// Counts one request over `keys` (a batch counts once, each key sampled).
+    pub fn record<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, write: bool) {
+        let mut w = self.window.lock();
+        if write {
+            w.writes += 1;
+        } else {
+            w.reads += 1;
+        }
+        if w.finder.is_none() {
+            return;
+        }
+        for key in keys {
+            w.rng ^= w.rng << 13;
+            w.rng ^= w.rng >> 7;
+            w.rng ^= w.rng << 17;
+            let random = w.rng;
+            if let Some(f) = w.finder.as_mut() {
+                f.record(key, random);
+            }
+        }
+    }
+
+    /// Ends the window: (reads, writes) counted since the last call.
+    pub fn take_counts(&self) -> (u64, u64) {
+        let mut w = self.window.lock();
+        let counts = (w.reads, w.writes);
+        w.reads = 0;
+        w.writes = 0;
+        counts
+    }
+
+    /// Starts feeding request keys to a split finder (the range runs hot), or
+    /// stops and forgets it.
+    pub fn set_sampling(&self, on: bool) {
+        let mut w = self.window.lock();
+        match (on, w.finder.is_some()) {
+            (true, false) => w.finder = Some(SplitFinder::default()),
+            (false, true) => w.finder = None,
+            _ => {}
+        }
+    }
+
+    /// The split finder's verdict (`None` while not sampling).
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.window.lock().finder.as_ref().map(SplitFinder::verdict)
+    }
+}
+
+/// The node's hottest keys: the current window's sketch and the last complete one's.
+pub struct NodeHotKeys {
+    inner: Mutex<(HotKeys, HotKeys)>,
+}
+
+impl Default for NodeHotKeys {
+    fn default() -> Self {
+        NodeHotKeys { inner: Mutex::new((HotKeys::new(HOT_KEY_COUNTERS), HotKeys::new(HOT_KEY_COUNTERS))) }
+    }
+}
+
+impl NodeHotKeys {
+    pub fn record(&self, key: &[u8]) {
+        self.inner.lock().0.record(key);
+    }
+
+    /// Closes the current window: it becomes the last complete one.
+    pub fn roll(&self) {
+        let mut g = self.inner.lock();
+        g.1 = std::mem::replace(&mut g.0, HotKeys::new(HOT_KEY_COUNTERS));
+    }
+
+    /// The last complete window's `n` hottest keys, and how many requests it counted.
+    pub fn top(&self, n: usize) -> (Vec<Counted>, u64) {
+        let g = self.inner.lock();
+        (g.1.top(n), g.1.total())
+    }
+}
