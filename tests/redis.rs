@@ -505,17 +505,24 @@ async fn keys_expire_on_time_through_every_node_and_across_a_leader_change() {
     assert_eq!(q::<i64>(&mut b, &["INCR", "ctr"]).await.unwrap(), 1, "an expired counter starts again");
     assert_eq!(q::<i64>(&mut b, &["TTL", "ctr"]).await.unwrap(), -1);
 
-    // Leadership moves: the expiry went with the value, and still ends it on time.
-    q::<String>(&mut a, &["SET", "{lease}holder", "me", "PX", "3000"]).await.unwrap();
+    // Leadership moves: the expiry went with the value, and still ends it on time. The
+    // range and its next leader are found first, so that only the set, the transfer and
+    // the checks run inside the key's 3 seconds.
     let (range_id, leader) = redis_key_range(&cl, 0, b"{lease}holder").await.expect("the key's range");
     let target = cl.node_id((cl.index_of(leader) + 1) % 3);
     let mut native = cl.client(0).await;
+    q::<String>(&mut a, &["SET", "{lease}holder", "me", "PX", "3000"]).await.unwrap();
+    let set_at = std::time::Instant::now();
     native
         .transfer_leader(cairn_proto::kv::TransferLeaderRequest { range_id, node_id: target })
         .await
         .expect("transfer the lease's range");
-    assert_eq!(q::<i64>(&mut b, &["SET", "{lease}holder", "you", "NX"]).await.ok(), None, "still held");
-    assert!(q::<i64>(&mut b, &["PTTL", "{lease}holder"]).await.unwrap() > 0);
+    let nx = q::<Option<String>>(&mut b, &["SET", "{lease}holder", "you", "NX"]).await;
+    let pttl = q::<i64>(&mut b, &["PTTL", "{lease}holder"]).await;
+    let checked_after = set_at.elapsed();
+    assert!(checked_after < Duration::from_millis(2_500), "the checks took {checked_after:?} of the key's 3 s");
+    assert!(matches!(nx, Ok(None)), "still held after {checked_after:?}: SET NX answered {nx:?}");
+    assert!(matches!(pttl, Ok(t) if t > 0), "still held after {checked_after:?}: PTTL {pttl:?}");
     tokio::time::sleep(Duration::from_millis(3_300)).await;
     assert_eq!(
         q::<Option<String>>(&mut b, &["SET", "{lease}holder", "you", "NX"]).await.unwrap().as_deref(),

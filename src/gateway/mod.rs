@@ -419,7 +419,10 @@ impl Gateway {
             } else if let Some(leader) = self
                 .local_leader_hint(desc.id)
                 .or(Some(rec.leader_node_id))
-                .filter(|l| *l != 0 && voters.contains(l) && !failed_nodes.contains(l))
+                // A leader outside the cached voters is one added since this node's
+                // directory last heard of the range: as long as its address is known,
+                // it is where the request goes (it refuses what is not its own).
+                .filter(|l| *l != 0 && (voters.contains(l) || self.book.get(*l).is_some()) && !failed_nodes.contains(l))
             {
                 leader
             } else {
@@ -458,6 +461,11 @@ impl Gateway {
                     if err.leader_hint != 0 {
                         last_progress = crate::clock::now();
                         failed_nodes.remove(&err.leader_hint);
+                    }
+                    // The cached membership is stale (the hinted leader is not in it): reload
+                    // it, else the next requests would wait for the periodic refresh.
+                    if err.leader_hint != 0 && !voters.contains(&err.leader_hint) && desc.id != meta::META_RANGE_ID {
+                        let _ = self.refresh_directory().await;
                     }
                 }
                 Kind::RangeNotFound => {
