@@ -59,6 +59,14 @@ pub async fn create(cfg: &Config) -> redis::RedisResult<()> {
         .await
 }
 
+/// A well-mixed 64-bit hash (splitmix64's finalizer).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Runs `cfg.clients` clients for `cfg.duration`. Each claim is retried with
 /// its own claim id until answered, so every claim a client started ends with
 /// the one answer the cluster recorded for it.
@@ -77,7 +85,10 @@ pub async fn run(cfg: &Config) -> Outcome {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let claim_id = format!("c{client}-{n}");
-                let user = (client as u64 * 7919 + n * 104_729) % cfg.users;
+                // Users drawn evenly at random (splitmix64 of client and claim): every user is
+                // asked for early whatever the claim rate, so demand soon exceeds the quota,
+                // and the same user is claimed from many clients at once.
+                let user = splitmix64((client as u64) << 32 | n) % cfg.users;
                 let answer = loop {
                     if conn.is_none() {
                         conn = connect(&cfg.nodes[node]).await.ok();

@@ -12,11 +12,18 @@ use parking_lot::Mutex;
 /// are certain to be found).
 const HOT_KEY_COUNTERS: usize = 64;
 
+/// Bytes of an encoded key that name its slot in a hash-partitioned table
+/// (table id, then slot): the only places such a table may split.
+const SLOT_PREFIX_LEN: usize = 6;
+
 #[derive(Default)]
 struct Window {
     reads: u64,
     writes: u64,
     finder: Option<SplitFinder>,
+    /// Feed the finder each key's slot instead of the key (a hash-partitioned
+    /// table splits only between slots, so a candidate inside a slot is none).
+    whole_slots: bool,
     /// xorshift state for reservoir sampling (seeded per range, so runs replay).
     rng: u64,
 }
@@ -44,6 +51,7 @@ impl RangeLoad {
             return;
         }
         for key in keys {
+            let key = if w.whole_slots { key.get(..SLOT_PREFIX_LEN).unwrap_or(key) } else { key };
             w.rng ^= w.rng << 13;
             w.rng ^= w.rng >> 7;
             w.rng ^= w.rng << 17;
@@ -63,15 +71,20 @@ impl RangeLoad {
         counts
     }
 
-    /// Starts feeding request keys to a split finder (the range runs hot), or
-    /// stops and forgets it.
-    pub fn set_sampling(&self, on: bool) {
+    /// Starts feeding request keys to a split finder (the range runs hot); with
+    /// `whole_slots`, each key's hash slot instead (the range is of a
+    /// hash-partitioned table). Sampling already under way goes on.
+    pub fn start_sampling(&self, whole_slots: bool) {
         let mut w = self.window.lock();
-        match (on, w.finder.is_some()) {
-            (true, false) => w.finder = Some(SplitFinder::default()),
-            (false, true) => w.finder = None,
-            _ => {}
+        if w.finder.is_none() {
+            w.finder = Some(SplitFinder::default());
+            w.whole_slots = whole_slots;
         }
+    }
+
+    /// Stops sampling and forgets what was sampled.
+    pub fn stop_sampling(&self) {
+        self.window.lock().finder = None;
     }
 
     /// The split finder's verdict (`None` while not sampling).

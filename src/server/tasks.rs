@@ -202,17 +202,27 @@ async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
         let qps = ((reads + writes) as f64 / secs) as u64;
         let eligible = r.is_leader() && r.initialized() && r.range_id != meta::META_RANGE_ID && load.qps > 0;
         if !eligible || qps < load.qps {
-            r.load.set_sampling(false);
+            r.load.stop_sampling();
             load.hot.lock().remove(&r.range_id);
             continue;
         }
+        let desc = r.desc();
+        let hot_since = load.hot.lock().get(&r.range_id).copied();
+        let Some((since, noted)) = hot_since else {
+            // Newly hot: sample whole slots in a hash-partitioned table (it splits only
+            // between them), so the table must be known first.
+            let Ok(tables) = catalog::list(&gw).await else { continue };
+            let hashed = keys::decode_table(&desc.start)
+                .and_then(|(id, _)| tables.iter().find(|t| t.id == id))
+                .is_some_and(catalog::is_hashed);
+            r.load.start_sampling(hashed);
+            load.hot.lock().insert(r.range_id, (crate::clock::now(), false));
+            continue;
+        };
         let now = crate::clock::now();
-        let (since, noted) = *load.hot.lock().entry(r.range_id).or_insert((now, false));
-        r.load.set_sampling(true);
         if now.saturating_duration_since(since) < load.sustain {
             continue;
         }
-        let desc = r.desc();
         let rate = format!(
             "{qps} requests/s ({} reads, {} writes) over the load-split threshold of {} for {:?}",
             (reads as f64 / secs) as u64,
@@ -238,7 +248,7 @@ async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
                     ..Default::default()
                 };
                 events::record_or_log(&gw, event).await;
-                r.load.set_sampling(false);
+                r.load.stop_sampling();
                 load.hot.lock().remove(&r.range_id);
             }
             Some(Verdict::NoSplit { key, share }) if !noted => {
@@ -266,11 +276,15 @@ async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
     }
 }
 
-/// An encoded key as its table's clients know it: `table/key`.
+/// An encoded key as its table's clients know it: `table/key`, or `table slot N`
+/// for a bare slot of a hash-partitioned table (what its split finder samples).
 fn display_key(tables: &[cairn_proto::internal::TableInfo], key: &[u8]) -> String {
-    match catalog::user_key(tables, key) {
-        Some((k, table)) => format!("{table}/{}", String::from_utf8_lossy(k)),
-        None => String::from_utf8_lossy(key).into_owned(),
+    match (catalog::user_key(tables, key), keys::decode_table(key)) {
+        (Some((k, table)), Some((_, rest))) if k.is_empty() && rest.len() == 2 => {
+            format!("{table} slot {}", u16::from_be_bytes([rest[0], rest[1]]))
+        }
+        (Some((k, table)), _) => format!("{table}/{}", String::from_utf8_lossy(k)),
+        _ => String::from_utf8_lossy(key).into_owned(),
     }
 }
 
