@@ -65,6 +65,7 @@ async fn presplit_and_hash_tables_work() {
         partitioning: Partitioning::Hash as i32,
         split_keys: vec![],
         hash_ranges: 4,
+        ..Default::default()
     })
     .await
     .expect("hash table");

@@ -136,6 +136,7 @@ async fn create_table(clients: &[Client], table: &str, keys: u64, ranges: u64) -
         partitioning: Partitioning::Range as i32,
         split_keys,
         hash_ranges: 0,
+        ..Default::default()
     };
     let deadline = Instant::now() + SETUP_PATIENCE;
     // Rotate over the endpoints: right after start-up some node may not serve yet.

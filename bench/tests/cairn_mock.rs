@@ -47,8 +47,12 @@ impl Cairn for Mock {
         if tables.iter().any(|t| t.name == request.name) {
             return Err(Status::already_exists("table exists"));
         }
-        let table =
-            Table { name: request.name.clone(), id: tables.len() as u32 + 1, partitioning: request.partitioning };
+        let table = Table {
+            name: request.name.clone(),
+            id: tables.len() as u32 + 1,
+            partitioning: request.partitioning,
+            ..Default::default()
+        };
         tables.push(request);
         Ok(Response::new(CreateTableResponse { table: Some(table) }))
     }
@@ -132,6 +136,9 @@ impl Cairn for Mock {
         &self,
         _: Request<ListClusterEventsRequest>,
     ) -> Result<Response<ListClusterEventsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn alter_table(&self, _: Request<AlterTableRequest>) -> Result<Response<AlterTableResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
     async fn list_hot_keys(&self, _: Request<ListHotKeysRequest>) -> Result<Response<ListHotKeysResponse>, Status> {

@@ -120,6 +120,27 @@ pub enum TableCommand {
             conflicts_with_all = ["hash", "hash_ranges"]
         )]
         split_at: Vec<String>,
+        /// Replicas per range: 1, 3 or 5 (default: the cluster's).
+        #[arg(long)]
+        replication_factor: Option<u32>,
+        /// Zones for the table's range leaders, most preferred first (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        lease_preferences: Vec<String>,
+    },
+    /// Change a table's placement online; the controller moves replicas and
+    /// leaders to match.
+    Alter {
+        /// Table name.
+        name: String,
+        /// Replicas per range: 1, 3 or 5.
+        #[arg(long)]
+        replication_factor: Option<u32>,
+        /// Zones for the table's range leaders, most preferred first (comma-separated).
+        #[arg(long, value_delimiter = ',', conflicts_with = "clear_lease_preferences")]
+        lease_preferences: Vec<String>,
+        /// Leaders anywhere again.
+        #[arg(long)]
+        clear_lease_preferences: bool,
     },
     /// Drop a table and all its data.
     Drop {
@@ -472,7 +493,7 @@ fn print_json(out: &mut Out, value: &Value) -> anyhow::Result<()> {
 
 async fn table(client: &mut Client, out: &mut Out, json: bool, cmd: TableCommand) -> anyhow::Result<()> {
     match cmd {
-        TableCommand::Create { name, hash, hash_ranges, split_at } => {
+        TableCommand::Create { name, hash, hash_ranges, split_at, replication_factor, lease_preferences } => {
             let hash = hash || hash_ranges.is_some();
             let partitioning = if hash { kv::Partitioning::Hash } else { kv::Partitioning::Range };
             let req = kv::CreateTableRequest {
@@ -480,6 +501,8 @@ async fn table(client: &mut Client, out: &mut Out, json: bool, cmd: TableCommand
                 partitioning: partitioning as i32,
                 split_keys: split_at.into_iter().map(String::into_bytes).collect(),
                 hash_ranges: hash_ranges.unwrap_or(0),
+                replication_factor: replication_factor.unwrap_or(0),
+                lease_preferences,
             };
             let resp = call(client.create_table(req)).await?;
             match resp.table {
@@ -494,6 +517,21 @@ async fn table(client: &mut Client, out: &mut Out, json: bool, cmd: TableCommand
                     Ok(())
                 }
             }
+        }
+        TableCommand::Alter { name, replication_factor, lease_preferences, clear_lease_preferences } => {
+            let req = kv::AlterTableRequest {
+                name,
+                replication_factor: replication_factor.unwrap_or(0),
+                lease_preferences,
+                clear_lease_preferences,
+            };
+            let t = call(client.alter_table(req)).await?.table.unwrap_or_default();
+            if json {
+                return print_json(out, &table_json(&t));
+            }
+            writeln!(out, "altered table {}: {}", t.name, placement_text(&t))?;
+            writeln!(out, "the controller now moves replicas and leaders to match (see `cairn cluster events`)")?;
+            Ok(())
         }
         TableCommand::Drop { name } => {
             call(client.drop_table(kv::DropTableRequest { name: name.clone() })).await?;
@@ -514,9 +552,14 @@ async fn table(client: &mut Client, out: &mut Out, json: bool, cmd: TableCommand
                 writeln!(out, "(no tables)")?;
                 return Ok(());
             }
-            let mut t = Columns::new(&[("NAME", L), ("ID", R), ("PARTITIONING", L)]);
+            let mut t = Columns::new(&[("NAME", L), ("ID", R), ("PARTITIONING", L), ("PLACEMENT", L)]);
             for table in &tables {
-                t.row(vec![table.name.clone(), table.id.to_string(), partitioning_name(table.partitioning).to_owned()]);
+                t.row(vec![
+                    table.name.clone(),
+                    table.id.to_string(),
+                    partitioning_name(table.partitioning).to_owned(),
+                    placement_text(table),
+                ]);
             }
             t.print(out)
         }
@@ -536,7 +579,22 @@ fn table_json(t: &kv::Table) -> Value {
         "name": t.name,
         "id": t.id,
         "partitioning": partitioning_name(t.partitioning),
+        "replication_factor": t.replication_factor,
+        "lease_preferences": t.lease_preferences,
     })
+}
+
+/// "3 replicas, leaders in zone-a, zone-b" (the cluster's factor when unset).
+fn placement_text(t: &kv::Table) -> String {
+    let rf = match t.replication_factor {
+        0 => "the cluster's replication factor".to_string(),
+        n => format!("{n} replicas"),
+    };
+    if t.lease_preferences.is_empty() {
+        rf
+    } else {
+        format!("{rf}, leaders in {}", t.lease_preferences.join(", "))
+    }
 }
 
 // ---------------------------------------------------------------------------

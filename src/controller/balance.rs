@@ -6,7 +6,7 @@
 //! or leaders, or a range smaller than half the bytes gap), so balancing always
 //! converges and never oscillates.
 
-use super::plan::{Action, NodeView, RangeView};
+use super::plan::{zone_rank, Action, NodeView, RangeView};
 use std::collections::{BTreeMap, HashSet};
 
 /// How far from the mean a node may be (a fraction of the mean).
@@ -51,7 +51,7 @@ fn counts_stay(from: usize, to: usize, mean: f64) -> bool {
 pub fn balance(
     nodes: &[NodeView],
     ranges: &[RangeView],
-    rf: usize,
+    default_rf: usize,
     max_moves: usize,
     max_actions: usize,
 ) -> Vec<Decision> {
@@ -75,18 +75,18 @@ pub fn balance(
     let some_holder_down = nodes.iter().any(|n| !n.live && holding.contains(&n.id));
     let mut out = Vec::new();
     if !some_holder_down {
-        out = replica_moves(nodes, ranges, rf, &mut load, max_moves.min(max_actions));
+        out = replica_moves(nodes, ranges, default_rf, &mut load, max_moves.min(max_actions));
     }
     let moving: HashSet<u64> = out.iter().map(|d| d.action.range()).collect();
     let room = max_actions.saturating_sub(out.len());
-    out.extend(leader_transfers(ranges, &moving, &mut load, room));
+    out.extend(leader_transfers(nodes, ranges, &moving, &mut load, room));
     out
 }
 
 fn replica_moves(
     nodes: &[NodeView],
     ranges: &[RangeView],
-    rf: usize,
+    default_rf: usize,
     load: &mut BTreeMap<u64, Load>,
     max_moves: usize,
 ) -> Vec<Decision> {
@@ -108,7 +108,7 @@ fn replica_moves(
                 r.replicas.iter().filter(|(n, _)| *n != from).map(|(n, _)| zone_of(*n)).collect();
             on(from)
                 && !on(to)
-                && voters == rf
+                && voters == r.rf_or(default_rf)
                 && voters == r.replicas.len()
                 && !moved.contains(&r.id)
                 && (!zones_after.contains(&zone_of(to)) || zones_after.contains(&zone_of(from)))
@@ -179,6 +179,7 @@ fn replica_moves(
 }
 
 fn leader_transfers(
+    nodes: &[NodeView],
     ranges: &[RangeView],
     moving: &HashSet<u64>,
     load: &mut BTreeMap<u64, Load>,
@@ -193,14 +194,17 @@ fn leader_transfers(
             break;
         };
         let from_leaders = fl.leaders;
-        // The range led by `from` whose least-leading accepting voter leads fewest.
+        let zone_of = |id: u64| nodes.iter().find(|n| n.id == id).map(|n| n.zone.as_str()).unwrap_or("");
+        // The range led by `from` whose least-leading accepting voter leads fewest;
+        // never to a zone its table prefers less for leaders.
         let best = ranges
             .iter()
             .filter(|r| r.leader == from && !moved.contains(&r.id))
             .filter_map(|r| {
+                let rank = |n: u64| zone_rank(&r.lease_preferences, zone_of(n));
                 r.replicas
                     .iter()
-                    .filter(|(n, learner)| !learner && *n != from && load.contains_key(n))
+                    .filter(|(n, learner)| !learner && *n != from && load.contains_key(n) && rank(*n) <= rank(from))
                     .map(|(n, _)| (load[n].leaders, *n))
                     .min()
                     .map(|(leaders, to)| (leaders, to, r.id))
@@ -236,7 +240,7 @@ mod tests {
     }
 
     fn range(id: u64, nodes: &[u64], leader: u64, bytes: u64) -> RangeView {
-        RangeView { id, replicas: nodes.iter().map(|n| (*n, false)).collect(), leader, bytes }
+        RangeView { id, replicas: nodes.iter().map(|n| (*n, false)).collect(), leader, bytes, ..Default::default() }
     }
 
     /// Applies decisions to the ranges as the runner would once they succeed.
@@ -303,6 +307,21 @@ mod tests {
             assert_eq!(counts(&ranges, n).1, 3, "node {n} leads its third");
         }
         assert_eq!(balance(&nodes, &ranges, 3, 2, 10), vec![]);
+    }
+
+    #[test]
+    fn leader_balancing_keeps_leaders_in_their_preferred_zone() {
+        let nodes: Vec<_> = (1..=3).map(|i| node(i, &format!("z{i}"))).collect();
+        let mut ranges: Vec<_> = (1..=6).map(|i| range(i, &[1, 2, 3], 1, 0)).collect();
+        for r in &mut ranges[..3] {
+            r.lease_preferences = vec!["z1".into()];
+        }
+        let d = balance(&nodes, &ranges, 3, 2, 10);
+        assert!(
+            d.iter().all(|d| !matches!(d.action, Action::TransferLeader { range, .. } if range <= 3)),
+            "ranges preferring z1 keep their leader there: {d:?}"
+        );
+        assert!(!d.is_empty(), "the others spread: {d:?}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl NodeView {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeView {
     pub id: u64,
     /// (node id, is learner)
@@ -41,6 +41,27 @@ pub struct RangeView {
     pub leader: u64,
     /// Approximate size of its data.
     pub bytes: u64,
+    /// Its table's replication factor (0: the cluster's).
+    pub rf: usize,
+    /// Its table's preferred zones for the leader, most preferred first.
+    pub lease_preferences: Vec<String>,
+}
+
+impl RangeView {
+    /// The replication factor that applies: its table's, else `default`.
+    pub fn rf_or(&self, default: usize) -> usize {
+        if self.rf == 0 {
+            default
+        } else {
+            self.rf
+        }
+    }
+}
+
+/// How preferred `zone` is for a range's leader: its position in `prefs`, and
+/// after all of them when not listed (everything ranks equal with no preferences).
+pub fn zone_rank(prefs: &[String], zone: &str) -> usize {
+    prefs.iter().position(|p| p == zone).unwrap_or(prefs.len())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,9 +110,8 @@ impl Action {
 /// voter on an accepting node that leads the fewest ranges. Nodes that are
 /// draining or decommissioning take no new replica. At most `max_actions`
 /// actions are returned.
-pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: usize) -> Vec<Action> {
+pub fn plan(nodes: &[NodeView], ranges: &[RangeView], default_rf: usize, max_actions: usize) -> Vec<Action> {
     let live: Vec<&NodeView> = nodes.iter().filter(|n| n.accepts()).collect();
-    let target = rf.min(live.len());
     let mut leaders: BTreeMap<u64, usize> = live.iter().map(|n| (n.id, 0)).collect();
     for r in ranges {
         if let Some(c) = leaders.get_mut(&r.leader) {
@@ -115,6 +135,8 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
         if actions.len() >= max_actions {
             break;
         }
+        let rf = r.rf_or(default_rf);
+        let target = rf.min(live.len());
         if let Some((n, _)) = r.replicas.iter().find(|(n, learner)| *learner && load.contains_key(n)) {
             actions.push(Action::AddReplica { range: r.id, node: *n });
             continue;
@@ -127,6 +149,21 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], rf: usize, max_actions: us
                 .map(|(n, _)| *n)
                 .min_by_key(|n| (leaders.get(n).copied().unwrap_or(0), *n));
             if let Some(to) = to {
+                actions.push(Action::TransferLeader { range: r.id, to });
+                *leaders.entry(to).or_default() += 1;
+                continue;
+            }
+        }
+        // A leader outside the table's preferred zones moves to a voter in a better one.
+        if !r.lease_preferences.is_empty() && r.leader != 0 {
+            let rank = |n: u64| zone_rank(&r.lease_preferences, &zone_of(n));
+            let better = r
+                .replicas
+                .iter()
+                .filter(|(n, learner)| !learner && leaders.contains_key(n) && rank(*n) < rank(r.leader))
+                .map(|(n, _)| *n)
+                .min_by_key(|n| (rank(*n), leaders.get(n).copied().unwrap_or(0), *n));
+            if let Some(to) = better {
                 actions.push(Action::TransferLeader { range: r.id, to });
                 *leaders.entry(to).or_default() += 1;
                 continue;
@@ -189,7 +226,7 @@ mod tests {
     }
 
     fn range(id: u64, replicas: &[(u64, bool)]) -> RangeView {
-        RangeView { id, replicas: replicas.to_vec(), leader: 0, bytes: 0 }
+        RangeView { id, replicas: replicas.to_vec(), ..Default::default() }
     }
 
     #[test]
@@ -212,9 +249,21 @@ mod tests {
         let mut nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
         nodes[0].draining = true;
         let ranges: Vec<RangeView> = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 1, bytes: 0 },
-            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 1, bytes: 0 },
-            RangeView { id: 3, replicas: vec![(2, false)], leader: 2, bytes: 0 },
+            RangeView {
+                id: 1,
+                replicas: vec![(1, false), (2, false), (3, false)],
+                leader: 1,
+                bytes: 0,
+                ..Default::default()
+            },
+            RangeView {
+                id: 2,
+                replicas: vec![(1, false), (2, false), (3, false)],
+                leader: 1,
+                bytes: 0,
+                ..Default::default()
+            },
+            RangeView { id: 3, replicas: vec![(2, false)], leader: 2, bytes: 0, ..Default::default() },
         ];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(
@@ -232,20 +281,24 @@ mod tests {
     fn replaces_a_dead_nodes_replica_adding_first_then_removing() {
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
         nodes.push(dead_node(4));
-        let before = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (4, false)], leader: 0, bytes: 0 }];
+        let before = vec![RangeView {
+            id: 1,
+            replicas: vec![(1, false), (2, false), (4, false)],
+            leader: 0,
+            bytes: 0,
+            ..Default::default()
+        }];
         assert_eq!(plan(&nodes, &before, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "add first");
         let learning = vec![RangeView {
             id: 1,
             replicas: vec![(1, false), (2, false), (4, false), (3, true)],
-            leader: 0,
-            bytes: 0,
+            ..Default::default()
         }];
         assert_eq!(plan(&nodes, &learning, 3, 10), vec![Action::AddReplica { range: 1, node: 3 }], "promote");
         let replaced = vec![RangeView {
             id: 1,
             replicas: vec![(1, false), (2, false), (4, false), (3, false)],
-            leader: 0,
-            bytes: 0,
+            ..Default::default()
         }];
         assert_eq!(plan(&nodes, &replaced, 3, 10), vec![Action::RetireReplica { range: 1, node: 4 }]);
     }
@@ -254,7 +307,13 @@ mod tests {
     fn keeps_a_dead_replica_that_no_live_node_can_replace_and_the_replicas_of_a_suspect() {
         let mut nodes: Vec<_> = (1..=2).map(|i| node(i, "")).collect();
         nodes.push(dead_node(3));
-        let ranges = vec![RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], leader: 0, bytes: 0 }];
+        let ranges = vec![RangeView {
+            id: 1,
+            replicas: vec![(1, false), (2, false), (3, false)],
+            leader: 0,
+            bytes: 0,
+            ..Default::default()
+        }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![], "nowhere to go: the node may come back");
         let mut nodes: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
         nodes.push(NodeView { live: false, ..node(4, "") });
@@ -265,7 +324,7 @@ mod tests {
     #[test]
     fn fills_up_to_rf_preferring_new_zones_and_light_nodes() {
         let nodes = vec![node(1, "a"), node(2, "a"), node(3, "b"), node(4, "c")];
-        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)], leader: 0, bytes: 0 }];
+        let ranges = vec![RangeView { id: 10, replicas: vec![(1, false)], leader: 0, bytes: 0, ..Default::default() }];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(acts, vec![Action::AddReplica { range: 10, node: 3 }]);
     }
@@ -275,8 +334,8 @@ mod tests {
         let mut nodes = vec![node(1, ""), node(2, "")];
         nodes.push(NodeView { live: false, ..node(3, "") });
         let ranges = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false)], leader: 0, bytes: 0 },
-            RangeView { id: 2, replicas: vec![(1, false), (2, true)], leader: 0, bytes: 0 },
+            RangeView { id: 1, replicas: vec![(1, false), (2, false)], leader: 0, bytes: 0, ..Default::default() },
+            RangeView { id: 2, replicas: vec![(1, false), (2, true)], leader: 0, bytes: 0, ..Default::default() },
         ];
         let acts = plan(&nodes, &ranges, 3, 10);
         assert_eq!(acts, vec![Action::AddReplica { range: 2, node: 2 }]);
@@ -285,8 +344,9 @@ mod tests {
     #[test]
     fn spreads_load_and_respects_max_actions() {
         let nodes: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
-        let ranges: Vec<_> =
-            (1..=4).map(|i| RangeView { id: i, replicas: vec![(1, false)], leader: 0, bytes: 0 }).collect();
+        let ranges: Vec<_> = (1..=4)
+            .map(|i| RangeView { id: i, replicas: vec![(1, false)], leader: 0, bytes: 0, ..Default::default() })
+            .collect();
         let acts = plan(&nodes, &ranges, 2, 3);
         assert_eq!(acts.len(), 3);
         let targets: HashSet<u64> = acts
@@ -303,11 +363,47 @@ mod tests {
     fn removes_the_extra_voter_from_a_shared_zone_then_the_busiest_node() {
         let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "a")];
         let ranges = vec![
-            RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false), (4, false)], leader: 0, bytes: 0 },
-            RangeView { id: 2, replicas: vec![(1, false), (2, false), (3, false)], leader: 0, bytes: 0 },
+            RangeView {
+                id: 1,
+                replicas: vec![(1, false), (2, false), (3, false), (4, false)],
+                leader: 0,
+                bytes: 0,
+                ..Default::default()
+            },
+            RangeView {
+                id: 2,
+                replicas: vec![(1, false), (2, false), (3, false)],
+                leader: 0,
+                bytes: 0,
+                ..Default::default()
+            },
         ];
         // Nodes 1 and 4 share zone a; node 1 holds more replicas.
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![Action::RemoveReplica { range: 1, node: 1 }]);
+    }
+
+    #[test]
+    fn a_table_replication_factor_and_lease_preferences_drive_the_plan() {
+        let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d"), node(5, "e")];
+        // The table asks for 5: two more replicas, whatever the cluster's 3 says.
+        let five = RangeView { id: 1, replicas: vec![(1, false), (2, false), (3, false)], rf: 5, ..Default::default() };
+        let acts = plan(&nodes, &[five], 3, 10);
+        assert_eq!(acts, vec![Action::AddReplica { range: 1, node: 4 }], "one action per range per round");
+        // Leader in zone a, table prefers c then b: to the voter in c.
+        let led = RangeView {
+            id: 2,
+            replicas: vec![(1, false), (2, false), (3, false)],
+            leader: 1,
+            lease_preferences: vec!["c".into(), "b".into()],
+            ..Default::default()
+        };
+        assert_eq!(plan(&nodes, std::slice::from_ref(&led), 3, 10), vec![Action::TransferLeader { range: 2, to: 3 }]);
+        // Already in its best zone among its voters: nothing.
+        let settled = RangeView { leader: 3, ..led.clone() };
+        assert_eq!(plan(&nodes, &[settled], 3, 10), vec![]);
+        // No voter in a preferred zone: the leader stays where it is.
+        let elsewhere = RangeView { lease_preferences: vec!["e".into()], ..led };
+        assert_eq!(plan(&nodes, &[elsewhere], 3, 10), vec![]);
     }
 
     #[test]
@@ -317,8 +413,7 @@ mod tests {
         let ranges = vec![RangeView {
             id: 1,
             replicas: vec![(1, false), (2, false), (3, false), (4, false)],
-            leader: 0,
-            bytes: 0,
+            ..Default::default()
         }];
         assert_eq!(plan(&nodes, &ranges, 3, 10), vec![]);
     }

@@ -8,8 +8,9 @@
 use super::balance::{self, Decision};
 use super::plan::{self, Action, NodeView, RangeView};
 use crate::gateway::Gateway;
+use crate::keys;
 use crate::meta::admin;
-use crate::meta::{self, events, registry};
+use crate::meta::{self, catalog, events, registry};
 use cairn_proto::kv::{ClusterEvent, NodeState};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -58,11 +59,17 @@ impl Controller {
         if !self.leads_meta() {
             return;
         }
-        let (nodes, records, states) =
-            match (registry::list(&self.gw).await, self.gw.load_directory().await, registry::states(&self.gw).await) {
-                (Ok(n), Ok(r), Ok(s)) => (n, r, s),
-                _ => return,
-            };
+        // Each range's replication factor comes from its table: without the catalog
+        // the controller would act on the cluster's, and could trim a table's extra replicas.
+        let (nodes, records, states, tables) = match (
+            registry::list(&self.gw).await,
+            self.gw.load_directory().await,
+            registry::states(&self.gw).await,
+            catalog::list(&self.gw).await,
+        ) {
+            (Ok(n), Ok(r), Ok(s), Ok(t)) => (n, r, s, t),
+            _ => return,
+        };
         let now = crate::hlc::wall_now_ms();
         let nodes: Vec<NodeView> = nodes
             .iter()
@@ -80,19 +87,28 @@ impl Controller {
             .iter()
             .filter_map(|r| r.desc.as_ref().map(|d| (d, r.leader_node_id, r.approximate_bytes)))
             .filter(|(d, _, _)| !busy.contains(&d.id))
-            .map(|(d, leader, bytes)| RangeView {
-                id: d.id,
-                replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect(),
-                leader,
-                bytes,
+            .map(|(d, leader, bytes)| {
+                let table = keys::decode_table(&d.start).and_then(|(id, _)| tables.iter().find(|t| t.id == id));
+                RangeView {
+                    id: d.id,
+                    replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect(),
+                    leader,
+                    bytes,
+                    rf: table.map_or(0, |t| t.replication_factor as usize),
+                    lease_preferences: table.map(|t| t.lease_preferences.clone()).unwrap_or_default(),
+                }
             })
             .collect();
+        let rf_of: HashMap<u64, usize> = ranges.iter().map(|r| (r.id, r.rf_or(self.rf))).collect();
         let dead: Arc<HashSet<u64>> =
             Arc::new(nodes.iter().filter(|n| n.dead || n.decommissioning).map(|n| n.id).collect());
         let room = MAX_CONCURRENT_ACTIONS.saturating_sub(busy.len());
         let mut decisions: Vec<Decision> = plan::plan(&nodes, &ranges, self.rf, room)
             .into_iter()
-            .map(|action| Decision { why: repair_reason(&action, &nodes, self.rf), action })
+            .map(|action| {
+                let rf = rf_of.get(&action.range()).copied().unwrap_or(self.rf);
+                Decision { why: repair_reason(&action, &nodes, rf), action }
+            })
             .collect();
         // Balancing reads the directory, which shows a move only once it is done:
         // with anything in flight it would decide on counts about to change.
@@ -120,8 +136,9 @@ impl Controller {
             self.in_flight.lock().insert(range);
             let me = self.clone();
             let dead = dead.clone();
+            let rf = rf_of.get(&range).copied().unwrap_or(self.rf);
             tokio::spawn(async move {
-                me.carry_out(decision, &dead).await;
+                me.carry_out(decision, rf, &dead).await;
                 me.in_flight.lock().remove(&range);
             });
         }
@@ -133,9 +150,9 @@ impl Controller {
     /// (or removes one too many).
     /// `dead`: the nodes found dead or decommissioning when the action was planned
     /// (their replicas do not count towards the replication factor).
-    async fn carry_out(&self, decision: Decision, dead: &HashSet<u64>) {
+    async fn carry_out(&self, decision: Decision, rf: usize, dead: &HashSet<u64>) {
         let Decision { action, why } = decision;
-        let Some(result) = self.execute(action.clone(), dead).await else { return };
+        let Some(result) = self.execute(action.clone(), rf, dead).await else { return };
         let outcome = match &result {
             Ok(()) => "done".to_string(),
             Err(e) => format!("failed: {}", e.message()),
@@ -160,7 +177,8 @@ impl Controller {
     }
 
     /// `None` when the action was no longer needed and nothing was done.
-    async fn execute(&self, action: Action, dead: &HashSet<u64>) -> Option<Result<(), tonic::Status>> {
+    /// `rf`: the range's replication factor (its table's, else the cluster's).
+    async fn execute(&self, action: Action, rf: usize, dead: &HashSet<u64>) -> Option<Result<(), tonic::Status>> {
         let range = action.range();
         let status = match admin::status(&self.gw, range).await {
             Ok(s) => s,
@@ -176,7 +194,7 @@ impl Controller {
             Action::AddReplica { node, .. } => {
                 let finishing = desc.replicas.iter().any(|r| r.node_id == node && r.learner);
                 let healthy = desc.replicas.iter().filter(|r| !r.learner && !dead.contains(&r.node_id)).count();
-                if !finishing && healthy >= self.rf {
+                if !finishing && healthy >= rf {
                     tracing::info!(range, node, healthy, "controller: add replica no longer needed");
                     return None;
                 }
@@ -187,7 +205,7 @@ impl Controller {
             Action::RetireReplica { node, .. } => {
                 // Still replaced: `rf` voters on other nodes, as the range's leader sees it.
                 let elsewhere = desc.replicas.iter().filter(|r| !r.learner && r.node_id != node).count();
-                if elsewhere < self.rf {
+                if elsewhere < rf {
                     return None;
                 }
                 tracing::info!(
@@ -207,7 +225,7 @@ impl Controller {
                 admin::transfer_leader(&self.gw, range, to).await.map(|_| ())
             }
             Action::RemoveReplica { node, .. } => {
-                if voters <= self.rf || desc.replicas.iter().any(|r| r.learner) {
+                if voters <= rf || desc.replicas.iter().any(|r| r.learner) {
                     return None;
                 }
                 tracing::info!(range, node, voters, "controller: remove extra replica");
@@ -217,7 +235,7 @@ impl Controller {
             Action::MoveReplica { from, to, .. } => {
                 // Still as planned: whole, with a voter on `from` and none on `to`.
                 let on = |n: u64| desc.replicas.iter().find(|r| r.node_id == n);
-                let whole = voters == self.rf && voters == desc.replicas.len();
+                let whole = voters == rf && voters == desc.replicas.len();
                 if !whole || on(from).is_none() || on(to).is_some() {
                     return None;
                 }
@@ -256,7 +274,9 @@ fn repair_reason(action: &Action, nodes: &[NodeView], rf: usize) -> String {
         Action::RetireReplica { node, .. } => {
             format!("node {node} is {} and the range has {rf} voters elsewhere", state(*node))
         }
-        Action::TransferLeader { .. } => "the leader's node is draining or decommissioning".to_string(),
+        Action::TransferLeader { .. } => {
+            "the leader's node is draining or decommissioning, or outside the table's preferred zones".to_string()
+        }
         Action::MoveReplica { .. } => "balancing".to_string(),
     }
 }

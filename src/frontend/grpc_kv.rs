@@ -177,10 +177,26 @@ impl Cairn for KvService {
             Ok(_) => Partitioning::Range,
             Err(_) => return Err(invalid(format!("unknown partitioning {}", r.partitioning))),
         };
-        let t = catalog::create(&self.gw, &r.name, p, &r.split_keys, r.hash_ranges).await?;
-        Ok(Response::new(CreateTableResponse {
-            table: Some(Table { name: t.name, id: t.id, partitioning: t.partitioning }),
-        }))
+        let placement =
+            catalog::Placement { replication_factor: r.replication_factor, lease_preferences: r.lease_preferences };
+        let t = catalog::create(&self.gw, &r.name, p, &r.split_keys, r.hash_ranges, placement).await?;
+        Ok(Response::new(CreateTableResponse { table: Some(table_of(t)) }))
+    }
+
+    async fn alter_table(&self, req: Request<AlterTableRequest>) -> Result<Response<AlterTableResponse>, Status> {
+        let r = req.into_inner();
+        let rf = (r.replication_factor != 0).then_some(r.replication_factor);
+        let prefs = match (r.clear_lease_preferences, r.lease_preferences.is_empty()) {
+            (true, true) => Some(Vec::new()),
+            (true, false) => return Err(invalid("clear_lease_preferences and lease_preferences together")),
+            (false, false) => Some(r.lease_preferences),
+            (false, true) => None,
+        };
+        if rf.is_none() && prefs.is_none() {
+            return Err(invalid("nothing to alter: give a replication factor or lease preferences"));
+        }
+        let t = catalog::alter(&self.gw, &r.name, rf, prefs).await?;
+        Ok(Response::new(AlterTableResponse { table: Some(table_of(t)) }))
     }
 
     async fn drop_table(&self, req: Request<DropTableRequest>) -> Result<Response<DropTableResponse>, Status> {
@@ -190,12 +206,7 @@ impl Cairn for KvService {
 
     async fn list_tables(&self, _: Request<ListTablesRequest>) -> Result<Response<ListTablesResponse>, Status> {
         let tables = catalog::list(&self.gw).await?;
-        Ok(Response::new(ListTablesResponse {
-            tables: tables
-                .into_iter()
-                .map(|t| Table { name: t.name, id: t.id, partitioning: t.partitioning })
-                .collect(),
-        }))
+        Ok(Response::new(ListTablesResponse { tables: tables.into_iter().map(table_of).collect() }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -417,6 +428,16 @@ impl Cairn for KvService {
         keys.sort_by(|a, b| b.qps.cmp(&a.qps).then_with(|| a.key.cmp(&b.key)));
         keys.truncate(limit);
         Ok(Response::new(ListHotKeysResponse { keys, load_split_qps: self.load_split_qps }))
+    }
+}
+
+fn table_of(t: TableInfo) -> Table {
+    Table {
+        name: t.name,
+        id: t.id,
+        partitioning: t.partitioning,
+        replication_factor: t.replication_factor,
+        lease_preferences: t.lease_preferences,
     }
 }
 

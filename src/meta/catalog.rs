@@ -57,14 +57,92 @@ pub fn name_by_id(tables: &[TableInfo], id: u32) -> String {
     tables.iter().find(|t| t.id == id).map(|t| t.name.clone()).unwrap_or_else(|| format!("#{id}"))
 }
 
+/// Where a table's ranges live: replicas per range (0: the cluster's) and the
+/// zones preferred for their leaders.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub replication_factor: u32,
+    pub lease_preferences: Vec<String>,
+}
+
+/// Zones a table may list as lease preferences, and how long a zone name may be.
+const MAX_LEASE_PREFERENCES: usize = 8;
+const MAX_ZONE_LEN: usize = 64;
+
+impl Placement {
+    pub fn of(t: &TableInfo) -> Placement {
+        Placement { replication_factor: t.replication_factor, lease_preferences: t.lease_preferences.clone() }
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        if ![0, 1, 3, 5].contains(&self.replication_factor) {
+            return Err(Status::invalid_argument(format!(
+                "replication_factor must be 1, 3 or 5 (0 for the cluster's), got {}",
+                self.replication_factor
+            )));
+        }
+        if self.lease_preferences.len() > MAX_LEASE_PREFERENCES {
+            return Err(Status::invalid_argument(format!("at most {MAX_LEASE_PREFERENCES} lease preferences")));
+        }
+        if let Some(z) = self.lease_preferences.iter().find(|z| z.is_empty() || z.len() > MAX_ZONE_LEN) {
+            return Err(Status::invalid_argument(format!(
+                "lease preference {z:?}: a zone name is 1 to {MAX_ZONE_LEN} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Changes a table's placement (replication factor when `rf` is set, lease
+/// preferences when `prefs` is): a compare-and-set on its catalog entry, so a
+/// concurrent drop or alter is never overwritten.
+pub async fn alter(gw: &Gateway, name: &str, rf: Option<u32>, prefs: Option<Vec<String>>) -> Result<TableInfo, Status> {
+    gw.limits.check_table_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let pairs = crate::gateway::scan::collect(gw, table_key(name), keys::next_key(&table_key(name))).await?;
+    let (raw, current) = pairs
+        .first()
+        .and_then(|p| Some((p.value.clone(), TableInfo::decode(p.value.as_slice()).ok()?)))
+        .filter(|(_, t)| !t.dropped)
+        .ok_or_else(|| Status::not_found(format!("table {name:?} does not exist")))?;
+    let mut placement = Placement::of(&current);
+    if let Some(rf) = rf {
+        placement.replication_factor = rf;
+    }
+    if let Some(prefs) = prefs {
+        placement.lease_preferences = prefs;
+    }
+    placement.check()?;
+    let next = TableInfo {
+        replication_factor: placement.replication_factor,
+        lease_preferences: placement.lease_preferences,
+        ..current
+    };
+    let m = Mutation {
+        expiry: None,
+        key: table_key(name),
+        condition: Some(Condition { kind: Some(condition::Kind::ValueEquals(raw)) }),
+        op: Some(mutation::Op::Put(next.encode_to_vec())),
+        value_kind: 0,
+    };
+    let r = write(gw, vec![m]).await?;
+    if !r.first().is_some_and(|r| r.succeeded) {
+        return Err(Status::aborted(format!("table {name:?} changed meanwhile; retry")));
+    }
+    gw.forget_table(name);
+    tracing::info!(table = name, rf = next.replication_factor, prefs = ?next.lease_preferences, "table altered");
+    Ok(next)
+}
+
 pub async fn create(
     gw: &Gateway,
     name: &str,
     partitioning: Partitioning,
     split_keys: &[Vec<u8>],
     hash_ranges: u32,
+    placement: Placement,
 ) -> Result<TableInfo, Status> {
     gw.limits.check_table_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    placement.check()?;
     if split_keys.len() > MAX_SPLIT_KEYS {
         return Err(Status::invalid_argument(format!("at most {MAX_SPLIT_KEYS} split keys")));
     }
@@ -102,7 +180,14 @@ pub async fn create(
     for p in points {
         admin::split_at(gw, &p).await?;
     }
-    let info = TableInfo { name: name.to_string(), id, partitioning: partitioning as i32, dropped: false };
+    let info = TableInfo {
+        name: name.to_string(),
+        id,
+        partitioning: partitioning as i32,
+        dropped: false,
+        replication_factor: placement.replication_factor,
+        lease_preferences: placement.lease_preferences,
+    };
     let m = Mutation {
         expiry: None,
         key: table_key(name),

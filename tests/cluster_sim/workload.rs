@@ -127,6 +127,7 @@ async fn setup(nodes: u64) -> Result<(), String> {
         partitioning: Partitioning::Range as i32,
         split_keys: vec![b"r/".to_vec(), b"u/".to_vec()],
         hash_ranges: 0,
+        ..Default::default()
     };
     let mut last = String::new();
     let mut created = false;
@@ -419,6 +420,7 @@ async fn create_recreated_table(c: &mut Client) -> Result<(), Recreate> {
         partitioning: Partitioning::Range as i32,
         split_keys: vec![],
         hash_ranges: 0,
+        ..Default::default()
     };
     match timed(c.create_table(create)).await {
         Ok(_) => Ok(()),

@@ -55,6 +55,8 @@ pub struct Cluster {
     /// Whether the nodes serve the Redis protocol (off unless a test asks: the
     /// keyspace table it creates would change every other test's ranges).
     pub redis: bool,
+    /// Whether node i runs in zone `zone-<i+1>` (otherwise every node is in no zone).
+    pub zoned: bool,
 }
 
 fn bin() -> &'static str {
@@ -77,17 +79,22 @@ impl Cluster {
     /// that the test can cut links between them.
     pub async fn start_netlab(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         // With the Redis front end on, so that RESP clients join the workloads.
-        Self::start_full(n, extra, Some(netlab::NetLab::create(n)), env, true).await
+        Self::start_full(n, extra, Some(netlab::NetLab::create(n)), env, true, false).await
     }
 
     /// Starts `n` nodes on loopback that also serve the Redis protocol, and waits
     /// until the Redis keyspace exists and is fully replicated.
     pub async fn start_redis(n: usize, extra: &[&str]) -> Cluster {
-        Self::start_full(n, extra, None, &[], true).await
+        Self::start_full(n, extra, None, &[], true, false).await
+    }
+
+    /// Starts `n` nodes on loopback, node i in zone `zone-<i+1>`.
+    pub async fn start_zoned(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_full(n, extra, None, &[], false, true).await
     }
 
     async fn start_in(n: usize, extra: &[&str], lab: Option<netlab::NetLab>, env: &[(&str, &str)]) -> Cluster {
-        Self::start_full(n, extra, lab, env, false).await
+        Self::start_full(n, extra, lab, env, false, false).await
     }
 
     async fn start_full(
@@ -96,6 +103,7 @@ impl Cluster {
         lab: Option<netlab::NetLab>,
         env: &[(&str, &str)],
         redis: bool,
+        zoned: bool,
     ) -> Cluster {
         let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir");
         let root = tmp.path().to_path_buf();
@@ -107,6 +115,7 @@ impl Cluster {
             lab,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             redis,
+            zoned,
         };
         for i in 0..n {
             c.nodes.push(Node { dir: root.join(format!("n{}", i + 1)), child: None, ep: None });
@@ -179,6 +188,7 @@ impl Cluster {
             .arg("--redis-listen")
             .arg(if self.redis { redis } else { "" })
             .args(&self.extra)
+            .args(if self.zoned { vec!["--zone".to_string(), format!("zone-{}", i + 1)] } else { vec![] })
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -407,6 +417,7 @@ pub async fn create_table(c: &mut CairnClient<Channel>, name: &str, splits: &[&s
         partitioning: Partitioning::Range as i32,
         split_keys: splits.iter().map(|s| s.as_bytes().to_vec()).collect(),
         hash_ranges: 0,
+        ..Default::default()
     })
     .await
     .expect("create table");

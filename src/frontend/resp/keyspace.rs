@@ -23,7 +23,7 @@ pub async fn ensure(gw: &Gateway, hash_ranges: u32) -> Result<(), Status> {
     match catalog::get(gw, TABLE).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => {
-            match catalog::create(gw, TABLE, Partitioning::Hash, &[], hash_ranges).await {
+            match catalog::create(gw, TABLE, Partitioning::Hash, &[], hash_ranges, Default::default()).await {
                 Ok(t) => {
                     tracing::info!(table = TABLE, id = t.id, hash_ranges, "created the Redis keyspace");
                     Ok(())
