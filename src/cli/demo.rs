@@ -159,6 +159,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 .arg(args.replication_factor.to_string())
                 .arg("--zone")
                 .arg(format!("zone-{}", i + 1))
+                // Redis clients are shown node 1's address: the keyspace's leaders sit
+                // there, so a plain client's commands are not forwarded (a cluster-aware
+                // client, or `cairn table alter redis --clear-lease-preferences`, spreads them).
+                .arg("--redis-lease-preferences")
+                .arg("zone-1")
                 .arg("--worker-threads")
                 .arg(worker_threads.to_string())
                 .stdin(Stdio::null())

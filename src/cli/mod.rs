@@ -54,6 +54,10 @@ pub struct ServerArgs {
     /// the slots' leaders in CLUSTER SLOTS/SHARDS/NODES (`[redis] cluster_mode`).
     #[arg(long)]
     pub redis_cluster_mode: bool,
+    /// Zones for the Redis keyspace's range leaders, most preferred first (comma-separated;
+    /// applied when the keyspace is created).
+    #[arg(long, value_delimiter = ',')]
+    pub redis_lease_preferences: Vec<String>,
     /// Do not balance replicas and leaders across nodes (repairs still run): for
     /// placing them by hand. Read by whichever node leads the meta range.
     #[arg(long)]
@@ -127,6 +131,9 @@ impl ServerArgs {
         }
         if self.redis_cluster_mode {
             c.redis.cluster_mode = true;
+        }
+        if !self.redis_lease_preferences.is_empty() {
+            c.redis.lease_preferences = self.redis_lease_preferences.clone();
         }
         if self.no_rebalance {
             c.rebalance = false;

@@ -336,7 +336,12 @@ where
         let seed = cfg.raft.election_seed.map_or_else(rand::random, |s| s ^ 0x7E5);
         let server = RespServer::new(gw.clone(), cfg.redis.clone(), redis_addr.clone(), seed);
         tokio::spawn(resp::serve(server, incoming, stop_rx.clone()));
-        tokio::spawn(resp::keyspace::keep_ensured(gw.clone(), cfg.redis.hash_ranges, stop_rx.clone()));
+        tokio::spawn(resp::keyspace::keep_ensured(
+            gw.clone(),
+            cfg.redis.hash_ranges,
+            cfg.redis.lease_preferences.clone(),
+            stop_rx.clone(),
+        ));
     }
     super::clock_monitor::spawn(gw.clone(), stop_rx.clone());
     let advertised = tasks::Advertised { grpc: grpc_addr.clone(), http: http_addr.clone(), redis: redis_addr.clone() };

@@ -19,11 +19,12 @@ pub const TABLE: &str = "redis";
 const CREATION_WAIT: Duration = Duration::from_secs(5);
 
 /// Creates the keyspace table unless it exists; run by the meta range's leader.
-pub async fn ensure(gw: &Gateway, hash_ranges: u32) -> Result<(), Status> {
+pub async fn ensure(gw: &Gateway, hash_ranges: u32, lease_preferences: &[String]) -> Result<(), Status> {
     match catalog::get(gw, TABLE).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::NotFound => {
-            match catalog::create(gw, TABLE, Partitioning::Hash, &[], hash_ranges, Default::default()).await {
+            let placement = catalog::Placement { replication_factor: 0, lease_preferences: lease_preferences.to_vec() };
+            match catalog::create(gw, TABLE, Partitioning::Hash, &[], hash_ranges, placement).await {
                 Ok(t) => {
                     tracing::info!(table = TABLE, id = t.id, hash_ranges, "created the Redis keyspace");
                     Ok(())
@@ -40,13 +41,18 @@ pub async fn ensure(gw: &Gateway, hash_ranges: u32) -> Result<(), Status> {
 /// (so one node creates it, not every node at once), or when it has been
 /// missing for a while whoever leads the meta range (that node may not serve
 /// Redis at all; a rare race then costs an unused table id, never a second keyspace).
-pub async fn keep_ensured(gw: std::sync::Arc<Gateway>, hash_ranges: u32, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn keep_ensured(
+    gw: std::sync::Arc<Gateway>,
+    hash_ranges: u32,
+    lease_preferences: Vec<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     const FALLBACK_AFTER: Duration = Duration::from_secs(10);
     let started = crate::clock::now();
     loop {
         let leads_meta = gw.store.registry.read().get(&crate::keys::meta::META_RANGE_ID).is_some_and(|r| r.is_leader());
         if leads_meta || crate::clock::now().duration_since(started) > FALLBACK_AFTER {
-            match ensure(&gw, hash_ranges).await {
+            match ensure(&gw, hash_ranges, &lease_preferences).await {
                 Ok(()) => return,
                 Err(e) => tracing::debug!("creating the Redis keyspace: {}", e.message()),
             }

@@ -69,6 +69,9 @@ pub struct RespConfig {
     pub idle_timeout_secs: u64,
     /// Ranges the Redis keyspace table starts with (its slots divided evenly).
     pub hash_ranges: u32,
+    /// Zones the Redis keyspace's range leaders should be in, most preferred first
+    /// (its lease preferences when it is created; `cairn table alter redis` changes them).
+    pub lease_preferences: Vec<String>,
     /// FLUSHDB and FLUSHALL delete the whole keyspace; refused unless this is set.
     pub allow_flush: bool,
     /// Redis Cluster mode: a key led by another node gets `MOVED slot host:port`,
@@ -88,6 +91,7 @@ impl Default for RespConfig {
             max_inline_bytes: 64 << 10,
             idle_timeout_secs: 0,
             hash_ranges: 8,
+            lease_preferences: Vec::new(),
             allow_flush: false,
             cluster_mode: false,
         }
