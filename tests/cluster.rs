@@ -169,6 +169,17 @@ async fn leader_failure_keeps_acknowledged_writes_and_restarted_nodes_catch_up()
     tokio::time::sleep(Duration::from_secs(1)).await;
     cl.kill(victim);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The registry calls the dead node live for seconds yet; a leadership handed to
+    // it would stall the range (raft-rs drops proposals during a transfer), so the
+    // range's leader refuses at once, naming the reason.
+    let mut via_survivor = cl.client((victim + 1) % 3).await;
+    let asked = Instant::now();
+    let refused = via_survivor
+        .transfer_leader(TransferLeaderRequest { range_id, node_id: cl.node_id(victim) })
+        .await
+        .expect_err("leadership handed to a dead node");
+    assert!(refused.message().contains("has not been heard from"), "refused for another reason: {refused}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "refusal took {:?}", asked.elapsed());
     let during = writers.acked().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let acked = writers.finish().await;

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     pub id: u64,
-    /// Heard from recently: may take new replicas.
+    /// Heard from within about two heartbeats (`registry::is_fresh`): may take new
+    /// replicas and leaderships.
     pub live: bool,
     /// Silent for `dead_after`: its replicas are replaced (a node neither live nor
     /// dead is suspect: it takes nothing new and keeps what it has).

@@ -75,7 +75,7 @@ impl Controller {
             .iter()
             .map(|n| NodeView {
                 id: n.id,
-                live: registry::is_live(n, now),
+                live: registry::is_fresh(n, now),
                 dead: registry::is_dead(n, now, self.dead_after_ms),
                 draining: states.get(&n.id) == Some(&NodeState::Draining),
                 decommissioning: states.get(&n.id) == Some(&NodeState::Decommissioning),

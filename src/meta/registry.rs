@@ -18,6 +18,16 @@ pub fn is_live(n: &NodeInfo, now_ms: u64) -> bool {
     now_ms.saturating_sub(n.heartbeat_ms) < LIVENESS_TIMEOUT_MS
 }
 
+/// Whether a node was heard from within about two heartbeats. Only such a node
+/// is given new replicas or leaderships: one that died a moment ago stays "live"
+/// for `LIVENESS_TIMEOUT_MS`, and a leadership handed to it stalls its range.
+pub fn is_fresh(n: &NodeInfo, now_ms: u64) -> bool {
+    now_ms.saturating_sub(n.heartbeat_ms) < FRESH_MS
+}
+
+/// See `is_fresh`: two heartbeat intervals and one second of slack for a slow meta write.
+pub const FRESH_MS: u64 = 2 * HEARTBEAT_INTERVAL_MS + 1_000;
+
 /// Whether a node has been silent for `dead_after_ms`: its replicas are to be replaced.
 /// Between live and dead a node is suspect: not given new replicas, its own kept.
 pub fn is_dead(n: &NodeInfo, now_ms: u64, dead_after_ms: u64) -> bool {

@@ -803,6 +803,19 @@ impl Store {
                     let _ = reply.send(Err(errors::invalid(format!("node {n} is not a voter of range {range_id}"))));
                     return;
                 };
+                // raft-rs drops every proposal while a transfer is under way and gives
+                // up on it only after an election timeout: a transfer to a node that
+                // died a moment ago (still "live" in the registry for seconds) would
+                // stall the range for nothing, and again at each retry.
+                let election = Duration::from_millis(self.cfg.tick_ms * self.cfg.election_ticks as u64);
+                let silence = self.transport.silent_for(n, crate::clock::now());
+                if n != me && silence > election {
+                    let _ = reply.send(Err(errors::invalid(format!(
+                        "node {n} has not been heard from for {} ms; leadership of range {range_id} stays where it is",
+                        silence.as_millis()
+                    ))));
+                    return;
+                }
                 r.raw.transfer_leader(target.replica_id);
                 let _ = reply.send(Ok(admin_status(r)));
                 return;
