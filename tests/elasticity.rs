@@ -204,6 +204,29 @@ async fn led_and_held(cl: &Cluster, i: usize, id: u64) -> (usize, usize) {
     (led, held)
 }
 
+/// `cairn cluster status`'s report of `kind` for node `id`: (remaining, detail).
+async fn progress_of(cl: &Cluster, i: usize, kind: &str, id: u64) -> Option<(u32, String)> {
+    let s = cl.status(i).await.ok()?;
+    s.progress.iter().find(|p| p.kind == kind && p.node_id == id).map(|p| (p.remaining, p.detail.clone()))
+}
+
+/// Waits until the status reports `kind` done for node `id`, and returns the CLI's text.
+async fn wait_reported_done(cl: &Cluster, kind: &str, id: u64) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some((0, detail)) = progress_of(cl, 0, kind, id).await {
+            assert!(detail.starts_with("done"), "{kind} of node {id}: {detail}");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args(["--addr", &cl.grpc(0), "cluster", "status"])
+                .output()
+                .expect("run cairn cluster status");
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{kind} of node {id} not reported done");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 async fn state_of(cl: &Cluster, i: usize, id: u64) -> String {
     let s = cl.status(i).await.unwrap();
     s.nodes.iter().find(|n| n.id == id).map(|n| n.state.clone()).unwrap_or_default()
@@ -240,6 +263,8 @@ async fn a_drained_node_sheds_its_leaders_and_a_decommissioned_one_its_replicas(
     let set = |state: NodeState| SetNodeStateRequest { node_id: id, state: state as i32 };
     admin.set_node_state(set(NodeState::Draining)).await.expect("drain");
     let started = Instant::now();
+    let (left, _) = progress_of(&cl, 0, "drain", id).await.expect("the drain is reported in progress");
+    assert!(left >= 1, "the drain is reported done before any leadership moved");
     loop {
         let (led, held) = led_and_held(&cl, 0, id).await;
         if led == 0 {
@@ -251,10 +276,14 @@ async fn a_drained_node_sheds_its_leaders_and_a_decommissioned_one_its_replicas(
     }
     let drained_after = started.elapsed();
     assert_eq!(state_of(&cl, 0, id).await, "draining");
+    let text = wait_reported_done(&cl, "drain", id).await;
+    assert!(text.contains(&format!("done: node {id} leads no range")), "cairn cluster status:\n{text}");
 
     // Decommissioned: every replica moves off it, add first, and then it can go.
     admin.set_node_state(set(NodeState::Decommissioning)).await.expect("decommission");
     let started = Instant::now();
+    let (left, _) = progress_of(&cl, 0, "decommission", id).await.expect("the decommission is reported");
+    assert!(left >= 1, "the decommission is reported done before any replica moved");
     loop {
         let (_, held) = led_and_held(&cl, 0, id).await;
         if held == 0 && unreplaced(&cl, 0, id, 3).await.is_ok() && state_of(&cl, 0, id).await == "decommissioned" {
@@ -268,6 +297,8 @@ async fn a_drained_node_sheds_its_leaders_and_a_decommissioned_one_its_replicas(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let decommissioned_after = started.elapsed();
+    let text = wait_reported_done(&cl, "decommission", id).await;
+    assert!(text.contains(&format!("done: node {id} holds no replica and can be stopped")), "{text}");
     cl.kill(target);
     // Stopping it costs no range a voter: writes go on.
     let acked_at_stop = writer.acked();

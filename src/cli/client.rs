@@ -909,6 +909,12 @@ async fn cluster_status(client: &mut Client, out: &mut Out, json: bool) -> anyho
                 "cluster_id": resp.cluster_id,
                 "nodes": resp.nodes.iter().map(node_json).collect::<Vec<_>>(),
                 "ranges": resp.ranges.iter().map(range_json).collect::<Vec<_>>(),
+                "progress": resp.progress.iter().map(|p| json!({
+                    "kind": p.kind,
+                    "node_id": p.node_id,
+                    "remaining": p.remaining,
+                    "detail": p.detail,
+                })).collect::<Vec<_>>(),
             }),
         );
     }
@@ -916,6 +922,18 @@ async fn cluster_status(client: &mut Client, out: &mut Out, json: bool) -> anyho
     writeln!(out)?;
     writeln!(out, "NODES")?;
     print_nodes(out, &resp.nodes)?;
+    writeln!(out)?;
+    writeln!(out, "IN PROGRESS")?;
+    if resp.progress.is_empty() {
+        writeln!(out, "nothing: every range has its replicas, and replicas and leaders are balanced")?;
+    } else {
+        let mut t = Columns::new(&[("KIND", L), ("NODE", R), ("LEFT", R), ("DETAIL", L)]);
+        for p in &resp.progress {
+            let node = if p.node_id == 0 { "-".to_string() } else { p.node_id.to_string() };
+            t.row(vec![p.kind.clone(), node, p.remaining.to_string(), p.detail.clone()]);
+        }
+        t.print(out)?;
+    }
     writeln!(out)?;
     writeln!(out, "RANGES")?;
     print_ranges(out, resp.ranges.iter())

@@ -30,7 +30,7 @@ struct Load {
 }
 
 /// Whether a node with `count` against `mean` is outside the tolerance.
-fn off(count: usize, mean: f64) -> bool {
+pub(super) fn off(count: usize, mean: f64) -> bool {
     let c = count as f64;
     c > mean * (1.0 + TOLERANCE) || c < mean * (1.0 - TOLERANCE)
 }

@@ -5,4 +5,6 @@
 
 pub mod balance;
 pub mod plan;
+pub mod progress;
 pub mod runner;
+pub mod view;

@@ -6,12 +6,12 @@
 //! recorded in the cluster event log (`meta::events`) with its reason.
 
 use super::balance::{self, Decision};
-use super::plan::{self, Action, NodeView, RangeView};
+use super::plan::{self, Action, NodeView};
+use super::view;
 use crate::gateway::Gateway;
-use crate::keys;
 use crate::meta::admin;
 use crate::meta::{self, catalog, events, registry};
-use cairn_proto::kv::{ClusterEvent, NodeState};
+use cairn_proto::kv::ClusterEvent;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -70,35 +70,9 @@ impl Controller {
             (Ok(n), Ok(r), Ok(s), Ok(t)) => (n, r, s, t),
             _ => return,
         };
-        let now = crate::hlc::wall_now_ms();
-        let nodes: Vec<NodeView> = nodes
-            .iter()
-            .map(|n| NodeView {
-                id: n.id,
-                live: registry::is_fresh(n, now),
-                dead: registry::is_dead(n, now, self.dead_after_ms),
-                draining: states.get(&n.id) == Some(&NodeState::Draining),
-                decommissioning: states.get(&n.id) == Some(&NodeState::Decommissioning),
-                zone: n.zone.clone(),
-            })
-            .collect();
+        let nodes = view::nodes(&nodes, &states, crate::hlc::wall_now_ms(), self.dead_after_ms);
         let busy = self.in_flight.lock().clone();
-        let ranges: Vec<RangeView> = records
-            .iter()
-            .filter_map(|r| r.desc.as_ref().map(|d| (d, r.leader_node_id, r.approximate_bytes)))
-            .filter(|(d, _, _)| !busy.contains(&d.id))
-            .map(|(d, leader, bytes)| {
-                let table = keys::decode_table(&d.start).and_then(|(id, _)| tables.iter().find(|t| t.id == id));
-                RangeView {
-                    id: d.id,
-                    replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect(),
-                    leader,
-                    bytes,
-                    rf: table.map_or(0, |t| t.replication_factor as usize),
-                    lease_preferences: table.map(|t| t.lease_preferences.clone()).unwrap_or_default(),
-                }
-            })
-            .collect();
+        let ranges = view::ranges(&records, &tables, &busy);
         let rf_of: HashMap<u64, usize> = ranges.iter().map(|r| (r.id, r.rf_or(self.rf))).collect();
         let dead: Arc<HashSet<u64>> =
             Arc::new(nodes.iter().filter(|n| n.dead || n.decommissioning).map(|n| n.id).collect());

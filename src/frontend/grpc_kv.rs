@@ -22,6 +22,9 @@ pub struct KvService {
     pub dead_after_ms: u64,
     /// The load-split threshold (hot keys above half of it are noted as such).
     pub load_split_qps: u64,
+    /// The controller's settings, to report what it is still working towards.
+    pub replication_factor: usize,
+    pub rebalance: bool,
 }
 
 fn invalid(e: impl std::fmt::Display) -> Status {
@@ -308,7 +311,22 @@ impl Cairn for KvService {
             let kb = b.desc.as_ref().map(|d| d.start.clone()).unwrap_or_default();
             ka.cmp(&kb)
         });
+        let progress = {
+            use crate::controller::{progress, view};
+            let nodes = view::nodes(&nodes, &intents, now, self.dead_after_ms);
+            let ranges = view::ranges(&records, &tables, &Default::default());
+            progress::report(&nodes, &ranges, self.replication_factor, self.rebalance)
+                .into_iter()
+                .map(|p| OperationProgress {
+                    kind: p.kind.into(),
+                    node_id: p.node_id,
+                    remaining: p.remaining as u32,
+                    detail: p.detail,
+                })
+                .collect()
+        };
         Ok(Response::new(ClusterStatusResponse {
+            progress,
             cluster_id: self.gw.cluster_id.clone(),
             nodes: nodes
                 .into_iter()

@@ -203,18 +203,44 @@ pub async fn remove_replica(gw: &Gateway, range_id: u64, node: u64) -> Result<Ad
         return Err(Status::not_found(format!("node {node} has no replica of range {range_id}")));
     }
     if s.leader_node_id == node {
-        let other = desc
-            .replicas
-            .iter()
-            .find(|r| !r.learner && r.node_id != node)
-            .map(|r| r.node_id)
-            .ok_or_else(|| Status::failed_precondition("cannot remove the only voter"))?;
-        transfer_leader(gw, range_id, other).await?;
+        hand_off(gw, range_id, node, &s).await?;
     }
     let a = admin(gw, range_id, admin_request::Op::RemoveReplica(node)).await?;
     report(gw, &a).await;
     tracing::info!(range_id, node, "replica removed");
     Ok(a)
+}
+
+/// Moves the leadership of a range led from `node` to another voter: the most
+/// caught-up first, and the next if the range's leader refuses one (it has not
+/// heard from it lately), retrying for a while (a voter may be restarting).
+async fn hand_off(gw: &Gateway, range_id: u64, node: u64, s: &AdminResponse) -> Result<(), Status> {
+    let matched = |n: u64| s.progress.iter().find(|p| p.node_id == n).map_or(0, |p| p.matched);
+    let mut others: Vec<u64> = s
+        .desc
+        .iter()
+        .flat_map(|d| d.replicas.iter())
+        .filter(|r| !r.learner && r.node_id != node)
+        .map(|r| r.node_id)
+        .collect();
+    if others.is_empty() {
+        return Err(Status::failed_precondition("cannot remove the only voter"));
+    }
+    others.sort_by_key(|n| (std::cmp::Reverse(matched(*n)), *n));
+    let started = crate::clock::now();
+    loop {
+        let mut last = None;
+        for other in &others {
+            match transfer_leader(gw, range_id, *other).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        if crate::clock::elapsed(started) > Duration::from_secs(10) {
+            return Err(last.unwrap_or_else(|| Status::unavailable("no voter took the leadership")));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Moves leadership to `node` and waits until it has it.

@@ -808,7 +808,7 @@ impl Store {
                 // died a moment ago (still "live" in the registry for seconds) would
                 // stall the range for nothing, and again at each retry.
                 let election = Duration::from_millis(self.cfg.tick_ms * self.cfg.election_ticks as u64);
-                let silence = self.transport.silent_for(n, crate::clock::now());
+                let silence = self.transport.silent_for(n, self.now);
                 if n != me && silence > election {
                     let _ = reply.send(Err(errors::invalid(format!(
                         "node {n} has not been heard from for {} ms; leadership of range {range_id} stays where it is",

@@ -294,6 +294,8 @@ where
         gw: gw.clone(),
         dead_after_ms: cfg.dead_after_secs.saturating_mul(1000),
         load_split_qps: cfg.load_split_qps,
+        replication_factor: cfg.replication_factor,
+        rebalance: cfg.rebalance,
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
