@@ -46,6 +46,10 @@ pub enum Sabotage {
     /// effects without conditioning them on the versions they read, so a Lua
     /// compare-and-set can overwrite a value that changed after its read.
     UnconditionalTransactions,
+    /// `unproven-stale-reads`: a replica serves bounded-staleness reads without
+    /// showing it is within the bound, so one cut off from its leader answers
+    /// with whatever it last applied.
+    UnprovenStaleReads,
 }
 
 impl Sabotage {
@@ -62,6 +66,7 @@ impl Sabotage {
             "keep-removed-replica-data" => Some(Sabotage::KeepRemovedReplicaData),
             "reuse-replica-ids" => Some(Sabotage::ReuseReplicaIds),
             "unconditional-transactions" => Some(Sabotage::UnconditionalTransactions),
+            "unproven-stale-reads" => Some(Sabotage::UnprovenStaleReads),
             _ => None,
         }
     }

@@ -136,6 +136,9 @@ async fn a_tables_replication_factor_and_lease_preferences_are_converged_to_onli
     let transfers = events.iter().filter(|e| e.kind == "transfer_leader" && e.outcome == "done").count();
     assert!(adds >= 6, "two replicas added to each of 3 ranges: {adds} add events");
     assert!(transfers >= 3, "{transfers} transfer events");
+    for e in events.iter().filter(|e| e.kind == "transfer_leader" && e.outcome == "done") {
+        assert!(e.from_node_id != 0 && e.from_node_id != e.to_node_id, "a transfer event names its source: {e:?}");
+    }
     println!(
         "rf 3 -> 5 for 3 ranges in {up_replicated_after:.1?}; leaders moved to zone-4 in {moved_after:.1?}, then to \
          zone-2; {} writes acknowledged, none lost; {adds} adds and {transfers} leader transfers logged",

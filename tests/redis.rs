@@ -1110,3 +1110,33 @@ async fn hashes_and_rename_answer_as_redis_does_and_keep_types_apart() {
     assert_eq!(q::<i64>(&mut a, &["HGET", "counters", "total"]).await.unwrap(), 150);
     assert_eq!(q::<i64>(&mut a, &["HLEN", "counters"]).await.unwrap(), 151);
 }
+
+/// A gateway whose cached descriptor of a range predates the range's leader (a
+/// voter added since, then given the leadership) follows the old leader's hint
+/// at once, rather than cycling through the voters it knows until its next
+/// periodic refresh (which stalled leader-only commands for seconds). Redis GET
+/// is such a command: the leader judges expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_follows_a_hint_to_a_leader_it_has_not_heard_of() {
+    use cairn_proto::kv::{ChangeReplicaRequest, TransferLeaderRequest};
+    let _g = serial().await;
+    let cl = Cluster::start_redis(5, &["--no-rebalance"]).await;
+    let (range_id, _) = redis_key_range(&cl, 0, b"hinted").await.expect("the key's range");
+    let s = cl.status(0).await.unwrap();
+    let range = s.ranges.iter().find(|r| r.id == range_id).expect("the range").clone();
+    let holders: Vec<u64> = range.replicas.iter().map(|x| x.node_id).collect();
+    let outside: Vec<usize> = (0..5).filter(|i| !holders.contains(&cl.node_id(*i))).collect();
+    let (gateway, newcomer) = (outside[0], cl.node_id(outside[1]));
+    // The gateway node (no replica of its own) caches the range's descriptor.
+    let mut c = connect(&cl.redis(gateway)).await;
+    let _: () = q(&mut c, &["SET", "hinted", "1"]).await.unwrap();
+    let _: String = q(&mut c, &["GET", "hinted"]).await.unwrap();
+    let mut admin = cl.client(0).await;
+    admin.add_replica(ChangeReplicaRequest { range_id, node_id: newcomer }).await.expect("add");
+    admin.transfer_leader(TransferLeaderRequest { range_id, node_id: newcomer }).await.expect("transfer");
+    let asked = std::time::Instant::now();
+    let got: String = q(&mut c, &["GET", "hinted"]).await.expect("GET through the gateway with the old descriptor");
+    let took = asked.elapsed();
+    assert_eq!(got, "1");
+    assert!(took < Duration::from_secs(1), "GET took {took:?}: the hint to node {newcomer} was not followed");
+}

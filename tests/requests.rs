@@ -82,6 +82,7 @@ async fn a_batch_get_never_sees_half_of_a_single_range_batch_write() {
                     table: "pairs".into(),
                     keys: keys.iter().map(|k| k.clone().into_bytes()).collect(),
                     consistency: 0,
+                    max_staleness_ms: 0,
                 };
                 let values: Vec<Vec<u8>> = c
                     .batch_get(req)
@@ -148,6 +149,7 @@ async fn a_batch_get_too_large_to_answer_is_refused_before_memory_grows() {
         table: "big".into(),
         keys: (0..10_000).map(|i| format!("k{:02}", i % 20).into_bytes()).collect(),
         consistency: 0,
+        max_staleness_ms: 0,
     };
     let started = Instant::now();
     let err = c.batch_get(req).await.expect_err("a 10 GiB reply must be refused");
@@ -163,6 +165,7 @@ async fn a_batch_get_too_large_to_answer_is_refused_before_memory_grows() {
         table: "big".into(),
         keys: (0..8).map(|i| format!("k{i:02}").into_bytes()).collect(),
         consistency: 0,
+        max_staleness_ms: 0,
     };
     let results = c.batch_get(small).await.expect("8 MiB batch read").into_inner().results;
     assert!(results.iter().all(|r| r.found && r.value.len() == 1 << 20));

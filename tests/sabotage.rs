@@ -80,3 +80,18 @@ async fn unconditional_transactions_are_caught_by_the_linearizability_checker() 
     .await;
     assert!(!r.linearizable, "caught, but not by the linearizability checker:\n{}", r.summary());
 }
+
+/// Serving bounded-stale reads without showing the bound: a follower cut off
+/// from its leader answers with the value the majority overwrote more than the
+/// bound before, which the bounded-staleness scenario rejects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unproven_stale_reads_are_caught_by_the_bounded_staleness_check() {
+    let _g = serial().await;
+    let r = common::stale::isolated_follower_read(&[("CAIRN_SABOTAGE", "unproven-stale-reads")]).await;
+    let answered = r.answer.as_ref().ok().cloned().flatten();
+    assert_eq!(answered, Some(r.old.clone()), "the unproven-stale-reads sabotage went unnoticed: {:?}", r.answer);
+    println!(
+        "sabotage unproven-stale-reads: the cut-off follower answered {answered:?} after {:?} was acknowledged",
+        r.new
+    );
+}

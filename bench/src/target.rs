@@ -182,6 +182,7 @@ impl Client {
                             table: table.clone(),
                             key,
                             consistency: ReadConsistency::Linearizable as i32,
+                            max_staleness_ms: 0,
                         })
                         .await?;
                     Ok(response.into_inner().found)

@@ -196,10 +196,13 @@ pub struct GetArgs {
     table: String,
     /// Key (UTF-8).
     key: String,
-    /// Allow a possibly stale read from any replica instead of a
-    /// linearizable one.
+    /// Allow a bounded-stale read from any replica instead of a linearizable
+    /// one: it has every write acknowledged more than --max-staleness-ms ago.
     #[arg(long)]
     stale: bool,
+    /// The staleness bound of --stale, in ms (0: the server's default, 10000).
+    #[arg(long, default_value_t = 0, requires = "stale")]
+    max_staleness_ms: u64,
 }
 
 /// `delete <table> <key>`
@@ -662,7 +665,12 @@ async fn put(client: &mut Client, out: &mut Out, json: bool, args: PutArgs) -> a
 async fn get(client: &mut Client, out: &mut Out, json: bool, args: GetArgs) -> anyhow::Result<()> {
     let consistency = if args.stale { kv::ReadConsistency::Stale } else { kv::ReadConsistency::Linearizable };
     let key = args.key.into_bytes();
-    let req = kv::GetRequest { table: args.table, key: key.clone(), consistency: consistency as i32 };
+    let req = kv::GetRequest {
+        table: args.table,
+        key: key.clone(),
+        consistency: consistency as i32,
+        max_staleness_ms: args.max_staleness_ms,
+    };
     let resp = call(client.get(req)).await?;
     if json {
         let mut obj = serde_json::Map::new();

@@ -126,7 +126,7 @@ impl Controller {
     /// (their replicas do not count towards the replication factor).
     async fn carry_out(&self, decision: Decision, rf: usize, dead: &HashSet<u64>) {
         let Decision { action, why } = decision;
-        let Some(result) = self.execute(action.clone(), rf, dead).await else { return };
+        let Some((result, leader)) = self.execute(action.clone(), rf, dead).await else { return };
         let outcome = match &result {
             Ok(()) => "done".to_string(),
             Err(e) => format!("failed: {}", e.message()),
@@ -135,7 +135,7 @@ impl Controller {
             Action::AddReplica { node, .. } => ("add_replica", 0, node),
             Action::RemoveReplica { node, .. } => ("remove_replica", node, 0),
             Action::RetireReplica { node, .. } => ("retire_replica", node, 0),
-            Action::TransferLeader { to, .. } => ("transfer_leader", 0, to),
+            Action::TransferLeader { to, .. } => ("transfer_leader", leader, to),
             Action::MoveReplica { from, to, .. } => ("move_replica", from, to),
         };
         let event = ClusterEvent {
@@ -150,9 +150,15 @@ impl Controller {
         events::record_or_log(&self.gw, event).await;
     }
 
-    /// `None` when the action was no longer needed and nothing was done.
+    /// `None` when the action was no longer needed and nothing was done; else its
+    /// result, and the node that led the range when it started.
     /// `rf`: the range's replication factor (its table's, else the cluster's).
-    async fn execute(&self, action: Action, rf: usize, dead: &HashSet<u64>) -> Option<Result<(), tonic::Status>> {
+    async fn execute(
+        &self,
+        action: Action,
+        rf: usize,
+        dead: &HashSet<u64>,
+    ) -> Option<(Result<(), tonic::Status>, u64)> {
         let range = action.range();
         let status = match admin::status(&self.gw, range).await {
             Ok(s) => s,
@@ -228,7 +234,7 @@ impl Controller {
         if let Err(e) = &result {
             tracing::warn!(range, ?action, "controller: action failed: {}", e.message());
         }
-        Some(result)
+        Some((result, leader))
     }
 }
 

@@ -214,7 +214,7 @@ impl Cairn for KvService {
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let r = req.into_inner();
-        let stale = r.consistency == ReadConsistency::Stale as i32;
+        let stale = (r.consistency == ReadConsistency::Stale as i32).then_some(r.max_staleness_ms);
         let keys = [r.key];
         let keys = &keys;
         let mut out =
@@ -225,7 +225,7 @@ impl Cairn for KvService {
 
     async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
         let r = req.into_inner();
-        let stale = r.consistency == ReadConsistency::Stale as i32;
+        let stale = (r.consistency == ReadConsistency::Stale as i32).then_some(r.max_staleness_ms);
         let keys = &r.keys;
         let results =
             ops::with_table(&self.gw, &r.table, |t| async move { ops::read(&self.gw, &t, keys, stale, false).await })

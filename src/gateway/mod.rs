@@ -312,6 +312,28 @@ impl Gateway {
         Ok(pairs.into_iter().filter_map(|p| RangeRecord::decode(p.value.as_slice()).ok()).collect())
     }
 
+    /// Learns `node`'s address from the meta range's node registry. The address
+    /// book refreshes every 10 s, and a range's leader may be on a node this one
+    /// has never exchanged a message with (a voter added since, then given the
+    /// leadership). Never called for the meta range's own requests (no recursion).
+    fn learn_address(&self, node: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            use prost::Message as _;
+            let key = meta::node_key(node);
+            let mut end = key.clone();
+            end.push(0);
+            if let Ok(pairs) = scan::collect(self, key, end).await {
+                for p in pairs {
+                    if let Ok(n) = cairn_proto::internal::NodeInfo::decode(p.value.as_slice()) {
+                        if n.id == node && !n.addr.is_empty() {
+                            self.book.learn(n.id, &n.addr);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     pub fn dir_set_leader(&self, range_id: u64, leader: u64) {
         self.dir.write().set_leader(range_id, leader);
     }
@@ -430,6 +452,9 @@ impl Gateway {
                 let pool = if healthy.is_empty() { &voters } else { &healthy };
                 pool[(attempt as usize) % pool.len()]
             };
+            if node != self.node_id && desc.id != meta::META_RANGE_ID && self.book.get(node).is_none() {
+                self.learn_address(node).await;
+            }
             let remaining = deadline.saturating_duration_since(crate::clock::now());
             let resp = match self.send(node, req, remaining).await {
                 Ok(r) => r,

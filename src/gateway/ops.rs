@@ -153,7 +153,7 @@ pub async fn read(
     gw: &Gateway,
     t: &TableInfo,
     user_keys: &[Vec<u8>],
-    stale: bool,
+    stale: Option<u64>,
     judge_expiry_at_leader: bool,
 ) -> Result<Vec<GetResponse>, Status> {
     use futures::StreamExt as _;
@@ -197,7 +197,8 @@ pub async fn read(
                         epoch: epoch_of(rec),
                         req: Some(range_request::Req::Read(ReadRequest {
                             keys: group.clone(),
-                            stale,
+                            stale: stale.is_some(),
+                            max_staleness_ms: stale.unwrap_or(0),
                             max_reply_bytes: limit,
                             judge_expiry_at_leader,
                         })),

@@ -129,6 +129,7 @@ async fn reads_carry_no_write_outcome() {
         req: Some(range_request::Req::Read(cairn_proto::internal::ReadRequest {
             keys: vec![b"k".to_vec()],
             stale: false,
+            max_staleness_ms: 0,
             max_reply_bytes: 0,
             judge_expiry_at_leader: false,
         })),

@@ -19,6 +19,7 @@ use cairn_proto::internal::{
     RangeScanRequest, ReadRequest, ReadResult, ScannedPair,
 };
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Bounds one scan page: whichever is hit first.
@@ -27,8 +28,8 @@ pub const MAX_PAGE_KEYS: usize = 10_000;
 pub const MAX_PAGE_BYTES: usize = 4 << 20;
 /// Up to this many keys are read on the request's own task.
 const INLINE_READ_KEYS: usize = 8;
-/// A follower serves stale reads only if it heard from its leader this recently.
-pub const MAX_STALENESS_MS: u64 = 10_000;
+/// The staleness bound of a stale read that names none.
+pub const DEFAULT_MAX_STALENESS_MS: u64 = 10_000;
 
 fn error_response(e: RangeError) -> RangeResponse {
     RangeResponse { error: Some(e), ..Default::default() }
@@ -72,10 +73,15 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
             }
         }
         Some(range_request::Req::Read(r)) => {
-            if !r.stale && !sabotage::active(Sabotage::StaleLocalRead) {
-                if let Err(e) = store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await {
-                    return error_response(e);
-                }
+            let proof = if r.stale {
+                prove_fresh(store, range_id, r.max_staleness_ms).await
+            } else if !sabotage::active(Sabotage::StaleLocalRead) {
+                read_index(store, range_id).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = proof {
+                return error_response(e);
             }
             // A few point reads take microseconds: cheaper inline than a hop to the blocking pool.
             let res = if r.keys.len() <= INLINE_READ_KEYS {
@@ -111,17 +117,42 @@ fn check_epoch(shared: &ReplicaShared, epoch: &Option<RangeEpoch>) -> Result<(),
     })
 }
 
-fn check_stale_allowed(shared: &ReplicaShared) -> Result<(), RangeError> {
-    if !shared.initialized() {
-        return Err(errors::range_not_found(shared.range_id));
-    }
-    if !shared.in_touch_with_leader(MAX_STALENESS_MS) {
-        return Err(errors::unavailable(format!(
-            "range {}: this replica has not heard from its leader within {MAX_STALENESS_MS} ms",
-            shared.range_id
-        )));
+/// Waits until this replica has applied everything committed when the call
+/// started (a ReadIndex: the leader confirms it still leads and names its commit
+/// index), and records that it now holds every write acknowledged before then.
+async fn read_index(store: &StoreHandle, range_id: u64) -> Result<(), RangeError> {
+    let asked = crate::clock::now();
+    store.ask(|reply| StoreMsg::ReadIndex { range_id, reply }).await?;
+    if let Some(r) = store.registry.read().get(&range_id) {
+        r.proved_fresh_as_of(asked);
     }
     Ok(())
+}
+
+/// Bounded staleness: a replica serves a stale read only if it can show that it
+/// holds every write acknowledged more than `max_staleness_ms` (0: the default)
+/// before now. Its proof is the start of its last ReadIndex (any read's): if that
+/// is too old, it runs one more, which a replica cut off from its leader cannot
+/// complete, so it fails (the gateway then tries the leader) instead of answering
+/// with data older than the bound. Needs no clock but this node's own monotonic one.
+async fn prove_fresh(store: &StoreHandle, range_id: u64, max_staleness_ms: u64) -> Result<(), RangeError> {
+    let bound_ms = if max_staleness_ms == 0 { DEFAULT_MAX_STALENESS_MS } else { max_staleness_ms };
+    let shared = replica(store, range_id)?;
+    if !shared.initialized() {
+        return Err(errors::range_not_found(range_id));
+    }
+    if shared.fresh_within(Duration::from_millis(bound_ms), crate::clock::now())
+        || sabotage::active(Sabotage::UnprovenStaleReads)
+    {
+        return Ok(());
+    }
+    read_index(store, range_id).await.map_err(|e| {
+        metrics::counter!("cairn_stale_reads_unproven_total").increment(1);
+        errors::unavailable(format!(
+            "range {range_id}: this replica cannot show that it is within {bound_ms} ms of the latest write: {}",
+            e.message
+        ))
+    })
 }
 
 /// Reads a range's keys, all at the replica's applied version when the read
@@ -139,8 +170,8 @@ pub fn read_keys(
     if shared.destroyed() {
         return Err(errors::range_not_found(range_id));
     }
-    if req.stale {
-        check_stale_allowed(&shared)?;
+    if req.stale && !shared.initialized() {
+        return Err(errors::range_not_found(range_id));
     }
     check_epoch(&shared, &epoch)?;
     let desc = shared.desc();

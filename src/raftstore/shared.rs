@@ -27,8 +27,13 @@ pub struct ReplicaShared {
     pub written_bytes: AtomicU64,
     /// Requests this replica served (for load-based splits).
     pub load: super::load::RangeLoad,
-    /// Wall-clock ms of the last message from the leader (bounded-staleness reads).
+    /// Wall-clock ms of the last message from the leader (whether a follower may
+    /// serve without a hop to its leader).
     pub leader_contact_ms: AtomicU64,
+    /// The latest instant this replica is known to hold every write acknowledged
+    /// before: when a ReadIndex that it has since applied up to was started
+    /// (bounded-staleness reads; see `executor::prove_fresh`).
+    fresh_as_of: Mutex<Option<std::time::Instant>>,
     /// While this replica leads: the earliest instant (Unix ms) its reads judge
     /// expiring values at. Set when it takes over to its clock plus twice the
     /// maximum clock offset, which is past every instant the previous leader
@@ -74,6 +79,7 @@ impl ReplicaShared {
             written_bytes: AtomicU64::new(0),
             load: super::load::RangeLoad::new(range_id),
             leader_contact_ms: AtomicU64::new(0),
+            fresh_as_of: Mutex::new(None),
             expiry_floor_ms: AtomicU64::new(0),
         }
     }
@@ -142,6 +148,21 @@ impl ReplicaShared {
         }
         let contact = self.leader_contact_ms.load(Ordering::Relaxed);
         self.leader_id() != 0 && crate::hlc::wall_now_ms().saturating_sub(contact) <= ms
+    }
+
+    /// Records that this replica has applied every write acknowledged before
+    /// `asked` (a ReadIndex started then was answered, and applied up to).
+    pub fn proved_fresh_as_of(&self, asked: std::time::Instant) {
+        let mut f = self.fresh_as_of.lock();
+        if f.is_none_or(|t| t < asked) {
+            *f = Some(asked);
+        }
+    }
+
+    /// Whether this replica holds every write acknowledged more than `bound` before `now`.
+    /// A replica's applied state only grows, so a proof stays true; it ages.
+    pub fn fresh_within(&self, bound: std::time::Duration, now: std::time::Instant) -> bool {
+        self.fresh_as_of.lock().is_some_and(|t| now.saturating_duration_since(t) <= bound)
     }
 
     pub fn destroyed(&self) -> bool {

@@ -273,6 +273,7 @@ impl Workload {
                         let req = ReadRequest {
                             keys: vec![key],
                             stale: false,
+                            max_staleness_ms: 0,
                             max_reply_bytes: 0,
                             judge_expiry_at_leader: false,
                         };

@@ -440,7 +440,8 @@ async fn recreate_table(shared: &Rc<RefCell<Shared>>, rng: &mut StdRng, nodes: u
     let clients: Vec<Client> = (1..=nodes).map(client).collect();
     for (i, c) in clients.iter().enumerate() {
         let key = format!("warm/{round}/{i}").into_bytes();
-        timed(c.clone().get(GetRequest { table: RECREATED_TABLE.into(), key, consistency: 0 })).await?;
+        timed(c.clone().get(GetRequest { table: RECREATED_TABLE.into(), key, consistency: 0, max_staleness_ms: 0 }))
+            .await?;
     }
     let mut admin = clients[rng.random_range(0..clients.len())].clone();
     timed(admin.drop_table(DropTableRequest { name: RECREATED_TABLE.into() })).await?;
@@ -456,7 +457,8 @@ async fn recreate_table(shared: &Rc<RefCell<Shared>>, rng: &mut StdRng, nodes: u
             continue; // refused or in doubt: nothing to check
         }
         for (j, reader) in clients.iter().enumerate() {
-            let get = GetRequest { table: RECREATED_TABLE.into(), key: key.clone(), consistency: 0 };
+            let get =
+                GetRequest { table: RECREATED_TABLE.into(), key: key.clone(), consistency: 0, max_staleness_ms: 0 };
             match timed(reader.clone().get(get)).await {
                 Ok(r) if !r.found => shared.borrow_mut().problems.push(format!(
                     "after the table was dropped and created again, a write acknowledged through node {} \
@@ -560,7 +562,7 @@ async fn batch_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_n
 /// which always share a range: splits fall between groups or between keys 1
 /// and 2) holds one batch's value. Returns the values read.
 async fn batch_get_checked(shared: &Rc<RefCell<Shared>>, mut c: Client, keys: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
-    let get = BatchGetRequest { table: TABLE.into(), keys: keys.to_vec(), consistency: 0 };
+    let get = BatchGetRequest { table: TABLE.into(), keys: keys.to_vec(), consistency: 0, max_staleness_ms: 0 };
     let r = timed(c.batch_get(get)).await.ok()?;
     *shared.borrow_mut().operations.entry("batch get").or_default() += 1;
     let values: Vec<Vec<u8>> = r.results.into_iter().map(|x| x.value).collect();
@@ -606,7 +608,9 @@ async fn final_checks(shared: &Rc<RefCell<Shared>>, nodes: u64) {
         }
         Err(e) => shared.borrow_mut().problems.push(format!("final scan failed: {e}")),
     }
-    match timed(c.get(GetRequest { table: TABLE.into(), key: b"c".to_vec(), consistency: 0 })).await {
+    match timed(c.get(GetRequest { table: TABLE.into(), key: b"c".to_vec(), consistency: 0, max_staleness_ms: 0 }))
+        .await
+    {
         Ok(r) => {
             let observed = std::str::from_utf8(&r.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
             shared.borrow_mut().counter.2 = observed;
@@ -687,9 +691,14 @@ async fn converged(nodes: u64) -> Result<(), String> {
         bounds.sort();
         views.push(bounds);
         for key in ["c", "r/0000/0", "u/0/000001"] {
-            timed(c.get(GetRequest { table: TABLE.into(), key: key.as_bytes().to_vec(), consistency: 0 }))
-                .await
-                .map_err(|e| format!("node {node} cannot read {key:?}: {e}"))?;
+            timed(c.get(GetRequest {
+                table: TABLE.into(),
+                key: key.as_bytes().to_vec(),
+                consistency: 0,
+                max_staleness_ms: 0,
+            }))
+            .await
+            .map_err(|e| format!("node {node} cannot read {key:?}: {e}"))?;
         }
     }
     if views.windows(2).any(|w| w[0] != w[1]) {

@@ -652,7 +652,12 @@ async fn converge(cl: &Cluster, timeout: Duration) -> Result<(), String> {
     for i in 0..cl.nodes.len() {
         let mut c = super::client_at(&cl.grpc(i));
         loop {
-            let req = GetRequest { table: TABLE.into(), key: reg_key(0, 0).into_bytes(), consistency: 0 };
+            let req = GetRequest {
+                table: TABLE.into(),
+                key: reg_key(0, 0).into_bytes(),
+                consistency: 0,
+                max_staleness_ms: 0,
+            };
             match tokio::time::timeout(OP_TIMEOUT, c.get(req)).await {
                 Ok(Ok(_)) => break,
                 other if Instant::now() > deadline => {

@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod netlab;
 pub mod register;
 pub mod resp_register;
+pub mod stale;
 
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::*;
@@ -437,7 +438,10 @@ pub async fn put(c: &mut CairnClient<Channel>, table: &str, k: &str, v: &str) ->
 }
 
 pub async fn get(c: &mut CairnClient<Channel>, table: &str, k: &str) -> Result<Option<String>, tonic::Status> {
-    let r = c.get(GetRequest { table: table.into(), key: k.into(), consistency: 0 }).await?.into_inner();
+    let r = c
+        .get(GetRequest { table: table.into(), key: k.into(), consistency: 0, max_staleness_ms: 0 })
+        .await?
+        .into_inner();
     Ok(r.found.then(|| String::from_utf8_lossy(&r.value).to_string()))
 }
 

@@ -58,7 +58,7 @@ pub async fn register_op(
     let del = |condition| DeleteRequest { table: table.to_string(), key: k.clone(), condition, request_id: vec![] };
     let res = match input {
         Input::Get => {
-            let get = GetRequest { table: table.to_string(), key: k.clone(), consistency: 0 };
+            let get = GetRequest { table: table.to_string(), key: k.clone(), consistency: 0, max_staleness_ms: 0 };
             tokio::time::timeout(timeout, c.get(get))
                 .await
                 .map(|r| r.map(|r| Output::Value(parse_value(r.get_ref().found, &r.get_ref().value))))

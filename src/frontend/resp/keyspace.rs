@@ -122,7 +122,7 @@ pub fn same_slot<'a>(mut keys: impl Iterator<Item = &'a [u8]>) -> Result<u16, Re
 /// after a failover too.
 pub async fn read(gw: &Gateway, keys: &[Vec<u8>], stale: bool) -> Result<Vec<GetResponse>, Reply> {
     let t = table(gw).await?;
-    ops::read(gw, &t, keys, stale, true).await.map_err(|s| error_reply(&s))
+    ops::read(gw, &t, keys, stale.then_some(0), true).await.map_err(|s| error_reply(&s))
 }
 
 /// Applies mutations built against the table (atomic per range, deduplicated by a
