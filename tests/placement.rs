@@ -145,3 +145,27 @@ async fn a_tables_replication_factor_and_lease_preferences_are_converged_to_onli
         acked.len()
     );
 }
+
+/// The Redis keyspace takes its lease preferences from `--redis-lease-preferences`
+/// when it is created, and the controller moves its ranges' leaders there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_keyspace_takes_its_lease_preferences_from_the_config() {
+    let _g = serial().await;
+    let cl = Cluster::start_redis_zoned(3, &["--redis-lease-preferences", "zone-2"]).await;
+    let mut admin = cl.client(0).await;
+    let tables = admin.list_tables(cairn_proto::kv::ListTablesRequest {}).await.unwrap().into_inner().tables;
+    let keyspace = tables.iter().find(|t| t.name == "redis").expect("the Redis keyspace");
+    assert_eq!(keyspace.lease_preferences, vec!["zone-2".to_string()]);
+    let preferred = cl.node_id(1);
+    let started = Instant::now();
+    loop {
+        let s = cl.status(0).await.unwrap();
+        let leaders: Vec<u64> = s.ranges.iter().filter(|r| r.table == "redis").map(|r| r.leader_node_id).collect();
+        if !leaders.is_empty() && leaders.iter().all(|l| *l == preferred) {
+            println!("{} keyspace ranges led from zone-2 after {:.1?}", leaders.len(), started.elapsed());
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "leaders {leaders:?}, not all on node {preferred}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -121,3 +121,57 @@ impl NodeHotKeys {
         (g.1.top(n), g.1.total())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+
+    /// Keys of one hash slot, requested evenly: many distinct keys, one slot.
+    fn one_slot_keys(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| keys::encode_hash_key(3, format!("{{user42}}.{i}").as_bytes())).collect()
+    }
+
+    fn verdict_after(load: &RangeLoad, keys: &[Vec<u8>]) -> Verdict {
+        for _ in 0..20 {
+            for k in keys {
+                load.record(std::iter::once(k.as_slice()), false);
+            }
+        }
+        load.verdict().expect("sampling")
+    }
+
+    #[test]
+    fn a_hash_table_range_is_sampled_by_whole_slots_and_does_not_split_inside_one() {
+        let keys = one_slot_keys(200);
+        let by_key = RangeLoad::new(9);
+        by_key.start_sampling(false);
+        assert!(
+            matches!(verdict_after(&by_key, &keys), Verdict::SplitAt { .. }),
+            "raw keys of one slot look divisible (the split would land inside the slot)"
+        );
+        let by_slot = RangeLoad::new(9);
+        by_slot.start_sampling(true);
+        match verdict_after(&by_slot, &keys) {
+            Verdict::NoSplit { key, share } => {
+                assert_eq!(key, keys[0][..SLOT_PREFIX_LEN].to_vec(), "the slot is named");
+                assert!(share > 0.99, "the one slot carries the load: {share}");
+            }
+            v => panic!("a hot slot must not split: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn whole_slot_samples_still_split_between_slots() {
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| keys::encode_hash_key(3, format!("user{i}").as_bytes())).collect();
+        let load = RangeLoad::new(9);
+        load.start_sampling(true);
+        match verdict_after(&load, &keys) {
+            Verdict::SplitAt { key, left_share } => {
+                assert_eq!(key.len(), SLOT_PREFIX_LEN, "a split point is a slot start");
+                assert!((0.375..=0.625).contains(&left_share), "{left_share}");
+            }
+            v => panic!("many slots divide: {v:?}"),
+        }
+    }
+}

@@ -94,6 +94,11 @@ impl Cluster {
         Self::start_full(n, extra, None, &[], false, true).await
     }
 
+    /// Starts `n` nodes on loopback serving the Redis protocol, node i in zone `zone-<i+1>`.
+    pub async fn start_redis_zoned(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_full(n, extra, None, &[], true, true).await
+    }
+
     async fn start_in(n: usize, extra: &[&str], lab: Option<netlab::NetLab>, env: &[(&str, &str)]) -> Cluster {
         Self::start_full(n, extra, lab, env, false, false).await
     }
