@@ -117,18 +117,9 @@ pub async fn alter(gw: &Gateway, name: &str, rf: Option<u32>, prefs: Option<Vec<
         lease_preferences: placement.lease_preferences,
         ..current
     };
-    let m = Mutation {
-        expiry: None,
-        key: table_key(name),
-        condition: Some(Condition { kind: Some(condition::Kind::ValueEquals(raw)) }),
-        op: Some(mutation::Op::Put(next.encode_to_vec())),
-        value_kind: 0,
-    };
-    let r = write(gw, vec![m]).await?;
-    if !r.first().is_some_and(|r| r.succeeded) {
+    if !put_entry(gw, name, &next, condition::Kind::ValueEquals(raw)).await? {
         return Err(Status::aborted(format!("table {name:?} changed meanwhile; retry")));
     }
-    gw.forget_table(name);
     tracing::info!(table = name, rf = next.replication_factor, prefs = ?next.lease_preferences, "table altered");
     Ok(next)
 }
@@ -188,18 +179,9 @@ pub async fn create(
         replication_factor: placement.replication_factor,
         lease_preferences: placement.lease_preferences,
     };
-    let m = Mutation {
-        expiry: None,
-        key: table_key(name),
-        condition: Some(Condition { kind: Some(condition::Kind::IfAbsent(true)) }),
-        op: Some(mutation::Op::Put(info.encode_to_vec())),
-        value_kind: 0,
-    };
-    let r = write(gw, vec![m]).await?;
-    if !r.first().is_some_and(|r| r.succeeded) {
+    if !put_entry(gw, name, &info, condition::Kind::IfAbsent(true)).await? {
         return Err(Status::already_exists(format!("table {name:?} already exists")));
     }
-    gw.forget_table(name);
     tracing::info!(table = name, id, "table created");
     Ok(info)
 }
@@ -235,4 +217,21 @@ pub async fn drop(gw: &Gateway, name: &str) -> Result<(), Status> {
     gw.forget_table(name);
     tracing::info!(table = name, id = t.id, "table dropped");
     Ok(())
+}
+
+/// Writes table `name`'s catalog entry if `condition` holds on the current one,
+/// and drops this node's cached copy; `false` if the condition failed.
+async fn put_entry(gw: &Gateway, name: &str, info: &TableInfo, condition: condition::Kind) -> Result<bool, Status> {
+    let m = Mutation {
+        expiry: None,
+        key: table_key(name),
+        condition: Some(Condition { kind: Some(condition) }),
+        op: Some(mutation::Op::Put(info.encode_to_vec())),
+        value_kind: 0,
+    };
+    let written = write(gw, vec![m]).await?.first().is_some_and(|r| r.succeeded);
+    if written {
+        gw.forget_table(name);
+    }
+    Ok(written)
 }
