@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deterministic simulation in one process, from a seed.
 #
-#   scripts/sim.sh [--cluster]                    the fixed seeds the test suite runs
+#   scripts/sim.sh [--cluster | --merges]         the fixed seeds the test suite runs
 #   scripts/sim.sh [--cluster] --seed N           replay seed N exactly and print its report
 #   scripts/sim.sh [--cluster] --soak K [--from S]
 #                                                 run K seeds from S (default: a random
@@ -12,6 +12,7 @@
 # With --cluster: whole nodes (gRPC API, gateway, meta range, controller, gRPC
 # Raft transport, store loop) on a simulated network and clock
 # (tests/cluster_sim/); 20 s of faults, then healing and read-back.
+# With --merges: the store loops again, with range merges among the changes.
 # A failure prints the seed and the command that replays it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,10 @@ test_target=(--test simulation simulated_clusters_stay_correct_under_faults)
 if [ "${1:-}" = "--cluster" ]; then
   prefix=CAIRN_CLUSTER_SIM
   test_target=(--test cluster_simulation simulated_nodes_stay_correct_under_faults)
+  shift
+elif [ "${1:-}" = "--merges" ]; then
+  prefix=CAIRN_SIM_MERGE
+  test_target=(--test simulation simulated_merges_stay_correct_under_faults)
   shift
 fi
 

@@ -50,6 +50,11 @@ pub enum Sabotage {
     /// showing it is within the bound, so one cut off from its leader answers
     /// with whatever it last applied.
     UnprovenStaleReads,
+    /// `merge-without-freeze-wait`: a merge does not wait for every replica of
+    /// the right range to apply its freeze, and a left replica takes over the span
+    /// whatever its copy of the right range holds, so a node whose copy lagged
+    /// serves the merged range without the writes it had not applied.
+    MergeWithoutFreezeWait,
 }
 
 impl Sabotage {
@@ -67,6 +72,7 @@ impl Sabotage {
             "reuse-replica-ids" => Some(Sabotage::ReuseReplicaIds),
             "unconditional-transactions" => Some(Sabotage::UnconditionalTransactions),
             "unproven-stale-reads" => Some(Sabotage::UnprovenStaleReads),
+            "merge-without-freeze-wait" => Some(Sabotage::MergeWithoutFreezeWait),
             _ => None,
         }
     }

@@ -37,6 +37,33 @@ fn simulated_clusters_stay_correct_under_faults() {
     assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with scripts/sim.sh --seed N)");
 }
 
+/// Seeds with range merges among the topology changes (freezes, merges, and
+/// merges abandoned by a fence and a thaw) under the same faults and checks.
+const MERGE_SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
+
+#[test]
+fn simulated_merges_stay_correct_under_faults() {
+    let mut failures = Vec::new();
+    let mut merged = 0;
+    let seeds = seeds::from_env("CAIRN_SIM_MERGE", &MERGE_SEEDS);
+    for seed in &seeds {
+        let cfg = SimConfig { merges: true, ..SimConfig::for_seed(*seed) };
+        match run(&cfg) {
+            Ok(report) => {
+                merged += report.changes.get("merge").map_or(0, |c| c.0);
+                println!("{report}\n");
+            }
+            Err(failure) => {
+                println!("{failure}\n");
+                failures.push(*seed);
+            }
+        }
+    }
+    println!("{} seeds run, {merged} merges, {} failed: {failures:?}", seeds.len(), failures.len());
+    assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with scripts/sim.sh --merges --seed N)");
+    assert!(merged >= seeds.len() as u64, "only {merged} merges in {} seeds", seeds.len());
+}
+
 /// Seeds whose nodes are power-cut right after they grant a vote (at most one
 /// every 2 s), losing whatever they had not synced: every restarted node must
 /// still hold each vote it was seen granting, and every other check must hold.

@@ -114,6 +114,9 @@ impl Cairn for Mock {
     async fn split_range(&self, _: Request<SplitRangeRequest>) -> Result<Response<SplitRangeResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn merge_range(&self, _: Request<MergeRangeRequest>) -> Result<Response<MergeRangeResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
     async fn add_replica(&self, _: Request<ChangeReplicaRequest>) -> Result<Response<ChangeReplicaResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }

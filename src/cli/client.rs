@@ -298,6 +298,12 @@ pub enum RangeCommand {
         /// User key (UTF-8) at which the right-hand range starts.
         key: String,
     },
+    /// Merge a range with its right-hand neighbour (same table; voters on the
+    /// same nodes). The neighbour is retired and its span joins RANGE_ID.
+    Merge {
+        /// Range id of the left-hand range (see `cluster status`).
+        range_id: u64,
+    },
     /// Add a replica of a range on a node.
     AddReplica {
         /// Range id (see `cluster status`).
@@ -1052,6 +1058,20 @@ async fn range(client: &mut Client, out: &mut Out, json: bool, cmd: RangeCommand
                 );
             }
             resp.left.into_iter().chain(resp.right).collect()
+        }
+        RangeCommand::Merge { range_id } => {
+            let resp = call(client.merge_range(kv::MergeRangeRequest { left_range_id: range_id })).await?;
+            if json {
+                return print_json(
+                    out,
+                    &json!({
+                        "merged": resp.merged.as_ref().map_or(Value::Null, range_json),
+                        "retired_range_id": resp.retired_range_id,
+                    }),
+                );
+            }
+            writeln!(out, "range {} merged into range {range_id}", resp.retired_range_id)?;
+            resp.merged.into_iter().collect()
         }
         RangeCommand::AddReplica { range_id, node_id } => {
             let req = kv::ChangeReplicaRequest { range_id, node_id };

@@ -82,6 +82,17 @@ pub struct ServerArgs {
     pub load_split_qps: Option<u64>,
     #[arg(long)]
     pub load_split_sustain_ms: Option<u64>,
+    /// Merge adjacent ranges of a table whose data together is at most this many
+    /// bytes (default: a quarter of --split-threshold-bytes; 0: never merge).
+    #[arg(long)]
+    pub merge_threshold_bytes: Option<u64>,
+    /// ... and whose load together is at most this many requests per second
+    /// (default: a quarter of --load-split-qps).
+    #[arg(long)]
+    pub merge_qps: Option<u64>,
+    /// ... for this long without a break.
+    #[arg(long)]
+    pub merge_after_secs: Option<u64>,
     /// Drop the oldest half of a range's Raft log once it holds this many applied entries.
     #[arg(long)]
     pub raft_log_gc_threshold: Option<u64>,
@@ -158,6 +169,15 @@ impl ServerArgs {
         }
         if let Some(v) = self.load_split_sustain_ms {
             c.load_split_sustain_ms = v;
+        }
+        if let Some(v) = self.merge_threshold_bytes {
+            c.merge_threshold_bytes = Some(v);
+        }
+        if let Some(v) = self.merge_qps {
+            c.merge_qps = Some(v);
+        }
+        if let Some(v) = self.merge_after_secs {
+            c.merge_after_secs = v;
         }
         if let Some(v) = self.split_check_interval_ms {
             c.split_check_interval_ms = v;

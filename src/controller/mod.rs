@@ -4,6 +4,7 @@
 //! them into membership changes.
 
 pub mod balance;
+pub mod merges;
 pub mod plan;
 pub mod progress;
 pub mod runner;

@@ -46,6 +46,17 @@ pub struct RangeView {
     pub rf: usize,
     /// Its table's preferred zones for the leader, most preferred first.
     pub lease_preferences: Vec<String>,
+    /// Bounds in the encoded keyspace (end empty: +infinity).
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    /// The table its start key belongs to.
+    pub table: Option<u32>,
+    /// Its start is an operator's or a table's split point (never merged away).
+    pub sticky_start: bool,
+    /// Frozen for a merge into its left-hand neighbour.
+    pub frozen: bool,
+    /// Requests per second its leader last reported.
+    pub qps: u64,
 }
 
 impl RangeView {
@@ -78,6 +89,9 @@ pub enum Action {
     /// Move the leadership of `range` to its voter on `to` (off a draining node, or
     /// to balance leaderships).
     TransferLeader { range: u64, to: u64 },
+    /// Merge `left` with its right-hand neighbour `right` (both small and cold,
+    /// with voters on the same nodes).
+    MergeRanges { left: u64, right: u64 },
     /// Move the replica of `range` on `from` to `to`, to balance replicas or bytes:
     /// add on `to` (learner, then voter), move the leadership off `from` if it is
     /// there, then remove `from`.
@@ -91,7 +105,8 @@ impl Action {
             | Action::RemoveReplica { range, .. }
             | Action::RetireReplica { range, .. }
             | Action::TransferLeader { range, .. }
-            | Action::MoveReplica { range, .. } => *range,
+            | Action::MoveReplica { range, .. }
+            | Action::MergeRanges { left: range, .. } => *range,
         }
     }
 }

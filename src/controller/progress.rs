@@ -125,6 +125,7 @@ mod tests {
             bytes: 0,
             rf: 0,
             lease_preferences: Vec::new(),
+            ..Default::default()
         }
     }
 

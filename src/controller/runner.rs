@@ -6,7 +6,8 @@
 //! recorded in the cluster event log (`meta::events`) with its reason.
 
 use super::balance::{self, Decision};
-use super::plan::{self, Action, NodeView};
+use super::merges::{self, MergePair, MergePolicy};
+use super::plan::{self, Action, NodeView, RangeView};
 use super::view;
 use crate::gateway::Gateway;
 use crate::meta::admin;
@@ -23,6 +24,9 @@ const MAX_CONCURRENT_ACTIONS: usize = 4;
 const MAX_CONCURRENT_MOVES: usize = 2;
 /// How long a range must have stayed over-replicated before its extra voter goes.
 const EXTRA_VOTER_GRACE: Duration = Duration::from_secs(30);
+/// How long a range may stay frozen for a merge before the controller takes it
+/// for abandoned (a merge takes at most seconds) and thaws it, unless it merged.
+const FROZEN_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Controller {
@@ -38,10 +42,24 @@ pub struct Controller {
     /// so that an operator moving a replica by hand (add, then remove, with a
     /// leader transfer between) is not raced into leaving the range a voter short.
     over_replicated: Arc<Mutex<HashMap<u64, Instant>>>,
+    merge: MergePolicy,
+    /// How long a pair must stay mergeable (without a break) before it merges.
+    merge_after: Duration,
+    /// Pairs found mergeable, and since when.
+    merge_candidates: Arc<Mutex<HashMap<MergePair, Instant>>>,
+    /// Ranges found frozen for a merge, and since when.
+    frozen_since: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 impl Controller {
-    pub fn new(gw: Arc<Gateway>, rf: usize, dead_after_ms: u64, rebalance: bool) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        rf: usize,
+        dead_after_ms: u64,
+        rebalance: bool,
+        merge: MergePolicy,
+        merge_after: Duration,
+    ) -> Self {
         Controller {
             gw,
             rf,
@@ -49,6 +67,10 @@ impl Controller {
             rebalance,
             in_flight: Default::default(),
             over_replicated: Default::default(),
+            merge,
+            merge_after,
+            merge_candidates: Default::default(),
+            frozen_since: Default::default(),
         }
     }
 
@@ -85,12 +107,18 @@ impl Controller {
                 Decision { why: repair_reason(&action, &nodes, rf), action }
             })
             .collect();
+        let now = crate::clock::now();
+        self.thaw_abandoned(&records, &busy, now);
+        // Merges (and the moves that align a pair first) come after repairs and before
+        // balancing, which would otherwise move the replicas being aligned.
+        if decisions.is_empty() {
+            decisions = self.merge_steps(&nodes, &ranges, &busy, now);
+        }
         // Balancing reads the directory, which shows a move only once it is done:
         // with anything in flight it would decide on counts about to change.
         if self.rebalance && decisions.is_empty() && busy.is_empty() {
             decisions = balance::balance(&nodes, &ranges, self.rf, MAX_CONCURRENT_MOVES, room);
         }
-        let now = crate::clock::now();
         let overdue: HashSet<u64> = {
             let mut over = self.over_replicated.lock();
             let since_before = std::mem::take(&mut *over);
@@ -108,13 +136,117 @@ impl Controller {
             if matches!(decision.action, Action::RemoveReplica { .. }) && !overdue.contains(&range) {
                 continue;
             }
-            self.in_flight.lock().insert(range);
+            // A merge holds both of its ranges.
+            let held: Vec<u64> = match decision.action {
+                Action::MergeRanges { left, right } => vec![left, right],
+                _ => vec![range],
+            };
+            self.in_flight.lock().extend(held.iter().copied());
             let me = self.clone();
             let dead = dead.clone();
             let rf = rf_of.get(&range).copied().unwrap_or(self.rf);
             tokio::spawn(async move {
                 me.carry_out(decision, rf, &dead).await;
-                me.in_flight.lock().remove(&range);
+                let mut in_flight = me.in_flight.lock();
+                for r in held {
+                    in_flight.remove(&r);
+                }
+            });
+        }
+    }
+
+    /// The next steps of the merges that are due: pairs mergeable for `merge_after`
+    /// without a break (a pair held by an action in flight keeps its time).
+    fn merge_steps(
+        &self,
+        nodes: &[NodeView],
+        ranges: &[RangeView],
+        busy: &HashSet<u64>,
+        now: Instant,
+    ) -> Vec<Decision> {
+        let pairs = merges::candidates(nodes, ranges, self.rf, self.merge);
+        let due: Vec<MergePair> = {
+            let mut since = self.merge_candidates.lock();
+            let before = std::mem::take(&mut *since);
+            for (p, t) in &before {
+                if busy.contains(&p.left) || busy.contains(&p.right) {
+                    since.insert(*p, *t);
+                }
+            }
+            for p in &pairs {
+                since.insert(*p, before.get(p).copied().unwrap_or(now));
+            }
+            pairs.into_iter().filter(|p| now.saturating_duration_since(since[p]) >= self.merge_after).collect()
+        };
+        let view = |id: u64| ranges.iter().find(|r| r.id == id);
+        due.into_iter()
+            .take(MAX_CONCURRENT_MOVES)
+            .filter_map(|p| {
+                let (l, r) = (view(p.left)?, view(p.right)?);
+                let action = merges::next_step(p, ranges)?;
+                let sizes = format!(
+                    "ranges {} and {} hold {} bytes and serve {} requests/s together, at or under the merge \
+                     thresholds ({} bytes, {} requests/s) for {} s",
+                    p.left,
+                    p.right,
+                    l.bytes + r.bytes,
+                    l.qps + r.qps,
+                    self.merge.max_bytes,
+                    self.merge.max_qps,
+                    self.merge_after.as_secs()
+                );
+                let why = match action {
+                    Action::MergeRanges { .. } => sizes,
+                    _ => format!("aligning range {}'s replicas with range {}'s for a merge: {sizes}", p.right, p.left),
+                };
+                Some(Decision { action, why })
+            })
+            .collect()
+    }
+
+    /// Thaws ranges left frozen by a merge that did not finish (its driver died):
+    /// the left range is fenced first, so a merge command still in flight cannot
+    /// apply after the thaw (`meta::merge::abandon`).
+    fn thaw_abandoned(&self, records: &[cairn_proto::internal::RangeRecord], busy: &HashSet<u64>, now: Instant) {
+        let frozen: Vec<&RangeDescriptor> =
+            records.iter().filter_map(|r| r.desc.as_ref()).filter(|d| d.frozen_for_merge).collect();
+        let overdue: Vec<(u64, RangeDescriptor)> = {
+            let mut since = self.frozen_since.lock();
+            let before = std::mem::take(&mut *since);
+            for d in &frozen {
+                since.insert(d.id, before.get(&d.id).copied().unwrap_or(now));
+            }
+            frozen
+                .iter()
+                .filter(|d| now.saturating_duration_since(since[&d.id]) >= FROZEN_GRACE && !busy.contains(&d.id))
+                .filter_map(|d| {
+                    let left = records.iter().filter_map(|r| r.desc.as_ref()).find(|l| l.end == d.start)?;
+                    Some((left.id, (*d).clone()))
+                })
+                .filter(|(left, _)| !busy.contains(left))
+                .collect()
+        };
+        for (left, right) in overdue {
+            self.in_flight.lock().extend([left, right.id]);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let result = crate::meta::merge::abandon(&me.gw, left, &right).await;
+                let outcome = match &result {
+                    Ok(Some(_)) => "done: the merge had applied; recorded it".to_string(),
+                    Ok(None) => "done: thawed".to_string(),
+                    Err(e) => format!("failed: {}", e.message()),
+                };
+                let event = ClusterEvent {
+                    kind: "thaw".into(),
+                    range_id: right.id,
+                    reason: format!("frozen for a merge into range {left} for over {} s", FROZEN_GRACE.as_secs()),
+                    outcome,
+                    ..Default::default()
+                };
+                events::record_or_log(&me.gw, event).await;
+                let mut in_flight = me.in_flight.lock();
+                in_flight.remove(&left);
+                in_flight.remove(&right.id);
             });
         }
     }
@@ -138,6 +270,7 @@ impl Controller {
             Action::RetireReplica { node, .. } => ("retire_replica", node, 0),
             Action::TransferLeader { to, .. } => ("transfer_leader", leader, to),
             Action::MoveReplica { from, to, .. } => ("move_replica", from, to),
+            Action::MergeRanges { .. } => ("merge", 0, 0),
         };
         let event = ClusterEvent {
             kind: kind.into(),
@@ -213,6 +346,17 @@ impl Controller {
                 metrics::counter!("cairn_controller_decisions_total", "kind" => "remove_replica").increment(1);
                 admin::remove_replica(&self.gw, range, node).await.map(|_| ())
             }
+            Action::MergeRanges { left, right } => {
+                // Still as planned: the right range is the left one's neighbour, by no declared split.
+                let right_desc = admin::status(&self.gw, right).await.ok()?.desc?;
+                if right_desc.start != desc.end || right_desc.sticky_start || !desc.replicas.iter().all(|r| !r.learner)
+                {
+                    return None;
+                }
+                tracing::info!(left, right, "controller: merge ranges");
+                metrics::counter!("cairn_controller_decisions_total", "kind" => "merge").increment(1);
+                crate::meta::merge::merge(&self.gw, left).await.map(|_| ())
+            }
             Action::MoveReplica { from, to, .. } => {
                 // Still as planned: whole, with a voter on `from` and none on `to`.
                 let on = |n: u64| desc.replicas.iter().find(|r| r.node_id == n);
@@ -287,5 +431,6 @@ fn repair_reason(action: &Action, nodes: &[NodeView], rf: usize) -> String {
             "the leader's node is draining or decommissioning, or outside the table's preferred zones".to_string()
         }
         Action::MoveReplica { .. } => "balancing".to_string(),
+        Action::MergeRanges { .. } => "the two ranges are small and cold together".to_string(),
     }
 }

@@ -29,17 +29,24 @@ pub fn nodes(infos: &[NodeInfo], states: &HashMap<u64, NodeState>, now_ms: u64, 
 pub fn ranges(records: &[RangeRecord], tables: &[TableInfo], skip: &HashSet<u64>) -> Vec<RangeView> {
     records
         .iter()
-        .filter_map(|r| r.desc.as_ref().map(|d| (d, r.leader_node_id, r.approximate_bytes)))
-        .filter(|(d, _, _)| !skip.contains(&d.id))
-        .map(|(d, leader, bytes)| {
-            let table = keys::decode_table(&d.start).and_then(|(id, _)| tables.iter().find(|t| t.id == id));
+        .filter_map(|r| r.desc.as_ref().map(|d| (d, r)))
+        .filter(|(d, _)| !skip.contains(&d.id))
+        .map(|(d, r)| {
+            let table_id = keys::decode_table(&d.start).map(|(id, _)| id);
+            let table = table_id.and_then(|id| tables.iter().find(|t| t.id == id));
             RangeView {
                 id: d.id,
                 replicas: d.replicas.iter().map(|x| (x.node_id, x.learner)).collect(),
-                leader,
-                bytes,
+                leader: r.leader_node_id,
+                bytes: r.approximate_bytes,
                 rf: table.map_or(0, |t| t.replication_factor as usize),
                 lease_preferences: table.map(|t| t.lease_preferences.clone()).unwrap_or_default(),
+                start: d.start.clone(),
+                end: d.end.clone(),
+                table: table_id,
+                sticky_start: d.sticky_start,
+                frozen: d.frozen_for_merge,
+                qps: r.qps,
             }
         })
         .collect()

@@ -5,7 +5,7 @@
 use crate::gateway::scan::{self, ScanParams};
 use crate::gateway::{self, new_request_id, ops, Gateway};
 use crate::keys;
-use crate::meta::{admin, catalog, events, registry};
+use crate::meta::{self, admin, catalog, events, registry};
 use crate::outcome;
 use crate::request;
 use cairn_proto::internal::{Mutation, MutationResult, RangeDescriptor, RangeRecord, TableInfo};
@@ -92,7 +92,7 @@ pub fn range_status(rec: &RangeRecord, tables: &[TableInfo]) -> RangeStatus {
 }
 
 fn desc_status(d: RangeDescriptor, leader: u64, tables: &[TableInfo]) -> RangeStatus {
-    range_status(&RangeRecord { desc: Some(d), leader_node_id: leader, approximate_bytes: 0 }, tables)
+    range_status(&RangeRecord { desc: Some(d), leader_node_id: leader, approximate_bytes: 0, qps: 0 }, tables)
 }
 
 impl KvService {
@@ -358,11 +358,36 @@ impl Cairn for KvService {
         } else {
             keys::encode_range_key(t.id, &r.key)
         };
-        let (left, right) = admin::split_at(&self.gw, &at).await?;
+        let (left, right) = admin::split_at(&self.gw, &at, true).await?;
         let tables = catalog::list(&self.gw).await.unwrap_or_default();
         Ok(Response::new(SplitRangeResponse {
             left: Some(desc_status(left, 0, &tables)),
             right: right.map(|d| desc_status(d, 0, &tables)),
+        }))
+    }
+
+    async fn merge_range(&self, req: Request<MergeRangeRequest>) -> Result<Response<MergeRangeResponse>, Status> {
+        let r = req.into_inner();
+        let result = meta::merge::merge(&self.gw, r.left_range_id).await;
+        let event = ClusterEvent {
+            kind: "merge".into(),
+            range_id: r.left_range_id,
+            reason: match &result {
+                Ok((_, retired)) => format!("asked for by an operator; range {retired} merged into it"),
+                Err(_) => "asked for by an operator".into(),
+            },
+            outcome: match &result {
+                Ok(_) => "done".into(),
+                Err(e) => format!("failed: {}", e.message()),
+            },
+            ..Default::default()
+        };
+        events::record_or_log(&self.gw, event).await;
+        let (merged, retired) = result?;
+        let tables = catalog::list(&self.gw).await.unwrap_or_default();
+        Ok(Response::new(MergeRangeResponse {
+            merged: Some(desc_status(merged, 0, &tables)),
+            retired_range_id: retired,
         }))
     }
 

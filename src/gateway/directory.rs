@@ -15,7 +15,12 @@ fn epoch_of(d: &RangeDescriptor) -> (u64, u64) {
 }
 
 impl Directory {
+    /// Builds the directory from stored records in epoch order, so that where
+    /// records overlap (a merged range's retired neighbour, re-reported by its
+    /// old leader after the merge) the newer one wins, whatever the input order.
     pub fn from_records(records: impl IntoIterator<Item = RangeRecord>) -> Self {
+        let mut records: Vec<RangeRecord> = records.into_iter().collect();
+        records.sort_by_key(|r| r.desc.as_ref().map(epoch_of).unwrap_or_default());
         let mut d = Directory::default();
         for r in records {
             d.insert(r);
@@ -97,6 +102,7 @@ mod tests {
             }),
             leader_node_id: 0,
             approximate_bytes: 0,
+            qps: 0,
         }
     }
 
@@ -111,5 +117,16 @@ mod tests {
         assert_eq!(d.lookup(b"p").unwrap().desc.as_ref().unwrap().id, 2);
         d.insert(rec(2, b"m", b"", 1));
         assert_eq!(d.lookup(b"x").unwrap().desc.as_ref().unwrap().id, 3, "stale record ignored");
+    }
+
+    #[test]
+    fn a_merged_range_outranks_its_retired_neighbour_in_any_order() {
+        let merged = rec(5, b"m", b"", 4);
+        let retired = rec(9, b"t", b"", 3);
+        for records in [vec![merged.clone(), retired.clone()], vec![retired, merged]] {
+            let d = Directory::from_records(records);
+            assert_eq!(d.len(), 1);
+            assert_eq!(d.lookup(b"x").unwrap().desc.as_ref().unwrap().id, 5);
+        }
     }
 }

@@ -37,6 +37,7 @@ fn gateway_routing_to(peer: &str) -> Gateway {
         }),
         leader_node_id: 2,
         approximate_bytes: 0,
+        qps: 0,
     });
     gw
 }

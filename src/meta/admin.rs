@@ -33,7 +33,12 @@ async fn command_at(gw: &Gateway, key: &[u8], cmd: &RaftCommand) -> Result<Range
 
 /// Splits the range containing `key` so that a range starts at `key`.
 /// Returns (left, right); `right` is `None` when `key` already was a boundary.
-pub async fn split_at(gw: &Gateway, key: &[u8]) -> Result<(RangeDescriptor, Option<RangeDescriptor>), Status> {
+/// `sticky`: an operator's or a table's split point, never merged away by the controller.
+pub async fn split_at(
+    gw: &Gateway,
+    key: &[u8],
+    sticky: bool,
+) -> Result<(RangeDescriptor, Option<RangeDescriptor>), Status> {
     if meta::is_meta_key(key) {
         return Err(Status::invalid_argument("the meta range is never split"));
     }
@@ -47,15 +52,15 @@ pub async fn split_at(gw: &Gateway, key: &[u8]) -> Result<(RangeDescriptor, Opti
         expiry_judged_at_ms: 0,
         request_id: Vec::new(),
         proposed_version: None,
-        cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id })),
+        cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id, sticky })),
     };
     let resp = command_at(gw, key, &cmd).await?;
     let admin = resp.admin.unwrap_or_default();
     let left = admin.desc.ok_or_else(|| Status::internal("split returned no descriptor"))?;
     let right = admin.right;
-    let mut records = vec![RangeRecord { desc: Some(left.clone()), leader_node_id: 0, approximate_bytes: 0 }];
+    let mut records = vec![RangeRecord { desc: Some(left.clone()), leader_node_id: 0, approximate_bytes: 0, qps: 0 }];
     if let Some(r) = &right {
-        records.push(RangeRecord { desc: Some(r.clone()), leader_node_id: 0, approximate_bytes: 0 });
+        records.push(RangeRecord { desc: Some(r.clone()), leader_node_id: 0, approximate_bytes: 0, qps: 0 });
         tracing::info!(left = left.id, right = r.id, key = %crate::keys::display_key(key), "range split");
     }
     for r in &records {
@@ -113,7 +118,7 @@ pub async fn status(gw: &Gateway, range_id: u64) -> Result<AdminResponse, Status
 
 async fn report(gw: &Gateway, a: &AdminResponse) {
     if let Some(d) = &a.desc {
-        let rec = RangeRecord { desc: Some(d.clone()), leader_node_id: a.leader_node_id, approximate_bytes: 0 };
+        let rec = RangeRecord { desc: Some(d.clone()), leader_node_id: a.leader_node_id, approximate_bytes: 0, qps: 0 };
         gw.learn_route(rec.clone());
         if let Err(e) = meta::report_ranges(gw, vec![rec]).await {
             tracing::warn!(range_id = d.id, "could not record range change in meta: {e}");

@@ -169,7 +169,7 @@ pub async fn create(
     points.sort();
     points.dedup();
     for p in points {
-        admin::split_at(gw, &p).await?;
+        admin::split_at(gw, &p, true).await?;
     }
     let info = TableInfo {
         name: name.to_string(),

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod events;
+pub mod merge;
 pub mod registry;
 
 use crate::gateway::{scan, Gateway, Target};

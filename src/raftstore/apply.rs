@@ -15,8 +15,8 @@ use crate::storage::layout::{self, ApplyState};
 use crate::storage::mvcc::{self, Live};
 use crate::storage::{Batch, Cf, Engine};
 use cairn_proto::internal::{
-    expiry, mutation, raft_command, ClearRangeCommand, Expiry, Mutation, MutationResult, RaftCommand, RangeDescriptor,
-    RangeEpoch, RangeError, RangeRecord, SplitCommand, WriteBatch, WriteResponse,
+    expiry, mutation, raft_command, ClearRangeCommand, Expiry, MergeCommand, Mutation, MutationResult, RaftCommand,
+    RangeDescriptor, RangeEpoch, RangeError, RangeRecord, SplitCommand, WriteBatch, WriteResponse,
 };
 use cairn_proto::kv::{condition, Condition};
 use prost::Message as _;
@@ -34,7 +34,37 @@ pub enum Applied {
     AlreadySplit(RangeDescriptor),
     /// The span was cleared within this descriptor's bounds (the caller continues past its end).
     Cleared(RangeDescriptor),
+    /// The range is frozen for a merge as of log index `index` (its batch must be synced).
+    Frozen {
+        desc: RangeDescriptor,
+        index: u64,
+        last_version: Version,
+    },
+    /// This range took over `right_id`'s span and retired it. `right_incomplete`: this
+    /// node's replica of the right range did not hold its final data (it must be rebuilt).
+    Merged {
+        desc: RangeDescriptor,
+        right_id: u64,
+        right_incomplete: bool,
+    },
+    /// The descriptor changed (thawed, or fenced) and is now this.
+    Changed(RangeDescriptor),
     Rejected(RangeError),
+}
+
+/// This node's replica of a merge's right-hand range, as persisted.
+pub struct LocalRight {
+    pub desc: RangeDescriptor,
+    pub applied_index: u64,
+    pub hard_state: Option<raft::eraftpb::HardState>,
+}
+
+fn local_right(engine: &Engine, range_id: u64) -> Option<LocalRight> {
+    let desc =
+        RangeDescriptor::decode(engine.get(Cf::RaftState, &layout::descriptor_key(range_id))?.as_slice()).ok()?;
+    let apply = ApplyState::decode(&engine.get(Cf::RaftState, &layout::apply_state_key(range_id))?)?;
+    let hard_state = super::raft_storage::persisted_hard_state(engine, range_id);
+    Some(LocalRight { desc, applied_index: apply.applied_index, hard_state })
 }
 
 /// Mutable state of the replica that applying may change.
@@ -42,6 +72,8 @@ pub struct ApplyTarget<'a> {
     pub range_id: u64,
     pub desc: &'a mut RangeDescriptor,
     pub apply: &'a mut ApplyState,
+    /// The log index of the command being applied.
+    pub index: u64,
     /// Bytes of user data written, for the split check.
     pub written_bytes: u64,
 }
@@ -148,6 +180,12 @@ impl<'a> ApplyBatch<'a> {
     pub fn commit(self) {
         self.engine.commit(self.batch, false);
     }
+
+    /// Writes the batch and syncs it: for a freeze, whose replica must hold the
+    /// range's final data durably before a merge counts on it.
+    pub fn commit_synced(self) {
+        self.engine.commit(self.batch, true);
+    }
 }
 
 pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &RaftCommand) -> Applied {
@@ -180,6 +218,23 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
             apply_split(&mut ab.batch, t, s, prior)
         }
         Some(raft_command::Cmd::Clear(c)) => apply_clear(&mut ab.batch, t, c),
+        Some(raft_command::Cmd::Freeze(f)) => apply_freeze(&mut ab.batch, t, f.left_range_id),
+        Some(raft_command::Cmd::Merge(m)) => {
+            let right = m.right.as_ref().map(|r| local_right(ab.engine, r.id));
+            apply_merge(&mut ab.batch, t, m, right.flatten())
+        }
+        Some(raft_command::Cmd::Unfreeze(_)) => {
+            t.desc.frozen_for_merge = false;
+            ab.batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
+            Applied::Changed(t.desc.clone())
+        }
+        Some(raft_command::Cmd::Fence(_)) => {
+            let mut epoch = t.desc.epoch.unwrap_or_default();
+            epoch.version += 1;
+            t.desc.epoch = Some(epoch);
+            ab.batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
+            Applied::Changed(t.desc.clone())
+        }
         None => Applied::Rejected(errors::invalid("empty command")),
     };
     if let Applied::Write(resp) = &out {
@@ -251,6 +306,9 @@ fn apply_write(
     version: Version,
     now_ms: u64,
 ) -> Applied {
+    if t.desc.frozen_for_merge {
+        return Applied::Rejected(frozen(t.desc));
+    }
     let outside = w.mutations.iter().any(|m| !keys::in_range(&m.key, &t.desc.start, &t.desc.end));
     if outside && !sabotage::active(Sabotage::SkipEpochCheck) {
         return Applied::Rejected(errors::key_not_in_range(t.desc));
@@ -424,6 +482,9 @@ fn apply_split(
     prior_hard_state: Option<raft::eraftpb::HardState>,
 ) -> Applied {
     let key = s.split_key.as_slice();
+    if t.desc.frozen_for_merge {
+        return Applied::Rejected(frozen(t.desc));
+    }
     if key == t.desc.start.as_slice() {
         return Applied::AlreadySplit(t.desc.clone());
     }
@@ -446,6 +507,8 @@ fn apply_split(
         replicas: t.desc.replicas.clone(),
         retired_tables: t.desc.retired_tables.clone(),
         next_replica_id: t.desc.next_replica_id,
+        frozen_for_merge: false,
+        sticky_start: s.sticky,
     };
     t.desc.end = key.to_vec();
     t.desc.epoch = Some(epoch);
@@ -457,6 +520,101 @@ fn apply_split(
         batch.put(Cf::RaftState, &layout::hard_state_key(right.id), &hs.encode_to_vec());
     }
     Applied::Split { left: t.desc.clone(), right }
+}
+
+/// The error of a request a frozen range cannot take: retryable, since the range
+/// is either merged away soon (its span then routes to the left range) or thawed.
+pub fn frozen(desc: &RangeDescriptor) -> RangeError {
+    errors::unavailable(format!("range {} is frozen for a merge into its left-hand neighbour; retry", desc.id))
+}
+
+fn voter_nodes(d: &RangeDescriptor) -> Option<Vec<u64>> {
+    if d.replicas.iter().any(|r| r.learner) {
+        return None;
+    }
+    let mut v: Vec<u64> = d.replicas.iter().map(|r| r.node_id).collect();
+    v.sort_unstable();
+    Some(v)
+}
+
+/// Whether two ranges can merge as far as their membership goes: the same voters
+/// and no learners, so that every node holding one holds the other.
+pub fn aligned(left: &RangeDescriptor, right: &RangeDescriptor) -> bool {
+    voter_nodes(left).is_some_and(|l| Some(l) == voter_nodes(right))
+}
+
+fn apply_freeze(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, left_range_id: u64) -> Applied {
+    if t.desc.start.is_empty() || left_range_id == 0 {
+        return Applied::Rejected(errors::invalid(format!("range {} has no left-hand neighbour", t.range_id)));
+    }
+    if voter_nodes(t.desc).is_none() {
+        return Applied::Rejected(errors::unavailable(format!(
+            "range {} has a learner; a range freezes for a merge only with voters alone",
+            t.range_id
+        )));
+    }
+    if !t.desc.frozen_for_merge {
+        t.desc.frozen_for_merge = true;
+        batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
+    }
+    Applied::Frozen { desc: t.desc.clone(), index: t.index, last_version: t.apply.last_version }
+}
+
+/// Takes over the frozen right-hand range's span. Its data and dedupe records are
+/// keyed by user key, so they already are where the left range reads them; only
+/// the right range's Raft state goes, with a tombstone that refuses every message
+/// to it. `local`: this node's replica of the right range, as persisted.
+fn apply_merge(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, m: &MergeCommand, local: Option<LocalRight>) -> Applied {
+    let Some(right) = m.right.as_ref() else { return Applied::Rejected(errors::invalid("merge names no range")) };
+    let same_epoch = m.left_epoch.is_some() && t.desc.epoch == m.left_epoch;
+    if !same_epoch || t.desc.frozen_for_merge {
+        return Applied::Rejected(errors::epoch_mismatch(t.desc));
+    }
+    if t.desc.end.is_empty() || t.desc.end != right.start || !right.frozen_for_merge || right.id == t.range_id {
+        return Applied::Rejected(errors::invalid(format!(
+            "range {} is not the frozen right-hand neighbour of range {}",
+            right.id, t.range_id
+        )));
+    }
+    if !aligned(t.desc, right) {
+        return Applied::Rejected(errors::invalid(format!(
+            "ranges {} and {} do not have the same voters",
+            t.range_id, right.id
+        )));
+    }
+    // Not the epoch: a fence from an abandoned merge of the right range with its own
+    // right-hand neighbour may have raised it since; its data stays what was frozen.
+    let complete = local
+        .as_ref()
+        .is_some_and(|l| l.desc.id == right.id && l.desc.frozen_for_merge && l.applied_index >= m.right_frozen_index);
+    let right_incomplete = !complete && !sabotage::active(Sabotage::MergeWithoutFreezeWait);
+    let (le, re) = (t.desc.epoch.unwrap_or_default(), right.epoch.unwrap_or_default());
+    t.desc.end = right.end.clone();
+    t.desc.epoch = Some(RangeEpoch { version: le.version.max(re.version) + 1, conf_ver: le.conf_ver });
+    t.desc.next_replica_id = t.desc.next_replica_id.max(right.next_replica_id);
+    t.desc.retired_tables.extend(right.retired_tables.iter().copied());
+    t.desc.retired_tables.sort_unstable();
+    t.desc.retired_tables.dedup();
+    let right_version = m.right_last_version.as_ref().map(Version::from).unwrap_or_default();
+    t.apply.last_version = t.apply.last_version.max(right_version);
+    batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
+    retire_raft_state(batch, right.id, local.and_then(|l| l.hard_state));
+    Applied::Merged { desc: t.desc.clone(), right_id: right.id, right_incomplete }
+}
+
+/// Deletes a merged range's log and Raft state but its term and vote (as a
+/// removed replica keeps them: a node's term for a range never goes back), and
+/// leaves the tombstone that refuses every message to it.
+pub fn retire_raft_state(batch: &mut Batch<'_>, range_id: u64, hard_state: Option<raft::eraftpb::HardState>) {
+    batch.delete_range(Cf::RaftLog, &layout::log_key(range_id, 0), &layout::log_key(range_id + 1, 0));
+    let (lo, hi) = layout::range_state_bounds(range_id);
+    batch.delete_range(Cf::RaftState, &lo, &hi);
+    if let Some(mut hs) = hard_state {
+        hs.commit = 0;
+        batch.put(Cf::RaftState, &layout::hard_state_key(range_id), &hs.encode_to_vec());
+    }
+    let tombstone = super::membership::Tombstone::merged();
+    batch.put(Cf::RaftState, &layout::tombstone_key(range_id), &tombstone.encode());
 }
 
 /// Persists the starting state of a range created by bootstrap or split.
@@ -475,6 +633,9 @@ pub fn write_initial_state(batch: &mut Batch<'_>, desc: &RangeDescriptor, last_v
 }
 
 fn apply_clear(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, c: &ClearRangeCommand) -> Applied {
+    if t.desc.frozen_for_merge {
+        return Applied::Rejected(frozen(t.desc));
+    }
     if c.retire_table != 0 && !retired(t.desc, c.retire_table) {
         let (lo, hi) = (keys::table_prefix(c.retire_table), keys::table_end(c.retire_table));
         let overlaps = (t.desc.end.is_empty() || lo < t.desc.end) && hi > t.desc.start;
@@ -533,7 +694,7 @@ mod tests {
 
     fn run(engine: &Engine, desc: &mut RangeDescriptor, st: &mut ApplyState, cmd: &RaftCommand) -> Applied {
         let mut ab = ApplyBatch::new(engine);
-        let mut t = ApplyTarget { range_id: 2, desc, apply: st, written_bytes: 0 };
+        let mut t = ApplyTarget { range_id: 2, desc, apply: st, index: 0, written_bytes: 0 };
         let out = apply_command(&mut ab, &mut t, cmd);
         ab.commit();
         out
@@ -730,7 +891,7 @@ mod tests {
     fn commands_in_one_batch_see_each_other() {
         let (_d, e, mut desc, mut st) = setup();
         let mut ab = ApplyBatch::new(&e);
-        let mut t = ApplyTarget { range_id: 2, desc: &mut desc, apply: &mut st, written_bytes: 0 };
+        let mut t = ApplyTarget { range_id: 2, desc: &mut desc, apply: &mut st, index: 0, written_bytes: 0 };
         let first = write(vec![put(b"b", b"1", Some(condition::Kind::IfAbsent(true)))], b"r1");
         let second = write(vec![put(b"b", b"2", Some(condition::Kind::IfAbsent(true)))], b"r2");
         let Applied::Write(r1) = apply_command(&mut ab, &mut t, &first) else { panic!() };
@@ -898,7 +1059,11 @@ mod tests {
         b.put(Cf::RaftState, &layout::hard_state_key(9), &voted.encode_to_vec());
         e.commit(b, true);
         let split = RaftCommand {
-            cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: b"g".to_vec(), new_range_id: 9 })),
+            cmd: Some(raft_command::Cmd::Split(SplitCommand {
+                split_key: b"g".to_vec(),
+                new_range_id: 9,
+                sticky: false,
+            })),
             ..Default::default()
         };
         assert!(matches!(run(&e, &mut desc, &mut st, &split), Applied::Split { .. }));
@@ -911,7 +1076,11 @@ mod tests {
     fn split_shrinks_left_and_rejects_outside_keys() {
         let (_d, e, mut desc, mut st) = setup();
         let split = RaftCommand {
-            cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: b"g".to_vec(), new_range_id: 9 })),
+            cmd: Some(raft_command::Cmd::Split(SplitCommand {
+                split_key: b"g".to_vec(),
+                new_range_id: 9,
+                sticky: false,
+            })),
             ..Default::default()
         };
         let Applied::Split { left, right } = run(&e, &mut desc, &mut st, &split) else { panic!() };
@@ -920,5 +1089,117 @@ mod tests {
             (&b"g"[..], &b"g"[..], &b"m"[..])
         );
         assert!(matches!(run(&e, &mut desc, &mut st, &write(vec![put(b"h", b"1", None)], b"")), Applied::Rejected(_)));
+    }
+
+    fn on(
+        engine: &Engine,
+        desc: &mut RangeDescriptor,
+        st: &mut ApplyState,
+        index: u64,
+        cmd: raft_command::Cmd,
+    ) -> Applied {
+        let mut ab = ApplyBatch::new(engine);
+        let range_id = desc.id;
+        let mut t = ApplyTarget { range_id, desc, apply: st, index, written_bytes: 0 };
+        let out = apply_command(&mut ab, &mut t, &RaftCommand { cmd: Some(cmd), ..write(vec![], b"") });
+        // As the store does: the new apply state goes with the batch.
+        ab.batch.put(
+            Cf::RaftState,
+            &layout::apply_state_key(range_id),
+            &ApplyState { applied_index: index, ..*st }.encode(),
+        );
+        ab.commit();
+        out
+    }
+
+    /// Ranges 2 = [a, m) and 3 = [m, z) with the same voters, as a split leaves them.
+    fn neighbours(e: &Engine) -> (RangeDescriptor, ApplyState, RangeDescriptor, ApplyState) {
+        let replicas = vec![cairn_proto::internal::Replica { node_id: 1, replica_id: 1, learner: false }];
+        let epoch = Some(RangeEpoch { version: 2, conf_ver: 1 });
+        let left = RangeDescriptor {
+            id: 2,
+            start: b"a".to_vec(),
+            end: b"m".to_vec(),
+            epoch,
+            replicas: replicas.clone(),
+            ..Default::default()
+        };
+        let right =
+            RangeDescriptor { id: 3, start: b"m".to_vec(), end: b"z".to_vec(), epoch, replicas, ..Default::default() };
+        let mut b = e.batch();
+        write_initial_state(&mut b, &right, Version::ZERO);
+        e.commit(b, true);
+        (left, ApplyState::default(), right, ApplyState::default())
+    }
+
+    fn merge_cmd(right: &RangeDescriptor, index: u64, left: &RangeDescriptor) -> raft_command::Cmd {
+        raft_command::Cmd::Merge(MergeCommand {
+            right: Some(right.clone()),
+            right_frozen_index: index,
+            right_last_version: Some(Version { wall_ns: 9_000_000_000, logical: 0, node_id: 1 }.into()),
+            left_epoch: left.epoch,
+        })
+    }
+
+    #[test]
+    fn a_frozen_range_takes_no_writes_and_its_left_neighbour_takes_over_its_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), &Default::default()).unwrap();
+        let (mut left, mut lst, mut right, mut rst) = neighbours(&e);
+        let put_q = raft_command::Cmd::Write(WriteBatch { mutations: vec![put(b"q", b"right", None)] });
+        assert!(matches!(on(&e, &mut right, &mut rst, 11, put_q.clone()), Applied::Write(_)));
+        let freeze = raft_command::Cmd::Freeze(cairn_proto::internal::FreezeCommand { left_range_id: 2 });
+        let Applied::Frozen { desc: frozen, index, .. } = on(&e, &mut right, &mut rst, 12, freeze) else { panic!() };
+        assert_eq!((frozen.frozen_for_merge, index), (true, 12));
+        let Applied::Rejected(refused) = on(&e, &mut right, &mut rst, 13, put_q) else {
+            panic!("a frozen range wrote")
+        };
+        assert!(refused.message.contains("frozen for a merge"), "{refused:?}");
+        let split = raft_command::Cmd::Split(SplitCommand { split_key: b"t".to_vec(), new_range_id: 9, sticky: false });
+        assert!(matches!(on(&e, &mut right, &mut rst, 14, split), Applied::Rejected(_)), "nor splits");
+
+        let cmd = merge_cmd(&frozen, 12, &left);
+        let Applied::Merged { desc, right_id, right_incomplete } = on(&e, &mut left, &mut lst, 5, cmd) else {
+            panic!("merge refused")
+        };
+        assert_eq!((right_id, right_incomplete), (3, false));
+        assert_eq!((desc.start.as_slice(), desc.end.as_slice()), (&b"a"[..], &b"z"[..]));
+        assert!(desc.epoch.unwrap().version > 2, "a new epoch: routes to either old range are stale");
+        assert!(lst.last_version.wall_ns >= 9_000_000_000, "versions stay above every version the right range wrote");
+        assert!(e.get(Cf::RaftState, &layout::descriptor_key(3)).is_none(), "the right range's Raft state is gone");
+        let tomb = e.get(Cf::RaftState, &layout::tombstone_key(3)).unwrap();
+        assert_eq!(super::super::membership::Tombstone::decode(&tomb), super::super::membership::Tombstone::merged());
+        assert_eq!(mvcc::get_live(&e, b"q", Version::MAX, 0).map(|l| l.value), Some(b"right".to_vec()));
+        let put_q = raft_command::Cmd::Write(WriteBatch { mutations: vec![put(b"q", b"left", None)] });
+        assert!(matches!(on(&e, &mut left, &mut lst, 6, put_q), Applied::Write(_)), "the left range takes its keys");
+    }
+
+    #[test]
+    fn a_fenced_left_range_refuses_the_merge_and_a_lagging_right_replica_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), &Default::default()).unwrap();
+        let (mut left, mut lst, mut right, mut rst) = neighbours(&e);
+        let freeze = raft_command::Cmd::Freeze(cairn_proto::internal::FreezeCommand { left_range_id: 2 });
+        let Applied::Frozen { desc: frozen, .. } = on(&e, &mut right, &mut rst, 12, freeze) else { panic!() };
+        let prepared = left.clone();
+        let Applied::Changed(fenced) = on(&e, &mut left, &mut lst, 5, raft_command::Cmd::Fence(Default::default()))
+        else {
+            panic!()
+        };
+        assert_eq!(fenced.epoch.unwrap().version, 3);
+        let Applied::Rejected(e1) = on(&e, &mut left, &mut lst, 6, merge_cmd(&frozen, 12, &prepared)) else {
+            panic!("a merge prepared before a fence applied")
+        };
+        assert_eq!(errors::kind_of(&e1), cairn_proto::internal::range_error::Kind::EpochMismatch);
+        // This node's replica of the right range has applied only up to 12, not 40.
+        let cmd = merge_cmd(&frozen, 40, &left);
+        let Applied::Merged { right_incomplete, .. } = on(&e, &mut left, &mut lst, 7, cmd) else { panic!() };
+        assert!(right_incomplete, "a replica that lacks the right range's final data must be rebuilt");
+        let Applied::Changed(thawed) =
+            on(&e, &mut right, &mut rst, 13, raft_command::Cmd::Unfreeze(Default::default()))
+        else {
+            panic!()
+        };
+        assert!(!thawed.frozen_for_merge);
     }
 }

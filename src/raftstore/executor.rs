@@ -65,8 +65,22 @@ pub async fn execute(store: &StoreHandle, req: RangeRequest) -> RangeResponse {
                     admin: Some(AdminResponse { desc: Some(left), right: Some(right), ..Default::default() }),
                     ..Default::default()
                 },
-                Ok(Applied::AlreadySplit(desc) | Applied::Cleared(desc)) => RangeResponse {
+                Ok(
+                    Applied::AlreadySplit(desc)
+                    | Applied::Cleared(desc)
+                    | Applied::Changed(desc)
+                    | Applied::Merged { desc, .. },
+                ) => RangeResponse {
                     admin: Some(AdminResponse { desc: Some(desc), ..Default::default() }),
+                    ..Default::default()
+                },
+                Ok(Applied::Frozen { desc, index, last_version }) => RangeResponse {
+                    admin: Some(AdminResponse {
+                        desc: Some(desc),
+                        applied_index: index,
+                        last_version: Some(last_version.into()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
                 Ok(Applied::Rejected(e)) | Err(e) => error_response(e),
@@ -175,6 +189,10 @@ pub fn read_keys(
     }
     check_epoch(&shared, &epoch)?;
     let desc = shared.desc();
+    // Its span may already belong to the left range, which may have taken writes.
+    if desc.frozen_for_merge {
+        return Err(super::apply::frozen(&desc));
+    }
     if req.keys.iter().any(|k| !keys::in_range(k, &desc.start, &desc.end)) {
         return Err(errors::key_not_in_range(&desc));
     }
@@ -307,6 +325,9 @@ fn scan_page(
     // Before the iterator opens: compactions that finish after that cannot change what it reads.
     store.engine.mvcc_gc().check_readable(at, shared.last_version()).map_err(errors::invalid)?;
     let desc = shared.desc();
+    if desc.frozen_for_merge {
+        return Err(super::apply::frozen(&desc));
+    }
     super::apply::check_tables_live(&desc, std::iter::once(start.max(desc.start.as_slice())))?;
     let lo = start.max(desc.start.as_slice()).to_vec();
     let hi = match (end.is_empty(), desc.end.is_empty()) {

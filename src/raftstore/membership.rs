@@ -136,6 +136,12 @@ impl Tombstone {
         Tombstone { first_live_replica_id }
     }
 
+    /// The tombstone of a range merged into its neighbour: no message to it, of
+    /// any incarnation, creates a replica here again.
+    pub fn merged() -> Tombstone {
+        Tombstone { first_live_replica_id: u64::MAX }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         self.first_live_replica_id.to_be_bytes().to_vec()
     }

@@ -27,6 +27,9 @@ pub struct ReplicaShared {
     pub written_bytes: AtomicU64,
     /// Requests this replica served (for load-based splits).
     pub load: super::load::RangeLoad,
+    /// Requests per second it served over the last load check (reported with the
+    /// range's record, for the controller's merges).
+    pub last_qps: AtomicU64,
     /// Wall-clock ms of the last message from the leader (whether a follower may
     /// serve without a hop to its leader).
     pub leader_contact_ms: AtomicU64,
@@ -77,6 +80,7 @@ impl ReplicaShared {
             destroyed: AtomicBool::new(false),
             data_lock: RwLock::new(()),
             written_bytes: AtomicU64::new(0),
+            last_qps: AtomicU64::new(0),
             load: super::load::RangeLoad::new(range_id),
             leader_contact_ms: AtomicU64::new(0),
             fresh_as_of: Mutex::new(None),

@@ -527,8 +527,11 @@ impl Store {
         } else if !self.maybe_create(from_node, &env, &msg) {
             return;
         }
-        if is_snapshot && !self.snapshot_acceptable(range_id, &msg) {
-            return;
+        if is_snapshot {
+            if !self.snapshot_acceptable(range_id, &msg) {
+                return;
+            }
+            self.retire_merged_by_snapshot(range_id, &msg);
         }
         let Some(r) = self.replicas.get_mut(&range_id) else { return };
         wake(r);
@@ -628,7 +631,21 @@ impl Store {
 
     fn handle_control(&mut self, from_node: u64, env: &RaftEnvelope) {
         let control = Control::try_from(env.control);
-        let Some(r) = self.replicas.get_mut(&env.range_id) else { return };
+        let Some(r) = self.replicas.get_mut(&env.range_id) else {
+            // A range merged away here is gone everywhere: a replica of it that missed
+            // the merge (removed from it earlier, and away since) can go too.
+            let merged = self
+                .engine
+                .get(Cf::RaftState, &layout::tombstone_key(env.range_id))
+                .is_some_and(|raw| Tombstone::decode(&raw) == Tombstone::merged());
+            if merged && control == Ok(Control::StaleCheck) {
+                let mut answer = env.clone();
+                answer.conf_ver = u64::MAX;
+                answer.control = Control::Removed as i32;
+                self.transport.send_control(from_node, answer);
+            }
+            return;
+        };
         let (desc, initialized) = (&r.raw.store().desc, r.raw.store().initialized);
         match control {
             Ok(Control::StaleCheck | Control::Quarantined) => {
@@ -697,12 +714,35 @@ impl Store {
         let clash = self.replicas.iter().any(|(id, r)| {
             *id != range_id
                 && r.shared.initialized()
-                && r.shared.with_desc(|o| ranges_overlap(&o.start, &o.end, &d.start, &d.end))
+                && r.shared.with_desc(|o| ranges_overlap(&o.start, &o.end, &d.start, &d.end) && !merged_into(o, d))
         });
         if clash {
             tracing::info!(range_id, "dropping snapshot overlapping another local range (split not applied yet)");
         }
         !clash
+    }
+
+    /// Retires the local replicas a snapshot of `range_id` shows merged into it
+    /// (this node's replica of the left range missed the merge and is sent a
+    /// snapshot instead): their Raft state goes, and the snapshot's install
+    /// replaces their data. Called once the snapshot is found acceptable.
+    fn retire_merged_by_snapshot(&mut self, range_id: u64, msg: &Message) {
+        let Some(d) = msg.snapshot.as_ref().and_then(|s| SnapshotData::decode(s.data.as_slice()).ok()?.desc) else {
+            return;
+        };
+        let merged: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|(id, r)| **id != range_id && r.shared.initialized() && r.shared.with_desc(|o| merged_into(o, &d)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in merged {
+            let mut b = self.engine.batch();
+            let hs = super::raft_storage::persisted_hard_state(&self.engine, id);
+            apply::retire_raft_state(&mut b, id, hs);
+            self.engine.commit(b, true);
+            self.retire_merged(range_id, id);
+        }
     }
 
     fn propose(
@@ -716,6 +756,14 @@ impl Store {
             let _ = reply.send(Err(errors::range_not_found(range_id)));
             return;
         };
+        {
+            use cairn_proto::internal::raft_command::Cmd;
+            let takes_data = matches!(cmd.cmd, Some(Cmd::Write(_) | Cmd::Split(_) | Cmd::Clear(_) | Cmd::Merge(_)));
+            if takes_data && r.shared.with_desc(|d| d.frozen_for_merge) {
+                let _ = reply.send(Err(r.shared.with_desc(apply::frozen)));
+                return;
+            }
+        }
         if let Some(offset_ms) = self.hlc.untrusted_offset_ms() {
             // Not a leader for long (`hand_over_leadership`): the gateway re-routes.
             tracing::debug!(range_id, offset_ms, "proposal refused: this node's clock is untrusted");
@@ -777,17 +825,35 @@ impl Store {
             let _ = reply.send(Err(errors::invalid("admin request without operation")));
             return;
         };
+        if let admin_request::Op::LocalState(_) = op {
+            let _ = reply.send(Ok(local_state(r)));
+            return;
+        }
         if !r.is_leader() {
             let _ = reply.send(Err(errors::not_leader(range_id, r.leader_node())));
             return;
         }
         wake(r);
         let desc = r.shared.desc();
+        let changes_membership = matches!(
+            op,
+            admin_request::Op::AddLearner(_)
+                | admin_request::Op::PromoteLearner(_)
+                | admin_request::Op::RemoveReplica(_)
+        );
+        if changes_membership && desc.frozen_for_merge {
+            let _ = reply.send(Err(apply::frozen(&desc)));
+            return;
+        }
         let has = |n: u64| desc.replicas.iter().find(|x| x.node_id == n).cloned();
         // Requests name nodes; Raft names replica incarnations (`membership`).
         let (change, replica) = match op {
             admin_request::Op::Status(_) => {
                 let _ = reply.send(Ok(admin_status(r)));
+                return;
+            }
+            admin_request::Op::LocalState(_) => {
+                let _ = reply.send(Ok(local_state(r)));
                 return;
             }
             admin_request::Op::TransferLeader(n) => {
@@ -1072,8 +1138,58 @@ impl Store {
         for right in outcome.splits {
             self.create_split_range(id, right);
         }
-        if outcome.removed_self {
+        for right in outcome.merged {
+            self.retire_merged(id, right);
+        }
+        if outcome.rebuild {
+            self.rebuild_replica(id);
+        } else if outcome.removed_self {
             self.destroy_replica(id);
+        }
+    }
+
+    /// Drops a range merged into `left_id` from this node: its data now belongs to
+    /// the left range, and its Raft state and tombstone were written with the merge.
+    fn retire_merged(&mut self, left_id: u64, id: u64) {
+        let Some(mut r) = self.replicas.remove(&id) else { return };
+        self.registry.write().remove(&id);
+        r.fail_pending();
+        r.fail_forwarded();
+        let _guard = r.shared.data_lock.write();
+        r.shared.mark_destroyed();
+        metrics::counter!("cairn_range_merges_total").increment(1);
+        tracing::info!(left = left_id, right = id, "merge applied");
+    }
+
+    /// Replaces a replica whose data cannot be trusted (a merge found this node's
+    /// replica of the right range behind its freeze) with an empty one that is
+    /// sent everything again by snapshot, as a quarantined replica is.
+    fn rebuild_replica(&mut self, id: u64) {
+        let Some(mut r) = self.replicas.remove(&id) else { return };
+        self.registry.write().remove(&id);
+        r.fail_pending();
+        r.fail_forwarded();
+        let desc = r.raw.store().desc.clone();
+        let last_index = r.raw.store().last_index;
+        let peer_id = r.peer_id();
+        tracing::error!(range_id = id, "a merge found this node's copy of the merged range incomplete; rebuilding");
+        metrics::counter!("cairn_replicas_quarantined_total").increment(1);
+        let rebuild = Rebuild { until_index: last_index, desc: desc.clone() };
+        {
+            let _guard = r.shared.data_lock.write();
+            r.shared.mark_destroyed();
+            let mut b = self.engine.batch();
+            purge_replica(&mut b, &desc, true, r.raw.raft.hard_state());
+            b.put(Cf::RaftState, &layout::quarantine_key(id), &rebuild.encode());
+            self.engine.commit(b, true);
+        }
+        let storage = RangeStorage::uninitialized(self.engine.clone(), id);
+        match Replica::new(self.node_id, peer_id, storage, &self.cfg, &self.logger) {
+            Ok(mut fresh) => {
+                fresh.rebuild = Some(rebuild);
+                self.insert_replica(fresh);
+            }
+            Err(e) => tracing::error!(range_id = id, "cannot restart a replica to rebuild: {e}"),
         }
     }
 
@@ -1167,6 +1283,11 @@ impl Store {
 #[derive(Default)]
 struct ApplyOutcome {
     splits: Vec<RangeDescriptor>,
+    /// Ranges this one took over by a merge (their Raft state is already gone).
+    merged: Vec<u64>,
+    /// A merge found this node's replica of the right range without its final
+    /// data: the replica must be rebuilt from its peers.
+    rebuild: bool,
     removed_self: bool,
 }
 
@@ -1197,14 +1318,21 @@ fn apply_entries(engine: &Engine, hlc: &Hlc, r: &mut Replica, entries: Vec<Entry
         if entry.index <= s.applied_index {
             continue; // already applied (e.g. covered by an installed snapshot)
         }
-        // Splits and membership changes end the batch: what follows must see them durable.
+        // Splits, merges and membership changes end the batch: what follows must see them durable.
         let mut ends_batch = false;
+        let mut sync = false;
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => {}
             EntryType::EntryNormal => {
                 let (request_id, result) = match RaftCommand::decode(entry.data.as_slice()) {
                     Ok(cmd) => {
-                        let mut t = ApplyTarget { range_id: id, desc: &mut desc, apply: &mut s, written_bytes: 0 };
+                        let mut t = ApplyTarget {
+                            range_id: id,
+                            desc: &mut desc,
+                            apply: &mut s,
+                            index: entry.index,
+                            written_bytes: 0,
+                        };
                         let applied = apply::apply_command(&mut ab, &mut t, &cmd);
                         written += t.written_bytes;
                         match applied {
@@ -1212,8 +1340,19 @@ fn apply_entries(engine: &Engine, hlc: &Hlc, r: &mut Replica, entries: Vec<Entry
                             Applied::Write(w) => (cmd.request_id, Ok(Applied::Write(w))),
                             other => {
                                 ends_batch = true;
-                                if let Applied::Split { right, .. } = &other {
-                                    outcome.splits.push(right.clone());
+                                match &other {
+                                    Applied::Split { right, .. } => outcome.splits.push(right.clone()),
+                                    Applied::Frozen { .. } => sync = true,
+                                    Applied::Merged { right_id, right_incomplete, .. } => {
+                                        outcome.merged.push(*right_id);
+                                        if *right_incomplete {
+                                            // Nothing may read the span this replica lacks: it is
+                                            // out of service until `after_apply` rebuilds it.
+                                            r.shared.mark_destroyed();
+                                            outcome.rebuild = true;
+                                        }
+                                    }
+                                    _ => {}
                                 }
                                 (cmd.request_id, Ok(other))
                             }
@@ -1267,17 +1406,22 @@ fn apply_entries(engine: &Engine, hlc: &Hlc, r: &mut Replica, entries: Vec<Entry
         s.applied_index = entry.index;
         if ends_batch {
             let full = std::mem::replace(&mut ab, ApplyBatch::new(engine));
-            flush_applied(full, hlc, r, s, &desc, std::mem::take(&mut written), std::mem::take(&mut owed));
+            flush_applied(full, sync, hlc, r, s, &desc, std::mem::take(&mut written), std::mem::take(&mut owed));
+            if outcome.rebuild {
+                break; // the rest waits for the rebuilt replica (it comes again by snapshot)
+            }
         }
     }
     if s.applied_index != r.raw.store().apply.applied_index {
-        flush_applied(ab, hlc, r, s, &desc, written, owed);
+        flush_applied(ab, false, hlc, r, s, &desc, written, owed);
     }
 }
 
 /// Writes an apply batch with the new apply state, publishes the new state, then answers.
+#[allow(clippy::too_many_arguments)]
 fn flush_applied(
     mut ab: ApplyBatch<'_>,
+    sync: bool,
     hlc: &Hlc,
     r: &mut Replica,
     s: layout::ApplyState,
@@ -1287,7 +1431,11 @@ fn flush_applied(
 ) {
     let id = r.range_id();
     ab.batch.put(Cf::RaftState, &layout::apply_state_key(id), &s.encode());
-    ab.commit();
+    if sync {
+        ab.commit_synced();
+    } else {
+        ab.commit();
+    }
     {
         let st = r.raw.mut_store();
         st.apply = s;
@@ -1368,7 +1516,7 @@ fn admin_status(r: &Replica) -> AdminResponse {
         leader_node_id: r.leader_node(),
         commit_index: r.raw.raft.raft_log.committed,
         progress,
-        right: None,
+        ..Default::default()
     }
 }
 
@@ -1377,6 +1525,17 @@ fn admin_status(r: &Replica) -> AdminResponse {
 /// and then panics looking up its own progress. It can happen: a node becomes
 /// leader (by election) after its removal was proposed and before it applied it
 /// (found by the simulator, seed 110).
+/// This node's replica as it stands, leader or not.
+fn local_state(r: &Replica) -> AdminResponse {
+    AdminResponse {
+        desc: r.shared.initialized().then(|| r.shared.desc()),
+        leader_node_id: r.leader_node(),
+        applied_index: r.raw.store().apply.applied_index,
+        last_version: Some(r.raw.store().apply.last_version.into()),
+        ..Default::default()
+    }
+}
+
 fn leave_before_own_removal(r: &mut Replica, cc: &ConfChange) -> raft::Result<raft::eraftpb::ConfState> {
     if cc.node_id == r.peer_id() && cc.get_change_type() == ConfChangeType::RemoveNode && r.is_leader() {
         let term = r.raw.raft.term;
@@ -1529,6 +1688,15 @@ fn purge_replica(
     b.delete_range(Cf::RaftState, &slo, &shi);
     hs.commit = 0;
     b.put(Cf::RaftState, &layout::hard_state_key(id), &hs.encode_to_vec());
+}
+
+/// Whether `local` is a range frozen for a merge that a snapshot of the range
+/// `into` shows merged: frozen, and wholly inside `into`'s span (the left range
+/// covers a frozen range's span only once it has merged it).
+fn merged_into(local: &RangeDescriptor, into: &RangeDescriptor) -> bool {
+    let starts_inside = local.start >= into.start;
+    let ends_inside = into.end.is_empty() || (!local.end.is_empty() && local.end <= into.end);
+    local.frozen_for_merge && local.id != into.id && starts_inside && ends_inside
 }
 
 fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {

@@ -31,6 +31,14 @@ pub struct ServerConfig {
     /// `load_split_sustain_ms` is split where its load divides; 0 turns it off.
     pub load_split_qps: u64,
     pub load_split_sustain_ms: u64,
+    /// Adjacent ranges of one table whose data together is at most this many bytes
+    /// and whose load together is at most `merge_qps` requests per second, for
+    /// `merge_after_secs` without a break, merge (unless an operator or the table
+    /// declared the split). Unset: a quarter of `split_threshold_bytes`; 0: never.
+    pub merge_threshold_bytes: Option<u64>,
+    /// Unset: a quarter of `load_split_qps` (0, when load splits are off: any load).
+    pub merge_qps: Option<u64>,
+    pub merge_after_secs: u64,
     /// Balance replicas and leaders across nodes (the controller's repairs run either way).
     pub rebalance: bool,
     pub max_connections: usize,
@@ -66,6 +74,9 @@ impl Default for ServerConfig {
             split_check_interval_ms: 5_000,
             load_split_qps: 2_500,
             load_split_sustain_ms: 10_000,
+            merge_threshold_bytes: None,
+            merge_qps: None,
+            merge_after_secs: 300,
             rebalance: true,
             max_connections: 4096,
             worker_threads: 0,
@@ -97,6 +108,14 @@ impl ServerConfig {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// When the controller merges ranges back.
+    pub fn merge_policy(&self) -> crate::controller::merges::MergePolicy {
+        crate::controller::merges::MergePolicy {
+            max_bytes: self.merge_threshold_bytes.unwrap_or(self.split_threshold_bytes / 4),
+            max_qps: self.merge_qps.unwrap_or(self.load_split_qps / 4),
+        }
     }
 
     /// Checks every setting; the error names the setting.
@@ -145,6 +164,17 @@ impl ServerConfig {
         }
         if self.split_threshold_bytes < 4096 {
             return Err("split_threshold_bytes must be at least 4096".into());
+        }
+        // Larger, and a merged range could pass the split threshold and split again.
+        if self.merge_policy().max_bytes > self.split_threshold_bytes / 2 {
+            return Err(format!(
+                "merge_threshold_bytes must be at most half of split_threshold_bytes ({}), got {}",
+                self.split_threshold_bytes / 2,
+                self.merge_policy().max_bytes
+            ));
+        }
+        if self.merge_after_secs == 0 {
+            return Err("merge_after_secs must be at least 1".into());
         }
         if self.load_split_qps != 0 && self.load_split_qps < 10 {
             return Err(format!("load_split_qps must be 0 (off) or at least 10, got {}", self.load_split_qps));

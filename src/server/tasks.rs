@@ -75,6 +75,8 @@ pub fn spawn_all(gw: Arc<Gateway>, cfg: &ServerConfig, addrs: Advertised, stop: 
         cfg.replication_factor,
         cfg.dead_after_secs.saturating_mul(1000),
         cfg.rebalance,
+        cfg.merge_policy(),
+        Duration::from_secs(cfg.merge_after_secs),
     );
     every(stop, Duration::from_secs(2), move || ctl.clone().tick());
 }
@@ -149,13 +151,15 @@ async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMa
         for r in &leaders {
             let desc = r.desc();
             let size = approximate_bytes(&gw, &desc, r.written_bytes.load(Ordering::Relaxed));
-            let rec = RangeRecord { desc: Some(desc), leader_node_id: gw.node_id, approximate_bytes: size };
+            let qps = r.last_qps.load(Ordering::Relaxed);
+            let rec = RangeRecord { desc: Some(desc), leader_node_id: gw.node_id, approximate_bytes: size, qps };
             let stale = match last.get(&r.range_id) {
                 Some((prev, at)) => {
                     prev.desc != rec.desc
                         || prev.leader_node_id != rec.leader_node_id
                         || crate::clock::elapsed(*at) > REPORT_REFRESH
                         || prev.approximate_bytes.abs_diff(size) > size / 10 + 4096
+                        || prev.qps.abs_diff(qps) > prev.qps / 2 + 10
                 }
                 None => true,
             };
@@ -200,6 +204,7 @@ async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
     for r in replicas {
         let (reads, writes) = r.load.take_counts();
         let qps = ((reads + writes) as f64 / secs) as u64;
+        r.last_qps.store(qps, Ordering::Relaxed);
         let eligible = r.is_leader() && r.initialized() && r.range_id != meta::META_RANGE_ID && load.qps > 0;
         if !eligible || qps < load.qps {
             r.load.stop_sampling();
@@ -234,7 +239,7 @@ async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
             Some(Verdict::SplitAt { key, left_share }) => {
                 let tables = catalog::list(&gw).await.unwrap_or_default();
                 let Some(at) = load_split_point(&tables, &key, &desc) else { continue };
-                let result = admin::split_at(&gw, &at).await;
+                let result = admin::split_at(&gw, &at, false).await;
                 let outcome = result.as_ref().map_or_else(|e| format!("failed: {}", e.message()), |_| "done".into());
                 let reason =
                     format!("{rate}; {:.0}% of the sampled requests fall left of the split", left_share * 100.0);
@@ -390,7 +395,7 @@ async fn split_check(gw: Arc<Gateway>, threshold: u64) {
         if !desc.end.is_empty() && key >= desc.end {
             continue;
         }
-        let result = admin::split_at(&gw, &key).await;
+        let result = admin::split_at(&gw, &key, false).await;
         let outcome = result.as_ref().map_or_else(|e| format!("failed: {}", e.message()), |_| "done".to_string());
         let right_id = result.as_ref().ok().and_then(|(_, right)| right.as_ref().map(|d| d.id)).unwrap_or(0);
         let reason = format!(

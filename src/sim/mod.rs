@@ -15,6 +15,7 @@
 //! clients, and carries out the schedule's faults and topology changes.
 
 pub mod checks;
+mod merging;
 pub mod nemesis;
 pub mod network;
 pub mod node;
@@ -61,6 +62,8 @@ pub struct SimConfig {
     /// During the fault window, power-cut a node right after it grants a vote (at
     /// most one every 2 s), losing whatever it had not synced.
     pub crash_after_vote: bool,
+    /// Merge ranges too (`meta::merge`'s steps, taken straight on the stores).
+    pub merges: bool,
 }
 
 impl SimConfig {
@@ -76,6 +79,7 @@ impl SimConfig {
             unique_clients: 2,
             counter_clients: 2,
             crash_after_vote: false,
+            merges: false,
         }
     }
 }
@@ -207,6 +211,7 @@ struct World {
     next_change_ms: u64,
     pending: Vec<(&'static str, Pending)>,
     moving: Option<Move>,
+    merging: Option<merging::Merging>,
     /// A damaged log entry not yet repaired: the node may still be down, or rebuilding.
     damage_outstanding: bool,
     next_range_id: u64,
@@ -278,6 +283,7 @@ impl World {
             next_change_ms: 1_500,
             pending: Vec::new(),
             moving: None,
+            merging: None,
             damage_outstanding: false,
             next_range_id: 100,
             fingerprint: 0xcbf2_9ce4_8422_2325,
@@ -480,7 +486,7 @@ impl World {
             self.fault_until = Some(self.now_ms + duration);
         }
         if self.now_ms >= self.next_change_ms {
-            let (change, gap) = self.nemesis.next_change();
+            let (change, gap) = self.nemesis.next_change(self.cfg.merges);
             self.next_change_ms = self.now_ms + gap;
             self.change(change);
         }
@@ -625,6 +631,7 @@ impl World {
         }
         let (node, view) = leaders[self.nemesis.pick(leaders.len())].clone();
         match change {
+            Change::Merge => self.start_merge(&view, &leaders),
             Change::Split => {
                 let generation = self.now_ms / workload::KEY_GENERATION_MS;
                 let user_key = if self.nemesis.pick(4) == 0 {
@@ -651,7 +658,7 @@ impl World {
                     expiry_judged_at_ms: 0,
                     request_id: Vec::new(),
                     proposed_version: None,
-                    cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key, new_range_id })),
+                    cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key, new_range_id, sticky: false })),
                 };
                 let (tx, rx) = oneshot::channel();
                 if let Some(r) = &self.nodes[node].running {
@@ -742,6 +749,7 @@ impl World {
         }
         if self.now_ms.is_multiple_of(20) {
             self.drive_move();
+            self.drive_merge();
         }
     }
 

@@ -56,6 +56,8 @@ pub enum Change {
     Split,
     TransferLeader,
     MoveReplica,
+    /// Merge a range with its right-hand neighbour (runs with `SimConfig::merges`).
+    Merge,
 }
 
 pub struct Nemesis {
@@ -118,7 +120,12 @@ impl Nemesis {
     }
 
     /// The next topology change and when (ms from now).
-    pub fn next_change(&mut self) -> (Change, u64) {
+    /// `merges`: merges are among the changes (a second draw, so runs without
+    /// them replay as they always did).
+    pub fn next_change(&mut self, merges: bool) -> (Change, u64) {
+        if merges && self.rng.random_range(0..4) == 0 {
+            return (Change::Merge, self.rng.random_range(200..1_500));
+        }
         let change = match self.rng.random_range(0..3) {
             0 => Change::Split,
             1 => Change::TransferLeader,

@@ -300,6 +300,7 @@ mod tests {
             }),
             leader_node_id: id,
             approximate_bytes: 0,
+            qps: 0,
         };
         let ranges = [
             desc(1, keys::table_prefix(t), keys::hash_slot_start(t, 5000)),
