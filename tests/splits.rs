@@ -96,3 +96,54 @@ async fn presplit_and_hash_tables_work() {
     create_table(&mut c, "pre", &[]).await;
     assert!(scan_all(&mut c, "pre", 10).await.unwrap().is_empty(), "a new table of the same name starts empty");
 }
+
+/// 100k keys written in sequence into a hash table land evenly on its ranges:
+/// counted from a scan of what the nodes hold, placed by the ranges' bounds as
+/// the cluster reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_keys_spread_evenly_over_a_hash_tables_ranges() {
+    let _g = serial().await;
+    let cl = Cluster::start(3, &[]).await;
+    let mut c = cl.client(0).await;
+    c.create_table(CreateTableRequest {
+        name: "seq".into(),
+        partitioning: Partitioning::Hash as i32,
+        hash_ranges: 8,
+        ..Default::default()
+    })
+    .await
+    .expect("hash table");
+    const KEYS: usize = 100_000;
+    for batch in 0..KEYS / 100 {
+        let ops = (0..100)
+            .map(|i| WriteOp {
+                op: Some(write_op::Op::Put(PutRequest {
+                    key: format!("key{:06}", batch * 100 + i).into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        c.batch_write(BatchWriteRequest { table: "seq".into(), ops, request_id: vec![] }).await.expect("batch write");
+    }
+    let ranges: Vec<RangeStatus> =
+        cl.status(1).await.unwrap().ranges.into_iter().filter(|r| r.table == "seq").collect();
+    assert_eq!(ranges.len(), 8);
+    let table_id = cairn::keys::decode_table(&ranges[0].start).unwrap().0;
+    let keys = scan_all(&mut c, "seq", 1000).await.unwrap();
+    assert_eq!(keys.len(), KEYS, "every key written, once");
+    let mut per_range = vec![0usize; ranges.len()];
+    for (k, _) in &keys {
+        let mut encoded = cairn::keys::hash_slot_start(table_id, cairn::keys::key_slot(k.as_bytes()));
+        encoded.extend_from_slice(k.as_bytes());
+        let i = ranges
+            .iter()
+            .position(|r| encoded >= r.start && (r.end.is_empty() || encoded < r.end))
+            .expect("a range holds every key");
+        per_range[i] += 1;
+    }
+    let mean = KEYS as f64 / ranges.len() as f64;
+    let skew = *per_range.iter().max().unwrap() as f64 / mean;
+    println!("keys per range: {per_range:?}; max/mean {skew:.3}");
+    assert!(skew <= 1.25, "max/mean range size {skew:.3} over 1.25: {per_range:?}");
+}

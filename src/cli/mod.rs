@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod sim;
 
 use crate::server::{node, ServerConfig};
 use clap::{Args, Parser, Subcommand};
@@ -27,6 +28,8 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Start a local cluster (3 nodes on loopback) and keep it running until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Simulators that need no cluster (`sim placement`: the controller at scale).
+    Sim(sim::SimArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -258,6 +261,7 @@ pub fn main() -> i32 {
                 }
             }
         }
+        Command::Sim(args) => sim::run(args),
         Command::Client(cmd) => {
             let Some(rt) = runtime(0) else { return 1 };
             match rt.block_on(client::run(&cli.addr, cli.json, cmd)) {

@@ -2,7 +2,7 @@
 //! replicas to remove, which replicas of dead or decommissioning nodes to
 //! replace, and which leaders to move off draining nodes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
@@ -144,7 +144,9 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], default_rf: usize, max_act
             }
         }
     }
-    let zone_of = |id: u64| nodes.iter().find(|n| n.id == id).map(|n| n.zone.clone()).unwrap_or_default();
+    // A map, not a search per lookup: the plan runs over every range (tens of thousands).
+    let zone_by_node: HashMap<u64, &str> = nodes.iter().map(|n| (n.id, n.zone.as_str())).collect();
+    let zone_of = |id: u64| zone_by_node.get(&id).copied().unwrap_or("");
     let dead: HashSet<u64> = nodes.iter().filter(|n| n.departing()).map(|n| n.id).collect();
     let mut actions = Vec::new();
     for r in ranges {
@@ -172,7 +174,7 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], default_rf: usize, max_act
         }
         // A leader outside the table's preferred zones moves to a voter in a better one.
         if !r.lease_preferences.is_empty() && r.leader != 0 {
-            let rank = |n: u64| zone_rank(&r.lease_preferences, &zone_of(n));
+            let rank = |n: u64| zone_rank(&r.lease_preferences, zone_of(n));
             let better = r
                 .replicas
                 .iter()
@@ -194,7 +196,7 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], default_rf: usize, max_act
             }
         }
         if voters > rf && r.replicas.iter().all(|(n, _)| load.contains_key(n)) {
-            let zones: Vec<String> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
+            let zones: Vec<&str> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
             let shares_zone = |n: u64| zones.iter().filter(|z| **z == zone_of(n)).count() > 1;
             let extra = r
                 .replicas
@@ -214,11 +216,11 @@ pub fn plan(nodes: &[NodeView], ranges: &[RangeView], default_rf: usize, max_act
             continue;
         }
         let hosting: HashSet<u64> = r.replicas.iter().map(|(n, _)| *n).collect();
-        let used_zones: HashSet<String> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
+        let used_zones: HashSet<&str> = r.replicas.iter().map(|(n, _)| zone_of(*n)).collect();
         let best = live
             .iter()
             .filter(|n| !hosting.contains(&n.id))
-            .min_by_key(|n| (used_zones.contains(&n.zone), load.get(&n.id).copied().unwrap_or(0), n.id));
+            .min_by_key(|n| (used_zones.contains(n.zone.as_str()), load.get(&n.id).copied().unwrap_or(0), n.id));
         if let Some(n) = best {
             actions.push(Action::AddReplica { range: r.id, node: n.id });
             if let Some(c) = load.get_mut(&n.id) {

@@ -95,7 +95,11 @@ impl Controller {
         };
         let nodes = view::nodes(&nodes, &states, crate::hlc::wall_now_ms(), self.dead_after_ms);
         let busy = self.in_flight.lock().clone();
-        let ranges = view::ranges(&records, &tables, &busy);
+        // Where records overlap (a merged range's retired neighbour re-reported by its
+        // old leader), plan on the newer one only.
+        let current: Vec<_> =
+            crate::gateway::directory::Directory::from_records(records.iter().cloned()).records().cloned().collect();
+        let ranges = view::ranges(&current, &tables, &busy);
         let rf_of: HashMap<u64, usize> = ranges.iter().map(|r| (r.id, r.rf_or(self.rf))).collect();
         let dead: Arc<HashSet<u64>> =
             Arc::new(nodes.iter().filter(|n| n.dead || n.decommissioning).map(|n| n.id).collect());
@@ -220,7 +224,11 @@ impl Controller {
                 .iter()
                 .filter(|d| now.saturating_duration_since(since[&d.id]) >= FROZEN_GRACE && !busy.contains(&d.id))
                 .filter_map(|d| {
-                    let left = records.iter().filter_map(|r| r.desc.as_ref()).find(|l| l.end == d.start)?;
+                    // Its left neighbour, or the range that already merged it (its driver died
+                    // before deleting its record): abandoning then only records the merge.
+                    let left = records.iter().filter_map(|r| r.desc.as_ref()).find(|l| {
+                        l.id != d.id && (l.end == d.start || crate::keys::in_range(&d.start, &l.start, &l.end))
+                    })?;
                     Some((left.id, (*d).clone()))
                 })
                 .filter(|(left, _)| !busy.contains(left))

@@ -15,6 +15,7 @@
 //! clients, and carries out the schedule's faults and topology changes.
 
 pub mod checks;
+pub mod controller_sim;
 mod merging;
 pub mod nemesis;
 pub mod network;
