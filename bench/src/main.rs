@@ -75,6 +75,10 @@ struct Args {
     /// Seconds the preload may take before the records left are given up on.
     #[arg(long, default_value_t = 300.0)]
     preload_timeout: f64,
+    /// Follower reads: Cairn's bounded-staleness reads (default bound 10 s), etcd's
+    /// serializable ones; any replica may serve them. Default: linearizable reads.
+    #[arg(long)]
+    stale_reads: bool,
     /// Print one JSON object per run on stdout.
     #[arg(long)]
     json: bool,
@@ -126,7 +130,7 @@ async fn session(args: Args) -> Result<()> {
 
     let cpu = cpu::CpuMeter::new(args.server_pids.clone())?;
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let clients = target::connect(args.target, &endpoints, &args.table, timeout).await?;
+    let clients = target::connect(args.target, &endpoints, &args.table, timeout, args.stale_reads).await?;
     target::prepare(&clients, args.keys, args.ranges).await?;
 
     let errors = Arc::new(ErrorLog::default());
@@ -179,9 +183,10 @@ fn report(args: &Args, endpoints: usize, workload: Workload, r: &RunResult) {
         None => String::new(),
     };
     let summary = format!(
-        "{:<5} {:<7} clients={} ops={} ops/s={:.1} errors={} p50={} p99={} p99.9={} cpu/op: client={}{} ({:.2}s{})",
+        "{:<5} {:<7}{} clients={} ops={} ops/s={:.1} errors={} p50={} p99={} p99.9={} cpu/op: client={}{} ({:.2}s{})",
         args.target.name(),
         workload.name(),
+        if args.stale_reads && workload.reads() { " (stale reads)" } else { "" },
         args.clients,
         r.ops,
         ops_per_sec,
@@ -197,7 +202,7 @@ fn report(args: &Args, endpoints: usize, workload: Workload, r: &RunResult) {
     if args.json {
         eprintln!("{summary}");
         let cpu = |c: Option<f64>| c.map(|v| round(v, 1));
-        let fields: [(&str, serde_json::Value); 17] = [
+        let fields: [(&str, serde_json::Value); 18] = [
             ("target", args.target.name().into()),
             ("workload", workload.name().into()),
             ("clients", args.clients.into()),
@@ -210,6 +215,7 @@ fn report(args: &Args, endpoints: usize, workload: Workload, r: &RunResult) {
             ("p999_ms", p999.into()),
             ("not_found", r.not_found.into()),
             ("keys", args.keys.into()),
+            ("stale_reads", args.stale_reads.into()),
             ("value_size", args.value_size.into()),
             ("distribution", args.distribution.name().into()),
             ("endpoints", endpoints.into()),

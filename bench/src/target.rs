@@ -38,6 +38,9 @@ pub struct Client {
     endpoint: String,
     timeout: Duration,
     kind: Kind,
+    /// Reads that any replica may serve: Cairn's bounded-staleness reads, etcd's
+    /// serializable ones (each system's follower reads).
+    stale_reads: bool,
 }
 
 #[derive(Clone)]
@@ -55,7 +58,13 @@ enum Kind {
 }
 
 /// Connects one [`Client`] per endpoint, in the order given.
-pub async fn connect(target: Target, endpoints: &[String], table: &str, timeout: Duration) -> Result<Vec<Client>> {
+pub async fn connect(
+    target: Target,
+    endpoints: &[String],
+    table: &str,
+    timeout: Duration,
+    stale_reads: bool,
+) -> Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         let kind = match target {
@@ -70,7 +79,7 @@ pub async fn connect(target: Target, endpoints: &[String], table: &str, timeout:
                 Kind::Etcd { kv: Box::new(client.kv_client()), prefix: format!("{table}/").into_bytes() }
             }
         };
-        clients.push(Client { endpoint: endpoint.clone(), timeout, kind });
+        clients.push(Client { endpoint: endpoint.clone(), timeout, kind, stale_reads });
     }
     Ok(clients)
 }
@@ -174,22 +183,25 @@ impl Client {
     pub async fn get(&mut self, record: u64) -> Result<bool> {
         let timeout = self.timeout;
         let key = key_name(record);
+        let stale = self.stale_reads;
         let fut = async {
             match &mut self.kind {
                 Kind::Cairn { client, table } => {
+                    let consistency = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
                     let response = client
                         .get(GetRequest {
                             table: table.clone(),
                             key,
-                            consistency: ReadConsistency::Linearizable as i32,
+                            consistency: consistency as i32,
                             max_staleness_ms: 0,
                         })
                         .await?;
                     Ok(response.into_inner().found)
                 }
                 Kind::Etcd { kv, prefix } => {
-                    // No options: a linearizable (non-serializable) Range, etcd's default.
-                    let response = kv.get(prefixed(prefix, &key), None).await?;
+                    // Without options a Range is linearizable, etcd's default.
+                    let options = stale.then(|| etcd_client::GetOptions::new().with_serializable());
+                    let response = kv.get(prefixed(prefix, &key), options).await?;
                     Ok(!response.kvs().is_empty())
                 }
             }
