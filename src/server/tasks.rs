@@ -143,8 +143,11 @@ fn approximate_bytes(gw: &Gateway, d: &RangeDescriptor, written: u64) -> u64 {
 }
 
 async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMap<u64, (RangeRecord, Instant)>>>) {
-    let leaders: Vec<_> =
+    let mut leaders: Vec<_> =
         gw.store.registry.read().values().filter(|r| r.is_leader() && r.initialized()).cloned().collect();
+    // In range order, not the registry's hash order: several records go in one meta
+    // write, and a simulated run must replay it byte for byte.
+    leaders.sort_by_key(|r| r.range_id);
     let mut changed = Vec::new();
     {
         let mut last = reported.lock();
@@ -199,7 +202,8 @@ struct LoadSplit {
 }
 
 async fn load_split_check(gw: Arc<Gateway>, load: LoadSplit) {
-    let replicas: Vec<_> = gw.store.registry.read().values().cloned().collect();
+    let mut replicas: Vec<_> = gw.store.registry.read().values().cloned().collect();
+    replicas.sort_by_key(|r| r.range_id); // a replayable order (see `report_ranges`)
     let secs = LOAD_CHECK_INTERVAL.as_secs_f64();
     for r in replicas {
         let (reads, writes) = r.load.take_counts();
