@@ -154,6 +154,10 @@ async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMa
         for r in &leaders {
             let desc = r.desc();
             let size = approximate_bytes(&gw, &desc, r.written_bytes.load(Ordering::Relaxed));
+            // Requests per second ride along but do not trigger a report on their own: a
+            // report on every change of load made the whole-node simulation's seeds stop
+            // replaying exactly (the load it measures does not yet replay); the periodic
+            // refresh brings them to the controller, whose merges wait minutes anyway.
             let qps = r.last_qps.load(Ordering::Relaxed);
             let rec = RangeRecord { desc: Some(desc), leader_node_id: gw.node_id, approximate_bytes: size, qps };
             let stale = match last.get(&r.range_id) {
@@ -162,7 +166,6 @@ async fn report_ranges(gw: Arc<Gateway>, reported: Arc<parking_lot::Mutex<HashMa
                         || prev.leader_node_id != rec.leader_node_id
                         || crate::clock::elapsed(*at) > REPORT_REFRESH
                         || prev.approximate_bytes.abs_diff(size) > size / 10 + 4096
-                        || prev.qps.abs_diff(qps) > prev.qps / 2 + 10
                 }
                 None => true,
             };
