@@ -7,6 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // A merge carries a whole descriptor: boxed, every command (and the store's
+        // message queue, a slot per command) stays small.
+        .boxed(".cairn.internal.v1.RaftCommand.cmd.merge")
+        .compile_fds(fds)?;
     Ok(())
 }

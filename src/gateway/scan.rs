@@ -51,6 +51,7 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
     let mut cursor = p.start.clone();
     let mut remaining = if p.limit == 0 { usize::MAX } else { p.limit };
     let mut range_version = p.resume_version;
+    let mut range_epoch: Option<(u64, u64)> = None;
     let mut last_progress = crate::clock::now();
     let mut attempt = 0u64;
     loop {
@@ -77,6 +78,13 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
             }
         };
         let Some(desc) = rec.desc.clone() else { continue };
+        // A version read from a range holds only for the span it had then: after a
+        // merge, the keys it took over may carry newer versions than it did.
+        let epoch_now = (desc.id, desc.epoch.map(|e| e.version).unwrap_or(0));
+        if range_epoch.is_some_and(|e| e != epoch_now) {
+            range_version = None;
+        }
+        range_epoch = Some(epoch_now);
         let voters: Vec<u64> = desc.replicas.iter().filter(|r| !r.learner).map(|r| r.node_id).collect();
         if voters.is_empty() {
             attempt += 1;

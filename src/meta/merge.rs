@@ -136,7 +136,7 @@ async fn finish(gw: &Gateway, left: &RangeDescriptor, frozen: AdminResponse) -> 
         right_last_version: frozen.last_version,
         left_epoch: left.epoch,
     };
-    let merged = run(gw, left.id, raft_command::Cmd::Merge(cmd)).await?;
+    let merged = run(gw, left.id, raft_command::Cmd::Merge(Box::new(cmd))).await?;
     let desc = merged.desc.ok_or_else(|| Status::internal("merge returned no descriptor"))?;
     record(gw, &desc, right.id).await;
     tracing::info!(left = left.id, right = right.id, "ranges merged");

@@ -509,6 +509,7 @@ fn apply_split(
         next_replica_id: t.desc.next_replica_id,
         frozen_for_merge: false,
         sticky_start: s.sticky,
+        merged_at: None,
     };
     t.desc.end = key.to_vec();
     t.desc.epoch = Some(epoch);
@@ -597,6 +598,7 @@ fn apply_merge(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, m: &MergeCommand,
     t.desc.retired_tables.dedup();
     let right_version = m.right_last_version.as_ref().map(Version::from).unwrap_or_default();
     t.apply.last_version = t.apply.last_version.max(right_version);
+    t.desc.merged_at = Some(t.apply.last_version.into());
     batch.put(Cf::RaftState, &layout::descriptor_key(t.range_id), &t.desc.encode_to_vec());
     retire_raft_state(batch, right.id, local.and_then(|l| l.hard_state));
     Applied::Merged { desc: t.desc.clone(), right_id: right.id, right_incomplete }
@@ -1133,12 +1135,12 @@ mod tests {
     }
 
     fn merge_cmd(right: &RangeDescriptor, index: u64, left: &RangeDescriptor) -> raft_command::Cmd {
-        raft_command::Cmd::Merge(MergeCommand {
+        raft_command::Cmd::Merge(Box::new(MergeCommand {
             right: Some(right.clone()),
             right_frozen_index: index,
             right_last_version: Some(Version { wall_ns: 9_000_000_000, logical: 0, node_id: 1 }.into()),
             left_epoch: left.epoch,
-        })
+        }))
     }
 
     #[test]
@@ -1166,6 +1168,11 @@ mod tests {
         assert_eq!((desc.start.as_slice(), desc.end.as_slice()), (&b"a"[..], &b"z"[..]));
         assert!(desc.epoch.unwrap().version > 2, "a new epoch: routes to either old range are stale");
         assert!(lst.last_version.wall_ns >= 9_000_000_000, "versions stay above every version the right range wrote");
+        assert_eq!(
+            desc.merged_at.map(|v| Version::from(&v)),
+            Some(lst.last_version),
+            "older scan versions are refused"
+        );
         assert!(e.get(Cf::RaftState, &layout::descriptor_key(3)).is_none(), "the right range's Raft state is gone");
         let tomb = e.get(Cf::RaftState, &layout::tombstone_key(3)).unwrap();
         assert_eq!(super::super::membership::Tombstone::decode(&tomb), super::super::membership::Tombstone::merged());

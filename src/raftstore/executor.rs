@@ -328,6 +328,11 @@ fn scan_page(
     if desc.frozen_for_merge {
         return Err(super::apply::frozen(&desc));
     }
+    if desc.merged_at.as_ref().is_some_and(|m| at < Version::from(m)) {
+        return Err(errors::invalid(
+            "the scan's version predates a merge of its range, whose new keys it could miss; restart the scan",
+        ));
+    }
     super::apply::check_tables_live(&desc, std::iter::once(start.max(desc.start.as_slice())))?;
     let lo = start.max(desc.start.as_slice()).to_vec();
     let hi = match (end.is_empty(), desc.end.is_empty()) {

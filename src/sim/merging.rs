@@ -148,12 +148,12 @@ impl World {
             }
             Stage::WaitFrozen { right, index, last_version } => {
                 if self.frozen_everywhere(&right, index) {
-                    let cmd = raft_command::Cmd::Merge(MergeCommand {
+                    let cmd = raft_command::Cmd::Merge(Box::new(MergeCommand {
                         right: Some(right.clone()),
                         right_frozen_index: index,
                         right_last_version: last_version,
                         left_epoch: m.left_epoch,
-                    });
+                    }));
                     match self.propose_on_leader(m.left, cmd) {
                         Some(rx) => (Stage::Merge { right }, Some(rx)),
                         None => (Stage::Fence { right }, None),
