@@ -92,7 +92,7 @@ pub fn range_status(rec: &RangeRecord, tables: &[TableInfo]) -> RangeStatus {
 }
 
 fn desc_status(d: RangeDescriptor, leader: u64, tables: &[TableInfo]) -> RangeStatus {
-    range_status(&RangeRecord { desc: Some(d), leader_node_id: leader, approximate_bytes: 0, qps: 0 }, tables)
+    range_status(&RangeRecord { desc: Some(d), leader_node_id: leader, ..Default::default() }, tables)
 }
 
 impl KvService {

@@ -101,8 +101,7 @@ mod tests {
                 ..Default::default()
             }),
             leader_node_id: 0,
-            approximate_bytes: 0,
-            qps: 0,
+            ..Default::default()
         }
     }
 

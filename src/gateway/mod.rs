@@ -222,12 +222,7 @@ impl Gateway {
     async fn meta_record(&self) -> Result<RangeRecord, Status> {
         if let Some(s) = self.store.registry.read().get(&meta::META_RANGE_ID).cloned() {
             if s.initialized() && s.leader_id() != 0 {
-                return Ok(RangeRecord {
-                    desc: Some(s.desc()),
-                    leader_node_id: s.leader_id(),
-                    approximate_bytes: 0,
-                    qps: 0,
-                });
+                return Ok(RangeRecord { desc: Some(s.desc()), leader_node_id: s.leader_id(), ..Default::default() });
             }
         }
         if let Some(r) = self.dir.read().by_id(meta::META_RANGE_ID).cloned() {
@@ -248,12 +243,8 @@ impl Gateway {
                     self.book.learn(n.id, &n.addr);
                 }
                 if resp.leader_node_id != 0 && resp.desc.is_some() {
-                    let rec = RangeRecord {
-                        desc: resp.desc,
-                        leader_node_id: resp.leader_node_id,
-                        approximate_bytes: 0,
-                        qps: 0,
-                    };
+                    let rec =
+                        RangeRecord { desc: resp.desc, leader_node_id: resp.leader_node_id, ..Default::default() };
                     self.dir.write().insert(rec.clone());
                     return Ok(rec);
                 }
@@ -512,12 +503,7 @@ impl Gateway {
                 Kind::EpochMismatch | Kind::KeyNotInRange => {
                     last_progress = crate::clock::now();
                     if let Some(d) = err.desc {
-                        self.learn_route(RangeRecord {
-                            desc: Some(d),
-                            leader_node_id: node,
-                            approximate_bytes: 0,
-                            qps: 0,
-                        });
+                        self.learn_route(RangeRecord { desc: Some(d), leader_node_id: node, ..Default::default() });
                     }
                     if desc.id != meta::META_RANGE_ID {
                         let _ = self.refresh_directory().await;

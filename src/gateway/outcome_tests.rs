@@ -36,8 +36,7 @@ fn gateway_routing_to(peer: &str) -> Gateway {
             ..Default::default()
         }),
         leader_node_id: 2,
-        approximate_bytes: 0,
-        qps: 0,
+        ..Default::default()
     });
     gw
 }

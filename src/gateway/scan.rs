@@ -135,12 +135,7 @@ async fn run(gw: &Gateway, p: ScanParams, tx: &mpsc::Sender<Result<ScanBatch, St
                     Kind::NotLeader => gw.dir_set_leader(desc.id, e.leader_hint),
                     Kind::EpochMismatch | Kind::KeyNotInRange | Kind::RangeNotFound => {
                         if let Some(d) = e.desc {
-                            gw.learn_route(RangeRecord {
-                                desc: Some(d),
-                                leader_node_id: node,
-                                approximate_bytes: 0,
-                                qps: 0,
-                            });
+                            gw.learn_route(RangeRecord { desc: Some(d), leader_node_id: node, ..Default::default() });
                         }
                         if desc.id != meta::META_RANGE_ID {
                             let _ = gw.refresh_directory().await;

@@ -5,6 +5,7 @@
 
 use crate::gateway::{self, Gateway, Target};
 use crate::meta;
+use crate::raftstore::apply;
 use cairn_proto::internal::{
     admin_request, raft_command, range_request, AdminRequest, AdminResponse, ClearRangeCommand, RaftCommand,
     RangeDescriptor, RangeRecord, RangeRequest, RangeResponse, SplitCommand,
@@ -47,20 +48,15 @@ pub async fn split_at(
         return Ok((d.clone(), None));
     }
     let new_range_id = meta::next_id(gw, meta::CTR_RANGE).await?;
-    let cmd = RaftCommand {
-        judge_expiry_at_leader: false,
-        expiry_judged_at_ms: 0,
-        request_id: Vec::new(),
-        proposed_version: None,
-        cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id, sticky })),
-    };
+    let cmd =
+        apply::admin_command(raft_command::Cmd::Split(SplitCommand { split_key: key.to_vec(), new_range_id, sticky }));
     let resp = command_at(gw, key, &cmd).await?;
     let admin = resp.admin.unwrap_or_default();
     let left = admin.desc.ok_or_else(|| Status::internal("split returned no descriptor"))?;
     let right = admin.right;
-    let mut records = vec![RangeRecord { desc: Some(left.clone()), leader_node_id: 0, approximate_bytes: 0, qps: 0 }];
+    let mut records = vec![RangeRecord { desc: Some(left.clone()), leader_node_id: 0, ..Default::default() }];
     if let Some(r) = &right {
-        records.push(RangeRecord { desc: Some(r.clone()), leader_node_id: 0, approximate_bytes: 0, qps: 0 });
+        records.push(RangeRecord { desc: Some(r.clone()), leader_node_id: 0, ..Default::default() });
         tracing::info!(left = left.id, right = r.id, key = %crate::keys::display_key(key), "range split");
     }
     for r in &records {
@@ -118,7 +114,7 @@ pub async fn status(gw: &Gateway, range_id: u64) -> Result<AdminResponse, Status
 
 async fn report(gw: &Gateway, a: &AdminResponse) {
     if let Some(d) = &a.desc {
-        let rec = RangeRecord { desc: Some(d.clone()), leader_node_id: a.leader_node_id, approximate_bytes: 0, qps: 0 };
+        let rec = RangeRecord { desc: Some(d.clone()), leader_node_id: a.leader_node_id, ..Default::default() };
         gw.learn_route(rec.clone());
         if let Err(e) = meta::report_ranges(gw, vec![rec]).await {
             tracing::warn!(range_id = d.id, "could not record range change in meta: {e}");

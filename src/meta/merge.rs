@@ -24,7 +24,7 @@ use crate::meta;
 use crate::raftstore::apply;
 use cairn_proto::internal::{
     admin_request, mutation, raft_command, range_request, AdminRequest, AdminResponse, FenceCommand, FreezeCommand,
-    MergeCommand, Mutation, RaftCommand, RangeDescriptor, RangeRecord, RangeRequest, UnfreezeCommand,
+    MergeCommand, Mutation, RangeDescriptor, RangeRecord, RangeRequest, UnfreezeCommand,
 };
 use std::time::Duration;
 use tonic::Status;
@@ -32,20 +32,10 @@ use tonic::Status;
 /// How long a merge waits for every replica of the right range to apply its freeze.
 const FREEZE_WAIT: Duration = Duration::from_secs(10);
 
-fn command(cmd: raft_command::Cmd) -> RaftCommand {
-    RaftCommand {
-        judge_expiry_at_leader: false,
-        expiry_judged_at_ms: 0,
-        request_id: Vec::new(),
-        proposed_version: None,
-        cmd: Some(cmd),
-    }
-}
-
 /// Runs an administrative command on range `range_id`'s leader (no epoch check:
 /// the command's apply checks what it depends on).
 async fn run(gw: &Gateway, range_id: u64, cmd: raft_command::Cmd) -> Result<AdminResponse, Status> {
-    let cmd = command(cmd);
+    let cmd = apply::admin_command(cmd);
     let resp = gw
         .call(Target::Range(range_id), |_| {
             Ok(RangeRequest { range_id, epoch: None, req: Some(range_request::Req::Command(cmd.clone())) })
@@ -187,7 +177,7 @@ async fn wait_until_frozen_everywhere(gw: &Gateway, right: &RangeDescriptor, ind
 
 /// Writes the merged range's record and deletes the retired one's, in one write.
 async fn record(gw: &Gateway, merged: &RangeDescriptor, right_id: u64) {
-    let rec = RangeRecord { desc: Some(merged.clone()), leader_node_id: 0, approximate_bytes: 0, qps: 0 };
+    let rec = RangeRecord { desc: Some(merged.clone()), leader_node_id: 0, ..Default::default() };
     gw.learn_route(rec.clone());
     let muts = vec![
         Mutation {

@@ -209,6 +209,7 @@ pub fn apply_command(ab: &mut ApplyBatch<'_>, t: &mut ApplyTarget<'_>, cmd: &Raf
         mutations: muts.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(m, _)| m.clone()).collect(),
     });
     let out = match &cmd.cmd {
+        Some(c) if t.desc.frozen_for_merge && refused_while_frozen(c) => Applied::Rejected(frozen(t.desc)),
         Some(raft_command::Cmd::Write(w)) => {
             let judged_at_ms = (version.wall_ns / 1_000_000).max(cmd.expiry_judged_at_ms);
             apply_write(ab, t, unanswered.as_ref().unwrap_or(w), version, judged_at_ms)
@@ -306,9 +307,6 @@ fn apply_write(
     version: Version,
     now_ms: u64,
 ) -> Applied {
-    if t.desc.frozen_for_merge {
-        return Applied::Rejected(frozen(t.desc));
-    }
     let outside = w.mutations.iter().any(|m| !keys::in_range(&m.key, &t.desc.start, &t.desc.end));
     if outside && !sabotage::active(Sabotage::SkipEpochCheck) {
         return Applied::Rejected(errors::key_not_in_range(t.desc));
@@ -482,9 +480,6 @@ fn apply_split(
     prior_hard_state: Option<raft::eraftpb::HardState>,
 ) -> Applied {
     let key = s.split_key.as_slice();
-    if t.desc.frozen_for_merge {
-        return Applied::Rejected(frozen(t.desc));
-    }
     if key == t.desc.start.as_slice() {
         return Applied::AlreadySplit(t.desc.clone());
     }
@@ -521,6 +516,25 @@ fn apply_split(
         batch.put(Cf::RaftState, &layout::hard_state_key(right.id), &hs.encode_to_vec());
     }
     Applied::Split { left: t.desc.clone(), right }
+}
+
+/// Commands a range frozen for a merge refuses, at proposal and at apply: all that
+/// change its data or bounds. A freeze again, a fence or a thaw still go through.
+pub fn refused_while_frozen(cmd: &raft_command::Cmd) -> bool {
+    use raft_command::Cmd;
+    matches!(cmd, Cmd::Write(_) | Cmd::Split(_) | Cmd::Clear(_) | Cmd::Merge(_))
+}
+
+/// A command no client request id deduplicates (the leader proposes it for an
+/// administrative step: split, freeze, merge, fence, thaw).
+pub fn admin_command(cmd: raft_command::Cmd) -> RaftCommand {
+    RaftCommand {
+        judge_expiry_at_leader: false,
+        expiry_judged_at_ms: 0,
+        request_id: Vec::new(),
+        proposed_version: None,
+        cmd: Some(cmd),
+    }
 }
 
 /// The error of a request a frozen range cannot take: retryable, since the range
@@ -568,7 +582,7 @@ fn apply_freeze(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, left_range_id: u
 fn apply_merge(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, m: &MergeCommand, local: Option<LocalRight>) -> Applied {
     let Some(right) = m.right.as_ref() else { return Applied::Rejected(errors::invalid("merge names no range")) };
     let same_epoch = m.left_epoch.is_some() && t.desc.epoch == m.left_epoch;
-    if !same_epoch || t.desc.frozen_for_merge {
+    if !same_epoch {
         return Applied::Rejected(errors::epoch_mismatch(t.desc));
     }
     if t.desc.end.is_empty() || t.desc.end != right.start || !right.frozen_for_merge || right.id == t.range_id {
@@ -585,9 +599,7 @@ fn apply_merge(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, m: &MergeCommand,
     }
     // Not the epoch: a fence from an abandoned merge of the right range with its own
     // right-hand neighbour may have raised it since; its data stays what was frozen.
-    let complete = local
-        .as_ref()
-        .is_some_and(|l| l.desc.id == right.id && l.desc.frozen_for_merge && l.applied_index >= m.right_frozen_index);
+    let complete = local.as_ref().is_some_and(|l| l.desc.frozen_for_merge && l.applied_index >= m.right_frozen_index);
     let right_incomplete = !complete && !sabotage::active(Sabotage::MergeWithoutFreezeWait);
     let (le, re) = (t.desc.epoch.unwrap_or_default(), right.epoch.unwrap_or_default());
     t.desc.end = right.end.clone();
@@ -609,14 +621,20 @@ fn apply_merge(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, m: &MergeCommand,
 /// leaves the tombstone that refuses every message to it.
 pub fn retire_raft_state(batch: &mut Batch<'_>, range_id: u64, hard_state: Option<raft::eraftpb::HardState>) {
     batch.delete_range(Cf::RaftLog, &layout::log_key(range_id, 0), &layout::log_key(range_id + 1, 0));
+    clear_raft_state(batch, range_id, hard_state);
+    let tombstone = super::membership::Tombstone::merged();
+    batch.put(Cf::RaftState, &layout::tombstone_key(range_id), &tombstone.encode());
+}
+
+/// Deletes a range's Raft state (descriptor, apply state, markers), keeping its
+/// term and vote if given: a node's term for a range never goes back.
+pub fn clear_raft_state(batch: &mut Batch<'_>, range_id: u64, hard_state: Option<raft::eraftpb::HardState>) {
     let (lo, hi) = layout::range_state_bounds(range_id);
     batch.delete_range(Cf::RaftState, &lo, &hi);
     if let Some(mut hs) = hard_state {
         hs.commit = 0;
         batch.put(Cf::RaftState, &layout::hard_state_key(range_id), &hs.encode_to_vec());
     }
-    let tombstone = super::membership::Tombstone::merged();
-    batch.put(Cf::RaftState, &layout::tombstone_key(range_id), &tombstone.encode());
 }
 
 /// Persists the starting state of a range created by bootstrap or split.
@@ -635,9 +653,6 @@ pub fn write_initial_state(batch: &mut Batch<'_>, desc: &RangeDescriptor, last_v
 }
 
 fn apply_clear(batch: &mut Batch<'_>, t: &mut ApplyTarget<'_>, c: &ClearRangeCommand) -> Applied {
-    if t.desc.frozen_for_merge {
-        return Applied::Rejected(frozen(t.desc));
-    }
     if c.retire_table != 0 && !retired(t.desc, c.retire_table) {
         let (lo, hi) = (keys::table_prefix(c.retire_table), keys::table_end(c.retire_table));
         let overlaps = (t.desc.end.is_empty() || lo < t.desc.end) && hi > t.desc.start;

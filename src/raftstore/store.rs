@@ -528,10 +528,8 @@ impl Store {
             return;
         }
         if is_snapshot {
-            if !self.snapshot_acceptable(range_id, &msg) {
-                return;
-            }
-            self.retire_merged_by_snapshot(range_id, &msg);
+            let Some(snapshot_desc) = self.snapshot_acceptable(range_id, &msg) else { return };
+            self.retire_merged_by_snapshot(range_id, &snapshot_desc);
         }
         let Some(r) = self.replicas.get_mut(&range_id) else { return };
         wake(r);
@@ -690,15 +688,16 @@ impl Store {
         }
     }
 
-    fn snapshot_acceptable(&self, range_id: u64, msg: &Message) -> bool {
-        let Some(snap) = msg.snapshot.as_ref() else { return false };
+    /// The snapshot's descriptor if this node may install it.
+    fn snapshot_acceptable(&self, range_id: u64, msg: &Message) -> Option<RangeDescriptor> {
+        let snap = msg.snapshot.as_ref()?;
         let Ok(data) = SnapshotData::decode(snap.data.as_slice()) else {
             tracing::warn!(range_id, "dropping snapshot with undecodable data");
-            return false;
+            return None;
         };
-        let Some(d) = data.desc.as_ref() else { return false };
+        let d = data.desc.as_ref()?;
         if d.id != range_id {
-            return false;
+            return None;
         }
         if !data.files.is_empty() {
             let meta = snap.metadata.clone().unwrap_or_default();
@@ -708,7 +707,7 @@ impl Store {
                 .is_some_and(|root| snapshot::received_files_present(root, range_id, meta.term, meta.index, &data));
             if !present {
                 tracing::warn!(range_id, index = meta.index, "dropping snapshot whose files are not here");
-                return false;
+                return None;
             }
         }
         let clash = self.replicas.iter().any(|(id, r)| {
@@ -719,21 +718,18 @@ impl Store {
         if clash {
             tracing::info!(range_id, "dropping snapshot overlapping another local range (split not applied yet)");
         }
-        !clash
+        (!clash).then(|| d.clone())
     }
 
     /// Retires the local replicas a snapshot of `range_id` shows merged into it
     /// (this node's replica of the left range missed the merge and is sent a
     /// snapshot instead): their Raft state goes, and the snapshot's install
     /// replaces their data. Called once the snapshot is found acceptable.
-    fn retire_merged_by_snapshot(&mut self, range_id: u64, msg: &Message) {
-        let Some(d) = msg.snapshot.as_ref().and_then(|s| SnapshotData::decode(s.data.as_slice()).ok()?.desc) else {
-            return;
-        };
+    fn retire_merged_by_snapshot(&mut self, range_id: u64, d: &RangeDescriptor) {
         let merged: Vec<u64> = self
             .replicas
             .iter()
-            .filter(|(id, r)| **id != range_id && r.shared.initialized() && r.shared.with_desc(|o| merged_into(o, &d)))
+            .filter(|(id, r)| **id != range_id && r.shared.initialized() && r.shared.with_desc(|o| merged_into(o, d)))
             .map(|(id, _)| *id)
             .collect();
         for id in merged {
@@ -756,14 +752,6 @@ impl Store {
             let _ = reply.send(Err(errors::range_not_found(range_id)));
             return;
         };
-        {
-            use cairn_proto::internal::raft_command::Cmd;
-            let takes_data = matches!(cmd.cmd, Some(Cmd::Write(_) | Cmd::Split(_) | Cmd::Clear(_) | Cmd::Merge(_)));
-            if takes_data && r.shared.with_desc(|d| d.frozen_for_merge) {
-                let _ = reply.send(Err(r.shared.with_desc(apply::frozen)));
-                return;
-            }
-        }
         if let Some(offset_ms) = self.hlc.untrusted_offset_ms() {
             // Not a leader for long (`hand_over_leadership`): the gateway re-routes.
             tracing::debug!(range_id, offset_ms, "proposal refused: this node's clock is untrusted");
@@ -780,10 +768,15 @@ impl Store {
             let _ = reply.send(Err(errors::not_leader(range_id, r.leader_node())));
             return;
         }
-        let desc = r.shared.desc();
+        // The store loop's own copy of the descriptor: no lock and no clone per proposal.
+        let desc = &r.raw.store().desc;
+        if desc.frozen_for_merge && cmd.cmd.as_ref().is_some_and(apply::refused_while_frozen) {
+            let _ = reply.send(Err(apply::frozen(desc)));
+            return;
+        }
         if let (Some(want), Some(have)) = (epoch.as_ref(), desc.epoch.as_ref()) {
             if want.version != have.version && !sabotage::active(Sabotage::SkipEpochCheck) {
-                let _ = reply.send(Err(errors::epoch_mismatch(&desc)));
+                let _ = reply.send(Err(errors::epoch_mismatch(desc)));
                 return;
             }
         }
@@ -1148,15 +1141,25 @@ impl Store {
         }
     }
 
+    /// Takes a replica out of service: out of the loop and the registry, its waiting
+    /// requests failed, and marked destroyed under its data lock, so that no read
+    /// already past the check reads on while the caller deletes what it held.
+    fn withdraw(&mut self, id: u64) -> Option<Replica> {
+        let mut r = self.replicas.remove(&id)?;
+        self.registry.write().remove(&id);
+        r.fail_pending();
+        let _guard = r.shared.data_lock.write();
+        r.shared.mark_destroyed();
+        drop(_guard);
+        Some(r)
+    }
+
     /// Drops a range merged into `left_id` from this node: its data now belongs to
     /// the left range, and its Raft state and tombstone were written with the merge.
     fn retire_merged(&mut self, left_id: u64, id: u64) {
-        let Some(mut r) = self.replicas.remove(&id) else { return };
-        self.registry.write().remove(&id);
-        r.fail_pending();
-        r.fail_forwarded();
-        let _guard = r.shared.data_lock.write();
-        r.shared.mark_destroyed();
+        if self.withdraw(id).is_none() {
+            return;
+        }
         metrics::counter!("cairn_range_merges_total").increment(1);
         tracing::info!(left = left_id, right = id, "merge applied");
     }
@@ -1165,24 +1168,17 @@ impl Store {
     /// replica of the right range behind its freeze) with an empty one that is
     /// sent everything again by snapshot, as a quarantined replica is.
     fn rebuild_replica(&mut self, id: u64) {
-        let Some(mut r) = self.replicas.remove(&id) else { return };
-        self.registry.write().remove(&id);
-        r.fail_pending();
-        r.fail_forwarded();
+        let Some(r) = self.withdraw(id) else { return };
         let desc = r.raw.store().desc.clone();
         let last_index = r.raw.store().last_index;
         let peer_id = r.peer_id();
         tracing::error!(range_id = id, "a merge found this node's copy of the merged range incomplete; rebuilding");
         metrics::counter!("cairn_replicas_quarantined_total").increment(1);
         let rebuild = Rebuild { until_index: last_index, desc: desc.clone() };
-        {
-            let _guard = r.shared.data_lock.write();
-            r.shared.mark_destroyed();
-            let mut b = self.engine.batch();
-            purge_replica(&mut b, &desc, true, r.raw.raft.hard_state());
-            b.put(Cf::RaftState, &layout::quarantine_key(id), &rebuild.encode());
-            self.engine.commit(b, true);
-        }
+        let mut b = self.engine.batch();
+        purge_replica(&mut b, &desc, true, r.raw.raft.hard_state());
+        b.put(Cf::RaftState, &layout::quarantine_key(id), &rebuild.encode());
+        self.engine.commit(b, true);
         let storage = RangeStorage::uninitialized(self.engine.clone(), id);
         match Replica::new(self.node_id, peer_id, storage, &self.cfg, &self.logger) {
             Ok(mut fresh) => {
@@ -1221,13 +1217,9 @@ impl Store {
 
     /// Removes this node's replica and its data (it was removed from the range).
     fn destroy_replica(&mut self, id: u64) {
-        let Some(mut r) = self.replicas.remove(&id) else { return };
-        self.registry.write().remove(&id);
-        r.fail_pending();
+        let Some(r) = self.withdraw(id) else { return };
         let desc = r.raw.store().desc.clone();
         let holds_data = r.raw.store().initialized;
-        let _guard = r.shared.data_lock.write();
-        r.shared.mark_destroyed();
         self.bury(&desc, holds_data, r.peer_id(), r.raw.raft.hard_state());
         tracing::info!(range_id = id, peer_id = r.peer_id(), "replica removed from this node");
     }
@@ -1520,11 +1512,6 @@ fn admin_status(r: &Replica) -> AdminResponse {
     }
 }
 
-/// Applies a membership change; a leader that the change removes steps down first.
-/// raft-rs keeps a removed leader leading (an untested branch, its comments say)
-/// and then panics looking up its own progress. It can happen: a node becomes
-/// leader (by election) after its removal was proposed and before it applied it
-/// (found by the simulator, seed 110).
 /// This node's replica as it stands, leader or not.
 fn local_state(r: &Replica) -> AdminResponse {
     AdminResponse {
@@ -1536,6 +1523,11 @@ fn local_state(r: &Replica) -> AdminResponse {
     }
 }
 
+/// Applies a membership change; a leader that the change removes steps down first.
+/// raft-rs keeps a removed leader leading (an untested branch, its comments say)
+/// and then panics looking up its own progress. It can happen: a node becomes
+/// leader (by election) after its removal was proposed and before it applied it
+/// (found by the simulator, seed 110).
 fn leave_before_own_removal(r: &mut Replica, cc: &ConfChange) -> raft::Result<raft::eraftpb::ConfState> {
     if cc.node_id == r.peer_id() && cc.get_change_type() == ConfChangeType::RemoveNode && r.is_leader() {
         let term = r.raw.raft.term;
@@ -1672,7 +1664,7 @@ fn purge_replica(
     b: &mut crate::storage::Batch<'_>,
     desc: &RangeDescriptor,
     holds_data: bool,
-    mut hs: raft::eraftpb::HardState,
+    hs: raft::eraftpb::HardState,
 ) {
     let id = desc.id;
     if !sabotage::active(Sabotage::KeepRemovedReplicaData) {
@@ -1684,10 +1676,7 @@ fn purge_replica(
         }
         b.delete_range(Cf::RaftLog, &layout::log_key(id, 0), &layout::log_key(id + 1, 0));
     }
-    let (slo, shi) = layout::range_state_bounds(id);
-    b.delete_range(Cf::RaftState, &slo, &shi);
-    hs.commit = 0;
-    b.put(Cf::RaftState, &layout::hard_state_key(id), &hs.encode_to_vec());
+    apply::clear_raft_state(b, id, Some(hs));
 }
 
 /// Whether `local` is a range frozen for a merge that a snapshot of the range

@@ -87,9 +87,8 @@ fn bootstrap(engine: &Engine, grpc: &str, http: &str, zone: &str) -> String {
         heartbeat_ms: crate::hlc::wall_now_ms(),
         ..Default::default()
     };
-    let rec = |d: RangeDescriptor| {
-        RangeRecord { desc: Some(d), leader_node_id: 0, approximate_bytes: 0, qps: 0 }.encode_to_vec()
-    };
+    let rec =
+        |d: RangeDescriptor| RangeRecord { desc: Some(d), leader_node_id: 0, ..Default::default() }.encode_to_vec();
     let rows: Vec<(Vec<u8>, Vec<u8>)> = vec![
         (meta::key(meta::CTR_RANGE), meta::FIRST_USER_RANGE_ID.to_string().into_bytes()),
         (meta::key(meta::CTR_NODE), b"1".to_vec()),

@@ -10,8 +10,7 @@ use crate::raftstore::apply::{self, Applied};
 use crate::raftstore::msg::StoreMsg;
 use crate::raftstore::store::ReplicaView;
 use cairn_proto::internal::{
-    raft_command, FenceCommand, FreezeCommand, MergeCommand, RaftCommand, RangeDescriptor, RangeEpoch, RangeError,
-    UnfreezeCommand,
+    raft_command, FenceCommand, FreezeCommand, MergeCommand, RangeDescriptor, RangeEpoch, RangeError, UnfreezeCommand,
 };
 use tokio::sync::oneshot;
 
@@ -37,16 +36,6 @@ pub(super) struct Merging {
     stage: Stage,
     waiting: Option<oneshot::Receiver<Result<Applied, RangeError>>>,
     deadline_ms: u64,
-}
-
-fn command(cmd: raft_command::Cmd) -> RaftCommand {
-    RaftCommand {
-        judge_expiry_at_leader: false,
-        expiry_judged_at_ms: 0,
-        request_id: Vec::new(),
-        proposed_version: None,
-        cmd: Some(cmd),
-    }
 }
 
 impl World {
@@ -78,7 +67,7 @@ impl World {
         let (node, _) = self.leader_of(range_id)?;
         let running = self.nodes[node].running.as_ref()?;
         let (tx, rx) = oneshot::channel();
-        let msg = StoreMsg::Command { range_id, epoch: None, cmd: command(cmd), reply: tx };
+        let msg = StoreMsg::Command { range_id, epoch: None, cmd: apply::admin_command(cmd), reply: tx };
         running.handle.send(msg).ok()?;
         Some(rx)
     }

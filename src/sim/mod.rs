@@ -30,8 +30,8 @@ use crate::raftstore::store::{self, ReplicaView};
 use crate::raftstore::RaftConfig;
 use crate::storage::layout;
 use cairn_proto::internal::{
-    admin_request, raft_command, AdminRequest, AdminResponse, RaftCommand, RangeDescriptor, RangeEpoch, RangeError,
-    Replica, SplitCommand,
+    admin_request, raft_command, AdminRequest, AdminResponse, RangeDescriptor, RangeEpoch, RangeError, Replica,
+    SplitCommand,
 };
 use checks::{CommittedLog, LeaderTerms, VoteLedger};
 use nemesis::{Change, Fault, Nemesis};
@@ -654,13 +654,8 @@ impl World {
                 }
                 let new_range_id = self.next_range_id;
                 self.next_range_id += 1;
-                let cmd = RaftCommand {
-                    judge_expiry_at_leader: false,
-                    expiry_judged_at_ms: 0,
-                    request_id: Vec::new(),
-                    proposed_version: None,
-                    cmd: Some(raft_command::Cmd::Split(SplitCommand { split_key: key, new_range_id, sticky: false })),
-                };
+                let split = SplitCommand { split_key: key, new_range_id, sticky: false };
+                let cmd = crate::raftstore::apply::admin_command(raft_command::Cmd::Split(split));
                 let (tx, rx) = oneshot::channel();
                 if let Some(r) = &self.nodes[node].running {
                     let msg = StoreMsg::Command { range_id: view.range_id, epoch: view.desc.epoch, cmd, reply: tx };

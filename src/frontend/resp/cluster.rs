@@ -299,8 +299,7 @@ mod tests {
                 ..Default::default()
             }),
             leader_node_id: id,
-            approximate_bytes: 0,
-            qps: 0,
+            ..Default::default()
         };
         let ranges = [
             desc(1, keys::table_prefix(t), keys::hash_slot_start(t, 5000)),
