@@ -107,6 +107,17 @@ async fn merges_under_a_live_writer_keep_every_acknowledged_write_and_survive_a_
     let writer = Overwriter::start(cl.grpc(1), hot.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acks_before = writer.acks();
+    // A page token taken before the merges: its version predates them.
+    let token = {
+        let req = ScanRequest { table: TABLE.into(), limit: 5, page_size: 5, ..Default::default() };
+        let mut pages = c.scan(req).await.expect("scan").into_inner();
+        let mut token = Vec::new();
+        while let Some(page) = pages.message().await.expect("page") {
+            token = page.next_page_token;
+        }
+        token
+    };
+    assert!(!token.is_empty());
 
     // The middle range with the last one, through the CLI (a real process).
     let out = cli(&cl, 2, &["range", "merge", &before[1].id.to_string()]);
@@ -125,6 +136,16 @@ async fn merges_under_a_live_writer_keep_every_acknowledged_write_and_survive_a_
         (merged.id, merged.start.clone(), merged.end.clone()),
         (before[0].id, before[0].start.clone(), before[2].end.clone())
     );
+    // Resumed after the merges at its old version, the scan could miss writes the
+    // retired ranges took: refused, asking for a new scan.
+    let resumed = async {
+        let req = ScanRequest { table: TABLE.into(), page_token: token, page_size: 5, ..Default::default() };
+        let mut pages = c.scan(req).await?.into_inner();
+        while pages.message().await?.is_some() {}
+        Ok::<(), tonic::Status>(())
+    };
+    let e = resumed.await.expect_err("a page token from before a merge");
+    assert!(e.message().contains("restart the scan"), "{e}");
     let acks_merged = writer.acks();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let writes = writer.finish(&mut c).await;
@@ -305,7 +326,12 @@ async fn a_range_split_for_load_merges_back_once_cold_after_its_replicas_are_ali
     let moved = *nodes.iter().find(|n| **n != right.leader_node_id).unwrap();
     c.add_replica(ChangeReplicaRequest { range_id: right.id, node_id: spare }).await.expect("add");
     c.remove_replica(ChangeReplicaRequest { range_id: right.id, node_id: moved }).await.expect("remove");
+    // Long enough under load for the controller to align and merge the parts (3 s
+    // to merge, a move) were they not busy: it must not.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let acked = load.finish().await;
+    let load_stopped_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     // Half the data deleted; a scanner checks every scan against what is left while
     // the controller aligns the replicas and merges.
     let mut expected: std::collections::BTreeSet<String> = acked.iter().cloned().collect();
@@ -360,6 +386,8 @@ async fn a_range_split_for_load_merges_back_once_cold_after_its_replicas_are_ali
     let events = c.list_cluster_events(ListClusterEventsRequest { limit: 0 }).await.unwrap().into_inner().events;
     let merge = events.iter().find(|e| e.kind == "merge" && e.outcome == "done").expect("a merge event");
     assert!(merge.reason.contains("merge thresholds"), "{merge:?}");
+    // Small enough from the start, but busy: nothing merged while the load ran.
+    assert!(events.iter().filter(|e| e.kind == "merge").all(|e| e.at_ms >= load_stopped_ms), "{events:?}");
     let align = events.iter().find(|e| e.kind == "move_replica" && e.reason.contains("aligning"));
     assert!(align.is_some_and(|e| e.outcome == "done"), "{events:?}");
     let present: std::collections::BTreeSet<String> =

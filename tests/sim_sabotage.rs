@@ -17,8 +17,13 @@ const SEEDS: u64 = 12;
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_seeds() {
+    report(SimConfig::for_seed);
+}
+
+/// Runs each seed's configuration and reports the first line of any failure.
+fn report(config: fn(u64) -> SimConfig) {
     sabotaged::report_seeds(|seed| {
-        run(&SimConfig::for_seed(seed)).err().map(|f| f.problem.lines().next().unwrap_or_default().to_string())
+        run(&config(seed)).err().map(|f| f.problem.lines().next().unwrap_or_default().to_string())
     });
 }
 
@@ -26,10 +31,7 @@ fn sabotaged_seeds() {
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_seeds_with_merges() {
-    sabotaged::report_seeds(|seed| {
-        let cfg = SimConfig { merges: true, ..SimConfig::for_seed(seed) };
-        run(&cfg).err().map(|f| f.problem.lines().next().unwrap_or_default().to_string())
-    });
+    report(|seed| SimConfig { merges: true, ..SimConfig::for_seed(seed) });
 }
 
 /// A merge that does not wait for every replica of the right range to apply its
@@ -39,17 +41,18 @@ fn sabotaged_seeds_with_merges() {
 #[test]
 fn the_simulator_catches_a_merge_that_does_not_wait_for_the_freeze() {
     let problems = sabotaged::caught("sabotaged_seeds_with_merges", "merge-without-freeze-wait", SEEDS);
-    assert!(!problems.is_empty(), "no seed caught a build whose merges do not wait for the freeze");
+    // Divergent replicas, not just any failure: seeds 1–12 with merges pass unsabotaged.
+    assert!(
+        problems.iter().any(|p| p.contains("data entries")),
+        "no seed caught a build whose merges do not wait for the freeze: {problems:?}"
+    );
 }
 
 /// The same, with a node power-cut right after it grants a vote.
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_seeds_crashing_after_votes() {
-    sabotaged::report_seeds(|seed| {
-        let cfg = SimConfig { crash_after_vote: true, ..SimConfig::for_seed(seed) };
-        run(&cfg).err().map(|f| f.problem.lines().next().unwrap_or_default().to_string())
-    });
+    report(|seed| SimConfig { crash_after_vote: true, ..SimConfig::for_seed(seed) });
 }
 
 /// Votes (new terms and votes) written without a sync: a node power-cut right
