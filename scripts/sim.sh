@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deterministic simulation in one process, from a seed.
 #
-#   scripts/sim.sh [--cluster | --merges]         the fixed seeds the test suite runs
+#   scripts/sim.sh [--cluster | --elastic | --merges]
+#                                                 the fixed seeds the test suite runs
 #   scripts/sim.sh [--cluster] --seed N           replay seed N exactly and print its report
 #   scripts/sim.sh [--cluster] --soak K [--from S]
 #                                                 run K seeds from S (default: a random
@@ -12,6 +13,8 @@
 # With --cluster: whole nodes (gRPC API, gateway, meta range, controller, gRPC
 # Raft transport, store loop) on a simulated network and clock
 # (tests/cluster_sim/); 20 s of faults, then healing and read-back.
+# With --elastic: whole nodes again, four of them, with a fifth joining, one dying
+# for good and one decommissioned under the faults.
 # With --merges: the store loops again, with range merges among the changes.
 # A failure prints the seed and the command that replays it.
 set -euo pipefail
@@ -23,6 +26,10 @@ test_target=(--test simulation simulated_clusters_stay_correct_under_faults)
 if [ "${1:-}" = "--cluster" ]; then
   prefix=CAIRN_CLUSTER_SIM
   test_target=(--test cluster_simulation simulated_nodes_stay_correct_under_faults)
+  shift
+elif [ "${1:-}" = "--elastic" ]; then
+  prefix=CAIRN_CLUSTER_SIM_ELASTIC
+  test_target=(--test cluster_simulation simulated_nodes_join_die_and_leave)
   shift
 elif [ "${1:-}" = "--merges" ]; then
   prefix=CAIRN_SIM_MERGE
@@ -46,7 +53,7 @@ case "${1:-}" in
     ;;
   "") ;;
   *)
-    echo "usage: scripts/sim.sh [--cluster] [--seed N | --soak K [--from S]]" >&2
+    echo "usage: scripts/sim.sh [--cluster | --elastic | --merges] [--seed N | --soak K [--from S]]" >&2
     exit 2
     ;;
 esac

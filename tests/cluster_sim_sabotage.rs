@@ -28,6 +28,15 @@ fn sabotaged_cluster_seeds() {
     });
 }
 
+/// The same for elastic runs (a node joins, one dies for good, one is decommissioned).
+#[test]
+#[ignore = "started by the cases below, in a child process"]
+fn sabotaged_elastic_seeds() {
+    sabotaged::report_seeds(|seed| {
+        run(&ClusterSimConfig::elastic(seed)).err().map(|f| f.lines().take(2).collect::<Vec<_>>().join(" / "))
+    });
+}
+
 /// The problems the seeds reported under `sabotage`.
 fn caught(sabotage: &str) -> Vec<String> {
     caught_in(sabotage, SEEDS)
@@ -43,6 +52,19 @@ fn the_cluster_simulation_catches_reads_served_without_read_index() {
     assert!(
         problems.iter().any(|p| p.contains("NOT linearizable")),
         "no seed caught a build that serves reads from any replica"
+    );
+}
+
+/// Bounded-staleness reads served without proof of freshness: a follower behind
+/// its leader (links held, a slow disk, a partition not yet noticed) answers with
+/// data older than the read's bound. Caught by the staleness check over the
+/// follower readers' history.
+#[test]
+fn the_cluster_simulation_catches_follower_reads_staler_than_their_bound() {
+    let problems = caught("unproven-stale-reads");
+    assert!(
+        problems.iter().any(|p| p.contains("staler than their bound")),
+        "no seed caught a build that serves bounded-staleness reads without proof: {problems:?}"
     );
 }
 
@@ -121,5 +143,17 @@ fn the_cluster_simulation_catches_unconditional_redis_scripts() {
     assert!(
         problems.iter().any(|p| p.contains("NOT linearizable") && p.contains("rr/")),
         "no seed caught a build whose scripts write without conditions: {problems:?}"
+    );
+}
+
+/// A removed replica's data left on disk: in an elastic run, the node that comes
+/// back after the controller replaced its replicas keeps all of them. Caught by
+/// the placement check of every disk after the restart.
+#[test]
+fn the_elastic_simulation_catches_a_returning_node_keeping_its_replaced_replicas() {
+    let problems = sabotaged::caught("sabotaged_elastic_seeds", "keep-removed-replica-data", 2);
+    assert!(
+        problems.iter().any(|p| p.contains("misplaced")),
+        "no elastic seed caught a build that keeps removed replicas' data: {problems:?}"
     );
 }

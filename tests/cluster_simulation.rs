@@ -14,6 +14,7 @@ mod cluster_sim;
 use cluster_sim::{run, ClusterSimConfig};
 
 const CI_SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
+const ELASTIC_CI_SEEDS: [u64; 3] = [1, 2, 3];
 
 #[path = "common/seeds.rs"]
 mod seeds;
@@ -63,6 +64,31 @@ fn simulated_nodes_stay_correct_under_faults() {
     }
     println!("{} seeds run, {} failed: {failures:?}", seeds.len(), failures.len());
     assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with CAIRN_CLUSTER_SIM_SEED=N)");
+}
+
+/// Elasticity under the same faults and clients: four nodes, a fifth joins, one
+/// dies for good (silent past `dead_after`) and one is decommissioned, leaving
+/// exactly three to hold every range. After healing, every range must be back at
+/// three voters on live nodes with none on the dead or decommissioned node before
+/// the dead node is restarted; it must then drop what it held.
+/// `CAIRN_CLUSTER_SIM_ELASTIC_SEED=N` / `_SEEDS=K` as above (`scripts/sim.sh --elastic`).
+#[test]
+fn simulated_nodes_join_die_and_leave() {
+    init_logs();
+    let mut failures = Vec::new();
+    let seeds = seeds::from_env("CAIRN_CLUSTER_SIM_ELASTIC", &ELASTIC_CI_SEEDS);
+    for seed in &seeds {
+        let started = std::time::Instant::now();
+        match run(&ClusterSimConfig::elastic(*seed)) {
+            Ok(report) => println!("{report}\n  ({:.1} s of real time)\n", started.elapsed().as_secs_f64()),
+            Err(failure) => {
+                println!("FAILED {failure}\n");
+                failures.push(*seed);
+            }
+        }
+    }
+    println!("{} elastic seeds run, {} failed: {failures:?}", seeds.len(), failures.len());
+    assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with CAIRN_CLUSTER_SIM_ELASTIC_SEED=N)");
 }
 
 /// Two runs of one seed in one process see the same histories, operator outcomes and faults.

@@ -4,7 +4,8 @@
 //! - `history`: operation types and the thread-safe `Recorder`;
 //! - `linearizability`: per-key WGL search over a register model;
 //! - `counter`: bounds on a counter incremented under faults;
-//! - `lost`: acknowledged writes missing from the final state.
+//! - `lost`: acknowledged writes missing from the final state;
+//! - `staleness`: bounded-staleness reads that broke their bound.
 
 // Checkers run beside the system under test and budget their search in real time.
 #![allow(clippy::disallowed_methods)]
@@ -13,8 +14,10 @@ pub mod counter;
 pub mod history;
 pub mod linearizability;
 pub mod lost;
+pub mod staleness;
 
 pub use counter::CounterCheck;
 pub use history::{Input, Operation, Outcome, Output, Pending, Recorder};
 pub use linearizability::{check, Report, Verdict};
 pub use lost::lost_writes;
+pub use staleness::{stale_read_violations, BoundedRead, SequentialWrite, StaleViolation};

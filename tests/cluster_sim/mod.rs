@@ -8,8 +8,11 @@
 //! Where `cairn::sim` drives the store loops alone (and so can check Raft's
 //! internals after every step), this drives everything a request touches, and
 //! checks what clients can see: linearizable histories, no acknowledged write
-//! lost, counter bounds, no retried request applied twice, and routing that
-//! converges once the faults heal.
+//! lost, counter bounds, no retried request applied twice, bounded-staleness
+//! reads within their bounds, and routing that converges once the faults heal.
+//! An elastic run (`ClusterSimConfig::elastic`) also has a node join, one die for
+//! good and one decommissioned, and checks that the controller put every range
+//! back on three live nodes.
 
 pub mod net;
 #[path = "../common/register.rs"]
@@ -23,7 +26,7 @@ use cairn::server::node::{serve, NodeIo, StoreDriver};
 use cairn::server::ServerConfig;
 use cairn::storage::sim_disk::SimDisk;
 use cairn::storage::Engine;
-use cairn_check::Outcome;
+use cairn_check::{BoundedRead, Outcome, SequentialWrite};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -46,9 +49,12 @@ const EPOCH_SECS: u64 = 1_700_000_000;
 #[derive(Clone, Debug)]
 pub struct ClusterSimConfig {
     pub seed: u64,
+    /// Nodes started at the beginning (a joining node comes on top).
     pub nodes: u64,
     /// How long the workload and the faults run, in simulated milliseconds.
     pub fault_ms: u64,
+    /// Nodes joining, dying and leaving during the run, if any.
+    pub elastic: Option<ElasticPlan>,
 }
 
 impl ClusterSimConfig {
@@ -56,9 +62,57 @@ impl ClusterSimConfig {
         // One seed in four runs four nodes: a replica the operator removes is then
         // replaced on whichever node the controller picks, a real move.
         let nodes = if seed % 4 == 3 { 4 } else { 3 };
-        ClusterSimConfig { seed, nodes, fault_ms: 20_000 }
+        ClusterSimConfig { seed, nodes, fault_ms: 20_000, elastic: None }
+    }
+
+    /// Four nodes, then a fifth joins, one dies for good and one is decommissioned,
+    /// all under the usual faults, leaving exactly three nodes to hold every range.
+    pub fn elastic(seed: u64) -> Self {
+        let nodes = 4;
+        ClusterSimConfig { seed, nodes, fault_ms: 24_000, elastic: Some(ElasticPlan::for_seed(seed, nodes)) }
+    }
+
+    /// Every host the run ever starts.
+    pub fn hosts(&self) -> u64 {
+        self.nodes + u64::from(self.elastic.is_some())
+    }
+
+    /// The hosts the clients send requests to: every initial one but the one that dies.
+    pub fn serving(&self) -> Vec<u64> {
+        (1..=self.nodes).filter(|n| self.elastic.is_none_or(|e| e.dead != *n)).collect()
     }
 }
+
+/// When a node joins, which node dies for good (silent past `dead_after`, so the
+/// controller replaces its replicas; restarted only once it has, and must then
+/// drop what it held) and which one the operator decommissions. Times are in
+/// milliseconds after the faults begin.
+#[derive(Clone, Copy, Debug)]
+pub struct ElasticPlan {
+    pub joiner: u64,
+    pub join_at_ms: u64,
+    pub dead: u64,
+    pub death_at_ms: u64,
+    pub decommissioned: u64,
+    pub decommission_at_ms: u64,
+}
+
+impl ElasticPlan {
+    fn for_seed(seed: u64, nodes: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xE1A5);
+        ElasticPlan {
+            joiner: nodes + 1,
+            join_at_ms: rng.random_range(1_000..6_000),
+            dead: nodes,
+            death_at_ms: rng.random_range(1_000..6_000),
+            decommissioned: nodes - 1,
+            decommission_at_ms: rng.random_range(4_000..10_000),
+        }
+    }
+}
+
+/// A node declared dead this long after it falls silent (the least the server accepts).
+const SIM_DEAD_AFTER_SECS: u64 = 10;
 
 /// Where the run is; the client host and the step loop both move it on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +148,19 @@ pub struct Shared {
     pub disks: Vec<Arc<SimDisk>>,
     /// What the client host is doing, for a run that never finishes.
     pub progress: String,
+    /// Each follower-read key's writes, in order (one writer, increasing values).
+    pub stale_writes: BTreeMap<String, Vec<SequentialWrite>>,
+    /// Bounded-staleness reads that were answered.
+    pub stale_reads: Vec<BoundedRead>,
+    /// Bounded-staleness reads refused (allowed: a replica that cannot prove its bound fails).
+    pub stale_refusals: u64,
+    /// The keys the follower-read writer has written, newest last.
+    pub stale_keys: Vec<String>,
+    /// The clients ask for the dead node to be restarted (once its replicas are replaced).
+    pub revive_requested: bool,
+    pub revived_at_ms: Option<u64>,
+    /// What the elastic run's checks measured, for the report.
+    pub elastic_summary: String,
 }
 
 /// What a passing run did, and a digest of everything the clients saw.
@@ -114,6 +181,9 @@ pub struct Report {
     pub sim_secs: f64,
     /// Simulated seconds from healing until every node routed to every range.
     pub converged_after_secs: f64,
+    /// Bounded-staleness reads answered (each checked against its bound) and refused.
+    pub stale_reads: (usize, u64),
+    pub elastic_summary: String,
     pub fingerprint: u64,
 }
 
@@ -135,6 +205,14 @@ impl fmt::Display for Report {
             self.resp_ops_ok
         )?;
         writeln!(f, "  routing converged {:.1} s after healing", self.converged_after_secs)?;
+        writeln!(
+            f,
+            "  bounded-staleness reads: {} answered within their bounds, {} refused",
+            self.stale_reads.0, self.stale_reads.1
+        )?;
+        if !self.elastic_summary.is_empty() {
+            writeln!(f, "  elasticity: {}", self.elastic_summary)?;
+        }
         let (acked, attempted, observed) = self.counter;
         write!(
             f,
@@ -148,11 +226,23 @@ fn sim_wall_ns() -> u64 {
     turmoil::since_epoch().map_or(EPOCH_SECS * 1_000_000_000, |d| d.as_nanos() as u64)
 }
 
-fn node_config(node: u64, seed: u64) -> ServerConfig {
+fn node_config(node: u64, sim: &ClusterSimConfig) -> ServerConfig {
+    let seed = sim.seed;
+    let join = match node {
+        1 => vec![],
+        // A node joining mid-run, when any one node may be down, knows them all.
+        n if n > sim.nodes => (1..=sim.nodes).map(net::node_addr).collect(),
+        _ => vec![net::node_addr(1)],
+    };
     let mut cfg = ServerConfig {
         listen: format!("0.0.0.0:{}", net::GRPC_PORT),
         advertise: Some(net::node_addr(node)),
-        join: if node == 1 { vec![] } else { vec![net::node_addr(1)] },
+        join,
+        dead_after_secs: if sim.elastic.is_some() {
+            SIM_DEAD_AFTER_SECS
+        } else {
+            ServerConfig::default().dead_after_secs
+        },
         // Small, so that the workload's few hundred KiB split ranges on their own too.
         split_threshold_bytes: 48 << 10,
         split_check_interval_ms: 2_000,
@@ -168,7 +258,12 @@ fn node_config(node: u64, seed: u64) -> ServerConfig {
 /// A node's software: what turmoil runs when the host starts and after each restart.
 /// Its HLC reads simulated wall time shifted by the node's clock offset (ns), which
 /// starts skewed and jumps when the nemesis says so.
-async fn node_software(node: u64, disk: Arc<SimDisk>, offset_ns: Arc<AtomicI64>, seed: u64) -> turmoil::Result {
+async fn node_software(
+    node: u64,
+    disk: Arc<SimDisk>,
+    offset_ns: Arc<AtomicI64>,
+    sim: ClusterSimConfig,
+) -> turmoil::Result {
     let engine = Arc::new(Engine::simulated(disk));
     let physical_clock: cairn::hlc::PhysicalClock =
         Arc::new(move || sim_wall_ns().saturating_add_signed(offset_ns.load(Ordering::Relaxed)));
@@ -182,7 +277,7 @@ async fn node_software(node: u64, disk: Arc<SimDisk>, offset_ns: Arc<AtomicI64>,
         store_driver: StoreDriver::Task,
         physical_clock: Some(physical_clock),
     };
-    serve(node_config(node, seed), io, |_| Ok(()), std::future::pending())
+    serve(node_config(node, &sim), io, |_| Ok(()), std::future::pending())
         .await
         .map_err(|e| format!("node {node}: {e:#}").into())
 }
@@ -221,6 +316,16 @@ impl Fault {
             Fault::SlowDisk { .. } => "slow disk",
         }
     }
+
+    /// Whether the fault touches `node` (a power cut of all touches every node).
+    fn involves(&self, node: u64) -> bool {
+        match *self {
+            Fault::Stall(n) | Fault::Isolate(n) | Fault::Crash(n) => n == node,
+            Fault::OneWay { from, to } => from == node || to == node,
+            Fault::CrashAll => true,
+            Fault::ClockJump { node: n, .. } | Fault::SlowDisk { node: n, .. } => n == node,
+        }
+    }
 }
 
 /// The fault schedule: (start ms after the faults begin, fault, duration ms). Pure.
@@ -255,7 +360,10 @@ fn others(node: u64, nodes: u64) -> Vec<String> {
 }
 
 struct Nemesis {
+    /// Hosts started so far (a joining node raises it).
     nodes: u64,
+    /// A node that died for good: no fault starts or restarts it.
+    down: Option<u64>,
     disks: Vec<Arc<SimDisk>>,
     clock_offsets_ns: Vec<Arc<AtomicI64>>,
     rng: StdRng,
@@ -263,7 +371,11 @@ struct Nemesis {
 }
 
 impl Nemesis {
-    fn start(&mut self, sim: &mut turmoil::Sim, fault: Fault) {
+    /// Starts `fault`, unless it would touch the dead node (it is then skipped).
+    fn start(&mut self, sim: &mut turmoil::Sim, fault: Fault) -> bool {
+        if self.down.is_some_and(|d| fault.involves(d) && !matches!(fault, Fault::CrashAll)) {
+            return false;
+        }
         *self.count.entry(fault.name()).or_default() += 1;
         match fault {
             Fault::Stall(n) => {
@@ -278,10 +390,15 @@ impl Nemesis {
             }
             Fault::OneWay { from, to } => sim.partition_oneway(net::host_name(from), net::host_name(to)),
             Fault::Crash(n) => self.crash(sim, n),
-            Fault::CrashAll => (1..=self.nodes).for_each(|n| self.crash(sim, n)),
+            Fault::CrashAll => self.up().into_iter().for_each(|n| self.crash(sim, n)),
             Fault::ClockJump { node, ms } => self.shift_clock(node, ms),
             Fault::SlowDisk { node, latency_ms } => self.disks[node as usize - 1].set_sync_latency_ms(latency_ms),
         }
+        true
+    }
+
+    fn up(&self) -> Vec<u64> {
+        (1..=self.nodes).filter(|n| Some(*n) != self.down).collect()
     }
 
     fn shift_clock(&self, node: u64, ms: i64) {
@@ -308,7 +425,7 @@ impl Nemesis {
             }
             Fault::OneWay { from, to } => sim.repair_oneway(net::host_name(from), net::host_name(to)),
             Fault::Crash(n) => sim.bounce(net::host_name(n)),
-            Fault::CrashAll => (1..=self.nodes).for_each(|n| sim.bounce(net::host_name(n))),
+            Fault::CrashAll => self.up().into_iter().for_each(|n| sim.bounce(net::host_name(n))),
             Fault::ClockJump { node, ms } => self.shift_clock(node, -ms),
             Fault::SlowDisk { node, .. } => self.disks[node as usize - 1].set_sync_latency_ms(0),
         }
@@ -319,7 +436,13 @@ impl Nemesis {
 pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
     cairn::hlc::set_wall_clock(sim_wall_ns);
     cairn::raftstore::transport::set_connector(net::connect);
-    let replay = format!("CAIRN_CLUSTER_SIM_SEED={} cargo test --test cluster_simulation", cfg.seed);
+    let replay = match cfg.elastic {
+        Some(_) => format!(
+            "CAIRN_CLUSTER_SIM_ELASTIC_SEED={} cargo test --test cluster_simulation simulated_nodes_join_die_and_leave",
+            cfg.seed
+        ),
+        None => format!("CAIRN_CLUSTER_SIM_SEED={} cargo test --test cluster_simulation", cfg.seed),
+    };
     let fail = |what: String| format!("seed {}: {what}\n  replay: {replay}", cfg.seed);
 
     let mut sim = turmoil::Builder::new()
@@ -331,18 +454,21 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         .max_message_latency(Duration::from_millis(4))
         .tcp_capacity(4096)
         .build();
-    let disks: Vec<Arc<SimDisk>> = (0..cfg.nodes).map(|_| Arc::new(SimDisk::new())).collect();
+    let disks: Vec<Arc<SimDisk>> = (0..cfg.hosts()).map(|_| Arc::new(SimDisk::new())).collect();
     // Every node's clock starts up to 200 ms off, so any two are within the 500 ms
     // maximum offset the cluster is run with (as its operators must keep them);
     // jumps, which take a node beyond it for a while, come on top.
     let mut skew = StdRng::seed_from_u64(cfg.seed ^ 0x5CE3);
     let clock_offsets_ns: Vec<Arc<AtomicI64>> =
-        (0..cfg.nodes).map(|_| Arc::new(AtomicI64::new(skew.random_range(-200..=200) * 1_000_000))).collect();
-    for node in 1..=cfg.nodes {
+        (0..cfg.hosts()).map(|_| Arc::new(AtomicI64::new(skew.random_range(-200..=200) * 1_000_000))).collect();
+    let start_host = |sim: &mut turmoil::Sim, node: u64| {
         let disk = disks[node as usize - 1].clone();
         let offset = clock_offsets_ns[node as usize - 1].clone();
-        let seed = cfg.seed;
-        sim.host(net::host_name(node), move || node_software(node, disk.clone(), offset.clone(), seed));
+        let cfg = cfg.clone();
+        sim.host(net::host_name(node), move || node_software(node, disk.clone(), offset.clone(), cfg.clone()));
+    };
+    for node in 1..=cfg.nodes {
+        start_host(&mut sim, node);
     }
     let shared = Rc::new(RefCell::new(Shared {
         phase: Phase::Setup,
@@ -360,19 +486,28 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         batch_group: 0,
         disks: disks.clone(),
         progress: String::new(),
+        stale_writes: BTreeMap::new(),
+        stale_reads: Vec::new(),
+        stale_refusals: 0,
+        stale_keys: Vec::new(),
+        revive_requested: false,
+        revived_at_ms: None,
+        elastic_summary: String::new(),
     }));
-    sim.client("clients", workload::run(shared.clone(), cfg.seed, cfg.nodes, cfg.fault_ms));
+    sim.client("clients", workload::run(shared.clone(), cfg.clone()));
 
     let plan = schedule(cfg.seed, cfg.nodes, cfg.fault_ms);
     let mut nemesis = Nemesis {
         nodes: cfg.nodes,
-        disks,
-        clock_offsets_ns,
+        down: None,
+        disks: disks.clone(),
+        clock_offsets_ns: clock_offsets_ns.clone(),
         rng: StdRng::seed_from_u64(cfg.seed ^ 0xC4A5),
         count: BTreeMap::new(),
     };
     let mut next = 0;
     let mut active: Option<(u64, Fault)> = None;
+    let (mut joined, mut died) = (false, false);
     loop {
         let finished = sim.step().map_err(|e| {
             let sh = shared.borrow();
@@ -383,6 +518,14 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         }
         let now_ms = sim.elapsed().as_millis() as u64;
         let phase = shared.borrow().phase;
+        if let Some(e) = cfg.elastic.filter(|_| died && nemesis.down.is_some()) {
+            let mut sh = shared.borrow_mut();
+            if sh.revive_requested {
+                sim.bounce(net::host_name(e.dead));
+                nemesis.down = None;
+                sh.revived_at_ms = Some(now_ms);
+            }
+        }
         let Phase::Faults { started_ms } = phase else { continue };
         let t = now_ms - started_ms;
         if let Some((until, fault)) = active {
@@ -391,10 +534,25 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
                 active = None;
             }
         }
+        // Joins and the death happen between faults, so no fault spans a change of hosts.
+        if let Some(e) = cfg.elastic.filter(|_| active.is_none()) {
+            if !joined && t >= e.join_at_ms {
+                start_host(&mut sim, e.joiner);
+                nemesis.nodes = e.joiner;
+                joined = true;
+            }
+            if !died && t >= e.death_at_ms {
+                nemesis.crash(&mut sim, e.dead);
+                nemesis.down = Some(e.dead);
+                *nemesis.count.entry("death").or_default() += 1;
+                died = true;
+            }
+        }
         if active.is_none() && next < plan.len() && t >= plan[next].0 && t < cfg.fault_ms {
             let (_, fault, duration) = plan[next];
-            nemesis.start(&mut sim, fault);
-            active = Some((t + duration, fault));
+            if nemesis.start(&mut sim, fault) {
+                active = Some((t + duration, fault));
+            }
             next += 1;
         }
         if t >= cfg.fault_ms && active.is_none() {
@@ -448,6 +606,14 @@ fn check(
     if !lin.is_ok() {
         problems.push(lin.to_string());
     }
+    let stale = cairn_check::stale_read_violations(&sh.stale_writes, &sh.stale_reads);
+    if !stale.is_empty() {
+        problems.push(format!(
+            "{} bounded-staleness reads staler than their bound, first: {}",
+            stale.len(),
+            stale.iter().take(3).map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
+        ));
+    }
     if !problems.is_empty() {
         return Err(problems.join("\n  "));
     }
@@ -459,6 +625,8 @@ fn check(
     sh.acked_unique.hash(&mut digest);
     sh.counter.hash(&mut digest);
     sh.resp_counter.hash(&mut digest);
+    sh.stale_reads.hash(&mut digest);
+    sh.stale_writes.hash(&mut digest);
     Ok(Report {
         seed: cfg.seed,
         faults,
@@ -477,6 +645,8 @@ fn check(
         linearizability: lin.to_string(),
         sim_secs,
         converged_after_secs: sh.converged_at_ms.saturating_sub(sh.healed_at_ms) as f64 / 1000.0,
+        stale_reads: (sh.stale_reads.len(), sh.stale_refusals),
+        elastic_summary: sh.elastic_summary.clone(),
         fingerprint: digest.finish(),
     })
 }

@@ -10,22 +10,25 @@
 //! be visible through every other). Redis clients run register operations as
 //! Redis commands (GET, SET, SET NX, DEL, Lua compare-and-set) on keys of the
 //! Redis keyspace, for the same linearizability check, and INCR a counter.
-//! After the faults, the final phase checks that routing converged and reads
-//! everything back.
+//! A follower-read writer and readers run bounded-staleness reads against keys
+//! written in increasing order, for the staleness check. In an elastic run the
+//! operator also decommissions a node. After the faults, the final phase checks
+//! that routing converged and reads everything back (an elastic run first waits
+//! for the dead node's replicas to be replaced, then has it restarted).
 
 use super::net::channel_to;
 use super::register::{random_input, register_op};
 use super::resp::SimRedis;
 use super::resp_register::{self, RespReply};
-use super::{Phase, Shared};
+use super::{net, ClusterSimConfig, ElasticPlan, Phase, Shared};
 use cairn::sim::placement;
-use cairn_check::{Operation, Outcome, Output};
+use cairn_check::{BoundedRead, Operation, Outcome, Output, SequentialWrite};
 use cairn_proto::internal::{RangeDescriptor, Replica};
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::{
     write_op, BatchGetRequest, BatchWriteRequest, ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse,
-    CreateTableRequest, DropTableRequest, GetRequest, IncrementRequest, Partitioning, PutRequest, ScanRequest,
-    SplitRangeRequest, TransferLeaderRequest, WriteOp, WriteResult,
+    CreateTableRequest, DropTableRequest, GetRequest, IncrementRequest, NodeState, Partitioning, PutRequest,
+    ReadConsistency, ScanRequest, SetNodeStateRequest, SplitRangeRequest, TransferLeaderRequest, WriteOp, WriteResult,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,6 +55,8 @@ const REGISTER_SLOTS: u64 = 3;
 /// How long setup and the final checks keep trying before they call it a failure.
 const SETUP_PATIENCE: Duration = Duration::from_secs(90);
 const CONVERGENCE_PATIENCE: Duration = Duration::from_secs(90);
+/// How long a dead node's replicas may take to be replaced once the faults heal.
+const REPLACEMENT_PATIENCE: Duration = Duration::from_secs(120);
 
 type Client = CairnClient<Channel>;
 
@@ -73,26 +78,45 @@ async fn timed<T>(
     }
 }
 
+/// The hosts clients send requests to.
+#[derive(Clone)]
+pub struct Hosts(Rc<Vec<u64>>);
+
+impl Hosts {
+    /// One at random (drawn as `1..=len`, so that with hosts 1..=n a seed draws
+    /// the same hosts as when clients drew node numbers directly).
+    fn pick(&self, rng: &mut StdRng) -> u64 {
+        self.0[rng.random_range(1..=self.0.len()) - 1]
+    }
+
+    /// The `i`-th, round robin.
+    fn nth(&self, i: u64) -> u64 {
+        self.0[i as usize % self.0.len()]
+    }
+}
+
 /// The whole client side of one run; what it saw goes into `shared`.
-pub async fn run(shared: Rc<RefCell<Shared>>, seed: u64, nodes: u64, fault_ms: u64) -> turmoil::Result {
+pub async fn run(shared: Rc<RefCell<Shared>>, cfg: ClusterSimConfig) -> turmoil::Result {
+    let (seed, nodes) = (cfg.seed, cfg.nodes);
+    let hosts = Hosts(Rc::new(cfg.serving()));
     shared.borrow_mut().progress = "setup".into();
     setup(nodes).await.map_err(|e| format!("setup: {e}"))?;
     shared.borrow_mut().progress = "workload".into();
     let started_ns = sim_ns();
     shared.borrow_mut().phase = Phase::Faults { started_ms: started_ns / 1_000_000 };
 
-    let stop_at_ns = started_ns + fault_ms * 1_000_000;
+    let stop_at_ns = started_ns + cfg.fault_ms * 1_000_000;
     let mut workers = Vec::new();
     for w in 0..4u64 {
-        let node = w % nodes + 1;
+        let node = hosts.nth(w);
         workers.push(tokio::task::spawn_local(register_worker(shared.clone(), node, w, seed, started_ns, stop_at_ns)));
     }
     for w in 0..2u64 {
-        workers.push(tokio::task::spawn_local(unique_writer(shared.clone(), (w + 1) % nodes + 1, w, stop_at_ns)));
+        workers.push(tokio::task::spawn_local(unique_writer(shared.clone(), hosts.nth(w + 1), w, stop_at_ns)));
     }
-    workers.push(tokio::task::spawn_local(counter_worker(shared.clone(), nodes, seed, stop_at_ns)));
+    workers.push(tokio::task::spawn_local(counter_worker(shared.clone(), hosts.clone(), seed, stop_at_ns)));
     for w in 0..2u64 {
-        let node = w % nodes + 1;
+        let node = hosts.nth(w);
         workers.push(tokio::task::spawn_local(resp_register_worker(
             shared.clone(),
             node,
@@ -102,9 +126,17 @@ pub async fn run(shared: Rc<RefCell<Shared>>, seed: u64, nodes: u64, fault_ms: u
             stop_at_ns,
         )));
     }
-    workers.push(tokio::task::spawn_local(resp_counter_worker(shared.clone(), nodes, seed, stop_at_ns)));
-    workers.push(tokio::task::spawn_local(batch_worker(shared.clone(), nodes, seed, stop_at_ns)));
-    workers.push(tokio::task::spawn_local(operator(shared.clone(), nodes, seed, stop_at_ns)));
+    workers.push(tokio::task::spawn_local(resp_counter_worker(shared.clone(), hosts.clone(), seed, stop_at_ns)));
+    workers.push(tokio::task::spawn_local(batch_worker(shared.clone(), hosts.clone(), seed, stop_at_ns)));
+    workers.push(tokio::task::spawn_local(stale_writer(shared.clone(), hosts.clone(), seed, stop_at_ns)));
+    for w in 0..2u64 {
+        workers.push(tokio::task::spawn_local(stale_reader(shared.clone(), hosts.clone(), w, seed, stop_at_ns)));
+    }
+    workers.push(tokio::task::spawn_local(operator(shared.clone(), hosts.clone(), seed, stop_at_ns)));
+    if let Some(plan) = cfg.elastic {
+        let at_ns = started_ns + plan.decommission_at_ms * 1_000_000;
+        workers.push(tokio::task::spawn_local(decommissioner(shared.clone(), hosts.clone(), plan, at_ns, stop_at_ns)));
+    }
     for w in workers {
         w.await.map_err(|e| format!("a client task failed: {e}"))?;
     }
@@ -113,7 +145,10 @@ pub async fn run(shared: Rc<RefCell<Shared>>, seed: u64, nodes: u64, fault_ms: u
     while !matches!(shared.borrow().phase, Phase::Healed) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    final_checks(&shared, nodes).await;
+    if let Some(plan) = cfg.elastic {
+        elastic_checks(&shared, plan).await;
+    }
+    final_checks(&shared, cfg.hosts()).await;
     shared.borrow_mut().phase = Phase::Done;
     Ok(())
 }
@@ -260,10 +295,10 @@ async fn resp_register_worker(
 
 /// INCR on one counter through any node's Redis front end, never retried (Redis
 /// has no request ids): acknowledged <= final value <= attempted.
-async fn resp_counter_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+async fn resp_counter_worker(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x1C4);
     while sim_ns() < stop_ns {
-        let mut c = SimRedis::new(rng.random_range(1..=nodes), OP_TIMEOUT);
+        let mut c = SimRedis::new(hosts.pick(&mut rng), OP_TIMEOUT);
         for _ in 0..rng.random_range(1..20) {
             let (acked, attempted) = match c.call(&["INCR".into(), "rc".into()]).await {
                 Some(RespReply::Int(_)) => (1, 1),
@@ -308,13 +343,13 @@ async fn unique_writer(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, stop
 
 /// Increments one counter, retrying in-doubt increments with the same request id,
 /// and now and then re-sending an acknowledged one, whose answer must not change.
-async fn counter_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+async fn counter_worker(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xC0FFEE);
     let mut n = 0u64;
     let mut acked: Vec<(Vec<u8>, i64)> = Vec::new();
     while sim_ns() < stop_ns {
         n += 1;
-        let mut c = client(rng.random_range(1..=nodes));
+        let mut c = client(hosts.pick(&mut rng));
         let rid = format!("ctr-{n}").into_bytes();
         let req = || IncrementRequest { table: TABLE.into(), key: b"c".to_vec(), delta: 1, request_id: rid.clone() };
         let mut result = None;
@@ -361,16 +396,125 @@ async fn counter_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop
     }
 }
 
+/// Writes the follower-read keys one write at a time, with increasing values;
+/// after a write in doubt it moves on to a fresh key, as a write in doubt may
+/// still apply after the next one (which would break "newer is larger").
+async fn stale_writer(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x57A1E);
+    let mut generation = 0u64;
+    let mut key = format!("f/{generation:04}");
+    shared.borrow_mut().stale_keys.push(key.clone());
+    let mut value = 0u64;
+    while sim_ns() < stop_ns {
+        value += 1;
+        let mut c = client(hosts.pick(&mut rng));
+        let put = PutRequest {
+            table: TABLE.into(),
+            key: key.clone().into_bytes(),
+            value: value.to_string().into_bytes(),
+            ..Default::default()
+        };
+        let invoke_ns = sim_ns();
+        let acked = timed(c.put(put)).await.is_ok();
+        {
+            let mut sh = shared.borrow_mut();
+            let write = SequentialWrite { value, invoke_ns, acked_ns: acked.then(sim_ns) };
+            sh.stale_writes.entry(key.clone()).or_default().push(write);
+            if !acked {
+                generation += 1;
+                key = format!("f/{generation:04}");
+                sh.stale_keys.push(key.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
+    }
+}
+
+/// Bounded-staleness reads of the follower-read keys through any node, with
+/// bounds from 50 ms to 1 s; what they return is checked against their bounds
+/// (`cairn_check::stale_read_violations`). Refusals are allowed and counted.
+async fn stale_reader(shared: Rc<RefCell<Shared>>, hosts: Hosts, worker: u64, seed: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (worker << 24) ^ 0x5EAD);
+    while sim_ns() < stop_ns {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
+        let key = {
+            let sh = shared.borrow();
+            let keys = &sh.stale_keys;
+            // The current key mostly, sometimes the one before (which a write in doubt may still change).
+            keys.len().checked_sub(1 + rng.random_range(0..2usize)).map(|i| keys[i].clone())
+        };
+        let Some(key) = key else { continue };
+        let node = hosts.pick(&mut rng);
+        let bound_ms = [50, 250, 1_000][rng.random_range(0..3usize)];
+        let get = GetRequest {
+            table: TABLE.into(),
+            key: key.clone().into_bytes(),
+            consistency: ReadConsistency::Stale as i32,
+            max_staleness_ms: bound_ms,
+        };
+        let invoke_ns = sim_ns();
+        let answer = timed(client(node).get(get)).await;
+        let mut sh = shared.borrow_mut();
+        match answer {
+            Ok(r) => {
+                let observed = if r.found {
+                    match std::str::from_utf8(&r.value).ok().and_then(|v| v.parse().ok()) {
+                        Some(v) => Some(v),
+                        None => {
+                            sh.problems.push(format!("a follower read of {key} returned {:?}", r.value));
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let complete_ns = sim_ns();
+                let bound_ns = bound_ms * 1_000_000;
+                sh.stale_reads.push(BoundedRead { key, invoke_ns, complete_ns, bound_ns, observed, node });
+            }
+            Err(_) => sh.stale_refusals += 1,
+        }
+    }
+}
+
+/// At its time, the operator decommissions one node: it looks up the node's id
+/// by address and asks (through any node) until the request is taken.
+async fn decommissioner(shared: Rc<RefCell<Shared>>, hosts: Hosts, plan: ElasticPlan, at_ns: u64, stop_ns: u64) {
+    let mut rng = StdRng::seed_from_u64(plan.decommission_at_ms);
+    tokio::time::sleep(Duration::from_nanos(at_ns.saturating_sub(sim_ns()))).await;
+    let give_up_ns = stop_ns + CONVERGENCE_PATIENCE.as_nanos() as u64;
+    let mut last = String::new();
+    while sim_ns() < give_up_ns {
+        let mut c = client(hosts.pick(&mut rng));
+        let asked = async {
+            let status = timed(c.cluster_status(ClusterStatusRequest {})).await?;
+            let addr = net::node_addr(plan.decommissioned);
+            let id = status.nodes.iter().find(|n| n.addr == addr).map(|n| n.id).ok_or("not listed yet")?;
+            let req = SetNodeStateRequest { node_id: id, state: NodeState::Decommissioning as i32 };
+            timed(c.set_node_state(req)).await.map(|_| ())
+        };
+        match asked.await {
+            Ok(()) => {
+                *shared.borrow_mut().operations.entry("decommission").or_default() += 1;
+                return;
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    shared.borrow_mut().problems.push(format!("the decommission was never accepted: {last}"));
+}
+
 /// Splits, leader transfers and replica removals while the faults run; a removed
 /// replica is put back by the controller (replication factor 3), not by us.
-async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+async fn operator(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0BE7A70E);
     while sim_ns() < stop_ns {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_000))).await;
-        let mut c = client(rng.random_range(1..=nodes));
+        let mut c = client(hosts.pick(&mut rng));
         let action = rng.random_range(0..11);
         let result = if action == 10 {
-            recreate_table(&shared, &mut rng, nodes).await
+            recreate_table(&shared, &mut rng, &hosts).await
         } else if action < 4 {
             // Right at the counter's key sometimes, else inside the register, unique or batch keys.
             let key = match rng.random_range(0..4) {
@@ -394,7 +538,7 @@ async fn operator(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u
                 continue;
             }
             let r = ranges[rng.random_range(0..ranges.len())];
-            let node_id = rng.random_range(1..=nodes);
+            let node_id = hosts.pick(&mut rng);
             if action < 8 {
                 timed(c.transfer_leader(TransferLeaderRequest { range_id: r.id, node_id })).await.map(|_| "transfer")
             } else {
@@ -435,9 +579,9 @@ async fn create_recreated_table(c: &mut Client) -> Result<(), Recreate> {
 /// acknowledge a write that the others cannot see, nor serve the dropped table.
 /// A failure under faults is no finding (the operator just tries again later);
 /// a write acknowledged and then missing is.
-async fn recreate_table(shared: &Rc<RefCell<Shared>>, rng: &mut StdRng, nodes: u64) -> Result<&'static str, String> {
+async fn recreate_table(shared: &Rc<RefCell<Shared>>, rng: &mut StdRng, hosts: &Hosts) -> Result<&'static str, String> {
     let round = rng.random_range(0..1_000_000u64);
-    let clients: Vec<Client> = (1..=nodes).map(client).collect();
+    let clients: Vec<Client> = hosts.0.iter().map(|n| client(*n)).collect();
     for (i, c) in clients.iter().enumerate() {
         let key = format!("warm/{round}/{i}").into_bytes();
         timed(c.clone().get(GetRequest { table: RECREATED_TABLE.into(), key, consistency: 0, max_staleness_ms: 0 }))
@@ -490,7 +634,7 @@ fn batch_of(keys: &[Vec<u8>], value: u64) -> Vec<WriteOp> {
 /// splits only at a group's start or between its keys 1 and 2); now and then an
 /// acknowledged batch is re-sent with its request id: it must be answered with
 /// its first results and must not overwrite the newer values.
-async fn batch_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_ns: u64) {
+async fn batch_worker(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xBA7C4);
     let mut n = 0u64;
     let mut acked: Vec<(u64, Vec<u8>, Vec<WriteResult>)> = Vec::new();
@@ -507,7 +651,7 @@ async fn batch_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_n
             in_doubt = false;
         }
         let keys: Vec<Vec<u8>> = (0..4).map(|k| format!("b/{group:04}/{k}").into_bytes()).collect();
-        let mut c = client(rng.random_range(1..=nodes));
+        let mut c = client(hosts.pick(&mut rng));
         let rid = format!("bw-{n}").into_bytes();
         let req = BatchWriteRequest { table: TABLE.into(), ops: batch_of(&keys, n), request_id: rid.clone() };
         let write = async {
@@ -520,7 +664,7 @@ async fn batch_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_n
             None
         };
         // A BatchGet racing the write: it must see the batch whole or not at all.
-        let (reader, delay_ms) = (client(rng.random_range(1..=nodes)), rng.random_range(0..6));
+        let (reader, delay_ms) = (client(hosts.pick(&mut rng)), rng.random_range(0..6));
         let racing_read = async {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             batch_get_checked(&shared, reader, &keys).await
@@ -544,7 +688,7 @@ async fn batch_worker(shared: Rc<RefCell<Shared>>, nodes: u64, seed: u64, stop_n
                 }
             }
         }
-        let after = batch_get_checked(&shared, client(rng.random_range(1..=nodes)), &keys).await;
+        let after = batch_get_checked(&shared, client(hosts.pick(&mut rng)), &keys).await;
         if let Some(values) = after.filter(|_| !in_doubt) {
             if values.iter().any(|v| *v != n.to_string().as_bytes()) {
                 // This worker is the only writer of the group, and batch n is acknowledged.
@@ -573,14 +717,100 @@ async fn batch_get_checked(shared: &Rc<RefCell<Shared>>, mut c: Client, keys: &[
     Some(values)
 }
 
+/// The faults have healed and the dead node is still down: every range must
+/// regain three voters, all on live nodes and none on the dead or the
+/// decommissioned node, and the joined node must hold replicas. Then the step
+/// loop restarts the dead node, which must drop what it held (the placement
+/// check), and routing convergence is timed from that restart.
+async fn elastic_checks(shared: &Rc<RefCell<Shared>>, plan: ElasticPlan) {
+    let healed_ns = sim_ns();
+    let deadline = tokio::time::Instant::now() + REPLACEMENT_PATIENCE;
+    let outcome = loop {
+        let outcome = match timed(client(1).cluster_status(ClusterStatusRequest {})).await {
+            Ok(s) => replaced(&s, plan),
+            Err(e) => Err(e),
+        };
+        shared.borrow_mut().progress = format!("replacing the dead node's replicas: {outcome:?}");
+        if outcome.is_ok() || tokio::time::Instant::now() >= deadline {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let secs = (sim_ns() - healed_ns) as f64 / 1e9;
+    match outcome {
+        Ok(per_node) => {
+            shared.borrow_mut().elastic_summary = format!(
+                "every range on 3 live nodes {secs:.1} s after healing, before the dead node's restart ({per_node})"
+            )
+        }
+        Err(p) => shared.borrow_mut().problems.push(format!(
+            "{REPLACEMENT_PATIENCE:?} after healing, a range is still short of 3 voters on live nodes: {p}"
+        )),
+    }
+    shared.borrow_mut().revive_requested = true;
+    let revived_ms = loop {
+        if let Some(at) = shared.borrow().revived_at_ms {
+            break at;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shared.borrow_mut().healed_at_ms = revived_ms;
+}
+
+/// Whether every range has three voters on live nodes, none of them the dead or
+/// the decommissioned node, and the joined node holds some; if so, the replicas
+/// each node holds.
+fn replaced(s: &ClusterStatusResponse, plan: ElasticPlan) -> Result<String, String> {
+    let id_of = |host: u64| {
+        let addr = net::node_addr(host);
+        s.nodes.iter().find(|n| n.addr == addr).map(|n| n.id).ok_or(format!("host {host} is not listed"))
+    };
+    let (dead, gone, joiner) = (id_of(plan.dead)?, id_of(plan.decommissioned)?, id_of(plan.joiner)?);
+    let state = |id: u64| s.nodes.iter().find(|n| n.id == id).map_or("unlisted", |n| n.state.as_str());
+    if state(dead) != "dead" {
+        return Err(format!("node {dead}, down since the faults, is {}", state(dead)));
+    }
+    if state(gone) != "decommissioned" {
+        return Err(format!("node {gone} is {}, not decommissioned", state(gone)));
+    }
+    for r in &s.ranges {
+        let voters: Vec<u64> = r.replicas.iter().filter(|x| !x.learner).map(|x| x.node_id).collect();
+        if voters.len() != 3
+            || voters.len() != r.replicas.len()
+            || r.leader_node_id == 0
+            || voters.iter().any(|v| state(*v) != "live")
+        {
+            return Err(format!(
+                "range {} ({}) [{}, {}): replicas {:?}, leader {}",
+                r.id, r.table, r.start_display, r.end_display, r.replicas, r.leader_node_id
+            ));
+        }
+    }
+    if !s.ranges.iter().any(|r| r.replicas.iter().any(|x| x.node_id == joiner)) {
+        return Err(format!("the joined node {joiner} holds no replica"));
+    }
+    // Node ids follow the order of joining, not the host numbers.
+    let per_node: Vec<String> = s
+        .nodes
+        .iter()
+        .map(|n| match n.id {
+            id if id == dead => format!("node {id} dead"),
+            id if id == gone => format!("node {id} decommissioned, {} replicas", n.replicas),
+            id if id == joiner => format!("node {id} joined, {} replicas", n.replicas),
+            id => format!("node {id} {} replicas", n.replicas),
+        })
+        .collect();
+    Ok(per_node.join(", "))
+}
+
 /// After healing: every node routes to every range (each node's view of the
 /// ranges agrees and every range has its replicas and a leader), then every
 /// acknowledged unique write is read back and the counter read.
-async fn final_checks(shared: &Rc<RefCell<Shared>>, nodes: u64) {
+async fn final_checks(shared: &Rc<RefCell<Shared>>, hosts: u64) {
     let deadline = tokio::time::Instant::now() + CONVERGENCE_PATIENCE;
     let mut problem;
     loop {
-        problem = converged(nodes).await.err();
+        problem = converged(hosts).await.err();
         shared.borrow_mut().progress = format!("converging: {problem:?}");
         if problem.is_none() || tokio::time::Instant::now() >= deadline {
             break;
