@@ -1,19 +1,22 @@
 //! `cairn demo`: starts a local cluster of `cairn server` processes on
 //! loopback (node 1 bootstraps, the others join it), waits until every range
-//! is fully replicated, prints the endpoints and a short tour, and stops the
-//! nodes cleanly on Ctrl-C.
+//! is fully replicated, prints the endpoints and a short tour, then keeps
+//! running when a node dies and takes commands on its standard input to
+//! stop, kill and restart nodes (a failover to watch), until Ctrl-C or `quit`.
+//! The processes themselves are `demo_nodes`.
 
 // The demo supervises real processes from outside any node, on the OS clock.
 #![allow(clippy::disallowed_methods)]
 
-use crate::server::node::NodeEndpoints;
+use super::demo_nodes::{DemoNode, Launch};
 use anyhow::{bail, Context, Result};
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::{ClusterStatusRequest, ListTablesRequest};
 use clap::Args;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -53,42 +56,6 @@ fn ports_free(base: u16, n: usize) -> bool {
         let h = std::net::TcpListener::bind(("127.0.0.1", base.saturating_add(80 + i))).is_ok();
         g && h
     })
-}
-
-fn wait_for_endpoints(dir: &Path, child: &mut Child, timeout: Duration) -> Result<NodeEndpoints> {
-    let file = dir.join("node.json");
-    let started = Instant::now();
-    loop {
-        if let Ok(bytes) = std::fs::read(&file) {
-            if let Ok(e) = serde_json::from_slice::<NodeEndpoints>(&bytes) {
-                return Ok(e);
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("node exited during start-up ({status}); see {}", dir.with_extension("log").display());
-        }
-        if started.elapsed() > timeout {
-            bail!("node did not start within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn stop_all(children: &mut [Child]) {
-    for c in children.iter() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for c in children.iter_mut() {
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }
 
 /// Waits until all nodes are live and every range has its full replica set.
@@ -136,57 +103,35 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let redis_free = (0..args.nodes as u16)
         .all(|i| std::net::TcpListener::bind(("127.0.0.1", args.redis_base_port.saturating_add(i))).is_ok());
     let redis_base = if args.redis_base_port != 0 && redis_free { args.redis_base_port } else { 0 };
-    let exe = std::env::current_exe().context("locating the cairn binary")?;
-    let mut children: Vec<Child> = Vec::new();
-    let mut endpoints: Vec<NodeEndpoints> = Vec::new();
-    let worker_threads = share_of_cores(args.nodes);
-    let result: Result<()> = async {
-        for i in 0..args.nodes {
-            let dir = root.join(format!("node{}", i + 1));
-            let port = |off: u16| if base == 0 { 0 } else { base + off + i as u16 };
-            let log = std::fs::File::create(root.join(format!("node{}.log", i + 1)))?;
-            let mut cmd = Command::new(&exe);
-            cmd.arg("server")
-                .arg("--data-dir")
-                .arg(&dir)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", port(0)))
-                .arg("--http-listen")
-                .arg(format!("127.0.0.1:{}", port(80)))
-                .arg("--redis-listen")
-                .arg(format!("127.0.0.1:{}", if redis_base == 0 { 0 } else { redis_base + i as u16 }))
-                .arg("--replication-factor")
-                .arg(args.replication_factor.to_string())
-                .arg("--zone")
-                .arg(format!("zone-{}", i + 1))
-                // Redis clients are shown node 1's address: the keyspace's leaders sit
-                // there, so a plain client's commands are not forwarded (a cluster-aware
-                // client, or `cairn table alter redis --clear-lease-preferences`, spreads them).
-                .arg("--redis-lease-preferences")
-                .arg("zone-1")
-                .arg("--worker-threads")
-                .arg(worker_threads.to_string())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            // A restarted demo keeps its data and its identities: only a new node joins.
-            let fresh = !dir.join("node.json").exists();
-            let _ = std::fs::remove_file(dir.join("node.json"));
-            if i > 0 && fresh {
-                cmd.arg("--join").arg(&endpoints[0].grpc);
+    let launch = Launch {
+        exe: std::env::current_exe().context("locating the cairn binary")?,
+        root: root.clone(),
+        replication_factor: args.replication_factor,
+        worker_threads: share_of_cores(args.nodes),
+    };
+    let mut nodes: Vec<DemoNode> = (0..args.nodes)
+        .map(|i| {
+            let port = |first: u16| if first == 0 { 0 } else { first + i as u16 };
+            DemoNode::new(i + 1, port(base), port(if base == 0 { 0 } else { base + 80 }), port(redis_base))
+        })
+        .collect();
+    let started: Result<()> = async {
+        let mut first_grpc = None;
+        for node in nodes.iter_mut() {
+            node.start(&launch, first_grpc.as_deref()).await?;
+            if first_grpc.is_none() {
+                first_grpc = node.endpoints.as_ref().map(|e| e.grpc.clone());
             }
-            children.push(cmd.spawn().context("starting a node")?);
-            let child = children.last_mut().context("no child")?;
-            endpoints.push(wait_for_endpoints(&dir, child, Duration::from_secs(90))?);
         }
-        wait_ready(&endpoints[0].grpc, args.nodes, args.replication_factor, Duration::from_secs(120)).await?;
-        Ok(())
+        let first = first_grpc.context("no node started")?;
+        wait_ready(&first, args.nodes, args.replication_factor, Duration::from_secs(120)).await
     }
     .await;
-    if let Err(e) = result {
-        stop_all(&mut children);
+    if let Err(e) = started {
+        stop_all(&mut nodes);
         return Err(e);
     }
+    let endpoints: Vec<_> = nodes.iter().filter_map(|n| n.endpoints.clone()).collect();
     let addrs: Vec<String> = endpoints.iter().map(|e| e.grpc.clone()).collect();
     if let Some(f) = &args.endpoints_file {
         std::fs::write(f, addrs.join(","))?;
@@ -213,27 +158,99 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         println!("  redis-cli -h {host} -p {port} get greeting");
     }
     println!();
-    println!("Press Ctrl-C to stop.");
-    let mut exited = None;
-    tokio::select! {
-        _ = super::stop_signal() => {}
-        i = watch_children(&mut children) => exited = Some(i),
-    }
-    if let Some(i) = exited {
-        eprintln!("cairn demo: node {} exited unexpectedly; stopping the others", i + 1);
-    }
-    stop_all(&mut children);
+    println!("Here, type `kill N` (a crash), `stop N`, `start N`, `status` or `quit`; Ctrl-C also stops the demo.");
+    control(&launch, &mut nodes).await;
+    stop_all(&mut nodes);
     println!("stopped.");
     Ok(())
 }
 
-async fn watch_children(children: &mut [Child]) -> usize {
+/// Takes commands from standard input and reports nodes that exit, until a
+/// stop signal or `quit`. A node that dies leaves the others serving. Without
+/// input (standard input closed), it only watches.
+async fn control(launch: &Launch, nodes: &mut [DemoNode]) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut input_open = true;
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
+    let mut watch = tokio::time::interval(Duration::from_millis(500));
     loop {
-        for (i, c) in children.iter_mut().enumerate() {
-            if let Ok(Some(_)) = c.try_wait() {
-                return i;
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = watch.tick() => {
+                for n in nodes.iter_mut() {
+                    if let Some(status) = n.exited() {
+                        println!(
+                            "node {} exited ({status}); the others keep serving. `start {}` restarts it.",
+                            n.id(),
+                            n.id()
+                        );
+                    }
+                }
+            }
+            line = lines.next_line(), if input_open => match line {
+                Ok(Some(line)) => {
+                    if !command(launch, nodes, line.trim()).await {
+                        return;
+                    }
+                }
+                _ => input_open = false,
+            },
+        }
+    }
+}
+
+/// Runs one prompt command; false means quit.
+async fn command(launch: &Launch, nodes: &mut [DemoNode], line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let (verb, arg) = (words.next().unwrap_or(""), words.next());
+    let target = arg.and_then(|a| a.parse::<u64>().ok()).and_then(|id| nodes.iter().position(|n| n.id() == id));
+    match (verb, target) {
+        ("" | "help", _) => {
+            println!("kill N: SIGKILL node N (a crash); stop N: stop it cleanly; start N: start it again");
+            println!("status: which nodes run; quit: stop every node and exit");
+        }
+        ("quit" | "exit", _) => return false,
+        ("status", _) => {
+            for n in nodes.iter() {
+                match n.pid() {
+                    Some(pid) => println!("node {} running (pid {pid})", n.id()),
+                    None => println!("node {} stopped", n.id()),
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        ("kill" | "stop", Some(i)) => {
+            let signal = if verb == "kill" { Signal::SIGKILL } else { Signal::SIGTERM };
+            let id = nodes[i].id();
+            match nodes[i].stop(signal) {
+                true => println!("node {id} {}", if verb == "kill" { "killed" } else { "stopped" }),
+                false => println!("node {id} is not running"),
+            }
+        }
+        ("start", Some(i)) => {
+            let join = nodes.first().and_then(|n| n.endpoints.as_ref()).map(|e| e.grpc.clone());
+            let id = nodes[i].id();
+            match nodes[i].start(launch, join.as_deref()).await {
+                Ok(()) => println!("node {id} started"),
+                Err(e) => println!("node {id} did not start: {e:#}"),
+            }
+        }
+        ("kill" | "stop" | "start", None) => println!("{verb} needs a node id (one of {:?})", ids(nodes)),
+        _ => println!("unknown command {line:?}; type help"),
+    }
+    true
+}
+
+fn ids(nodes: &[DemoNode]) -> Vec<u64> {
+    nodes.iter().map(DemoNode::id).collect()
+}
+
+/// Stops every node, all at once.
+fn stop_all(nodes: &mut [DemoNode]) {
+    for n in nodes.iter() {
+        n.signal(Signal::SIGTERM);
+    }
+    for n in nodes.iter_mut() {
+        n.stop(Signal::SIGTERM);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod demo_nodes;
 pub mod sim;
 
 use crate::server::{node, ServerConfig};
