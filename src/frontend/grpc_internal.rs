@@ -126,11 +126,15 @@ impl Internal for InternalService {
             message: data,
             control: 0,
         };
+        let data_len = envelope.message.len() as u64;
         let msg = peer::decode_raft_message(&envelope).map_err(Status::invalid_argument)?;
         let snap = msg.snapshot.unwrap_or_default();
         let files = SnapshotData::decode(snap.data.as_slice())
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot data: {e}")))?
             .files;
+        // What replica moves and repairs cost in transfer: the benchmark of a node
+        // joining compares it with the ideal share.
+        let file_bytes: u64 = files.iter().map(|f| f.size).sum();
         if !files.is_empty() || next.is_some() {
             let Some(root) = self.gw.store.engine.snapshot_dir() else {
                 return Err(Status::failed_precondition("this node's disk does not take snapshot files"));
@@ -147,6 +151,7 @@ impl Internal for InternalService {
         self.transport.mark_seen(first.from_node);
         self.gw.store.send(StoreMsg::Snapshot { from_node: first.from_node, envelope }).map_err(overloaded)?;
         metrics::counter!("cairn_snapshots_received_total").increment(1);
+        metrics::counter!("cairn_snapshot_bytes_received_total").increment(file_bytes + data_len);
         Ok(Response::new(SnapshotResponse {}))
     }
 
