@@ -22,19 +22,20 @@ const SEEDS: u64 = 6;
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_cluster_seeds() {
-    // A failure's first line names the seed; the next, the first check that failed.
-    sabotaged::report_seeds(|seed| {
-        run(&ClusterSimConfig::for_seed(seed)).err().map(|f| f.lines().take(2).collect::<Vec<_>>().join(" / "))
-    });
+    report(ClusterSimConfig::for_seed);
 }
 
 /// The same for elastic runs (a node joins, one dies for good, one is decommissioned).
 #[test]
 #[ignore = "started by the cases below, in a child process"]
 fn sabotaged_elastic_seeds() {
-    sabotaged::report_seeds(|seed| {
-        run(&ClusterSimConfig::elastic(seed)).err().map(|f| f.lines().take(2).collect::<Vec<_>>().join(" / "))
-    });
+    report(ClusterSimConfig::elastic);
+}
+
+/// Runs each seed's configuration and reports any failure's first two lines: the
+/// first names the seed, the next the first check that failed.
+fn report(config: fn(u64) -> ClusterSimConfig) {
+    sabotaged::report_seeds(|seed| run(&config(seed)).err().map(|f| f.lines().take(2).collect::<Vec<_>>().join(" / ")));
 }
 
 /// The problems the seeds reported under `sabotage`.

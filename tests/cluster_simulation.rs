@@ -49,12 +49,17 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 
 #[test]
 fn simulated_nodes_stay_correct_under_faults() {
+    run_seeds(&seeds(), ClusterSimConfig::for_seed, "CAIRN_CLUSTER_SIM_SEED");
+}
+
+/// Runs each seed's configuration, printing its report or failure; fails naming
+/// the failing seeds and the variable that replays one.
+fn run_seeds(seeds: &[u64], config: fn(u64) -> ClusterSimConfig, replay_var: &str) {
     init_logs();
     let mut failures = Vec::new();
-    let seeds = seeds();
-    for seed in &seeds {
+    for seed in seeds {
         let started = std::time::Instant::now();
-        match run(&ClusterSimConfig::for_seed(*seed)) {
+        match run(&config(*seed)) {
             Ok(report) => println!("{report}\n  ({:.1} s of real time)\n", started.elapsed().as_secs_f64()),
             Err(failure) => {
                 println!("FAILED {failure}\n");
@@ -63,7 +68,7 @@ fn simulated_nodes_stay_correct_under_faults() {
         }
     }
     println!("{} seeds run, {} failed: {failures:?}", seeds.len(), failures.len());
-    assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with CAIRN_CLUSTER_SIM_SEED=N)");
+    assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with {replay_var}=N)");
 }
 
 /// Elasticity under the same faults and clients: four nodes, a fifth joins, one
@@ -74,21 +79,8 @@ fn simulated_nodes_stay_correct_under_faults() {
 /// `CAIRN_CLUSTER_SIM_ELASTIC_SEED=N` / `_SEEDS=K` as above (`scripts/sim.sh --elastic`).
 #[test]
 fn simulated_nodes_join_die_and_leave() {
-    init_logs();
-    let mut failures = Vec::new();
     let seeds = seeds::from_env("CAIRN_CLUSTER_SIM_ELASTIC", &ELASTIC_CI_SEEDS);
-    for seed in &seeds {
-        let started = std::time::Instant::now();
-        match run(&ClusterSimConfig::elastic(*seed)) {
-            Ok(report) => println!("{report}\n  ({:.1} s of real time)\n", started.elapsed().as_secs_f64()),
-            Err(failure) => {
-                println!("FAILED {failure}\n");
-                failures.push(*seed);
-            }
-        }
-    }
-    println!("{} elastic seeds run, {} failed: {failures:?}", seeds.len(), failures.len());
-    assert!(failures.is_empty(), "failing seeds: {failures:?} (rerun one with CAIRN_CLUSTER_SIM_ELASTIC_SEED=N)");
+    run_seeds(&seeds, ClusterSimConfig::elastic, "CAIRN_CLUSTER_SIM_ELASTIC_SEED");
 }
 
 /// Two runs of one seed in one process see the same histories, operator outcomes and faults.

@@ -1148,9 +1148,10 @@ impl Store {
         let mut r = self.replicas.remove(&id)?;
         self.registry.write().remove(&id);
         r.fail_pending();
-        let _guard = r.shared.data_lock.write();
-        r.shared.mark_destroyed();
-        drop(_guard);
+        {
+            let _guard = r.shared.data_lock.write();
+            r.shared.mark_destroyed();
+        }
         Some(r)
     }
 

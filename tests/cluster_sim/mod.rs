@@ -518,7 +518,8 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         }
         let now_ms = sim.elapsed().as_millis() as u64;
         let phase = shared.borrow().phase;
-        if let Some(e) = cfg.elastic.filter(|_| died && nemesis.down.is_some()) {
+        // Only the dead node is ever down for good, until the clients ask for it back.
+        if let (Some(e), Some(_)) = (cfg.elastic, nemesis.down) {
             let mut sh = shared.borrow_mut();
             if sh.revive_requested {
                 sim.bounce(net::host_name(e.dead));

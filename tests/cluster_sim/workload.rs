@@ -488,8 +488,7 @@ async fn decommissioner(shared: Rc<RefCell<Shared>>, hosts: Hosts, plan: Elastic
         let mut c = client(hosts.pick(&mut rng));
         let asked = async {
             let status = timed(c.cluster_status(ClusterStatusRequest {})).await?;
-            let addr = net::node_addr(plan.decommissioned);
-            let id = status.nodes.iter().find(|n| n.addr == addr).map(|n| n.id).ok_or("not listed yet")?;
+            let id = node_id_of_host(&status, plan.decommissioned)?;
             let req = SetNodeStateRequest { node_id: id, state: NodeState::Decommissioning as i32 };
             timed(c.set_node_state(req)).await.map(|_| ())
         };
@@ -757,14 +756,18 @@ async fn elastic_checks(shared: &Rc<RefCell<Shared>>, plan: ElasticPlan) {
     shared.borrow_mut().healed_at_ms = revived_ms;
 }
 
+/// The node id of simulated host `host` (ids follow the order nodes joined in,
+/// not host numbers), found by its advertised address.
+fn node_id_of_host(s: &ClusterStatusResponse, host: u64) -> Result<u64, String> {
+    let addr = net::node_addr(host);
+    s.nodes.iter().find(|n| n.addr == addr).map(|n| n.id).ok_or(format!("host {host} is not listed"))
+}
+
 /// Whether every range has three voters on live nodes, none of them the dead or
 /// the decommissioned node, and the joined node holds some; if so, the replicas
 /// each node holds.
 fn replaced(s: &ClusterStatusResponse, plan: ElasticPlan) -> Result<String, String> {
-    let id_of = |host: u64| {
-        let addr = net::node_addr(host);
-        s.nodes.iter().find(|n| n.addr == addr).map(|n| n.id).ok_or(format!("host {host} is not listed"))
-    };
+    let id_of = |host| node_id_of_host(s, host);
     let (dead, gone, joiner) = (id_of(plan.dead)?, id_of(plan.decommissioned)?, id_of(plan.joiner)?);
     let state = |id: u64| s.nodes.iter().find(|n| n.id == id).map_or("unlisted", |n| n.state.as_str());
     if state(dead) != "dead" {
