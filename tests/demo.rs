@@ -1,6 +1,6 @@
 //! `cairn demo` as a user runs it: the real binary starts its nodes, keeps
-//! serving when one is killed, and restarts it on command from its prompt; the
-//! restarted node serves what was written while it was down.
+//! serving when one is killed (from its prompt or from outside), and restarts it
+//! on command; the restarted node serves what was written while it was down.
 
 // Tests keep their own deadlines on the OS clock; the clock rule (clippy.toml) is for node code.
 #![allow(clippy::disallowed_methods)]
@@ -133,6 +133,17 @@ fn the_demo_keeps_serving_when_a_node_dies_and_restarts_it_on_command() {
 
     demo.send("status");
     demo.expect("node 3 running", Duration::from_secs(5));
+
+    // A node that dies on its own (not through the prompt) is noticed and can be restarted.
+    demo.send("status");
+    let line = demo.expect("node 2 running (pid ", Duration::from_secs(5));
+    let pid: i32 = line.rsplit("pid ").next().and_then(|p| p.trim_end_matches(')').parse().ok()).expect("a pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill node 2");
+    demo.expect("node 2 exited", Duration::from_secs(15));
+    assert!(cli_ok(&node1, &["get", "failover", "during"]).contains('2'));
+    demo.send("start 2");
+    demo.expect("node 2 started", Duration::from_secs(120));
+
     demo.send("quit");
     demo.expect("stopped.", Duration::from_secs(60));
     let deadline = Instant::now() + Duration::from_secs(30);
