@@ -24,14 +24,19 @@ pub fn os_now() -> Instant {
     Instant::now()
 }
 
+/// Whether this runs on a single-threaded runtime (what a simulation drives), or
+/// outside any runtime: blocking work then runs inline.
+pub fn single_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+        .unwrap_or(true)
+}
+
 /// Runs a blocking job (a RocksDB scan, say) off the async workers. On a
 /// single-threaded runtime, which is what a simulation drives, it runs inline
 /// instead, so that its timing stays part of the simulated run.
 pub async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    let single_threaded = tokio::runtime::Handle::try_current()
-        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
-        .unwrap_or(true);
-    if single_threaded {
+    if single_threaded() {
         return Ok(job());
     }
     tokio::task::spawn_blocking(job).await.map_err(|e| e.to_string())

@@ -55,6 +55,14 @@ pub enum Sabotage {
     /// whatever its copy of the right range holds, so a node whose copy lagged
     /// serves the merged range without the writes it had not applied.
     MergeWithoutFreezeWait,
+    /// `feed-skip-catch-up`: a range feed resumed from a version starts with the
+    /// changes applied after it registers, without replaying those between the
+    /// consumer's checkpoint and then, so a resumed consumer misses them.
+    FeedSkipCatchUp,
+    /// `feed-resolved-from-clock`: a range feed reports the node's clock as
+    /// resolved instead of the range's applied version, so a write proposed
+    /// before and applied after that instant arrives below a resolved checkpoint.
+    FeedResolvedFromClock,
 }
 
 impl Sabotage {
@@ -73,6 +81,8 @@ impl Sabotage {
             "unconditional-transactions" => Some(Sabotage::UnconditionalTransactions),
             "unproven-stale-reads" => Some(Sabotage::UnprovenStaleReads),
             "merge-without-freeze-wait" => Some(Sabotage::MergeWithoutFreezeWait),
+            "feed-skip-catch-up" => Some(Sabotage::FeedSkipCatchUp),
+            "feed-resolved-from-clock" => Some(Sabotage::FeedResolvedFromClock),
             _ => None,
         }
     }

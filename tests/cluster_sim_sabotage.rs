@@ -147,6 +147,32 @@ fn the_cluster_simulation_catches_unconditional_redis_scripts() {
     );
 }
 
+/// A range feed resumed from a version that skips its catch-up scan: the changes
+/// applied between the consumer's checkpoint (or a reopened piece's resolved
+/// version) and the new range feed's registration are never sent, though the
+/// feed resolves past them. Caught by the feed check: a resolved checkpoint
+/// covering acknowledged unique writes that no session delivered.
+#[test]
+fn the_cluster_simulation_catches_a_feed_resumed_without_its_catch_up() {
+    let problems = caught("feed-skip-catch-up");
+    assert!(
+        problems.iter().any(|p| p.contains("change feed")),
+        "no seed caught a build whose resumed range feeds skip their catch-up: {problems:?}"
+    );
+}
+
+/// A range feed that reports its node's clock as resolved instead of the range's
+/// applied version: a write proposed before that instant and applied after it
+/// arrives below a checkpoint already sent. Caught by the feed check.
+#[test]
+fn the_cluster_simulation_catches_a_feed_resolving_by_the_clock() {
+    let problems = caught("feed-resolved-from-clock");
+    assert!(
+        problems.iter().any(|p| p.contains("change feed")),
+        "no seed caught a build whose range feeds resolve by the node's clock: {problems:?}"
+    );
+}
+
 /// A removed replica's data left on disk: in an elastic run, the node that comes
 /// back after the controller replaced its replicas keeps all of them. Caught by
 /// the placement check of every disk after the restart.

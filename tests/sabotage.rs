@@ -95,3 +95,26 @@ async fn unproven_stale_reads_are_caught_by_the_bounded_staleness_check() {
         r.new
     );
 }
+
+/// A range feed that resumes without replaying what was applied between the
+/// consumer's checkpoint and its start: the resumed consumer misses those
+/// changes, and the feed checker sees a resolved checkpoint above writes it never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_resumed_without_its_catch_up_is_caught_by_the_feed_checker() {
+    let _g = serial().await;
+    let cl = common::Cluster::start_with_env(3, &[], &[("CAIRN_SABOTAGE", "feed-skip-catch-up")]).await;
+    let found = common::feed::resume_scenario(&cl).await.expect_err("the feed-skip-catch-up sabotage went unnoticed");
+    println!("sabotage feed-skip-catch-up caught:\n{found}");
+}
+
+/// A range feed that reports its node's clock as resolved: a write proposed
+/// before that instant and applied after it arrives below a checkpoint already
+/// sent, and the feed checker sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_resolving_by_the_clock_is_caught_by_the_feed_checker() {
+    let _g = serial().await;
+    let cl = common::Cluster::start_with_env(3, &[], &[("CAIRN_SABOTAGE", "feed-resolved-from-clock")]).await;
+    let found =
+        common::feed::resume_scenario(&cl).await.expect_err("the feed-resolved-from-clock sabotage went unnoticed");
+    println!("sabotage feed-resolved-from-clock caught:\n{found}");
+}

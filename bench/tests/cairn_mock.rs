@@ -35,6 +35,7 @@ impl Mock {
 }
 
 type ScanStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ScanResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Cairn for Mock {
@@ -85,6 +86,10 @@ impl Cairn for Mock {
     type ScanStream = ScanStream;
 
     async fn scan(&self, _: Request<ScanRequest>) -> Result<Response<ScanStream>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    type SubscribeStream = SubscribeStream;
+    async fn subscribe(&self, _: Request<SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         Err(Status::unimplemented("mock"))
     }
     async fn drop_table(&self, _: Request<DropTableRequest>) -> Result<Response<DropTableResponse>, Status> {

@@ -16,6 +16,11 @@ pub struct Limits {
     pub request_deadline_ms: u64,
     pub max_request_id_bytes: usize,
     pub max_table_name_bytes: usize,
+    /// Changes a change feed's stream may hold for a consumer that does not read
+    /// before it ends the stream (the consumer resumes from its checkpoint).
+    pub feed_buffer_events: usize,
+    /// The same bound in bytes of keys and values.
+    pub feed_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -28,6 +33,8 @@ impl Default for Limits {
             request_deadline_ms: 10_000,
             max_request_id_bytes: 64,
             max_table_name_bytes: 128,
+            feed_buffer_events: 100_000,
+            feed_buffer_bytes: 64 << 20,
         }
     }
 }

@@ -166,6 +166,37 @@ pub fn scan_bounds(limits: &Limits, t: &TableInfo, r: &ScanRequest) -> Result<Sc
     Ok(ScanBounds { start, end, resume_version })
 }
 
+/// The encoded span a change feed covers, and, for a hash table whose prefix
+/// does not decide the slot, the user-key prefix each range filters by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSpan {
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub user_prefix: Vec<u8>,
+}
+
+pub fn feed_span(limits: &Limits, t: &TableInfo, prefix: &[u8]) -> Result<FeedSpan, String> {
+    if prefix.len() > limits.max_key_bytes {
+        return Err(format!("prefix is {} bytes; the key size limit is {} bytes", prefix.len(), limits.max_key_bytes));
+    }
+    let whole = FeedSpan { start: keys::table_prefix(t.id), end: keys::table_end(t.id), user_prefix: Vec::new() };
+    if prefix.is_empty() {
+        return Ok(whole);
+    }
+    if !is_hashed(t) {
+        let start = keys::encode_range_key(t.id, prefix);
+        return Ok(FeedSpan { end: keys::prefix_end(&start), start, user_prefix: Vec::new() });
+    }
+    Ok(match keys::prefix_slot(prefix) {
+        // Every key with this prefix shares its hash tag, so its slot.
+        Some(_) => {
+            let start = keys::encode_hash_key(t.id, prefix);
+            FeedSpan { end: keys::prefix_end(&start), start, user_prefix: Vec::new() }
+        }
+        None => FeedSpan { user_prefix: prefix.to_vec(), ..whole },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +251,24 @@ mod tests {
     fn hash_tables_refuse_ordered_bounds() {
         let r = ScanRequest { prefix: b"p".to_vec(), ..Default::default() };
         assert!(scan_bounds(&Limits::default(), &table(true), &r).unwrap_err().contains("RANGE table"));
+    }
+
+    #[test]
+    fn a_feed_prefix_narrows_the_span_where_it_decides_the_keys_place() {
+        let limits = Limits::default();
+        let range = feed_span(&limits, &table(false), b"user:").unwrap();
+        assert_eq!(range.start, keys::encode_range_key(7, b"user:"));
+        assert!(range.user_prefix.is_empty());
+        let tagged = feed_span(&limits, &table(true), b"{v1}:claim:").unwrap();
+        assert_eq!(tagged.start, keys::encode_hash_key(7, b"{v1}:claim:"));
+        assert!(keys::in_range(&keys::encode_hash_key(7, b"{v1}:claim:42"), &tagged.start, &tagged.end));
+        assert!(tagged.user_prefix.is_empty());
+        // No whole hash tag: any slot may hold such keys, so every range filters.
+        for open in [b"user:".as_slice(), b"{v1".as_slice(), b"{}x".as_slice()] {
+            let f = feed_span(&limits, &table(true), open).unwrap();
+            assert_eq!((f.start, f.end), (keys::table_prefix(7), keys::table_end(7)));
+            assert_eq!(f.user_prefix, open);
+        }
+        assert!(feed_span(&limits, &table(false), &vec![b'k'; limits.max_key_bytes + 1]).is_err());
     }
 }

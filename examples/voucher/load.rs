@@ -37,6 +37,20 @@ pub struct Outcome {
     pub answers: BTreeMap<String, (u64, String)>,
     /// Attempts that failed (connection lost, no leader, TRYAGAIN) and were retried.
     pub retries: u64,
+    /// Each claim's time from its first attempt to its answer, in µs.
+    pub latencies_us: Vec<u64>,
+}
+
+impl Outcome {
+    /// The `q` quantile (0..=1) of the claims' latencies, in ms.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        let mut l = self.latencies_us.clone();
+        l.sort_unstable();
+        match l.len() {
+            0 => 0.0,
+            n => l[((n - 1) as f64 * q).round() as usize] as f64 / 1000.0,
+        }
+    }
 }
 
 async fn connect(addr: &str) -> redis::RedisResult<MultiplexedConnection> {
@@ -56,6 +70,25 @@ pub async fn create(cfg: &Config) -> redis::RedisResult<()> {
         .arg(cfg.key("granted"))
         .arg(0)
         .query_async::<()>(&mut c)
+        .await
+}
+
+/// One attempt of claim `claim_id` for `user` through `claim.lua`: its answer.
+async fn claim(
+    script: &redis::Script,
+    cfg: &Config,
+    c: &mut MultiplexedConnection,
+    user: u64,
+    claim_id: &str,
+) -> redis::RedisResult<String> {
+    script
+        .key(cfg.key("remaining"))
+        .key(cfg.key(&format!("user:{user}")))
+        .key(cfg.key(&format!("claim:{claim_id}")))
+        .key(cfg.key("granted"))
+        .arg(cfg.per_user)
+        .arg(user)
+        .invoke_async::<String>(c)
         .await
 }
 
@@ -89,21 +122,13 @@ pub async fn run(cfg: &Config) -> Outcome {
                 // asked for early whatever the claim rate, so demand soon exceeds the quota,
                 // and the same user is claimed from many clients at once.
                 let user = splitmix64((client as u64) << 32 | n) % cfg.users;
+                let asked = std::time::Instant::now();
                 let answer = loop {
                     if conn.is_none() {
                         conn = connect(&cfg.nodes[node]).await.ok();
                     }
                     let attempt = match conn.as_mut() {
-                        Some(c) => script
-                            .key(cfg.key("remaining"))
-                            .key(cfg.key(&format!("user:{user}")))
-                            .key(cfg.key(&format!("claim:{claim_id}")))
-                            .key(cfg.key("granted"))
-                            .arg(cfg.per_user)
-                            .arg(user)
-                            .invoke_async::<String>(c)
-                            .await
-                            .ok(),
+                        Some(c) => claim(&script, &cfg, c, user, &claim_id).await.ok(),
                         None => None,
                     };
                     if let Some(a) = attempt {
@@ -115,7 +140,7 @@ pub async fn run(cfg: &Config) -> Outcome {
                     node = (node + 1) % cfg.nodes.len();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 };
-                answers.push((claim_id, user, answer));
+                answers.push((claim_id, user, answer, asked.elapsed().as_micros() as u64));
             }
             answers
         }));
@@ -125,8 +150,9 @@ pub async fn run(cfg: &Config) -> Outcome {
     let mut out = Outcome::default();
     for t in tasks {
         if let Ok(answers) = t.await {
-            for (claim, user, answer) in answers {
+            for (claim, user, answer, latency_us) in answers {
                 out.answers.insert(claim, (user, answer));
+                out.latencies_us.push(latency_us);
             }
         }
     }
@@ -170,7 +196,9 @@ pub async fn audit(cfg: &Config, outcome: &Outcome) -> redis::RedisResult<Audit>
         }
     }
     let mut most_held_by_one_user = 0;
-    let users: Vec<u64> = (0..cfg.users).collect();
+    // Every user some claim was made for (a count can only come from a claim).
+    let users: Vec<u64> =
+        outcome.answers.values().map(|(u, _)| *u).collect::<std::collections::BTreeSet<u64>>().into_iter().collect();
     for chunk in users.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|u| cfg.key(&format!("user:{u}"))).collect();
         let held: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
@@ -193,4 +221,33 @@ pub async fn audit(cfg: &Config, outcome: &Outcome) -> redis::RedisResult<Audit>
         problems.push(format!("the granted counter is {granted_counter}, clients were granted {granted_answers}"));
     }
     Ok(Audit { granted_answers, remaining, granted_counter, most_held_by_one_user, problems })
+}
+
+/// Claims once per client for `cfg.duration`, without retrying, and returns
+/// every answer or error: what a client sees while the voucher's range has no
+/// quorum (every claim must fail, none be granted unrecorded).
+#[allow(dead_code)] // the fail-closed test's: the example binary has no use for it
+pub async fn claim_once_each(cfg: &Config) -> Vec<Result<String, String>> {
+    let mut tasks = Vec::new();
+    for client in 0..cfg.clients {
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let script = redis::Script::new(CLAIM_SCRIPT);
+            let user = splitmix64(client as u64 ^ 0xFA11) % cfg.users;
+            let claim_id = format!("closed-{client}");
+            let attempt = async {
+                let mut c = connect(&cfg.nodes[client % cfg.nodes.len()]).await.map_err(|e| e.to_string())?;
+                claim(&script, &cfg, &mut c, user, &claim_id).await.map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(cfg.duration, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {:?}", cfg.duration)),
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    out
 }

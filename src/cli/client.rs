@@ -66,6 +66,8 @@ pub enum ClientCommand {
     Incr(IncrArgs),
     /// List keys (and values) in ascending key order.
     Scan(ScanArgs),
+    /// Follow every change of a table as it commits (a change feed), with resolved checkpoints.
+    Feed(super::feed::FeedArgs),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -349,7 +351,7 @@ impl std::error::Error for Reported {}
 ///
 /// (The timeout is ours rather than `Endpoint::timeout`, which reports an
 /// expired deadline as CANCELLED.)
-async fn call<T>(fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> anyhow::Result<T> {
+pub(super) async fn call<T>(fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> anyhow::Result<T> {
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err(rpc_error(status)),
@@ -392,14 +394,14 @@ fn deadline_exceeded() -> tonic::Status {
 }
 
 /// Prints `error: <CODE>: <message>` and turns the status into [`Reported`].
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub(super) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let msg = format!("{}: {}", code_name(status.code()), status.message());
     eprintln!("error: {msg}");
     Reported(msg).into()
 }
 
 /// The canonical gRPC name of a status code.
-fn code_name(code: tonic::Code) -> &'static str {
+pub(super) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
         Code::Ok => "OK",
@@ -442,6 +444,7 @@ pub async fn run(addr: &str, json: bool, cmd: ClientCommand) -> anyhow::Result<(
         ClientCommand::Delete(args) => delete(&mut client, &mut out, json, args).await,
         ClientCommand::Incr(args) => incr(&mut client, &mut out, json, args).await,
         ClientCommand::Scan(args) => scan(&mut client, &mut out, json, args).await,
+        ClientCommand::Feed(args) => super::feed::follow(&mut client, &mut out, json, args).await,
         ClientCommand::Cluster(ClusterCommand::Status) => cluster_status(&mut client, &mut out, json).await,
         ClientCommand::Cluster(ClusterCommand::Events { limit }) => {
             cluster_events(&mut client, &mut out, json, limit).await
@@ -488,8 +491,8 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-type Client = CairnClient<Channel>;
-type Out = io::BufWriter<io::Stdout>;
+pub(super) type Client = CairnClient<Channel>;
+pub(super) type Out = io::BufWriter<io::Stdout>;
 
 fn print_json(out: &mut Out, value: &Value) -> anyhow::Result<()> {
     writeln!(out, "{value}")?;
@@ -1189,7 +1192,7 @@ fn range_json(r: &kv::RangeStatus) -> Value {
 // Formatting and parsing helpers
 // ---------------------------------------------------------------------------
 
-fn fmt_version(v: &kv::Version) -> String {
+pub(super) fn fmt_version(v: &kv::Version) -> String {
     format!("{}.{}.{}", v.wall_ns, v.logical, v.node_id)
 }
 
@@ -1202,7 +1205,7 @@ fn version_json(v: Option<&kv::Version>) -> Value {
 }
 
 /// Parses `wall_ns.logical.node_id`.
-fn parse_version(s: &str) -> Result<kv::Version, String> {
+pub(super) fn parse_version(s: &str) -> Result<kv::Version, String> {
     let parts: Vec<&str> = s.trim().split('.').collect();
     let [wall, logical, node] = parts.as_slice() else {
         return Err(format!("expected a version as wall_ns.logical.node_id, got {s:?}"));
@@ -1244,7 +1247,7 @@ fn parse_page_token(s: &str) -> Result<PageToken, String> {
         .map(PageToken)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -1256,7 +1259,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Bytes for a table cell: UTF-8 if valid and free of control characters
 /// (which would break the layout), else `0x` + hex; `""` when empty.
-fn show_bytes(bytes: &[u8]) -> String {
+pub(super) fn show_bytes(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "\"\"".into();
     }
@@ -1277,7 +1280,7 @@ fn sanitize(s: &str) -> String {
 
 /// Inserts `name` as a UTF-8 string when valid; otherwise `name` holds
 /// `0x` + hex and `<name>_hex` the plain hex, so scripts can tell them apart.
-fn put_bytes(obj: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+pub(super) fn put_bytes(obj: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
         Ok(s) => {
             obj.insert(name.to_owned(), Value::String(s.to_owned()));

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod demo;
 pub mod demo_nodes;
+pub mod feed;
 pub mod sim;
 
 use crate::server::{node, ServerConfig};

@@ -6,7 +6,7 @@ use crate::meta::{self, registry};
 use crate::peer;
 use crate::raftstore::snapshot_receive::{FileReceiver, ReceiveError};
 use crate::raftstore::transport::Transport;
-use crate::raftstore::{executor, StoreMsg};
+use crate::raftstore::{executor, range_feed, StoreMsg};
 use cairn_proto::internal::internal_server::Internal;
 use cairn_proto::internal::*;
 use prost::Message as _;
@@ -70,6 +70,7 @@ impl InternalService {
 }
 
 type PageStream = Pin<Box<dyn Stream<Item = Result<RangeScanPage, Status>> + Send>>;
+type FeedStream = Pin<Box<dyn Stream<Item = Result<RangeFeedMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Internal for InternalService {
@@ -164,6 +165,14 @@ impl Internal for InternalService {
     async fn scan_range(&self, req: Request<RangeScanRequest>) -> Result<Response<PageStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(executor::scan_range(self.gw.store.clone(), req.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type RangeFeedStream = FeedStream;
+
+    async fn range_feed(&self, req: Request<RangeFeedRequest>) -> Result<Response<FeedStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(range_feed::serve(self.gw.store.clone(), req.into_inner(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

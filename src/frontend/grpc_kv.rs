@@ -2,6 +2,7 @@
 //! limits before anything is proposed, encodes table keys, and hands the
 //! request to the gateway.
 
+use crate::gateway::feed;
 use crate::gateway::scan::{self, ScanParams};
 use crate::gateway::{self, new_request_id, ops, Gateway};
 use crate::keys;
@@ -170,6 +171,7 @@ impl KvService {
 }
 
 type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Cairn for KvService {
@@ -247,6 +249,27 @@ impl Cairn for KvService {
 
     async fn batch_write(&self, req: Request<BatchWriteRequest>) -> Result<Response<BatchWriteResponse>, Status> {
         self.batch_write_inner(req).await.map_err(outcome_known)
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
+        let r = req.into_inner();
+        let t = catalog::get(&self.gw, &r.table).await?;
+        let span = request::feed_span(&self.gw.limits, &t, &r.prefix).map_err(invalid)?;
+        // "From now" is this node's clock: a change stamped later is sent.
+        let from = r.from_version.as_ref().map(crate::hlc::Version::from).unwrap_or_else(|| self.gw.hlc.now());
+        let params = feed::FeedParams {
+            start: span.start,
+            end: span.end,
+            user_prefix: span.user_prefix,
+            from,
+            with_prev: r.with_prev_value,
+            resolved_interval_ms: r.resolved_interval_ms,
+            hashed: catalog::is_hashed(&t),
+        };
+        let rx = feed::subscribe(self.gw.clone(), params);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type ScanStream = ScanStream;

@@ -7,6 +7,7 @@
 //! retry after an ambiguous outcome is applied at most once.
 
 pub mod directory;
+pub mod feed;
 pub mod ops;
 pub mod scan;
 
@@ -18,12 +19,13 @@ use crate::keys::meta;
 use crate::limits::Limits;
 use crate::outcome;
 use crate::raftstore::address_book::AddressBook;
-use crate::raftstore::{errors, executor, transport, RaftConfig, StoreHandle};
+use crate::raftstore::{errors, executor, range_feed, transport, RaftConfig, StoreHandle};
 use crate::sabotage::{self, Sabotage};
 use cairn_proto::internal::internal_client::InternalClient;
 use cairn_proto::internal::range_error::Kind;
 use cairn_proto::internal::{
-    LocateMetaRequest, RangeRecord, RangeRequest, RangeResponse, RangeScanPage, RangeScanRequest, TableInfo,
+    LocateMetaRequest, RangeFeedMessage, RangeFeedRequest, RangeRecord, RangeRequest, RangeResponse, RangeScanPage,
+    RangeScanRequest, TableInfo,
 };
 pub use directory::Directory;
 use futures::future::BoxFuture;
@@ -54,6 +56,31 @@ pub struct Gateway {
     pub(crate) tables: RwLock<HashMap<String, TableInfo>>,
     clients: Mutex<HashMap<u64, (String, InternalClient<Channel>)>>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Forwards a peer's response stream into `tx` until it ends, fails (the error
+/// is forwarded last), or the reader goes away (then the peer's stream is dropped).
+async fn relay<T>(mut stream: tonic::Streaming<T>, tx: mpsc::Sender<Result<T, Status>>) {
+    loop {
+        // Biased: a fixed order, so that a simulation replays exactly.
+        let next = tokio::select! {
+            biased;
+            m = stream.message() => m,
+            _ = tx.closed() => return,
+        };
+        match next {
+            Ok(Some(m)) => {
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
 }
 
 /// A fresh random request id, so the gateway's own retries are deduplicated.
@@ -123,6 +150,7 @@ const NO_ADDRESS: &str = "no address known for node";
 pub fn status_of(e: &cairn_proto::internal::RangeError) -> Status {
     match errors::kind_of(e) {
         Kind::Invalid => Status::invalid_argument(e.message.clone()),
+        Kind::HistoryGone => Status::out_of_range(e.message.clone()),
         Kind::TableDropped => table_dropped(&e.message),
         _ => Status::unavailable(e.message.clone()),
     }
@@ -196,23 +224,23 @@ impl Gateway {
             return Ok(rx);
         }
         let mut c = self.client(node)?;
-        let mut stream = c.scan_range(req).await?.into_inner();
-        tokio::spawn(async move {
-            loop {
-                match stream.message().await {
-                    Ok(Some(p)) => {
-                        if tx.send(Ok(p)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        });
+        tokio::spawn(relay(c.scan_range(req).await?.into_inner(), tx));
+        Ok(rx)
+    }
+
+    /// Opens a range feed on `node` (in-process when it is this one).
+    pub async fn open_range_feed(
+        &self,
+        node: u64,
+        req: RangeFeedRequest,
+    ) -> Result<mpsc::Receiver<Result<RangeFeedMessage, Status>>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        if node == self.node_id {
+            tokio::spawn(range_feed::serve(self.store.clone(), req, tx));
+            return Ok(rx);
+        }
+        let mut c = self.client(node)?;
+        tokio::spawn(relay(c.range_feed(req).await?.into_inner(), tx));
         Ok(rx)
     }
 
@@ -515,7 +543,9 @@ impl Gateway {
                     last_progress = crate::clock::now();
                 }
                 Kind::Unavailable => {}
-                Kind::Invalid | Kind::TableDropped => return Err(finish(status_of(&err), is_write, maybe_applied)),
+                Kind::Invalid | Kind::TableDropped | Kind::HistoryGone => {
+                    return Err(finish(status_of(&err), is_write, maybe_applied))
+                }
             }
         }
     }

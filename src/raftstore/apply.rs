@@ -86,11 +86,18 @@ pub struct ApplyBatch<'a> {
     pub batch: Batch<'a>,
     values: HashMap<Vec<u8>, Current>,
     dedupe: HashMap<Vec<u8>, Vec<u8>>,
+    /// The changes written, in order, when a change feed reads this replica.
+    pub changes: Option<Vec<super::feed::FeedChange>>,
 }
 
 impl<'a> ApplyBatch<'a> {
     pub fn new(engine: &'a Engine) -> Self {
-        ApplyBatch { engine, batch: engine.batch(), values: HashMap::new(), dedupe: HashMap::new() }
+        ApplyBatch { engine, batch: engine.batch(), values: HashMap::new(), dedupe: HashMap::new(), changes: None }
+    }
+
+    /// A batch that also collects the changes it writes, for change feeds.
+    pub fn recording_changes(engine: &'a Engine) -> Self {
+        ApplyBatch { changes: Some(Vec::new()), ..ApplyBatch::new(engine) }
     }
 
     /// The live value of `key` judged at `now_ms`, as of everything applied so far
@@ -109,6 +116,9 @@ impl<'a> ApplyBatch<'a> {
         };
         self.batch.put(Cf::Data, &mvcc_keys::encode(key, version), &stored);
         self.values.insert(key.to_vec(), value.cloned());
+        if let Some(changes) = &mut self.changes {
+            changes.push(super::feed::FeedChange { key: key.to_vec(), version, value: value.cloned() });
+        }
     }
 
     /// The results recorded under `request_id` for one key, unless older than the

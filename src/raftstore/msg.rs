@@ -51,6 +51,22 @@ pub enum StoreMsg {
     Wake {
         range_id: u64,
     },
+    /// Starts a change-feed tap on a replica, between two applies.
+    RegisterFeed {
+        range_id: u64,
+        tap: Arc<super::feed::Tap>,
+        /// Pin this span of the data column family as of the registration (for a catch-up scan).
+        pin: Option<(Vec<u8>, Vec<u8>)>,
+        reply: Reply<FeedStart>,
+    },
+}
+
+/// The replica's state when a tap was registered: the tap's first item follows it.
+pub struct FeedStart {
+    pub applied_index: u64,
+    pub last_version: crate::hlc::Version,
+    pub desc: cairn_proto::internal::RangeDescriptor,
+    pub view: Option<crate::storage::PinnedView>,
 }
 
 /// Bound on queued messages into the loop.

@@ -42,6 +42,8 @@ pub struct ReplicaShared {
     /// maximum clock offset, which is past every instant the previous leader
     /// can have judged at, so a key that expired there stays expired here.
     expiry_floor_ms: AtomicU64,
+    /// Change-feed readers of what this replica applies.
+    pub feeds: super::feed::FeedHub,
 }
 
 pub type ReplicaRegistry = Arc<RwLock<HashMap<u64, Arc<ReplicaShared>>>>;
@@ -85,6 +87,7 @@ impl ReplicaShared {
             leader_contact_ms: AtomicU64::new(0),
             fresh_as_of: Mutex::new(None),
             expiry_floor_ms: AtomicU64::new(0),
+            feeds: Default::default(),
         }
     }
 
@@ -174,6 +177,7 @@ impl ReplicaShared {
     }
 
     pub fn mark_destroyed(&self) {
-        self.destroyed.store(true, Ordering::Release)
+        self.destroyed.store(true, Ordering::Release);
+        self.feeds.end_all("the replica was removed from this node");
     }
 }

@@ -469,6 +469,25 @@ impl Store {
                     wake(r);
                 }
             }
+            StoreMsg::RegisterFeed { range_id, tap, pin, reply } => {
+                let answer = match self.replicas.get(&range_id) {
+                    Some(r) if r.shared.initialized() && !r.shared.destroyed() && r.rebuild.is_none() => {
+                        let st = r.raw.store();
+                        r.shared.feeds.register(tap);
+                        let view = pin.map(|(start, end)| {
+                            self.engine.pin(vec![crate::storage::PinnedSpan { cf: Cf::Data, start, end }])
+                        });
+                        Ok(super::msg::FeedStart {
+                            applied_index: st.apply.applied_index,
+                            last_version: st.apply.last_version,
+                            desc: st.desc.clone(),
+                            view,
+                        })
+                    }
+                    _ => Err(errors::range_not_found(range_id)),
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 
@@ -1055,6 +1074,8 @@ impl Store {
                     r.shared.set_desc(s.desc.clone());
                     r.shared.set_initialized();
                     r.shared.set_applied(apply.applied_index, apply.last_version);
+                    // A snapshot skips the entries it covers: feeds start over from it.
+                    r.shared.feeds.end_all("the replica was caught up by a snapshot");
                     tracing::info!(range_id = id, index = meta.index, "installed snapshot");
                 }
                 if let Some(last) = rd.entries().last() {
@@ -1304,7 +1325,13 @@ fn apply_entries(engine: &Engine, hlc: &Hlc, r: &mut Replica, entries: Vec<Entry
     let id = r.range_id();
     let mut s = r.raw.store().apply;
     let mut desc = r.raw.store().desc.clone();
-    let mut ab = ApplyBatch::new(engine);
+    let shared = r.shared.clone();
+    // Registering a tap happens on this thread, so whether to record is fixed per batch.
+    let new_batch = || match shared.feeds.active() {
+        true => ApplyBatch::recording_changes(engine),
+        false => ApplyBatch::new(engine),
+    };
+    let mut ab = new_batch();
     let mut owed = Vec::new();
     let mut written = 0;
     for entry in entries {
@@ -1398,7 +1425,7 @@ fn apply_entries(engine: &Engine, hlc: &Hlc, r: &mut Replica, entries: Vec<Entry
         }
         s.applied_index = entry.index;
         if ends_batch {
-            let full = std::mem::replace(&mut ab, ApplyBatch::new(engine));
+            let full = std::mem::replace(&mut ab, new_batch());
             flush_applied(full, sync, hlc, r, s, &desc, std::mem::take(&mut written), std::mem::take(&mut owed));
             if outcome.rebuild {
                 break; // the rest waits for the rebuilt replica (it comes again by snapshot)
@@ -1424,20 +1451,26 @@ fn flush_applied(
 ) {
     let id = r.range_id();
     ab.batch.put(Cf::RaftState, &layout::apply_state_key(id), &s.encode());
+    let changes = ab.changes.take();
     if sync {
         ab.commit_synced();
     } else {
         ab.commit();
     }
-    {
+    let (after_index, desc_changed) = {
         let st = r.raw.mut_store();
+        let after_index = st.apply.applied_index;
         st.apply = s;
-        if st.desc != *desc {
+        let desc_changed = st.desc != *desc;
+        if desc_changed {
             st.conf_state = conf_state_of(desc);
             st.desc = desc.clone();
             r.shared.set_desc(desc.clone());
         }
-    }
+        (after_index, desc_changed)
+    };
+    // After the commit: a feed reading on from this item finds the engine past it.
+    r.shared.feeds.publish(after_index, s.applied_index, s.last_version, changes, desc_changed);
     observe_applied(hlc, id, s.last_version);
     r.shared.set_applied(s.applied_index, s.last_version);
     r.shared.written_bytes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);

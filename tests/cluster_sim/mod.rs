@@ -9,7 +9,9 @@
 //! internals after every step), this drives everything a request touches, and
 //! checks what clients can see: linearizable histories, no acknowledged write
 //! lost, counter bounds, no retried request applied twice, bounded-staleness
-//! reads within their bounds, and routing that converges once the faults heal.
+//! reads within their bounds, a change feed that keeps its promises across
+//! resumes (`cairn_check::feed_violations`), and routing that converges once
+//! the faults heal.
 //! An elastic run (`ClusterSimConfig::elastic`) also has a node join, one die for
 //! good and one decommissioned, and checks that the controller put every range
 //! back on three live nodes.
@@ -26,7 +28,9 @@ use cairn::server::node::{serve, NodeIo, StoreDriver};
 use cairn::server::ServerConfig;
 use cairn::storage::sim_disk::SimDisk;
 use cairn::storage::Engine;
-use cairn_check::{BoundedRead, Outcome, SequentialWrite};
+use cairn_check::{
+    BoundedRead, FeedRecord, FeedSession, FeedVersion, FeedWrite, Outcome, SequentialWrite, WriteOutcome,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -55,6 +59,8 @@ pub struct ClusterSimConfig {
     pub fault_ms: u64,
     /// Nodes joining, dying and leaving during the run, if any.
     pub elastic: Option<ElasticPlan>,
+    /// Whether a change-feed consumer follows the table (and the feed is checked).
+    pub feed: bool,
 }
 
 impl ClusterSimConfig {
@@ -62,14 +68,20 @@ impl ClusterSimConfig {
         // One seed in four runs four nodes: a replica the operator removes is then
         // replaced on whichever node the controller picks, a real move.
         let nodes = if seed % 4 == 3 { 4 } else { 3 };
-        ClusterSimConfig { seed, nodes, fault_ms: 20_000, elastic: None }
+        ClusterSimConfig { seed, nodes, fault_ms: 20_000, elastic: None, feed: true }
     }
 
     /// Four nodes, then a fifth joins, one dies for good and one is decommissioned,
     /// all under the usual faults, leaving exactly three nodes to hold every range.
     pub fn elastic(seed: u64) -> Self {
         let nodes = 4;
-        ClusterSimConfig { seed, nodes, fault_ms: 24_000, elastic: Some(ElasticPlan::for_seed(seed, nodes)) }
+        ClusterSimConfig {
+            seed,
+            nodes,
+            fault_ms: 24_000,
+            elastic: Some(ElasticPlan::for_seed(seed, nodes)),
+            feed: true,
+        }
     }
 
     /// Every host the run ever starts.
@@ -161,6 +173,16 @@ pub struct Shared {
     pub revived_at_ms: Option<u64>,
     /// What the elastic run's checks measured, for the report.
     pub elastic_summary: String,
+    /// The unique writers' puts, each with its outcome (and the version its
+    /// `PutResponse` carried), for the change-feed check.
+    pub feed_writes: Vec<FeedWrite>,
+    /// The feed consumer's sessions, in the order they ran.
+    pub feed_sessions: Vec<FeedSession>,
+    /// Why the consumer's sessions ended ("stalled", "failed", "rotated"), counted.
+    pub feed_restarts: BTreeMap<&'static str, u64>,
+    /// Set by the final checks once the consumer has resolved past every
+    /// acknowledged unique write (or given up waiting): it stops.
+    pub feed_stop: bool,
 }
 
 /// What a passing run did, and a digest of everything the clients saw.
@@ -184,6 +206,10 @@ pub struct Report {
     /// Bounded-staleness reads answered (each checked against its bound) and refused.
     pub stale_reads: (usize, u64),
     pub elastic_summary: String,
+    /// The change feed, if followed: acknowledged unique writes (with versions),
+    /// events of their keys, events in all, consumer sessions.
+    pub feed: Option<(usize, usize, usize, usize)>,
+    pub feed_restarts: BTreeMap<&'static str, u64>,
     pub fingerprint: u64,
 }
 
@@ -212,6 +238,14 @@ impl fmt::Display for Report {
         )?;
         if !self.elastic_summary.is_empty() {
             writeln!(f, "  elasticity: {}", self.elastic_summary)?;
+        }
+        if let Some((acked, unique_events, events, sessions)) = self.feed {
+            writeln!(
+                f,
+                "  change feed: {acked} acknowledged unique writes; {unique_events} events of their keys \
+                 ({events} in all) in {sessions} consumer sessions, ended {:?}",
+                self.feed_restarts
+            )?;
         }
         let (acked, attempted, observed) = self.counter;
         write!(
@@ -493,6 +527,10 @@ pub fn run(cfg: &ClusterSimConfig) -> Result<Report, String> {
         revive_requested: false,
         revived_at_ms: None,
         elastic_summary: String::new(),
+        feed_writes: Vec::new(),
+        feed_sessions: Vec::new(),
+        feed_restarts: BTreeMap::new(),
+        feed_stop: false,
     }));
     sim.client("clients", workload::run(shared.clone(), cfg.clone()));
 
@@ -615,6 +653,10 @@ fn check(
             stale.iter().take(3).map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
         ));
     }
+    let feed = cfg.feed.then(|| check_feed(sh)).transpose();
+    if let Err(e) = &feed {
+        problems.push(e.clone());
+    }
     if !problems.is_empty() {
         return Err(problems.join("\n  "));
     }
@@ -628,6 +670,7 @@ fn check(
     sh.resp_counter.hash(&mut digest);
     sh.stale_reads.hash(&mut digest);
     sh.stale_writes.hash(&mut digest);
+    hash_feed(sh, &mut digest);
     Ok(Report {
         seed: cfg.seed,
         faults,
@@ -648,6 +691,87 @@ fn check(
         converged_after_secs: sh.converged_at_ms.saturating_sub(sh.healed_at_ms) as f64 / 1000.0,
         stale_reads: (sh.stale_reads.len(), sh.stale_refusals),
         elastic_summary: sh.elastic_summary.clone(),
+        feed: feed.ok().flatten(),
+        feed_restarts: sh.feed_restarts.clone(),
         fingerprint: digest.finish(),
     })
+}
+
+/// The change feed of the unique writers' keys, checked against their writes
+/// (`cairn_check::feed_violations`): the feed carries every client's keys of
+/// the table, but only the unique writers record their writes' versions, so the
+/// other keys' events are left out (every resolved checkpoint is kept). The final
+/// checks let the consumer run until it resolved past the last acknowledged
+/// write, so none may be left above its last resolved version. Returns the
+/// figures: acknowledged writes, events of their keys, events in all, sessions.
+fn check_feed(sh: &Shared) -> Result<(usize, usize, usize, usize), String> {
+    let is_event = |r: &&FeedRecord| matches!(r, FeedRecord::Event { .. });
+    let unique = |r: &FeedRecord| !matches!(r, FeedRecord::Event { key, .. } if !key.starts_with(b"u/"));
+    let sessions: Vec<FeedSession> = sh
+        .feed_sessions
+        .iter()
+        .map(|s| FeedSession { from: s.from, records: s.records.iter().filter(|r| unique(r)).cloned().collect() })
+        .collect();
+    let writes = &sh.feed_writes;
+    let acked = writes.iter().filter(|w| matches!(w.outcome, WriteOutcome::Acked(_))).count();
+    let violations = cairn_check::feed_violations(writes, &sessions);
+    // The checker spells out its first 20 and then says how many more there were.
+    let more: usize = violations
+        .last()
+        .and_then(|v| v.problem.strip_prefix("... and "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    let mut problems: Vec<String> =
+        violations.iter().filter(|v| !v.problem.starts_with("... and ")).map(|v| v.to_string()).collect();
+    let mut total = problems.len() + more;
+    let unresolved = cairn_check::unresolved_acked(writes, &sessions);
+    if unresolved > 0 {
+        total += 1;
+        problems.push(format!(
+            "{unresolved} of {acked} acknowledged unique writes were still above the feed's last resolved \
+             version when the final checks stopped waiting"
+        ));
+    }
+    if !problems.is_empty() {
+        const SHOWN: usize = 3;
+        return Err(format!(
+            "change feed of the unique writers' keys, over {} consumer sessions: {total} broken promises, first: {}",
+            sessions.len(),
+            problems[..problems.len().min(SHOWN)].join("; ")
+        ));
+    }
+    let events = |sessions: &[FeedSession]| sessions.iter().map(|s| s.records.iter().filter(is_event).count()).sum();
+    Ok((acked, events(&sessions), events(&sh.feed_sessions), sessions.len()))
+}
+
+/// Adds what the feed consumer received and the unique writers' outcomes to the
+/// run's digest, so that a replay must see the same feed too. Versions go in
+/// without their logical part, and each session's events and checkpoints as
+/// sorted sets: two requests one node stamps in the same simulated millisecond
+/// may take logical 0 and 1 in either order from one run of a seed to the next
+/// (tokio's `select!` picks its first branch at random, unseeded here), which no
+/// other figure of a run shows.
+fn hash_feed(sh: &Shared, digest: &mut impl Hasher) {
+    let coarse = |(wall, _, node): FeedVersion| (wall, node);
+    for w in &sh.feed_writes {
+        (&w.key, &w.value).hash(digest);
+        match w.outcome {
+            WriteOutcome::Acked(v) => (0u8, coarse(v)).hash(digest),
+            WriteOutcome::Failed => 1u8.hash(digest),
+            WriteOutcome::Unknown => 2u8.hash(digest),
+        }
+    }
+    for s in &sh.feed_sessions {
+        let mut events = Vec::new();
+        let mut resolved = Vec::new();
+        for r in &s.records {
+            match r {
+                FeedRecord::Event { key, version, value } => events.push((key, coarse(*version), value)),
+                FeedRecord::Resolved(v) => resolved.push(coarse(*v)),
+            }
+        }
+        events.sort_unstable();
+        resolved.sort_unstable();
+        (s.from.map(coarse), events, resolved).hash(digest);
+    }
 }

@@ -11,24 +11,32 @@
 //! Redis commands (GET, SET, SET NX, DEL, Lua compare-and-set) on keys of the
 //! Redis keyspace, for the same linearizability check, and INCR a counter.
 //! A follower-read writer and readers run bounded-staleness reads against keys
-//! written in increasing order, for the staleness check. In an elastic run the
+//! written in increasing order, for the staleness check. A change-feed consumer
+//! follows the table from before the first write, resuming through another node
+//! from its last resolved checkpoint whenever its stream fails or stalls, and
+//! every few seconds on purpose; the unique writers record each write's version
+//! for the feed check. In an elastic run the
 //! operator also decommissions a node. After the faults, the final phase checks
 //! that routing converged and reads everything back (an elastic run first waits
 //! for the dead node's replicas to be replaced, then has it restarted).
 
 use super::net::channel_to;
-use super::register::{random_input, register_op};
+use super::register::{random_input, register_op, write_may_have_applied};
 use super::resp::SimRedis;
 use super::resp_register::{self, RespReply};
 use super::{net, ClusterSimConfig, ElasticPlan, Phase, Shared};
 use cairn::sim::placement;
-use cairn_check::{BoundedRead, Operation, Outcome, Output, SequentialWrite};
+use cairn_check::{
+    BoundedRead, FeedRecord, FeedSession, FeedVersion, FeedWrite, Operation, Outcome, Output, SequentialWrite,
+    WriteOutcome,
+};
 use cairn_proto::internal::{RangeDescriptor, Replica};
 use cairn_proto::kv::cairn_client::CairnClient;
 use cairn_proto::kv::{
     write_op, BatchGetRequest, BatchWriteRequest, ChangeReplicaRequest, ClusterStatusRequest, ClusterStatusResponse,
     CreateTableRequest, DropTableRequest, GetRequest, IncrementRequest, NodeState, Partitioning, PutRequest,
-    ReadConsistency, ScanRequest, SetNodeStateRequest, SplitRangeRequest, TransferLeaderRequest, WriteOp, WriteResult,
+    ReadConsistency, ScanRequest, SetNodeStateRequest, SplitRangeRequest, SubscribeRequest, TransferLeaderRequest,
+    Version, WriteOp, WriteResult,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,6 +65,17 @@ const SETUP_PATIENCE: Duration = Duration::from_secs(90);
 const CONVERGENCE_PATIENCE: Duration = Duration::from_secs(90);
 /// How long a dead node's replicas may take to be replaced once the faults heal.
 const REPLACEMENT_PATIENCE: Duration = Duration::from_secs(120);
+/// How long the feed consumer's first session may take to send a resolved
+/// checkpoint; the workload starts only then.
+const FEED_START_PATIENCE: Duration = Duration::from_secs(30);
+/// A feed session without a new resolved checkpoint for this long is abandoned
+/// (its node may be cut off or down), and the consumer resumes through another.
+const FEED_STALL: Duration = Duration::from_secs(5);
+/// Sessions are also ended on purpose after a while (drawn from this range, ms).
+const FEED_SESSION_MS: std::ops::Range<u64> = 4_000..8_000;
+/// After healing, how long the consumer may take to resolve past the last
+/// acknowledged unique write.
+const FEED_CATCH_UP_PATIENCE: Duration = Duration::from_secs(60);
 
 type Client = CairnClient<Channel>;
 
@@ -101,6 +120,13 @@ pub async fn run(shared: Rc<RefCell<Shared>>, cfg: ClusterSimConfig) -> turmoil:
     let hosts = Hosts(Rc::new(cfg.serving()));
     shared.borrow_mut().progress = "setup".into();
     setup(nodes).await.map_err(|e| format!("setup: {e}"))?;
+    // The feed consumer subscribes "now": once its stream has resolved, every
+    // write the workload makes lies above the point it started from.
+    let consumer = cfg.feed.then(|| tokio::task::spawn_local(feed_consumer(shared.clone(), hosts.clone(), seed)));
+    if consumer.is_some() {
+        shared.borrow_mut().progress = "waiting for the feed's first resolved checkpoint".into();
+        feed_started(&shared).await.map_err(|e| format!("setup: {e}"))?;
+    }
     shared.borrow_mut().progress = "workload".into();
     let started_ns = sim_ns();
     shared.borrow_mut().phase = Phase::Faults { started_ms: started_ns / 1_000_000 };
@@ -132,7 +158,8 @@ pub async fn run(shared: Rc<RefCell<Shared>>, cfg: ClusterSimConfig) -> turmoil:
     for w in 0..2u64 {
         workers.push(tokio::task::spawn_local(stale_reader(shared.clone(), hosts.clone(), w, seed, stop_at_ns)));
     }
-    workers.push(tokio::task::spawn_local(operator(shared.clone(), hosts.clone(), seed, stop_at_ns)));
+    let doomed = cfg.elastic.map(|plan| plan.dead);
+    workers.push(tokio::task::spawn_local(operator(shared.clone(), hosts.clone(), seed, stop_at_ns, doomed)));
     if let Some(plan) = cfg.elastic {
         let at_ns = started_ns + plan.decommission_at_ms * 1_000_000;
         workers.push(tokio::task::spawn_local(decommissioner(shared.clone(), hosts.clone(), plan, at_ns, stop_at_ns)));
@@ -149,6 +176,11 @@ pub async fn run(shared: Rc<RefCell<Shared>>, cfg: ClusterSimConfig) -> turmoil:
         elastic_checks(&shared, plan).await;
     }
     final_checks(&shared, cfg.hosts()).await;
+    if let Some(consumer) = consumer {
+        shared.borrow_mut().progress = "feed catch-up".into();
+        feed_caught_up(&shared).await;
+        consumer.await.map_err(|e| format!("the feed consumer failed: {e}"))?;
+    }
     shared.borrow_mut().phase = Phase::Done;
     Ok(())
 }
@@ -319,23 +351,43 @@ async fn resp_counter_worker(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u6
 }
 
 /// Writes keys that are never overwritten; every acknowledged one must survive.
+/// Each put is also recorded, with its outcome and the version it was
+/// acknowledged at, for the change-feed check.
 async fn unique_writer(shared: Rc<RefCell<Shared>>, node: u64, worker: u64, stop_ns: u64) {
     let mut c = client(node);
     let mut n = 0u64;
     while sim_ns() < stop_ns {
         n += 1;
         let key = format!("u/{worker}/{n:06}");
+        let value = vec![b'x'; 64];
         let req = PutRequest {
             ttl_ms: 0,
             table: TABLE.into(),
             key: key.clone().into_bytes(),
-            value: vec![b'x'; 64],
+            value: value.clone(),
             condition: None,
             request_id: vec![],
         };
-        match timed(c.put(req)).await {
-            Ok(_) => shared.borrow_mut().acked_unique.push(key),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        let (acked, outcome) = match tokio::time::timeout(OP_TIMEOUT, c.put(req)).await {
+            Ok(Ok(r)) => match r.into_inner().version {
+                Some(v) => (true, WriteOutcome::Acked(fv(&v))),
+                // Acknowledged, but at a version nobody told us: the feed check cannot place it.
+                None => (true, WriteOutcome::Unknown),
+            },
+            // The server says the write was not applied (`cairn-write-outcome`).
+            Ok(Err(s)) if !write_may_have_applied(&s) => (false, WriteOutcome::Failed),
+            // Any other error, or no answer in time: it may still apply.
+            _ => (false, WriteOutcome::Unknown),
+        };
+        {
+            let mut sh = shared.borrow_mut();
+            if acked {
+                sh.acked_unique.push(key.clone());
+            }
+            sh.feed_writes.push(FeedWrite { key: key.into_bytes(), value: Some(value), outcome });
+        }
+        if !acked {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -505,8 +557,12 @@ async fn decommissioner(shared: Rc<RefCell<Shared>>, hosts: Hosts, plan: Elastic
 }
 
 /// Splits, leader transfers and replica removals while the faults run; a removed
-/// replica is put back by the controller (replication factor 3), not by us.
-async fn operator(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64) {
+/// replica is put back by the controller (replication factor 3), not by us. In
+/// an elastic run no replica is removed from a range with one on the node that
+/// dies for good (`doomed`, a host): should it die before the controller has
+/// put the third voter back, the range would be left with two voters, one of
+/// them gone for good, and no quorum to repair itself with.
+async fn operator(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns: u64, doomed: Option<u64>) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0BE7A70E);
     while sim_ns() < stop_ns {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_000))).await;
@@ -538,6 +594,10 @@ async fn operator(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64, stop_ns:
             }
             let r = ranges[rng.random_range(0..ranges.len())];
             let node_id = hosts.pick(&mut rng);
+            let doomed_id = doomed.and_then(|host| node_id_of_host(&status, host).ok());
+            if action >= 8 && doomed_id.is_some_and(|d| r.replicas.iter().any(|x| x.node_id == d)) {
+                continue;
+            }
             if action < 8 {
                 timed(c.transfer_leader(TransferLeaderRequest { range_id: r.id, node_id })).await.map(|_| "transfer")
             } else {
@@ -963,4 +1023,148 @@ async fn scan_prefix(c: &mut Client, prefix: &[u8]) -> Result<Vec<String>, Strin
         }
         token = next;
     }
+}
+
+fn fv(v: &Version) -> FeedVersion {
+    (v.wall_ns, v.logical, v.node_id)
+}
+
+fn pv(v: FeedVersion) -> Version {
+    Version { wall_ns: v.0, logical: v.1, node_id: v.2 }
+}
+
+fn last_resolved(session: &FeedSession) -> Option<FeedVersion> {
+    session.records.iter().rev().find_map(|r| match r {
+        FeedRecord::Resolved(v) => Some(*v),
+        FeedRecord::Event { .. } => None,
+    })
+}
+
+/// The highest resolved checkpoint any of the consumer's sessions received.
+fn feed_resolved(shared: &Rc<RefCell<Shared>>) -> Option<FeedVersion> {
+    shared.borrow().feed_sessions.iter().filter_map(last_resolved).max()
+}
+
+/// Waits for the feed consumer's first resolved checkpoint.
+async fn feed_started(shared: &Rc<RefCell<Shared>>) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + FEED_START_PATIENCE;
+    while feed_resolved(shared).is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            let sh = shared.borrow();
+            return Err(format!(
+                "the feed consumer received no resolved checkpoint within {FEED_START_PATIENCE:?} \
+                 ({} sessions, ended {:?})",
+                sh.feed_sessions.len(),
+                sh.feed_restarts
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A change-feed consumer of the table: it subscribes through one node and
+/// records every event and resolved checkpoint as a session
+/// (`cairn_check::FeedSession`); whenever the stream fails, makes no resolved
+/// progress for `FEED_STALL` (its node cut off, crashed or slow), or has run a
+/// few seconds (on purpose), it resumes through another node from the last
+/// resolved checkpoint it received. The first session starts "now". It runs
+/// until the final checks have it stop.
+async fn feed_consumer(shared: Rc<RefCell<Shared>>, hosts: Hosts, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xFEED);
+    let mut node = hosts.pick(&mut rng);
+    let mut checkpoint = None;
+    loop {
+        shared.borrow_mut().feed_sessions.push(FeedSession { from: checkpoint, records: Vec::new() });
+        let lifetime = Duration::from_millis(rng.random_range(FEED_SESSION_MS));
+        let ended = feed_session(&shared, node, checkpoint, lifetime).await;
+        if let Some(r) = shared.borrow().feed_sessions.last().and_then(last_resolved) {
+            checkpoint = Some(r);
+        }
+        let Some(why) = ended else { return };
+        *shared.borrow_mut().feed_restarts.entry(why).or_default() += 1;
+        // Another node next: a cut-off node's feed would only stall again.
+        let others: Vec<u64> = hosts.0.iter().copied().filter(|n| *n != node).collect();
+        if !others.is_empty() {
+            node = others[rng.random_range(0..others.len())];
+        }
+        if why == "failed" {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
+        }
+    }
+}
+
+/// One session of the feed consumer, recorded into the last of the shared
+/// sessions. Returns why it ended: "failed" (the subscription refused or the
+/// stream ended), "stalled", "rotated"; `None` when told to stop.
+async fn feed_session(
+    shared: &Rc<RefCell<Shared>>,
+    node: u64,
+    from: Option<FeedVersion>,
+    lifetime: Duration,
+) -> Option<&'static str> {
+    let req = SubscribeRequest {
+        table: TABLE.into(),
+        prefix: vec![],
+        from_version: from.map(pv),
+        with_prev_value: false,
+        resolved_interval_ms: 200,
+    };
+    let mut stream = match tokio::time::timeout(OP_TIMEOUT, client(node).subscribe(req)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        _ => return Some("failed"),
+    };
+    let started = tokio::time::Instant::now();
+    // When the resolved version last grew, and to what.
+    let mut progress = (started, from);
+    loop {
+        if shared.borrow().feed_stop {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= started + lifetime {
+            return Some("rotated");
+        }
+        if now >= progress.0 + FEED_STALL {
+            return Some("stalled");
+        }
+        let message = match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(_)) | None) => return Some("failed"),
+        };
+        let mut sh = shared.borrow_mut();
+        let session = sh.feed_sessions.last_mut().expect("the session being recorded");
+        for e in message.events {
+            let version = e.version.as_ref().map(fv).unwrap_or_default();
+            let value = (!e.deleted).then_some(e.value);
+            session.records.push(FeedRecord::Event { key: e.key, version, value });
+        }
+        if let Some(v) = message.resolved.as_ref().map(fv) {
+            session.records.push(FeedRecord::Resolved(v));
+            if Some(v) > progress.1 {
+                progress = (tokio::time::Instant::now(), Some(v));
+            }
+        }
+    }
+}
+
+/// Lets the feed consumer run until it has resolved past the last acknowledged
+/// unique write (at most `FEED_CATCH_UP_PATIENCE`), then stops it. Whatever is
+/// still above its last resolved version then is a problem (`check_feed`).
+async fn feed_caught_up(shared: &Rc<RefCell<Shared>>) {
+    let last = shared
+        .borrow()
+        .feed_writes
+        .iter()
+        .filter_map(|w| match w.outcome {
+            WriteOutcome::Acked(v) => Some(v),
+            _ => None,
+        })
+        .max();
+    let deadline = tokio::time::Instant::now() + FEED_CATCH_UP_PATIENCE;
+    while feed_resolved(shared) < last && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shared.borrow_mut().feed_stop = true;
 }

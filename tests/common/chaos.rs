@@ -13,7 +13,7 @@
 
 use super::resp_register::{self, RespReply};
 use super::Cluster;
-use cairn_check::{CounterCheck, Input, Outcome, Output, Recorder};
+use cairn_check::{CounterCheck, FeedRecord, FeedSession, FeedWrite, Input, Outcome, Output, Recorder, WriteOutcome};
 use cairn_proto::kv::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -128,6 +128,10 @@ pub struct ChaosReport {
     pub resp_counter_figures: (i64, i64, i64),
     /// Replies of the wrong shape for their command.
     pub resp_problems: Vec<String>,
+    /// What the change-feed checker found wrong in the feed of the unique writers' keys.
+    pub feed_violations: Vec<String>,
+    /// Feed figures: unique writes acknowledged with their version, events received, consumer sessions.
+    pub feed_figures: (usize, usize, usize),
 }
 
 impl ChaosReport {
@@ -141,6 +145,7 @@ impl ChaosReport {
             && self.resp_lost.is_empty()
             && self.resp_counter_error.is_none()
             && self.resp_problems.is_empty()
+            && self.feed_violations.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -178,6 +183,13 @@ impl ChaosReport {
             verdict_of(&self.resp_counter_error)
         );
         s += &format!("  Redis clients: malformed replies: {}\n", first_few(&self.resp_problems));
+        s += &format!(
+            "  change feed: {} acknowledged unique writes, {} events in {} consumer sessions; violations: {}\n",
+            self.feed_figures.0,
+            self.feed_figures.1,
+            self.feed_figures.2,
+            first_few(&self.feed_violations)
+        );
         s += &format!("  convergence after healing: {}\n", verdict_of(&self.convergence_error));
         s += &format!("  verdict: {verdict}\n");
         s
@@ -227,6 +239,8 @@ struct Shared {
     resp_acked_unique: Mutex<Vec<String>>,
     resp_counter: Mutex<(i64, i64)>,
     resp_problems: Mutex<Vec<String>>,
+    /// The unique writers' puts with their outcomes and versions, for the feed check.
+    feed_writes: super::feed::WriteLog,
 }
 
 /// One Redis client connection, made again after it breaks.
@@ -403,9 +417,21 @@ async fn unique_writer(sh: Arc<Shared>, addr: String, worker: u64) {
             condition: None,
             request_id: vec![],
         };
-        match tokio::time::timeout(OP_TIMEOUT, c.put(req)).await {
-            Ok(Ok(_)) => sh.acked_unique.lock().expect("lock").push(key),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        let outcome = match tokio::time::timeout(OP_TIMEOUT, c.put(req)).await {
+            Ok(Ok(r)) => {
+                sh.acked_unique.lock().expect("lock").push(key.clone());
+                match r.into_inner().version {
+                    Some(v) => WriteOutcome::Acked(super::feed::fv(&v)),
+                    None => WriteOutcome::Unknown,
+                }
+            }
+            Ok(Err(s)) if !super::register::write_may_have_applied(&s) => WriteOutcome::Failed,
+            _ => WriteOutcome::Unknown,
+        };
+        let acked = matches!(outcome, WriteOutcome::Acked(_));
+        sh.feed_writes.0.lock().push(FeedWrite { key: key.into_bytes(), value: Some(b"x".to_vec()), outcome });
+        if !acked {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -646,6 +672,41 @@ async fn topology_change(addrs: &[String], rng: &mut StdRng, out: &mut BTreeMap<
     }
 }
 
+/// Lets the feed consumer catch up past the last acknowledged unique write, then
+/// checks the feed of the unique writers' keys (the other workloads' keys are
+/// left out: their writes' versions are not recorded).
+async fn check_feed(
+    sh: &Shared,
+    mut consumer: super::feed::Consumer,
+    addrs: &parking_lot::Mutex<Vec<String>>,
+    report: &mut ChaosReport,
+) {
+    let Some(last) = sh.feed_writes.max_acked() else { return };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.current().last_resolved().is_none_or(|r| r < last) && Instant::now() < deadline {
+        consumer.tend(Duration::from_millis(500), addrs).await;
+    }
+    let unique = |r: &FeedRecord| !matches!(r, FeedRecord::Event { key, .. } if !key.starts_with(b"u/"));
+    let sessions: Vec<FeedSession> = consumer
+        .sessions
+        .iter()
+        .map(|s| {
+            let s = s.session();
+            FeedSession { from: s.from, records: s.records.into_iter().filter(unique).collect() }
+        })
+        .collect();
+    let writes = sh.feed_writes.0.lock().clone();
+    report.feed_violations = cairn_check::feed_violations(&writes, &sessions).iter().map(|v| v.to_string()).collect();
+    let unresolved = cairn_check::unresolved_acked(&writes, &sessions);
+    if unresolved > 0 {
+        report.feed_violations.push(format!(
+            "{unresolved} acknowledged writes were above the feed's last resolved version 60 s after healing"
+        ));
+    }
+    let events = sessions.iter().map(|s| s.records.iter().filter(|r| matches!(r, FeedRecord::Event { .. })).count());
+    report.feed_figures = (sh.feed_writes.acked(), events.sum(), sessions.len());
+}
+
 /// Waits until every node answers a linearizable read: routing has converged.
 async fn converge(cl: &Cluster, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -692,7 +753,28 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         resp_acked_unique: Mutex::new(vec![]),
         resp_counter: Mutex::new((0, 0)),
         resp_problems: Mutex::new(vec![]),
+        feed_writes: Default::default(),
     });
+    // A change-feed consumer of the table, resumed from its checkpoint whenever its
+    // stream ends or stalls, and killed on purpose now and then.
+    let feed_addrs = Arc::new(parking_lot::Mutex::new((0..n).map(|i| cl.grpc(i)).collect::<Vec<_>>()));
+    let feed = {
+        let (sh, addrs) = (sh.clone(), feed_addrs.clone());
+        let mut consumer = super::feed::Consumer::new(TABLE, b"");
+        consumer.restart(&addrs.lock().clone());
+        // The stream starts "now": once it has resolved, every later write is above it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while consumer.current().last_resolved().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::spawn(async move {
+            while !sh.stop.load(Ordering::Relaxed) {
+                consumer.tend(Duration::from_secs(6), &addrs).await;
+                consumer.restart(&addrs.lock().clone());
+            }
+            consumer
+        })
+    };
     let mut tasks = Vec::new();
     for w in 0..cfg.register_workers as u64 {
         let addr = cl.grpc(w as usize % n);
@@ -842,6 +924,9 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         Err(e) => report.resp_counter_error = Some(format!("final read of the INCR counter failed: {e}")),
     }
     report.resp_problems = sh.resp_problems.lock().expect("lock").clone();
+    if let Ok(consumer) = feed.await {
+        check_feed(&sh, consumer, &feed_addrs, &mut report).await;
+    }
     if !report.ok() {
         for i in 0..n {
             eprintln!("--- node {} log tail ---\n{}", i + 1, cl.log(i));

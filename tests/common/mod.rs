@@ -7,7 +7,9 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod feed;
 pub mod netlab;
+pub mod postgres;
 pub mod register;
 pub mod resp_register;
 pub mod stale;

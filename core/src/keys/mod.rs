@@ -8,7 +8,7 @@ pub mod mvcc;
 pub mod mvcc_gc;
 pub mod slot;
 
-pub use slot::{key_slot, SLOT_COUNT};
+pub use slot::{key_slot, prefix_slot, SLOT_COUNT};
 
 /// The system table (meta range). User tables start at 1.
 pub const SYSTEM_TABLE_ID: u32 = 0;

@@ -27,6 +27,14 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hashed) % SLOT_COUNT
 }
 
+/// The slot of every key that starts with `prefix`, when the prefix decides it:
+/// it holds a whole, non-empty `{hashtag}` (the first `{` and the first `}` after it).
+pub fn prefix_slot(prefix: &[u8]) -> Option<u16> {
+    let open = prefix.iter().position(|&c| c == b'{')?;
+    let len = prefix[open + 1..].iter().position(|&c| c == b'}')?;
+    (len > 0).then(|| key_slot(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
