@@ -63,6 +63,10 @@ pub enum Sabotage {
     /// resolved instead of the range's applied version, so a write proposed
     /// before and applied after that instant arrives below a resolved checkpoint.
     FeedResolvedFromClock,
+    /// `script-batch-keeps-failed`: a script that fails inside a batch of
+    /// scripts leaves what it wrote before failing in the batch's view, so the
+    /// batch's write carries a failed script's half-done effects.
+    ScriptBatchKeepsFailed,
 }
 
 impl Sabotage {
@@ -83,6 +87,7 @@ impl Sabotage {
             "merge-without-freeze-wait" => Some(Sabotage::MergeWithoutFreezeWait),
             "feed-skip-catch-up" => Some(Sabotage::FeedSkipCatchUp),
             "feed-resolved-from-clock" => Some(Sabotage::FeedResolvedFromClock),
+            "script-batch-keeps-failed" => Some(Sabotage::ScriptBatchKeepsFailed),
             _ => None,
         }
     }

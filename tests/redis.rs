@@ -826,6 +826,19 @@ async fn lua_scripts_run_atomically_with_redis_semantics() {
     let left: i64 = q::<String>(&mut a, &["GET", "{q}stock"]).await.unwrap().parse().unwrap();
     let granted: i64 = q::<String>(&mut a, &["GET", "{q}granted"]).await.unwrap().parse().unwrap();
     assert_eq!((won, left, granted), (50, 0, 50), "claims granted, stock left, claims recorded");
+
+    // Scripts on one slot run in batches that share a read and a write.
+    let r = script_batch::run(&cl.redis(0), &cl.redis(1)).await;
+    assert!(r.leaks.is_empty(), "a batch-mate's key was in reach: {:?}", r.leaks);
+    assert_eq!((r.succeeded, r.failed), (300, 100), "scripts answered, and refused as not an integer");
+    assert_eq!(r.count, 300, "exactly the increments of the scripts that succeeded");
+    assert_eq!(r.scripts, 800, "every script went through a batch");
+    assert!(
+        r.batches * 4 <= r.scripts,
+        "scripts did not share batches: {} scripts in {} batches",
+        r.scripts,
+        r.batches
+    );
 }
 
 /// Cluster mode: CLUSTER SLOTS/SHARDS/NODES/INFO describe the slots' leaders, a

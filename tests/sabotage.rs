@@ -118,3 +118,16 @@ async fn a_feed_resolving_by_the_clock_is_caught_by_the_feed_checker() {
         common::feed::resume_scenario(&cl).await.expect_err("the feed-resolved-from-clock sabotage went unnoticed");
     println!("sabotage feed-resolved-from-clock caught:\n{found}");
 }
+
+/// A script that fails inside a batch keeps what it wrote before failing: the
+/// counter the batch workload checks ends above the increments of the scripts
+/// that succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_script_s_writes_kept_in_its_batch_are_caught_by_the_batch_counts() {
+    let _g = serial().await;
+    let cl = common::Cluster::start_redis_with_env(3, &[], &[("CAIRN_SABOTAGE", "script-batch-keeps-failed")]).await;
+    let r = common::script_batch::run(&cl.redis(0), &cl.redis(1)).await;
+    println!("sabotage script-batch-keeps-failed: {r:?}");
+    assert!(r.batches * 4 <= r.scripts, "scripts did not share batches, so the sabotage was not exercised: {r:?}");
+    assert_ne!(r.count, r.succeeded, "a failed script's writes went unnoticed: {r:?}");
+}

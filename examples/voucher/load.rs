@@ -25,7 +25,7 @@ pub struct Config {
 }
 
 impl Config {
-    fn key(&self, what: &str) -> String {
+    pub fn key(&self, what: &str) -> String {
         format!("{{voucher:{}}}{what}", self.voucher)
     }
 }
@@ -39,6 +39,8 @@ pub struct Outcome {
     pub retries: u64,
     /// Each claim's time from its first attempt to its answer, in µs.
     pub latencies_us: Vec<u64>,
+    /// When the last GRANTED answer arrived, from the start of the run.
+    pub last_grant_at: Duration,
 }
 
 impl Outcome {
@@ -106,6 +108,7 @@ fn splitmix64(x: u64) -> u64 {
 pub async fn run(cfg: &Config) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let retries = Arc::new(AtomicU64::new(0));
+    let run_started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for client in 0..cfg.clients {
         let (cfg, stop, retries) = (cfg.clone(), stop.clone(), retries.clone());
@@ -140,7 +143,8 @@ pub async fn run(cfg: &Config) -> Outcome {
                     node = (node + 1) % cfg.nodes.len();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 };
-                answers.push((claim_id, user, answer, asked.elapsed().as_micros() as u64));
+                let answered_at = run_started.elapsed();
+                answers.push((claim_id, user, answer, asked.elapsed().as_micros() as u64, answered_at));
             }
             answers
         }));
@@ -150,7 +154,10 @@ pub async fn run(cfg: &Config) -> Outcome {
     let mut out = Outcome::default();
     for t in tasks {
         if let Ok(answers) = t.await {
-            for (claim, user, answer, latency_us) in answers {
+            for (claim, user, answer, latency_us, answered_at) in answers {
+                if answer.starts_with("GRANTED") {
+                    out.last_grant_at = out.last_grant_at.max(answered_at);
+                }
                 out.answers.insert(claim, (user, answer));
                 out.latencies_us.push(latency_us);
             }

@@ -12,6 +12,7 @@ pub mod netlab;
 pub mod postgres;
 pub mod register;
 pub mod resp_register;
+pub mod script_batch;
 pub mod stale;
 
 use cairn_proto::kv::cairn_client::CairnClient;
@@ -89,6 +90,11 @@ impl Cluster {
     /// until the Redis keyspace exists and is fully replicated.
     pub async fn start_redis(n: usize, extra: &[&str]) -> Cluster {
         Self::start_full(n, extra, None, &[], true, false).await
+    }
+
+    /// As `start_redis`, with `env` set for every node (a sabotage, say).
+    pub async fn start_redis_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Self::start_full(n, extra, None, env, true, false).await
     }
 
     /// Starts `n` nodes on loopback, node i in zone `zone-<i+1>`.

@@ -144,8 +144,12 @@ pub struct RespServer {
     pub stats: session::Stats,
     /// Scripts loaded on this node (EVAL, SCRIPT LOAD), by SHA-1.
     pub scripts: script::cache::ScriptCache,
-    /// Takes this node's transactions and scripts on one slot in turn.
+    /// Takes this node's transactions and script batches on one slot in turn.
     pub slot_locks: txn::SlotLocks,
+    /// This node's scripts waiting for their slot's next batch.
+    pub script_batches: script::batch::ScriptBatcher,
+    /// The server itself, for the tasks it starts (a slot's script batches).
+    pub me: std::sync::Weak<RespServer>,
     /// Other nodes' Redis addresses (cluster mode's MOVED), from the registry.
     pub peers: parking_lot::RwLock<std::collections::HashMap<u64, String>>,
     /// The pauses after a transaction's conflict: seeded, so a simulation replays exactly.
@@ -156,7 +160,9 @@ impl RespServer {
     /// `seed` seeds the server's only randomness (conflict pauses).
     pub fn new(gw: Arc<Gateway>, cfg: RespConfig, advertised: String, seed: u64) -> Arc<Self> {
         use rand::SeedableRng;
-        Arc::new(RespServer {
+        Arc::new_cyclic(|me| RespServer {
+            me: me.clone(),
+            script_batches: Default::default(),
             pause_rng: parking_lot::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
             gw,
             cfg,

@@ -62,6 +62,9 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     pub keyspace_hits: AtomicU64,
     pub keyspace_misses: AtomicU64,
+    /// Script batches written (`script::batch`), and the scripts they ran.
+    pub script_batches: AtomicU64,
+    pub batched_scripts: AtomicU64,
 }
 
 /// The state of one connection that commands read and change.

@@ -457,6 +457,8 @@ async fn info_section(srv: &RespServer, section: &str) -> Result<String, Reply> 
                 ("keyspace_hits".into(), s.keyspace_hits.load(Relaxed).to_string()),
                 ("keyspace_misses".into(), s.keyspace_misses.load(Relaxed).to_string()),
                 ("total_error_replies".into(), s.protocol_errors.load(Relaxed).to_string()),
+                ("cairn_script_batches".into(), s.script_batches.load(Relaxed).to_string()),
+                ("cairn_batched_scripts".into(), s.batched_scripts.load(Relaxed).to_string()),
             ]
         }
         // Replication is Raft's, per range: a Redis client sees every node as a master

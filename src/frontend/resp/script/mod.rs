@@ -6,20 +6,18 @@
 //! it changed is written as one Raft command conditioned on every key's
 //! version. What replicates is the effects, never the script; if a key moved
 //! in between, nothing applied and the script runs again on a fresh read.
+//! Scripts on one slot are grouped into batches that share the read and the
+//! write (`batch`), so a hot slot is not capped at one script per round trip.
 
+pub mod batch;
 pub mod cache;
 pub mod lua;
 
 use super::commands::{parse_i64, upper};
-use super::txn;
 use super::RespServer;
 use bytes::Bytes;
 use cairn_core::resp::reply::Reply;
-use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Attempts of one script whose keys keep changing under it.
-const MAX_SCRIPT_ATTEMPTS: usize = 64;
 
 pub async fn run(srv: &RespServer, name: &str, a: &[Bytes]) -> Reply {
     let out = match name {
@@ -79,33 +77,7 @@ async fn eval(srv: &RespServer, body: Arc<[u8]>, a: &[Bytes], read_only: bool) -
     }
     let keys: Arc<[Bytes]> = a[1..=numkeys as usize].into();
     let argv: Arc<[Bytes]> = a[1 + numkeys as usize..].into();
-    let none_watched = BTreeMap::new();
     super::keyspace::same_slot(keys.iter().map(|k| k.as_ref()))?;
-    let _turn = srv.slot_locks.lock(&keys).await;
-    for _ in 0..MAX_SCRIPT_ATTEMPTS {
-        let Some(view) = txn::read_view(srv, &keys, &none_watched).await? else {
-            return Err(Reply::Error("ERR a script has no watched keys".into()));
-        };
-        let (body, keys, argv, limits) = (body.clone(), keys.clone(), argv.clone(), srv.gw.limits.clone());
-        let ran = crate::clock::blocking(move || {
-            let mut view = view;
-            let reply = lua::run(&body, &keys, &argv, &mut view, &limits, lua::Budget::default());
-            (view, reply)
-        })
-        .await;
-        let (view, reply) = ran.map_err(|e| Reply::Error(format!("ERR the script's thread failed: {e}")))?;
-        let reply = reply?;
-        if read_only && view.effects().iter().any(|e| e.change.is_some()) {
-            return Err(Reply::Error(
-                "ERR Write commands are not allowed from read-only scripts; nothing was written".into(),
-            ));
-        }
-        if txn::commit(srv, &view).await? {
-            return Ok(reply);
-        }
-        srv.conflict_pause().await;
-    }
-    Err(Reply::Error(format!(
-        "TRYAGAIN the script's keys changed under {MAX_SCRIPT_ATTEMPTS} attempts in a row; nothing was written"
-    )))
+    let slot = keys.first().map_or(0, |k| cairn_core::keys::slot::key_slot(k));
+    Ok(srv.script_batches.run(srv, slot, batch::Job::new(body, keys, argv, read_only)).await)
 }

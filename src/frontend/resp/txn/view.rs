@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use cairn_core::keys::mvcc::{expired, kind, NO_EXPIRY};
 use cairn_proto::kv::Version;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A live value, its expiry instant (Unix ms, `NO_EXPIRY` for none) and its
 /// kind (`keys::mvcc::kind`: a string, or a hash in its stored form).
@@ -24,7 +24,7 @@ impl Entry {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Slot {
     /// The version read, `None` if the key was absent.
     read_version: Option<Version>,
@@ -48,7 +48,16 @@ pub struct View {
     slots: HashMap<Bytes, Slot>,
     /// When the transaction's commands run: expiry is judged, and relative expiries count, from here.
     pub now_ms: u64,
+    /// While one script of a batch runs (`script::batch`), the keys it declared:
+    /// the view holds the whole batch's keys, and a script sees only its own.
+    scope: Option<HashSet<Bytes>>,
+    /// How many writes the commands made (a read-only script must make none).
+    pub writes: u64,
 }
+
+/// The state of a script's declared keys before it ran: put back if it fails,
+/// so that a failed script of a batch leaves nothing behind.
+pub struct Saved(Vec<(Bytes, Slot)>);
 
 /// The error a command gets for a key the transaction did not declare.
 pub const UNDECLARED: &str =
@@ -56,7 +65,29 @@ pub const UNDECLARED: &str =
 
 impl View {
     pub fn new(now_ms: u64) -> View {
-        View { slots: HashMap::new(), now_ms }
+        View { slots: HashMap::new(), now_ms, scope: None, writes: 0 }
+    }
+
+    /// Limits what `get` and `put` reach to `keys` (a script's KEYS) until
+    /// `unscope`, and saves their state for `restore`.
+    pub fn scope_to(&mut self, keys: &[Bytes]) -> Saved {
+        self.scope = Some(keys.iter().cloned().collect());
+        Saved(keys.iter().filter_map(|k| self.slots.get(k).map(|s| (k.clone(), s.clone()))).collect())
+    }
+
+    pub fn unscope(&mut self) {
+        self.scope = None;
+    }
+
+    /// Puts the keys saved by `scope_to` back as they were.
+    pub fn restore(&mut self, saved: Saved) {
+        for (key, slot) in saved.0 {
+            self.slots.insert(key, slot);
+        }
+    }
+
+    fn declared(&self, key: &[u8]) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.contains(key))
     }
 
     /// Records what the read found for `key` (`None`: absent).
@@ -74,16 +105,20 @@ impl View {
 
     /// The live entry of a declared key; `Err` for an undeclared one.
     pub fn get(&self, key: &[u8]) -> Result<Option<&Entry>, &'static str> {
-        let slot = self.slots.get(key).ok_or(UNDECLARED)?;
+        let slot = self.slots.get(key).filter(|_| self.declared(key)).ok_or(UNDECLARED)?;
         Ok(slot.current.as_ref().filter(|e| !expired(e.expires_at_ms, self.now_ms)))
     }
 
     /// Replaces a declared key's entry (`None` deletes it); `Err` for an undeclared one.
     pub fn put(&mut self, key: &[u8], entry: Option<Entry>) -> Result<(), &'static str> {
+        if !self.declared(key) {
+            return Err(UNDECLARED);
+        }
         let slot = self.slots.get_mut(key).ok_or(UNDECLARED)?;
         // An entry already due is a deletion (as Redis does for an expiry in the past).
         slot.current = entry.filter(|e| !expired(e.expires_at_ms, self.now_ms));
         slot.changed = true;
+        self.writes += 1;
         Ok(())
     }
 
@@ -144,5 +179,21 @@ mod tests {
                 (b"d", None, None),
             ]
         );
+    }
+
+    #[test]
+    fn a_scoped_script_sees_only_its_keys_and_a_restore_undoes_its_changes() {
+        let mut view = View::new(1_000);
+        view.load(Bytes::from_static(b"a"), Some((Entry::plain(b"1".to_vec()), v(5))));
+        view.load(Bytes::from_static(b"b"), None);
+        let saved = view.scope_to(&[Bytes::from_static(b"a")]);
+        assert_eq!(view.get(b"b"), Err(UNDECLARED), "loaded for another script of the batch");
+        assert_eq!(view.put(b"b", None), Err(UNDECLARED));
+        view.put(b"a", Some(Entry::plain(b"2".to_vec()))).unwrap();
+        view.restore(saved);
+        view.unscope();
+        assert_eq!(view.get(b"a").unwrap().map(|e| e.value.clone()), Some(b"1".to_vec()));
+        assert_eq!(view.get(b"b"), Ok(None));
+        assert!(view.effects().iter().all(|e| e.change.is_none()), "the restored key is unchanged");
     }
 }
