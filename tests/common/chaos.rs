@@ -530,7 +530,8 @@ fn shuffled(n: usize, rng: &mut StdRng) -> Vec<usize> {
 /// What to undo when a fault ends.
 enum Undo {
     Heal,
-    ClockBack(usize),
+    /// The node, and how far its clock was moved (ms; positive: ahead).
+    ClockBack(usize, i64),
     Restart(Vec<usize>),
     Resume(usize),
 }
@@ -598,7 +599,7 @@ async fn inject(cl: &mut Cluster, fault: Fault, rng: &mut StdRng) -> Undo {
             let i = pick(rng);
             let ms = rng.random_range(1_000..90_000i64) * if rng.random_bool(0.5) { 1 } else { -1 };
             set_clock_offset(cl, i, ms);
-            Undo::ClockBack(i)
+            Undo::ClockBack(i, ms)
         }
     }
 }
@@ -611,7 +612,7 @@ pub fn set_clock_offset(cl: &Cluster, i: usize, ms: i64) {
 
 fn undo(cl: &mut Cluster, u: Undo) {
     match u {
-        Undo::ClockBack(i) => set_clock_offset(cl, i, 0),
+        Undo::ClockBack(i, _) => set_clock_offset(cl, i, 0),
         Undo::Heal => cl.lab.as_ref().expect("lab").heal(),
         Undo::Resume(i) => cl.resume(i),
         Undo::Restart(nodes) => tokio::task::block_in_place(|| {
@@ -674,15 +675,18 @@ async fn topology_change(addrs: &[String], rng: &mut StdRng, out: &mut BTreeMap<
 
 /// Lets the feed consumer catch up past the last acknowledged unique write, then
 /// checks the feed of the unique writers' keys (the other workloads' keys are
-/// left out: their writes' versions are not recorded).
+/// left out: their writes' versions are not recorded). The wait is 60 s, plus
+/// `clock_ahead`: how far ahead of real time a moved clock may have put versions.
 async fn check_feed(
     sh: &Shared,
     mut consumer: super::feed::Consumer,
     addrs: &parking_lot::Mutex<Vec<String>>,
+    clock_ahead: Duration,
     report: &mut ChaosReport,
 ) {
     let Some(last) = sh.feed_writes.max_acked() else { return };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let waited = Duration::from_secs(60) + clock_ahead;
+    let deadline = Instant::now() + waited;
     while consumer.current().last_resolved().is_none_or(|r| r < last) && Instant::now() < deadline {
         consumer.tend(Duration::from_millis(500), addrs).await;
     }
@@ -699,8 +703,11 @@ async fn check_feed(
     report.feed_violations = cairn_check::feed_violations(&writes, &sessions).iter().map(|v| v.to_string()).collect();
     let unresolved = cairn_check::unresolved_acked(&writes, &sessions);
     if unresolved > 0 {
+        let resolved = consumer.current().last_resolved();
         report.feed_violations.push(format!(
-            "{unresolved} acknowledged writes were above the feed's last resolved version 60 s after healing"
+            "{unresolved} acknowledged writes were above the feed's last resolved version {} s after healing \
+             (last resolved {resolved:?}, last acknowledged write {last:?})",
+            waited.as_secs()
         ));
     }
     let events = sessions.iter().map(|s| s.records.iter().filter(|r| matches!(r, FeedRecord::Event { .. })).count());
@@ -811,9 +818,16 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
         })
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The furthest a node's clock was moved ahead: writes it proposed then carry
+    // versions that far in the future, and the feed resolves them only once every
+    // range's clock has caught up with them.
+    let mut clock_ahead_ms = 0i64;
     while !cfg.faults.is_empty() && Instant::now() + Duration::from_secs(6) < end {
         let fault = cfg.faults[rng.random_range(0..cfg.faults.len())];
         let u = inject(&mut cl, fault, &mut rng).await;
+        if let Undo::ClockBack(_, ms) = u {
+            clock_ahead_ms = clock_ahead_ms.max(ms);
+        }
         *report.faults.entry(format!("{fault:?}")).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(2000..5000))).await;
         undo(&mut cl, u);
@@ -925,7 +939,8 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     }
     report.resp_problems = sh.resp_problems.lock().expect("lock").clone();
     if let Ok(consumer) = feed.await {
-        check_feed(&sh, consumer, &feed_addrs, &mut report).await;
+        let clock_ahead = Duration::from_millis(clock_ahead_ms.max(0) as u64);
+        check_feed(&sh, consumer, &feed_addrs, clock_ahead, &mut report).await;
     }
     if !report.ok() {
         for i in 0..n {
