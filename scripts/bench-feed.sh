@@ -15,19 +15,15 @@ RATE=${2:-10000}
 die() { echo "bench-feed: $*" >&2; exit 1; }
 case "$SECS$RATE" in *[!0-9]*) die "SECS and RATE must be whole numbers" ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/procs.sh
+. "$ROOT/scripts/lib/procs.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d -t cairn-feed-bench.XXXXXX)
 CAIRN_PID=""
 cleanup() {
     local status=$?
     set +e
-    if [ -n "$CAIRN_PID" ] && kill -0 "$CAIRN_PID" 2>/dev/null; then
-        kill -TERM "$CAIRN_PID"
-        local deadline=$((SECONDS + 30))
-        while kill -0 "$CAIRN_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-        kill -KILL "$CAIRN_PID" 2>/dev/null
-        wait "$CAIRN_PID" 2>/dev/null
-    fi
+    stop_pid "$CAIRN_PID"
     rm -rf "$WORK"
     exit "$status"
 }
@@ -40,13 +36,7 @@ mkdir -p "$WORK/cairn"
 "$TARGET_DIR/release/cairn" demo --base-port 0 --redis-base-port 0 --data-dir "$WORK/cairn" \
     --endpoints-file "$WORK/cairn/endpoints" >"$WORK/cairn.log" 2>&1 </dev/null &
 CAIRN_PID=$!
-deadline=$((SECONDS + 180))
-until [ -s "$WORK/cairn/endpoints" ]; do
-    kill -0 "$CAIRN_PID" 2>/dev/null || die "cairn demo exited before serving"
-    [ "$SECONDS" -lt "$deadline" ] || die "cairn demo not serving after 180 s"
-    sleep 0.5
-done
-sleep 1
+wait_serving "$WORK/cairn/endpoints" "$CAIRN_PID" || die "no cluster to measure"
 ENDPOINTS=$(tr -d '[:space:]' <"$WORK/cairn/endpoints")
 echo "== at $RATE writes/s" >&2
 "$TARGET_DIR/release/examples/feed_bench" --grpc "$ENDPOINTS" --table paced --rate "$RATE" --seconds "$SECS"

@@ -19,6 +19,8 @@ die() { echo "bench-voucher: $*" >&2; exit 1; }
 case "$SECS$ROUNDS$CLIENTS" in *[!0-9]*) die "SECS, ROUNDS and CLIENTS must be whole numbers" ;; esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/procs.sh
+. "$ROOT/scripts/lib/procs.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CAIRN="$TARGET_DIR/release/cairn"
 VOUCHER="$TARGET_DIR/release/examples/voucher"
@@ -29,13 +31,8 @@ REDIS_PID=""
 cleanup() {
     local status=$?
     set +e
-    for pid in $REDIS_PID $CAIRN_PID; do
-        kill -TERM "$pid" 2>/dev/null
-        local deadline=$((SECONDS + 30))
-        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
+    stop_pid "$REDIS_PID"
+    stop_pid "$CAIRN_PID"
     rm -rf "$WORK"
     exit "$status"
 }
@@ -61,13 +58,7 @@ REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
     --appendfsync always --save '' >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
-deadline=$((SECONDS + 180))
-until [ -s "$WORK/cairn/redis" ]; do
-    kill -0 "$CAIRN_PID" 2>/dev/null || die "cairn demo exited before serving"
-    [ "$SECONDS" -lt "$deadline" ] || die "cairn demo not serving after 180 s"
-    sleep 0.5
-done
-sleep 1
+wait_serving "$WORK/cairn/redis" "$CAIRN_PID" || die "no cluster to measure"
 CAIRN_REDIS=$(tr -d '[:space:]' <"$WORK/cairn/redis")
 
 RESULTS="$WORK/results.txt"

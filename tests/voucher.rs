@@ -121,18 +121,9 @@ async fn voucher_claims_never_oversell_and_reach_postgresql_exactly_once_through
     let elapsed = started.elapsed();
     let audit = load::audit(&cfg, &outcome).await.expect("audit");
     println!(
-        "{} claims answered in {elapsed:?} (p50 {:.1} ms, p99 {:.1} ms; {} retried after errors): {} granted, \
-         {} remaining, counter {}, most held by one user {}; granted {granted_at_writer_kill} at the writer's kill, \
-         {granted_at_kill} at the leader's ({killed_at:?}), {granted_at_pg_crash} at PostgreSQL's crash \
-         ({pg_crashed_at:?}); last grant at {:?}",
-        outcome.answers.len(),
-        outcome.latency_ms(0.5),
-        outcome.latency_ms(0.99),
-        outcome.retries,
-        audit.granted_answers,
-        audit.remaining,
-        audit.granted_counter,
-        audit.most_held_by_one_user,
+        "{}; granted {granted_at_writer_kill} at the writer's kill, {granted_at_kill} at the leader's \
+         ({killed_at:?}), {granted_at_pg_crash} at PostgreSQL's crash ({pg_crashed_at:?}); last grant at {:?}",
+        load::summary(&outcome, &audit, elapsed.as_secs_f64()),
         outcome.last_grant_at
     );
     assert!(audit.problems.is_empty(), "the audit found problems:\n{}", audit.problems.join("\n"));

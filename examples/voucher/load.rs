@@ -167,6 +167,25 @@ pub async fn run(cfg: &Config) -> Outcome {
     out
 }
 
+/// One line on a run that took `secs`: claims answered, rates, latencies, and
+/// what the audit read back (`scripts/bench-voucher.sh` reads its figures).
+pub fn summary(outcome: &Outcome, audit: &Audit, secs: f64) -> String {
+    format!(
+        "{} claims answered in {secs:.1} s ({:.0} claims/s, {:.0} granted/s; p50 {:.2} ms, p99 {:.2} ms) \
+         ({} retried), {} granted, {} remaining, counter {}, most held by one user {}",
+        outcome.answers.len(),
+        outcome.answers.len() as f64 / secs,
+        audit.granted_answers as f64 / secs,
+        outcome.latency_ms(0.5),
+        outcome.latency_ms(0.99),
+        outcome.retries,
+        audit.granted_answers,
+        audit.remaining,
+        audit.granted_counter,
+        audit.most_held_by_one_user
+    )
+}
+
 /// What is stored, checked against what the clients were told.
 #[derive(Debug)]
 pub struct Audit {

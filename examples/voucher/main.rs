@@ -106,21 +106,7 @@ async fn main() -> anyhow::Result<()> {
             let outcome = load::run(&cfg).await;
             let audit = load::audit(&cfg, &outcome).await?;
             let secs = started.elapsed().as_secs_f64();
-            println!(
-                "voucher {}: {} claims answered in {secs:.1} s ({:.0} claims/s, {:.0} granted/s; p50 {:.2} ms, \
-                 p99 {:.2} ms) ({} retried), {} granted, {} remaining, counter {}, most held by one user {}",
-                cfg.voucher,
-                outcome.answers.len(),
-                outcome.answers.len() as f64 / secs,
-                audit.granted_answers as f64 / secs,
-                outcome.latency_ms(0.5),
-                outcome.latency_ms(0.99),
-                outcome.retries,
-                audit.granted_answers,
-                audit.remaining,
-                audit.granted_counter,
-                audit.most_held_by_one_user
-            );
+            println!("voucher {}: {}", cfg.voucher, load::summary(&outcome, &audit, secs));
             for p in audit.problems.iter().take(20) {
                 eprintln!("PROBLEM: {p}");
             }

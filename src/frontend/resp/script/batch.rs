@@ -37,19 +37,16 @@ const MAX_QUEUED_SCRIPTS: usize = 10_000;
 /// Attempts of one batch whose keys keep changing under it.
 const MAX_BATCH_ATTEMPTS: usize = 64;
 
-/// One script waiting for its batch.
+/// One script waiting for its batch, and where its answer goes.
 pub struct Job {
-    pub body: Arc<[u8]>,
-    pub keys: Arc<[Bytes]>,
-    pub argv: Arc<[Bytes]>,
-    /// EVAL_RO: a script that changes a key is refused (and changes nothing).
-    pub read_only: bool,
+    script: ScriptRun,
     answer: Option<oneshot::Sender<Reply>>,
 }
 
 impl Job {
+    /// `read_only` (EVAL_RO): a script that changes a key is refused (and changes nothing).
     pub fn new(body: Arc<[u8]>, keys: Arc<[Bytes]>, argv: Arc<[Bytes]>, read_only: bool) -> Job {
-        Job { body, keys, argv, read_only, answer: None }
+        Job { script: ScriptRun { body, keys, argv, read_only }, answer: None }
     }
 
     fn answer(&mut self, reply: Reply) {
@@ -127,16 +124,13 @@ async fn drain(srv: &RespServer, slot: u16) {
 
 /// Runs `batch` (see the module doc): each script's reply, once the batch's write is acknowledged.
 async fn run_batch(srv: &RespServer, batch: &[Job]) -> Result<Vec<Reply>, Reply> {
-    let mut keys: Vec<Bytes> = batch.iter().flat_map(|j| j.keys.iter().cloned()).collect();
+    let mut keys: Vec<Bytes> = batch.iter().flat_map(|j| j.script.keys.iter().cloned()).collect();
     keys.sort();
     keys.dedup();
     // Transactions (EXEC) on the slot take turns with whole batches.
     let _turn = srv.slot_locks.lock(&keys).await;
     let none_watched = BTreeMap::new();
-    let scripts: Arc<[ScriptRun]> = batch
-        .iter()
-        .map(|j| ScriptRun { body: j.body.clone(), keys: j.keys.clone(), argv: j.argv.clone(), read_only: j.read_only })
-        .collect();
+    let scripts: Arc<[ScriptRun]> = batch.iter().map(|j| j.script.clone()).collect();
     for _ in 0..MAX_BATCH_ATTEMPTS {
         let Some(view) = txn::read_view(srv, &keys, &none_watched).await? else {
             return Err(Reply::Error("ERR a script has no watched keys".into()));
@@ -159,11 +153,13 @@ async fn run_batch(srv: &RespServer, batch: &[Job]) -> Result<Vec<Reply>, Reply>
     )))
 }
 
-/// What a blocking thread needs of a job to run it.
+/// A script with its KEYS and ARGV: what a blocking thread needs to run it.
+#[derive(Clone)]
 struct ScriptRun {
     body: Arc<[u8]>,
     keys: Arc<[Bytes]>,
     argv: Arc<[Bytes]>,
+    /// EVAL_RO: a script that changes a key is refused (and changes nothing).
     read_only: bool,
 }
 
